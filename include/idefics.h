@@ -1,0 +1,269 @@
+/*
+ * idefics.h - the public C API of idefics-edge, an on-device runtime for the
+ * IDEFICS (v1, Flamingo-style) vision-language model.
+ *
+ * Objects
+ *   idefics_model    an opened .idfx file: mapped weights, tokenizer, config.
+ *                    Immutable after load.
+ *   idefics_session  one conversation: KV cache, scratch, encoded images.
+ *
+ * Thread safety: a model may be shared by any number of threads and sessions
+ * at once; a session must be used by one thread at a time, except
+ * idefics_session_cancel(), which may be called from any thread.
+ *
+ * Errors: every fallible call returns an idefics_status (0 = OK, negative =
+ * error) and writes results through out-parameters. The detail of the last
+ * error is kept per handle (idefics_session_last_error, idefics_model_last_error);
+ * constructors, which have no handle yet, write it into a caller buffer. The
+ * library never exits, aborts or writes to stdout; it logs through the
+ * callback given in the params.
+ */
+#ifndef IDEFICS_H
+#define IDEFICS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdbool.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#if defined(_WIN32) && defined(IDEFICS_SHARED)
+#define IDEFICS_API __declspec(dllexport)
+#elif defined(__GNUC__)
+#define IDEFICS_API __attribute__((visibility("default")))
+#else
+#define IDEFICS_API
+#endif
+
+#define IDEFICS_VERSION_MAJOR 0
+#define IDEFICS_VERSION_MINOR 1
+#define IDEFICS_VERSION_PATCH 0
+
+/* ---------------------------------------------------------------- status */
+
+/* Pinned values, grouped by range; new values are only appended. */
+typedef enum idefics_status {
+    IDEFICS_OK = 0,
+    /* general: -1 .. -9 */
+    IDEFICS_ERR_INVALID_ARG = -1,
+    IDEFICS_ERR_OUT_OF_MEMORY = -2,
+    IDEFICS_ERR_IO = -3,          /* cannot open, read, map or write a file */
+    IDEFICS_ERR_UNSUPPORTED = -4, /* valid input this build cannot handle */
+    IDEFICS_ERR_INTERNAL = -9,
+    /* model file: -10 .. -29 */
+    IDEFICS_ERR_BAD_MAGIC = -10,
+    IDEFICS_ERR_BAD_VERSION = -11,
+    IDEFICS_ERR_TRUNCATED = -12,      /* the file ends before a field or chunk it declares */
+    IDEFICS_ERR_CORRUPT = -13,        /* inconsistent count, offset, size, type or name */
+    IDEFICS_ERR_CHECKSUM = -14,       /* a header, index or chunk checksum mismatch */
+    IDEFICS_ERR_DECOMPRESS = -15,     /* a zstd frame that fails or decodes to the wrong size */
+    IDEFICS_ERR_MISSING_TENSOR = -16, /* a tensor the architecture needs is absent */
+    IDEFICS_ERR_BAD_SHAPE = -17,      /* a tensor or config value has the wrong shape */
+    IDEFICS_ERR_BAD_CONFIG = -18,     /* missing or out-of-range config / metadata */
+    IDEFICS_ERR_BAD_CHECKPOINT = -19, /* converter input: safetensors, config.json, tokenizer */
+    /* images: -30 .. -39 */
+    IDEFICS_ERR_IMAGE_DECODE = -30,    /* unreadable or corrupt image */
+    IDEFICS_ERR_IMAGE_TOO_LARGE = -31, /* over the pixel or byte limits */
+    /* prompt and generation: -40 .. -49 */
+    IDEFICS_ERR_CONTEXT_FULL = -40,  /* the prompt (or prompt + generation) exceeds n_ctx */
+    IDEFICS_ERR_EMPTY_PROMPT = -41,
+    IDEFICS_ERR_CANCELLED = -42,
+    /* backends: -50 .. -59 */
+    IDEFICS_ERR_BACKEND = -50,          /* a backend failed at run time */
+    IDEFICS_ERR_NO_DEVICE = -51,        /* the requested backend/device is not available */
+} idefics_status;
+
+/* A short constant name for a status, e.g. "IDEFICS_ERR_TRUNCATED". Never NULL. */
+IDEFICS_API const char *idefics_status_str(idefics_status status);
+
+IDEFICS_API const char *idefics_version_string(void);
+
+/* --------------------------------------------------- allocator and logging */
+
+/* All heap memory the library uses goes through these. Any NULL member means
+ * the C library's malloc/realloc/free. free() must accept NULL. */
+typedef struct idefics_allocator {
+    void *(*malloc_fn)(void *user_data, size_t size);
+    void *(*realloc_fn)(void *user_data, void *ptr, size_t size);
+    void (*free_fn)(void *user_data, void *ptr);
+    void *user_data;
+} idefics_allocator;
+
+typedef enum idefics_log_level {
+    IDEFICS_LOG_ERROR = 0,
+    IDEFICS_LOG_WARN = 1,
+    IDEFICS_LOG_INFO = 2,
+    IDEFICS_LOG_DEBUG = 3,
+} idefics_log_level;
+
+/* msg is one line without a trailing newline. Called from the thread that made
+ * the call (and, during load, possibly from worker threads: make it reentrant). */
+typedef void (*idefics_log_fn)(void *user_data, idefics_log_level level, const char *msg);
+
+/* Return false to cancel a long operation (model load). fraction in [0, 1]. */
+typedef bool (*idefics_progress_fn)(void *user_data, float fraction);
+
+typedef enum idefics_backend {
+    IDEFICS_BACKEND_AUTO = 0,    /* OpenCL if a usable device passes the self-test, else CPU */
+    IDEFICS_BACKEND_CPU = 1,     /* the fast CPU backend */
+    IDEFICS_BACKEND_OPENCL = 2,
+    IDEFICS_BACKEND_CPU_REF = 3, /* scalar fp32 reference backend (slow; for testing) */
+} idefics_backend;
+
+/* -------------------------------------------------------------------- model */
+
+typedef struct idefics_model idefics_model;
+
+typedef struct idefics_model_params {
+    idefics_allocator allocator;
+    idefics_log_fn log;              /* NULL = silent */
+    void *log_user_data;
+    idefics_log_level log_level;     /* messages above this level are dropped; default INFO */
+    idefics_progress_fn progress;    /* NULL = none */
+    void *progress_user_data;
+    int n_threads;                   /* threads for chunk decompression at load; 0 = all cores */
+    idefics_backend backend;         /* default AUTO */
+    const char *device;              /* OpenCL device: index or name substring; NULL = env IDEFICS_DEVICE or first */
+    bool verify_checksums;           /* check every chunk's checksum at load (reads the whole file) */
+    bool low_memory;                 /* let the OS page weights in and out of the mapping as needed */
+} idefics_model_params;
+
+IDEFICS_API idefics_model_params idefics_model_default_params(void);
+
+/* Open and validate an .idfx file. On failure *out is NULL and, if errbuf is
+ * not NULL, a one-line description (naming the field or tensor) is written to it. */
+IDEFICS_API idefics_status idefics_model_load(const char *path, const idefics_model_params *params,
+                                              idefics_model **out, char *errbuf, size_t errbuf_size);
+IDEFICS_API void idefics_model_free(idefics_model *model); /* NULL is fine */
+
+/* Text of the last error on this model (e.g. from idefics_tokenize); "" if none. */
+IDEFICS_API const char *idefics_model_last_error(const idefics_model *model);
+
+typedef struct idefics_model_info {
+    const char *name;           /* general.name, or "" */
+    int64_t n_params;           /* parameters stored in the file */
+    int64_t file_bytes;
+    int n_vocab;                /* vocab_size + additional_vocab_size */
+    int n_ctx_max;              /* max_position_embeddings */
+    int image_size;             /* pixels per side, e.g. 224 */
+    int n_latents;              /* perceiver latents per image, e.g. 64 */
+    bool is_instruct;           /* has <end_of_utterance> */
+    const char *backend;        /* "cpu", "cpu-ref", "opencl:<device>" */
+} idefics_model_info;
+
+IDEFICS_API void idefics_model_get_info(const idefics_model *model, idefics_model_info *info);
+
+/* ---------------------------------------------------------------- tokenizer */
+
+/* Tokenize text (special tokens such as <image> are recognised; no BOS is added
+ * unless add_bos). Writes up to max_ids ids and sets *n_ids to the full count,
+ * so a call with max_ids = 0 measures. */
+IDEFICS_API idefics_status idefics_tokenize(const idefics_model *model, const char *text, bool add_bos,
+                                            int32_t *ids, int max_ids, int *n_ids);
+
+/* The text of one token as it appears when decoding a sequence after the
+ * previous token prev (-1 at the start), written NUL-terminated into buf.
+ * Returns the number of bytes (excluding NUL) or a negative status. */
+IDEFICS_API int idefics_token_to_text(const idefics_model *model, int32_t prev, int32_t id, char *buf,
+                                      size_t buf_size);
+
+/* ------------------------------------------------------------------ session */
+
+typedef struct idefics_session idefics_session;
+
+typedef enum idefics_kv_type {
+    IDEFICS_KV_F32 = 0,
+    IDEFICS_KV_F16 = 1,
+    IDEFICS_KV_Q8 = 2,
+} idefics_kv_type;
+
+typedef struct idefics_session_params {
+    int n_ctx;                  /* context length in tokens; 0 = the model's maximum */
+    int n_threads;              /* compute threads; 0 = all cores */
+    idefics_kv_type kv_type;    /* default F16 */
+    int64_t max_image_pixels;   /* decoded width*height limit; default 40 megapixels */
+    int64_t max_image_bytes;    /* encoded file size limit; default 64 MiB */
+} idefics_session_params;
+
+IDEFICS_API idefics_session_params idefics_session_default_params(void);
+
+IDEFICS_API idefics_status idefics_session_create(idefics_model *model, const idefics_session_params *params,
+                                                  idefics_session **out, char *errbuf, size_t errbuf_size);
+IDEFICS_API void idefics_session_free(idefics_session *session); /* NULL is fine */
+
+/* Forget the conversation (tokens, KV cache, images); keep the buffers. */
+IDEFICS_API void idefics_session_reset(idefics_session *session);
+
+IDEFICS_API const char *idefics_session_last_error(const idefics_session *session);
+
+/* Building the prompt. Items are appended in order, with the IDEFICS processor's
+ * semantics: images become <fake_token_around_image><image><fake_token_around_image>
+ * (adjacent images share a fake token), text is stripped of leading and trailing
+ * spaces. Nothing is evaluated until idefics_generate(). On error the session is
+ * left exactly as it was. */
+
+/* An image from a file (JPEG, PNG, BMP, GIF first frame, PNM). */
+IDEFICS_API idefics_status idefics_add_image_file(idefics_session *session, const char *path);
+/* An encoded image held in memory. */
+IDEFICS_API idefics_status idefics_add_image_memory(idefics_session *session, const void *data, size_t size);
+/* Already-decoded 8-bit RGB (channels = 3) or RGBA (channels = 4, composited over
+ * white) pixels, rows stride_bytes apart (0 = width * channels). */
+IDEFICS_API idefics_status idefics_add_image_pixels(idefics_session *session, const uint8_t *pixels, int width,
+                                                    int height, int channels, size_t stride_bytes);
+/* Raw text, special tokens included. */
+IDEFICS_API idefics_status idefics_add_text(idefics_session *session, const char *text);
+
+/* One user turn in the model's chat format, using the images added since the
+ * last turn: "User:" <images> question "<end_of_utterance>\nAssistant:" for
+ * instruct models, "User:" <images> question "\nAssistant:" for base models. */
+IDEFICS_API idefics_status idefics_add_user_turn(idefics_session *session, const char *question);
+
+/* -------------------------------------------------------------- generation */
+
+typedef struct idefics_generate_params {
+    int max_new_tokens;         /* default 64 */
+    float temperature;          /* 0 = greedy (default) */
+    int top_k;                  /* 0 = off */
+    float top_p;                /* 1 = off */
+    float repetition_penalty;   /* 1 = off */
+    uint64_t seed;              /* sampling seed */
+    bool stop_at_eos;           /* stop at </s> (default true); instruct models also stop at <end_of_utterance> */
+} idefics_generate_params;
+
+IDEFICS_API idefics_generate_params idefics_generate_default_params(void);
+
+/* Called for every generated token with its decoded text piece (may be "" for a
+ * partial UTF-8 sequence). Return false to stop. */
+typedef bool (*idefics_token_fn)(void *user_data, int32_t token, const char *piece);
+
+typedef struct idefics_timings {
+    double image_encode_ms;     /* vision tower + perceiver, all new images */
+    double prefill_ms;
+    double decode_ms;
+    int n_prompt_tokens;        /* tokens evaluated in the prefill */
+    int n_generated;
+} idefics_timings;
+
+/* Evaluate everything added since the last call and generate. The answer is
+ * appended to the conversation, so a later turn continues it. */
+IDEFICS_API idefics_status idefics_generate(idefics_session *session, const idefics_generate_params *params,
+                                            idefics_token_fn on_token, void *user_data);
+
+/* Ask a running idefics_generate() to stop (returns IDEFICS_ERR_CANCELLED). Any thread. */
+IDEFICS_API void idefics_session_cancel(idefics_session *session);
+
+IDEFICS_API void idefics_session_get_timings(const idefics_session *session, idefics_timings *timings);
+
+/* All token ids of the conversation so far (prompt and generated), for --json. */
+IDEFICS_API int idefics_session_get_tokens(const idefics_session *session, const int32_t **ids);
+
+/* Logits of the last evaluated position (n_vocab floats), valid until the next call. */
+IDEFICS_API const float *idefics_session_get_logits(const idefics_session *session);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* IDEFICS_H */

@@ -1,0 +1,53 @@
+/*
+ * forward.h - the model's forward pass, as the session layer sees it.
+ *
+ * An idf_state is one session's compute state: the self-attention KV cache,
+ * scratch buffers sized from the config, and the encoded images (perceiver
+ * latents plus each gated cross-attention block's K/V for them, computed once
+ * per image and kept, never recomputed per token).
+ *
+ * Owned by the forward-pass code (model.c, forward.c, backend_*.c); used by
+ * session.c. Not thread-safe: one thread per state.
+ */
+#ifndef IDF_FORWARD_H
+#define IDF_FORWARD_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "internal.h"
+
+typedef struct idf_state idf_state;
+
+idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_kv_type kv_type, int n_threads,
+                                idf_state **out, idf_err *err);
+void idf_state_free(idf_state *s);
+
+/* Back to an empty context with no images (keeps the buffers). */
+void idf_state_reset(idf_state *s);
+
+/* Encode one preprocessed image, pixels [channels, image_size, image_size] fp32,
+ * already normalised (runtime/image.h): vision tower -> perceiver -> cross-attn
+ * K/V for every gated block. *slot receives the image's index (0, 1, ...),
+ * which idf_state_eval's img[] refers to. */
+idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot, idf_err *err);
+int idf_state_n_images(const idf_state *s);
+/* The perceiver output of an image slot, [n_latents, vision_embed_dim] (for tests). */
+const float *idf_state_image_latents(const idf_state *s, int slot);
+
+/* Evaluate n tokens at positions n_past .. n_past + n - 1 and append them to the
+ * KV cache. img[i] is the image slot token i may attend to (the most recent
+ * image, processor semantics), or -1 for none (cross-attention output zeroed).
+ * logits: n * n_vocab floats when all_logits, else n_vocab for the last token.
+ * Fails with IDEFICS_ERR_CONTEXT_FULL (state unchanged) when n_past + n > n_ctx,
+ * and IDEFICS_ERR_CANCELLED when *cancel becomes non-zero (checked per layer). */
+idefics_status idf_state_eval(idf_state *s, const int32_t *ids, const int32_t *img, int n, float *logits,
+                              bool all_logits, idf_err *err);
+int idf_state_n_past(const idf_state *s);
+int idf_state_n_ctx(const idf_state *s);
+/* Drop cached positions >= n_past (e.g. to undo a failed turn). */
+void idf_state_truncate(idf_state *s, int n_past);
+/* A flag polled during eval; set it from any thread to cancel. NULL = none. */
+void idf_state_set_cancel_flag(idf_state *s, const volatile int *flag);
+
+#endif /* IDF_FORWARD_H */

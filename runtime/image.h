@@ -1,0 +1,47 @@
+/*
+ * image.h - image decoding and the IDEFICS image processor (PIL path):
+ * decode (stb_image) -> RGB, alpha composited over white -> bicubic resize to
+ * image_size x image_size exactly as Pillow's Image.resize(BICUBIC) (which
+ * antialiases when shrinking) -> rescale 1/255 -> normalise (x - mean) / std,
+ * laid out CHW.
+ *
+ * Images are untrusted: sizes are checked against caller limits before any
+ * allocation, and decode failures give IDEFICS_ERR_IMAGE_DECODE with stb's reason.
+ */
+#ifndef IDF_IMAGE_H
+#define IDF_IMAGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "internal.h"
+
+typedef struct idf_image {
+    int w, h;
+    uint8_t *rgb; /* [h][w][3], allocated with the idf_alloc given to the producer */
+} idf_image;
+
+typedef struct idf_image_limits {
+    int64_t max_pixels; /* w*h */
+    int64_t max_bytes;  /* encoded size */
+} idf_image_limits;
+
+idefics_status idf_image_load_file(const char *path, const idf_image_limits *lim, const idf_alloc *al,
+                                   idf_image *out, idf_err *err);
+idefics_status idf_image_load_memory(const void *data, size_t size, const idf_image_limits *lim,
+                                     const idf_alloc *al, idf_image *out, idf_err *err);
+/* From caller pixels: channels 1 (gray), 2 (gray+alpha), 3 (RGB) or 4 (RGBA);
+ * alpha is composited over opaque white. */
+idefics_status idf_image_from_pixels(const uint8_t *px, int w, int h, int channels, size_t stride,
+                                     const idf_image_limits *lim, const idf_alloc *al, idf_image *out,
+                                     idf_err *err);
+void idf_image_free(idf_image *img, const idf_alloc *al);
+
+/* Pillow-exact BICUBIC resize of an RGB8 image to ow x oh. */
+idefics_status idf_image_resize_bicubic(const idf_image *in, int ow, int oh, const idf_alloc *al, idf_image *out,
+                                        idf_err *err);
+
+/* x/255 then (x - mean[c]) / std[c], written as CHW floats [3][h][w]. */
+void idf_image_normalize(const idf_image *img, const float mean[3], const float std[3], float *chw);
+
+#endif /* IDF_IMAGE_H */
