@@ -7,11 +7,17 @@
  *
  * Byte layout (all integers little-endian, no implicit padding):
  *
- *   [0, 128)                      fixed header (idfx_header below)
+ *   [0, 128)                      fixed header (below)
  *   [meta_offset, +meta_size)     metadata: n_kv key/value entries
  *   [dir_offset,  +dir_size)      tensor directory: n_tensors entries
  *   [data_offset, +data_size)     data region; data_offset and every chunk offset
  *                                 are multiples of `alignment` (power of two, >= 4096)
+ *
+ *   The three sections may come in any order after the header but must not
+ *   overlap and must lie inside file_size. The converter streams: header, then
+ *   the data region from `alignment` on, then metadata and directory at the end
+ *   (and finally rewrites the header), so it never holds the model in memory.
+ *   Every chunk lies inside the data region; chunks do not overlap.
  *
  *   header (128 bytes):
  *     0   u8[4] magic "IDFX"           4   u32 version (= 1)
