@@ -201,8 +201,11 @@ IDEFICS_API const char *idefics_session_last_error(const idefics_session *sessio
 /* Building the prompt. Items are appended in order, with the IDEFICS processor's
  * semantics: images become <fake_token_around_image><image><fake_token_around_image>
  * (adjacent images share a fake token), text is stripped of leading and trailing
- * spaces. Nothing is evaluated until idefics_generate(). On error the session is
- * left exactly as it was. */
+ * spaces (no <end_of_utterance> is inserted between texts), and the whole
+ * conversation is tokenized as one text. Each add checks that the conversation
+ * still fits n_ctx (else IDEFICS_ERR_CONTEXT_FULL). Images are decoded and
+ * resized here, encoded by the next idefics_generate(); nothing is evaluated
+ * before that. On error the session is left exactly as it was. */
 
 /* An image from a file (JPEG, PNG, BMP, GIF first frame, PNM). */
 IDEFICS_API idefics_status idefics_add_image_file(idefics_session *session, const char *path);
@@ -215,9 +218,14 @@ IDEFICS_API idefics_status idefics_add_image_pixels(idefics_session *session, co
 /* Raw text, special tokens included. */
 IDEFICS_API idefics_status idefics_add_text(idefics_session *session, const char *text);
 
-/* One user turn in the model's chat format, using the images added since the
- * last turn: "User:" <images> question "<end_of_utterance>\nAssistant:" for
- * instruct models, "User:" <images> question "\nAssistant:" for base models. */
+/* One user turn in the model's chat format. The images added since the last
+ * text (a trailing run of images) are moved into the turn:
+ *   instruct: "User: " question <images> "<end_of_utterance>\nAssistant:"
+ *             (the instruct model card's order: question, then images)
+ *   base:     "User:" <images> question "\nAssistant:"
+ *             (the docs' few-shot order; "User: " question when there is no image)
+ * Turns after the first begin with "\n". The question is stripped of
+ * surrounding whitespace; an empty one gives IDEFICS_ERR_EMPTY_PROMPT. */
 IDEFICS_API idefics_status idefics_add_user_turn(idefics_session *session, const char *question);
 
 /* -------------------------------------------------------------- generation */
@@ -234,8 +242,10 @@ typedef struct idefics_generate_params {
 
 IDEFICS_API idefics_generate_params idefics_generate_default_params(void);
 
-/* Called for every generated token with its decoded text piece (may be "" for a
- * partial UTF-8 sequence). Return false to stop. */
+/* Called for every generated token (the stop token included) with its decoded
+ * text piece: "" for special tokens, and bytes of a UTF-8 sequence split across
+ * tokens are held back until it completes. The pieces concatenate to
+ * tokenizer.decode(generated, skip_special_tokens=True). Return false to stop. */
 typedef bool (*idefics_token_fn)(void *user_data, int32_t token, const char *piece);
 
 typedef struct idefics_timings {
@@ -247,7 +257,11 @@ typedef struct idefics_timings {
 } idefics_timings;
 
 /* Evaluate everything added since the last call and generate. The answer is
- * appended to the conversation, so a later turn continues it. */
+ * appended to the conversation, so a later turn continues it. Stops at a stop
+ * token, after max_new_tokens, or when the context is full (all IDEFICS_OK).
+ * IDEFICS_ERR_CONTEXT_FULL when the conversation itself no longer fits, and
+ * IDEFICS_ERR_CANCELLED after idefics_session_cancel(); the tokens generated
+ * until then stay in the conversation, and the session remains usable. */
 IDEFICS_API idefics_status idefics_generate(idefics_session *session, const idefics_generate_params *params,
                                             idefics_token_fn on_token, void *user_data);
 

@@ -4,6 +4,4 @@
 #include "cli.h"
 static int pending(const char *name) { fprintf(stderr, "idefics %s: not built yet\n", name); return 1; }
 int cmd_tokenize(int argc, char **argv) { (void)argc; (void)argv; return pending("tokenize"); }
-int cmd_ask(int argc, char **argv) { (void)argc; (void)argv; return pending("ask"); }
-int cmd_chat(int argc, char **argv) { (void)argc; (void)argv; return pending("chat"); }
 int cmd_caption(int argc, char **argv) { (void)argc; (void)argv; return pending("caption"); }

@@ -1,0 +1,602 @@
+/*
+ * forward.c - the IDEFICS forward pass (forward.h), spec §3: vision tower ->
+ * perceiver resampler -> per-image cross-attention K/V, and the LLaMA decoder
+ * with a gated cross-attention block before every cross_interval-th layer.
+ *
+ * Every computation is an op of an idf_backend (backend.h); this file only
+ * orders the ops and owns the buffers. An op the state's backend declines
+ * (supports_op) runs on the reference backend instead.
+ *
+ * Buffers (all fp32 unless the KV type says otherwise):
+ *   self-attention KV cache   kc, vc  [n_layers, n_ctx, hidden]   kv_type
+ *   per image slot            latents [n_img_tokens, v_dim]
+ *                             xk, xv  [n_cross, n_img_tokens, hidden]  kv_type
+ *   text scratch              one chunk of up to n_batch tokens
+ *   vision scratch            one image
+ * The text pass runs in chunks of n_batch tokens, so scratch does not grow
+ * with the prompt; the causal KV cache makes chunking exact.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "backend.h"
+#include "forward.h"
+#include "model.h"
+#include "quant.h"
+
+#define IDF_EVAL_BATCH 64 /* tokens per chunk: amortises weight dequantisation over this many rows */
+
+typedef struct img_slot {
+    float *latents;      /* [n_img_tokens, v_dim] */
+    void *xk, *xv;       /* [n_cross, n_img_tokens, hidden], kv_type */
+} img_slot;
+
+struct idf_state {
+    const idefics_model *m;
+    idf_alloc alloc;
+    idf_backend *be;     /* the session's backend */
+    idf_backend *ref;    /* fallback for ops `be` declines (== be when be is the reference) */
+    int n_ctx, n_past, n_batch;
+    idefics_kv_type kv_type;
+    size_t kv_elem;      /* bytes per cached element */
+    void *kc, *vc;       /* [n_layers, n_ctx, hidden] */
+    const volatile int *cancel;
+
+    img_slot *img;       /* [img_cap] */
+    int n_img, img_cap;
+
+    /* text scratch: [n_batch, hidden] unless noted */
+    float *h, *x, *q, *k, *v, *att;
+    float *g, *u;        /* [n_batch, intermediate] */
+
+    /* vision scratch (T = v_n_patches + 1 tokens, D = v_dim) */
+    float *patches;      /* [v_n_patches, channels * patch * patch] */
+    float *vx, *vy, *vq, *vk, *vv, *va; /* [T, D] */
+    float *vm;           /* [T, v_intermediate] */
+    /* perceiver scratch (L = p_latents, KV = T + L rows, E = p_heads * p_head_dim) */
+    float *pz, *py;      /* [L, D] */
+    float *pkv;          /* [KV, D]: normalised context then latents */
+    float *pq, *pa;      /* [L, E] */
+    float *pk, *pv;      /* [KV, E] */
+    float *pm;           /* [L, 4 D] */
+    float *xtmp;         /* [n_img_tokens, hidden]: one block's image K or V before storing */
+};
+
+/* ============================================================ op dispatch */
+
+/* The backend to run op d: the session's own, unless it declines. */
+static const idf_backend *pick(const idf_state *s, const idf_op_desc *d) {
+    return idf_backend_supports(s->be, d) ? s->be : s->ref;
+}
+
+static idefics_status op_fail(idf_err *err, idefics_status st, const char *op, const char *what) {
+    return idf_errf(err, st, "op %s on %s failed: %s", op, what, idefics_status_str(st));
+}
+
+#define SIMPLE_DESC(o) (&(idf_op_desc){.op = (o)})
+
+static idefics_status mm(idf_state *s, const idf_weight *w, const float *bias, const float *x, int64_t n, float *y,
+                         int64_t ldy, idf_err *err) {
+    const idf_op_desc d = {.op = IDF_OP_MATMUL, .wtype = w->type, .wlayout = w->layout, .n = n, .m = w->rows, .k = w->cols};
+    const idf_backend *b = pick(s, &d);
+    const idefics_status st = b->matmul(b->ctx, w, bias, x, n, y, ldy);
+    return st ? op_fail(err, st, "matmul", w->name) : IDEFICS_OK;
+}
+
+static idefics_status rows_of(idf_state *s, const idf_weight *w, int32_t id, float *y, idf_err *err) {
+    const idf_op_desc d = {.op = IDF_OP_GET_ROWS, .wtype = w->type, .wlayout = w->layout, .n = 1, .k = w->cols};
+    const idf_backend *b = pick(s, &d);
+    const idefics_status st = b->get_rows(b->ctx, w, &id, 1, y);
+    return st ? op_fail(err, st, "get_rows", w->name) : IDEFICS_OK;
+}
+
+static idefics_status rms(idf_state *s, const float *x, const float *w, float eps, int64_t n, int64_t dim, float *y,
+                          idf_err *err) {
+    const idf_backend *b = pick(s, SIMPLE_DESC(IDF_OP_RMSNORM));
+    const idefics_status st = b->rmsnorm(b->ctx, x, w, eps, n, dim, y);
+    return st ? op_fail(err, st, "rmsnorm", "activations") : IDEFICS_OK;
+}
+
+static idefics_status ln(idf_state *s, const float *x, const float *w, const float *bias, float eps, int64_t n,
+                         int64_t dim, float *y, idf_err *err) {
+    const idf_backend *b = pick(s, SIMPLE_DESC(IDF_OP_LAYERNORM));
+    const idefics_status st = b->layernorm(b->ctx, x, w, bias, eps, n, dim, y);
+    return st ? op_fail(err, st, "layernorm", "activations") : IDEFICS_OK;
+}
+
+static idefics_status attend(idf_state *s, const idf_attn *a, idf_err *err) {
+    const idf_op_desc d = {.op = IDF_OP_ATTENTION, .kv_type = a->kv_type, .n = a->n_q, .m = a->n_kv, .k = a->head_dim};
+    const idf_backend *b = pick(s, &d);
+    const idefics_status st = b->attention(b->ctx, a);
+    return st ? op_fail(err, st, "attention", "activations") : IDEFICS_OK;
+}
+
+typedef enum { ACT_GELU, ACT_QUICK_GELU, ACT_RELU } act_kind;
+
+static idefics_status act(idf_state *s, act_kind k, float *x, int64_t n, idf_err *err) {
+    static const idf_op kind_op[] = {IDF_OP_GELU, IDF_OP_QUICK_GELU, IDF_OP_RELU};
+    const idf_backend *b = pick(s, SIMPLE_DESC(kind_op[k]));
+    const idefics_status st = k == ACT_GELU         ? b->gelu(b->ctx, x, n)
+                              : k == ACT_QUICK_GELU ? b->quick_gelu(b->ctx, x, n)
+                                                    : b->relu(b->ctx, x, n);
+    return st ? op_fail(err, st, "activation", "activations") : IDEFICS_OK;
+}
+
+static idefics_status silu_mul(idf_state *s, float *g, const float *u, int64_t n, idf_err *err) {
+    const idf_backend *b = pick(s, SIMPLE_DESC(IDF_OP_SILU_MUL));
+    const idefics_status st = b->silu_mul(b->ctx, g, u, n);
+    return st ? op_fail(err, st, "silu_mul", "activations") : IDEFICS_OK;
+}
+
+static idefics_status add(idf_state *s, float *y, const float *x, int64_t n, idf_err *err) {
+    const idf_backend *b = pick(s, SIMPLE_DESC(IDF_OP_ADD));
+    const idefics_status st = b->add(b->ctx, y, x, n);
+    return st ? op_fail(err, st, "add", "activations") : IDEFICS_OK;
+}
+
+static idefics_status gated_add(idf_state *s, float *h, const float *gate, const float *a, int64_t n, int64_t dim,
+                                idf_err *err) {
+    const idf_backend *b = pick(s, SIMPLE_DESC(IDF_OP_GATED_ADD));
+    const idefics_status st = b->gated_add(b->ctx, h, gate, a, n, dim);
+    return st ? op_fail(err, st, "gated_add", "activations") : IDEFICS_OK;
+}
+
+static idefics_status rope(idf_state *s, float *x, int64_t n, int pos0, idf_err *err) {
+    const idf_config *c = &s->m->cfg;
+    const idf_backend *b = pick(s, SIMPLE_DESC(IDF_OP_ROPE));
+    const idefics_status st =
+        b->rope(b->ctx, x, n, c->hidden, (int)c->n_heads, (int)c->head_dim, pos0, c->rope_theta);
+    return st ? op_fail(err, st, "rope", "activations") : IDEFICS_OK;
+}
+
+static bool cancelled(const idf_state *s) { return s->cancel && *s->cancel; }
+
+/* Store n rows of `dim` floats as kv_type elements at dst. */
+static void store_kv(const idf_state *s, void *dst, const float *src, int64_t n_elems) {
+    if (s->kv_type == IDEFICS_KV_F32) {
+        memcpy(dst, src, (size_t)n_elems * sizeof(float));
+    } else {
+        uint16_t *d = dst;
+        for (int64_t i = 0; i < n_elems; i++) d[i] = idfx_fp32_to_fp16(src[i]);
+    }
+}
+
+/* ========================================================== state create */
+
+/* Allocate `n` floats, adding the byte count to *total for the log line. */
+static float *alloc_f(idf_state *s, uint64_t n, uint64_t *total) {
+    size_t bytes;
+    if (n > SIZE_MAX || !idf_mul_size((size_t)n, sizeof(float), &bytes)) return NULL;
+    *total += bytes;
+    return idf_malloc(&s->alloc, bytes);
+}
+
+void idf_state_free(idf_state *s) {
+    if (!s) return;
+    const idf_alloc al = s->alloc;
+    for (int i = 0; i < s->img_cap; i++) {
+        idf_free(&al, s->img[i].latents);
+        idf_free(&al, s->img[i].xk);
+        idf_free(&al, s->img[i].xv);
+    }
+    idf_free(&al, s->img);
+    float *bufs[] = {s->h,  s->x,  s->q,  s->k,  s->v,  s->att, s->g,  s->u,  s->patches, s->vx, s->vy,
+                     s->vq, s->vk, s->vv, s->va, s->vm, s->pz,  s->py, s->pkv, s->pq,    s->pa, s->pk,
+                     s->pv, s->pm, s->xtmp};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) idf_free(&al, bufs[i]);
+    idf_free(&al, s->kc);
+    idf_free(&al, s->vc);
+    if (s->be && s->be->free) s->be->free(s->be);
+    if (s->ref && s->ref != s->be && s->ref->free) s->ref->free(s->ref);
+    idf_free(&al, s);
+}
+
+idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_kv_type kv_type, int n_threads,
+                                idf_state **out, idf_err *err) {
+    if (!out) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_create: out is NULL");
+    *out = NULL;
+    if (!model) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_create: model is NULL");
+    const idf_config *c = &model->cfg;
+    if (n_ctx <= 0 || (uint32_t)n_ctx > c->max_pos)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "n_ctx = %d is out of range [1, %u] (max_position_embeddings)",
+                        n_ctx, c->max_pos);
+    if (kv_type != IDEFICS_KV_F32 && kv_type != IDEFICS_KV_F16)
+        return idf_errf(err, IDEFICS_ERR_UNSUPPORTED, "kv_type %d is not supported (F32 and F16 are)", (int)kv_type);
+
+    idf_state *s = idf_calloc(&model->alloc, 1, sizeof *s);
+    if (!s) return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the session state");
+    s->m = model;
+    s->alloc = model->alloc;
+    s->n_ctx = n_ctx;
+    s->kv_type = kv_type;
+    s->kv_elem = kv_type == IDEFICS_KV_F32 ? 4 : 2;
+    s->n_batch = n_ctx < IDF_EVAL_BATCH ? n_ctx : IDF_EVAL_BATCH;
+
+    idefics_status st = idf_backend_ref_create(n_threads, &s->alloc, &s->be, err);
+    if (st) {
+        idf_state_free(s);
+        return st;
+    }
+    s->ref = s->be;
+
+    /* The config was range-checked at load (every dimension <= 2^20), so the
+     * products below fit in 64 bits; the size_t conversions are still checked
+     * for 32-bit hosts. */
+    uint64_t total = 0;
+    const uint64_t H = c->hidden, B = (uint64_t)s->n_batch;
+    size_t kv_bytes;
+    const uint64_t kv_elems = (uint64_t)c->n_layers * (uint64_t)n_ctx * H;
+    bool ok = kv_elems <= SIZE_MAX && idf_mul_size((size_t)kv_elems, s->kv_elem, &kv_bytes);
+    if (ok) {
+        s->kc = idf_malloc(&s->alloc, kv_bytes);
+        s->vc = idf_malloc(&s->alloc, kv_bytes);
+        total += 2 * (uint64_t)kv_bytes;
+        ok = s->kc && s->vc;
+    }
+    s->h = alloc_f(s, B * H, &total);
+    s->x = alloc_f(s, B * H, &total);
+    s->q = alloc_f(s, B * H, &total);
+    s->k = alloc_f(s, B * H, &total);
+    s->v = alloc_f(s, B * H, &total);
+    s->att = alloc_f(s, B * H, &total);
+    s->g = alloc_f(s, B * c->intermediate, &total);
+    s->u = alloc_f(s, B * c->intermediate, &total);
+
+    const uint64_t T = (uint64_t)c->v_n_patches + 1, D = c->v_dim;
+    s->patches = alloc_f(s, (uint64_t)c->v_n_patches * c->v_channels * c->v_patch * c->v_patch, &total);
+    s->vx = alloc_f(s, T * D, &total);
+    s->vy = alloc_f(s, T * D, &total);
+    s->vq = alloc_f(s, T * D, &total);
+    s->vk = alloc_f(s, T * D, &total);
+    s->vv = alloc_f(s, T * D, &total);
+    s->va = alloc_f(s, T * D, &total);
+    s->vm = alloc_f(s, T * c->v_intermediate, &total);
+    s->xtmp = alloc_f(s, (uint64_t)model->n_img_tokens * H, &total);
+    ok = ok && s->h && s->x && s->q && s->k && s->v && s->att && s->g && s->u && s->patches && s->vx && s->vy &&
+         s->vq && s->vk && s->vv && s->va && s->vm && s->xtmp;
+    if (c->use_resampler) {
+        const uint64_t L = c->p_latents, KV = T + L, E = (uint64_t)c->p_heads * c->p_head_dim;
+        s->pz = alloc_f(s, L * D, &total);
+        s->py = alloc_f(s, L * D, &total);
+        s->pkv = alloc_f(s, KV * D, &total);
+        s->pq = alloc_f(s, L * E, &total);
+        s->pa = alloc_f(s, L * E, &total);
+        s->pk = alloc_f(s, KV * E, &total);
+        s->pv = alloc_f(s, KV * E, &total);
+        s->pm = alloc_f(s, L * 4 * D, &total);
+        ok = ok && s->pz && s->py && s->pkv && s->pq && s->pa && s->pk && s->pv && s->pm;
+    }
+    if (!ok) {
+        idf_state_free(s);
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the session state (%.1f MiB, n_ctx %d)",
+                        (double)total / (1024.0 * 1024.0), n_ctx);
+    }
+    idf_logf(&model->log, IDEFICS_LOG_DEBUG, "state: n_ctx %d, kv %s, %.1f MiB, backend %s", n_ctx,
+             kv_type == IDEFICS_KV_F32 ? "f32" : "f16", (double)total / (1024.0 * 1024.0), s->be->name);
+    *out = s;
+    return IDEFICS_OK;
+}
+
+void idf_state_reset(idf_state *s) {
+    if (!s) return;
+    s->n_past = 0;
+    s->n_img = 0; /* slot buffers stay allocated for the next images */
+}
+
+int idf_state_n_past(const idf_state *s) { return s ? s->n_past : 0; }
+int idf_state_n_ctx(const idf_state *s) { return s ? s->n_ctx : 0; }
+int idf_state_n_images(const idf_state *s) { return s ? s->n_img : 0; }
+
+void idf_state_truncate(idf_state *s, int n_past) {
+    if (s && n_past >= 0 && n_past < s->n_past) s->n_past = n_past;
+}
+
+void idf_state_set_cancel_flag(idf_state *s, const volatile int *flag) {
+    if (s) s->cancel = flag;
+}
+
+const float *idf_state_image_latents(const idf_state *s, int slot) {
+    if (!s || slot < 0 || slot >= s->n_img) return NULL;
+    return s->img[slot].latents;
+}
+
+/* ========================================================== vision tower */
+
+/* pixels [C, S, S] -> s->vx [T, D], the last hidden state (spec §3.1). */
+static idefics_status vision_tower(idf_state *s, const float *pixels, idf_err *err) {
+    const idf_config *c = &s->m->cfg;
+    const idf_weights *w = s->m->w;
+    const int64_t D = c->v_dim, T = (int64_t)c->v_n_patches + 1, P = c->v_patch, S = c->v_image_size;
+    const int64_t grid = S / P, kdim = (int64_t)c->v_channels * P * P;
+
+    /* Patch conv with stride = kernel = P and no bias, as a matmul over patches:
+     * patch p = (row py, col px) flattened in the conv weight's (c, ky, kx) order. */
+    for (int64_t py = 0; py < grid; py++)
+        for (int64_t px = 0; px < grid; px++) {
+            float *dst = s->patches + (py * grid + px) * kdim;
+            for (int64_t ch = 0; ch < c->v_channels; ch++)
+                for (int64_t ky = 0; ky < P; ky++)
+                    memcpy(dst + (ch * P + ky) * P, pixels + (ch * S + py * P + ky) * S + px * P,
+                           (size_t)P * sizeof(float));
+        }
+    IDF_FORWARD(mm(s, &w->patch, NULL, s->patches, T - 1, s->vx + D, D, err));
+    memcpy(s->vx, w->class_emb, (size_t)D * sizeof(float));
+    /* Position ids are 0..T-1 (a stored position_ids buffer is ignored, pitfall P3). */
+    IDF_FORWARD(add(s, s->vx, w->pos_emb, T * D, err));
+    IDF_FORWARD(ln(s, s->vx, w->pre_ln_w, w->pre_ln_b, c->v_ln_eps, T, D, s->vx, err));
+
+    const int hd = (int)(D / c->v_heads);
+    for (uint32_t l = 0; l < c->v_layers; l++) {
+        if (cancelled(s)) return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled in vision layer %u", l);
+        const idf_vision_layer *L = &w->vl[l];
+        IDF_FORWARD(ln(s, s->vx, L->ln1_w, L->ln1_b, c->v_ln_eps, T, D, s->vy, err));
+        IDF_FORWARD(mm(s, &L->q, L->q_b, s->vy, T, s->vq, D, err));
+        IDF_FORWARD(mm(s, &L->k, L->k_b, s->vy, T, s->vk, D, err));
+        IDF_FORWARD(mm(s, &L->v, L->v_b, s->vy, T, s->vv, D, err));
+        const idf_attn a = {
+            .n_q = (int)T, .n_kv = (int)T, .n_heads = (int)c->v_heads, .head_dim = hd,
+            .q = s->vq, .q_stride = D, .k = s->vk, .v = s->vv, .kv_stride = D, .kv_type = IDEFICS_KV_F32,
+            .scale = 1.0f / sqrtf((float)hd), .out = s->va, .out_stride = D,
+        };
+        IDF_FORWARD(attend(s, &a, err));
+        IDF_FORWARD(mm(s, &L->o, L->o_b, s->va, T, s->vy, D, err));
+        IDF_FORWARD(add(s, s->vx, s->vy, T * D, err));
+        IDF_FORWARD(ln(s, s->vx, L->ln2_w, L->ln2_b, c->v_ln_eps, T, D, s->vy, err));
+        IDF_FORWARD(mm(s, &L->fc1, L->fc1_b, s->vy, T, s->vm, c->v_intermediate, err));
+        IDF_FORWARD(act(s, c->v_gelu_exact ? ACT_GELU : ACT_QUICK_GELU, s->vm, T * c->v_intermediate, err));
+        IDF_FORWARD(mm(s, &L->fc2, L->fc2_b, s->vm, T, s->vy, D, err));
+        IDF_FORWARD(add(s, s->vx, s->vy, T * D, err));
+    }
+    /* No post_layernorm: IDEFICS takes last_hidden_state. */
+    return IDEFICS_OK;
+}
+
+/* ============================================================= perceiver */
+
+/* context s->vx [T, D] -> out [L, D] (spec §3.2). */
+static idefics_status perceiver(idf_state *s, float *out, idf_err *err) {
+    const idf_config *c = &s->m->cfg;
+    const idf_weights *w = s->m->w;
+    const int64_t D = c->v_dim, T = (int64_t)c->v_n_patches + 1, L = c->p_latents, KV = T + L;
+    const int64_t E = (int64_t)c->p_heads * c->p_head_dim, M = 4 * D;
+    const float eps = 1e-5f; /* nn.LayerNorm default: the perceiver's norms take no eps from the config */
+
+    memcpy(s->pz, w->latents, (size_t)(L * D) * sizeof(float));
+    for (uint32_t b = 0; b < c->p_depth; b++) {
+        if (cancelled(s)) return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled in perceiver block %u", b);
+        const idf_perceiver_block *B = &w->pb[b];
+        /* Keys and values see [LN(context); LN(latents)], context first; the same
+         * raw context feeds every block. */
+        float *zn = s->pkv + T * D;
+        IDF_FORWARD(ln(s, s->vx, B->ctx_ln_w, B->ctx_ln_b, eps, T, D, s->pkv, err));
+        IDF_FORWARD(ln(s, s->pz, B->lat_ln_w, B->lat_ln_b, eps, L, D, zn, err));
+        IDF_FORWARD(mm(s, &B->q, NULL, zn, L, s->pq, E, err));
+        IDF_FORWARD(mm(s, &B->k, NULL, s->pkv, KV, s->pk, E, err));
+        IDF_FORWARD(mm(s, &B->v, NULL, s->pkv, KV, s->pv, E, err));
+        if (c->p_qk_norms) {
+            IDF_FORWARD(ln(s, s->pq, B->q_ln_w, B->q_ln_b, eps, L * c->p_heads, c->p_head_dim, s->pq, err));
+            IDF_FORWARD(ln(s, s->pk, B->k_ln_w, B->k_ln_b, eps, KV * c->p_heads, c->p_head_dim, s->pk, err));
+        }
+        const idf_attn a = {
+            .n_q = (int)L, .n_kv = (int)KV, .n_heads = (int)c->p_heads, .head_dim = (int)c->p_head_dim,
+            .q = s->pq, .q_stride = E, .k = s->pk, .v = s->pv, .kv_stride = E, .kv_type = IDEFICS_KV_F32,
+            .scale = 1.0f / sqrtf((float)c->p_head_dim), .out = s->pa, .out_stride = E,
+        };
+        IDF_FORWARD(attend(s, &a, err));
+        IDF_FORWARD(mm(s, &B->o, NULL, s->pa, L, s->py, D, err));
+        IDF_FORWARD(add(s, s->pz, s->py, L * D, err));
+        IDF_FORWARD(ln(s, s->pz, B->mlp_ln_w, B->mlp_ln_b, eps, L, D, s->py, err));
+        IDF_FORWARD(mm(s, &B->fc, NULL, s->py, L, s->pm, M, err));
+        IDF_FORWARD(act(s, ACT_RELU, s->pm, L * M, err));
+        IDF_FORWARD(mm(s, &B->c_proj, NULL, s->pm, L, s->py, D, err));
+        IDF_FORWARD(add(s, s->pz, s->py, L * D, err));
+    }
+    return ln(s, s->pz, w->p_ln_w, w->p_ln_b, eps, L, D, out, err);
+}
+
+/* =============================================================== images */
+
+/* A free slot with its buffers allocated (reused after a reset). */
+static idefics_status take_slot(idf_state *s, img_slot **out, idf_err *err) {
+    const idf_config *c = &s->m->cfg;
+    if (s->n_img == s->img_cap) {
+        if (s->img_cap >= (1 << 20)) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "too many images in one session");
+        const int cap = s->img_cap ? 2 * s->img_cap : 4;
+        img_slot *n = idf_calloc(&s->alloc, (size_t)cap, sizeof *n);
+        if (!n) return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for image slots");
+        if (s->img_cap) memcpy(n, s->img, (size_t)s->img_cap * sizeof *n);
+        idf_free(&s->alloc, s->img);
+        s->img = n;
+        s->img_cap = cap;
+    }
+    img_slot *sl = &s->img[s->n_img];
+    if (!sl->latents) {
+        const uint64_t nl = s->m->n_img_tokens;
+        uint64_t xs = (uint64_t)c->n_cross * nl * c->hidden * s->kv_elem; /* <= 2^10 * 2^20 * 2^16 * 4: fits */
+        sl->latents = idf_malloc(&s->alloc, (size_t)(nl * c->v_dim * sizeof(float)));
+        sl->xk = idf_malloc(&s->alloc, (size_t)xs);
+        sl->xv = idf_malloc(&s->alloc, (size_t)xs);
+        if (!sl->latents || !sl->xk || !sl->xv)
+            return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for an image slot (%.1f MiB)",
+                            2.0 * (double)xs / (1024.0 * 1024.0));
+    }
+    *out = sl;
+    return IDEFICS_OK;
+}
+
+idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot, idf_err *err) {
+    if (!s || !pixels) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_image: NULL argument");
+    const idf_config *c = &s->m->cfg;
+    const idf_weights *w = s->m->w;
+    img_slot *sl = NULL;
+    IDF_FORWARD(take_slot(s, &sl, err));
+
+    IDF_FORWARD(vision_tower(s, pixels, err));
+    const int64_t nl = s->m->n_img_tokens, H = c->hidden;
+    if (c->use_resampler)
+        IDF_FORWARD(perceiver(s, sl->latents, err));
+    else
+        memcpy(sl->latents, s->vx, (size_t)(nl * c->v_dim) * sizeof(float));
+
+    /* Each gated block's K and V of this image, computed once (spec §3.7 allows
+     * caching them; HF recomputes them every step with identical results). */
+    for (uint32_t j = 0; j < c->n_cross; j++) {
+        const idf_cross_block *B = &w->xb[j];
+        const size_t off = (size_t)j * (size_t)(nl * H) * s->kv_elem;
+        IDF_FORWARD(mm(s, &B->k, NULL, sl->latents, nl, s->xtmp, H, err));
+        if (B->k_norm) IDF_FORWARD(rms(s, s->xtmp, B->k_norm, c->rms_eps, nl * c->n_heads, c->head_dim, s->xtmp, err));
+        store_kv(s, (uint8_t *)sl->xk + off, s->xtmp, nl * H);
+        IDF_FORWARD(mm(s, &B->v, NULL, sl->latents, nl, s->xtmp, H, err));
+        store_kv(s, (uint8_t *)sl->xv + off, s->xtmp, nl * H);
+    }
+    if (slot) *slot = s->n_img;
+    s->n_img++;
+    return IDEFICS_OK;
+}
+
+/* ================================================================= text */
+
+/* Gated cross-attention block j on the chunk h[n] (spec §3.3). */
+static idefics_status cross_block(idf_state *s, uint32_t j, const int32_t *img, int n, idf_err *err) {
+    const idf_config *c = &s->m->cfg;
+    const idf_cross_block *B = &s->m->w->xb[j];
+    const int64_t H = c->hidden, I = c->intermediate, nl = s->m->n_img_tokens;
+
+    bool any = false;
+    for (int i = 0; i < n && !any; i++) any = img && img[i] >= 0;
+    /* Rows that see no image get a zero attention output, so a chunk without
+     * any image skips the attention branch entirely; the dense branch below
+     * still runs for every row. */
+    if (any) {
+        IDF_FORWARD(rms(s, s->h, B->ln_in, c->rms_eps, n, H, s->x, err));
+        IDF_FORWARD(mm(s, &B->q, NULL, s->x, n, s->q, H, err));
+        if (B->q_norm) IDF_FORWARD(rms(s, s->q, B->q_norm, c->rms_eps, (int64_t)n * c->n_heads, c->head_dim, s->q, err));
+        /* Each row attends only to its own image's latents: equivalent to the
+         * HF additive mask, done as one attention call per run of equal img. */
+        for (int i0 = 0; i0 < n;) {
+            int i1 = i0 + 1;
+            while (i1 < n && img[i1] == img[i0]) i1++;
+            if (img[i0] < 0) {
+                memset(s->att + i0 * H, 0, (size_t)((i1 - i0) * H) * sizeof(float));
+            } else {
+                const img_slot *sl = &s->img[img[i0]];
+                const size_t off = (size_t)j * (size_t)(nl * H) * s->kv_elem;
+                const idf_attn a = {
+                    .n_q = i1 - i0, .n_kv = (int)nl, .n_heads = (int)c->n_heads, .head_dim = (int)c->head_dim,
+                    .q = s->q + i0 * H, .q_stride = H,
+                    .k = (const uint8_t *)sl->xk + off, .v = (const uint8_t *)sl->xv + off, .kv_stride = H,
+                    .kv_type = s->kv_type, .scale = 1.0f / sqrtf((float)c->head_dim),
+                    .out = s->att + i0 * H, .out_stride = H,
+                };
+                IDF_FORWARD(attend(s, &a, err));
+            }
+            i0 = i1;
+        }
+        IDF_FORWARD(mm(s, &B->o, NULL, s->att, n, s->x, H, err));
+        IDF_FORWARD(gated_add(s, s->h, B->gate_attn, s->x, n, H, err));
+    }
+    IDF_FORWARD(rms(s, s->h, B->ln_post, c->rms_eps, n, H, s->x, err));
+    IDF_FORWARD(mm(s, &B->gate, NULL, s->x, n, s->g, I, err));
+    IDF_FORWARD(mm(s, &B->up, NULL, s->x, n, s->u, I, err));
+    IDF_FORWARD(silu_mul(s, s->g, s->u, (int64_t)n * I, err));
+    IDF_FORWARD(mm(s, &B->down, NULL, s->g, n, s->x, H, err));
+    return gated_add(s, s->h, B->gate_dense, s->x, n, H, err);
+}
+
+/* Decoder layer l on the chunk h[n] at positions pos .. pos + n - 1 (spec §3.4). */
+static idefics_status decoder_layer(idf_state *s, uint32_t l, int pos, int n, idf_err *err) {
+    const idf_config *c = &s->m->cfg;
+    const idf_decoder_layer *L = &s->m->w->dl[l];
+    const int64_t H = c->hidden, I = c->intermediate;
+
+    IDF_FORWARD(rms(s, s->h, L->ln_in, c->rms_eps, n, H, s->x, err));
+    IDF_FORWARD(mm(s, &L->q, NULL, s->x, n, s->q, H, err));
+    IDF_FORWARD(mm(s, &L->k, NULL, s->x, n, s->k, H, err));
+    IDF_FORWARD(mm(s, &L->v, NULL, s->x, n, s->v, H, err));
+    IDF_FORWARD(rope(s, s->q, n, pos, err));
+    IDF_FORWARD(rope(s, s->k, n, pos, err)); /* the cache stores rotated keys */
+    const size_t layer_off = (size_t)l * (size_t)s->n_ctx * (size_t)H * s->kv_elem;
+    const size_t pos_off = (size_t)pos * (size_t)H * s->kv_elem;
+    uint8_t *kc = (uint8_t *)s->kc + layer_off, *vc = (uint8_t *)s->vc + layer_off;
+    store_kv(s, kc + pos_off, s->k, n * H);
+    store_kv(s, vc + pos_off, s->v, n * H);
+    const idf_attn a = {
+        .n_q = n, .n_kv = pos + n, .n_heads = (int)c->n_heads, .head_dim = (int)c->head_dim,
+        .q = s->q, .q_stride = H, .k = kc, .v = vc, .kv_stride = H, .kv_type = s->kv_type,
+        .scale = 1.0f / sqrtf((float)c->head_dim), .causal = true, .q_pos0 = pos,
+        .out = s->att, .out_stride = H,
+    };
+    IDF_FORWARD(attend(s, &a, err));
+    IDF_FORWARD(mm(s, &L->o, NULL, s->att, n, s->x, H, err));
+    IDF_FORWARD(add(s, s->h, s->x, n * H, err));
+    IDF_FORWARD(rms(s, s->h, L->ln_post, c->rms_eps, n, H, s->x, err));
+    IDF_FORWARD(mm(s, &L->gate, NULL, s->x, n, s->g, I, err));
+    IDF_FORWARD(mm(s, &L->up, NULL, s->x, n, s->u, I, err));
+    IDF_FORWARD(silu_mul(s, s->g, s->u, (int64_t)n * I, err));
+    IDF_FORWARD(mm(s, &L->down, NULL, s->g, n, s->x, H, err));
+    return add(s, s->h, s->x, n * H, err);
+}
+
+/* One chunk of n <= n_batch tokens at positions pos..; logits for rows
+ * [first_out, n) go to out (n_vocab floats each). */
+static idefics_status eval_chunk(idf_state *s, const int32_t *ids, const int32_t *img, int n, int pos, int first_out,
+                                 float *out, idf_err *err) {
+    const idf_config *c = &s->m->cfg;
+    const idf_weights *w = s->m->w;
+    const int64_t H = c->hidden;
+
+    for (int i = 0; i < n; i++) {
+        /* Ids past the base vocabulary index the additional (decoupled) embedding. */
+        if ((uint32_t)ids[i] < c->vocab_size)
+            IDF_FORWARD(rows_of(s, &w->embed, ids[i], s->h + i * H, err));
+        else
+            IDF_FORWARD(rows_of(s, &w->embed_add, ids[i] - (int32_t)c->vocab_size, s->h + i * H, err));
+    }
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        if (cancelled(s)) return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled at decoder layer %u", l);
+        if (l % c->cross_interval == 0) IDF_FORWARD(cross_block(s, l / c->cross_interval, img, n, err));
+        IDF_FORWARD(decoder_layer(s, l, pos, n, err));
+    }
+    const int n_out = n - first_out;
+    if (n_out <= 0) return IDEFICS_OK;
+    IDF_FORWARD(rms(s, s->h + first_out * H, w->norm, c->rms_eps, n_out, H, s->x, err));
+    /* logits = [lm_head | additional_fc], one row of n_vocab per token */
+    IDF_FORWARD(mm(s, &w->lm_head, NULL, s->x, n_out, out, c->n_vocab, err));
+    if (c->additional_vocab)
+        IDF_FORWARD(mm(s, &w->lm_add, NULL, s->x, n_out, out + c->vocab_size, c->n_vocab, err));
+    return IDEFICS_OK;
+}
+
+idefics_status idf_state_eval(idf_state *s, const int32_t *ids, const int32_t *img, int n, float *logits,
+                              bool all_logits, idf_err *err) {
+    if (!s || !ids || n <= 0 || !logits)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_eval: needs a state, ids, n > 0 and logits");
+    const idf_config *c = &s->m->cfg;
+    if (n > s->n_ctx - s->n_past)
+        return idf_errf(err, IDEFICS_ERR_CONTEXT_FULL, "%d tokens do not fit: %d of n_ctx %d are used", n, s->n_past,
+                        s->n_ctx);
+    for (int i = 0; i < n; i++) {
+        if (ids[i] < 0 || (uint32_t)ids[i] >= c->n_vocab)
+            return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "token %d: id %d is outside the vocabulary [0, %u)", i,
+                            (int)ids[i], c->n_vocab);
+        if (img && (img[i] < -1 || img[i] >= s->n_img))
+            return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "token %d: image slot %d does not exist (%d images)", i,
+                            (int)img[i], s->n_img);
+    }
+    const int start = s->n_past;
+    for (int i0 = 0; i0 < n; i0 += s->n_batch) {
+        const int nb = n - i0 < s->n_batch ? n - i0 : s->n_batch;
+        const bool last = i0 + nb == n;
+        /* all_logits: every row; else only the final token's row */
+        const int first_out = all_logits ? 0 : (last ? nb - 1 : nb);
+        float *out = all_logits ? logits + (size_t)i0 * c->n_vocab : logits;
+        const idefics_status st =
+            eval_chunk(s, ids + i0, img ? img + i0 : NULL, nb, s->n_past, first_out, out, err);
+        if (st) {
+            s->n_past = start; /* the state is as before the call; later writes overwrite the stale cache rows */
+            return st;
+        }
+        s->n_past += nb;
+    }
+    return IDEFICS_OK;
+}

@@ -1,0 +1,204 @@
+/*
+ * prompt.c - the IDEFICS processor's text assembly and image-mask scan
+ * (prompt.h). Mirrors transformers' IdeficsProcessor.__call__ for one sample
+ * and image_attention_mask_for_packed_input_ids; the tokenizer is applied by
+ * the caller to the whole text.
+ */
+#include <stdio.h>
+#include <string.h>
+
+#include "prompt.h"
+
+static const size_t bos_len = sizeof IDF_PROMPT_BOS - 1;
+
+static idefics_status reserve(idf_prompt *p, size_t extra) {
+    size_t need;
+    if (!idf_add_size(p->len, extra, &need) || !idf_add_size(need, 1, &need)) return IDEFICS_ERR_OUT_OF_MEMORY;
+    if (need <= p->cap) return IDEFICS_OK;
+    size_t cap = p->cap ? p->cap : 256;
+    while (cap < need) {
+        if (!idf_mul_size(cap, 2, &cap)) return IDEFICS_ERR_OUT_OF_MEMORY;
+    }
+    /* malloc + copy rather than realloc: a user allocator may lack realloc */
+    char *t = idf_malloc(p->al, cap);
+    if (!t) return IDEFICS_ERR_OUT_OF_MEMORY;
+    if (p->text) memcpy(t, p->text, p->len + 1);
+    idf_free(p->al, p->text);
+    p->text = t;
+    p->cap = cap;
+    return IDEFICS_OK;
+}
+
+static idefics_status append(idf_prompt *p, const char *s, size_t n) {
+    IDF_FORWARD(reserve(p, n));
+    memcpy(p->text + p->len, s, n);
+    p->len += n;
+    p->text[p->len] = '\0';
+    return IDEFICS_OK;
+}
+
+static idefics_status append_str(idf_prompt *p, const char *s) { return append(p, s, strlen(s)); }
+
+idefics_status idf_prompt_init(idf_prompt *p, const idf_alloc *al, bool auto_eou) {
+    memset(p, 0, sizeof *p);
+    p->al = al;
+    p->auto_eou = auto_eou;
+    idefics_status st = reserve(p, bos_len);
+    if (st != IDEFICS_OK) return st;
+    idf_prompt_clear(p);
+    return IDEFICS_OK;
+}
+
+void idf_prompt_free(idf_prompt *p) {
+    if (!p) return;
+    idf_free(p->al, p->text);
+    p->text = NULL;
+    p->len = p->cap = 0;
+}
+
+void idf_prompt_clear(idf_prompt *p) {
+    /* the buffer always holds at least "<s>" (init reserved it) */
+    memcpy(p->text, IDF_PROMPT_BOS, bos_len + 1);
+    p->len = bos_len;
+    p->last = IDF_ITEM_NONE;
+    p->n_images = 0;
+    p->run_start = 0;
+    p->run_prev = IDF_ITEM_NONE;
+    p->run_images = 0;
+}
+
+idefics_status idf_prompt_copy(idf_prompt *dst, const idf_prompt *src) {
+    char *keep = dst->text;
+    size_t keep_cap = dst->cap;
+    const idf_alloc *al = dst->al ? dst->al : src->al;
+    if (keep_cap < src->len + 1) {
+        char *t = idf_malloc(al, src->cap);
+        if (!t) return IDEFICS_ERR_OUT_OF_MEMORY;
+        idf_free(al, keep);
+        keep = t;
+        keep_cap = src->cap;
+    }
+    *dst = *src;
+    dst->al = al;
+    dst->text = keep;
+    dst->cap = keep_cap;
+    memcpy(dst->text, src->text, src->len + 1);
+    return IDEFICS_OK;
+}
+
+void idf_prompt_swap(idf_prompt *a, idf_prompt *b) {
+    idf_prompt t = *a;
+    *a = *b;
+    *b = t;
+}
+
+static void note_text(idf_prompt *p) {
+    p->last = IDF_ITEM_TEXT;
+    p->run_images = 0;
+}
+
+idefics_status idf_prompt_add_text(idf_prompt *p, const char *s, size_t len) {
+    /* str.strip(" "): spaces only, so "\nAssistant:" keeps its newline */
+    while (len > 0 && s[0] == ' ') s++, len--;
+    while (len > 0 && s[len - 1] == ' ') len--;
+    /* the processor inserts the EOU between consecutive text items, even empty ones */
+    if (p->auto_eou && p->last == IDF_ITEM_TEXT) IDF_FORWARD(append_str(p, IDF_PROMPT_EOU));
+    IDF_FORWARD(append(p, s, len));
+    note_text(p);
+    return IDEFICS_OK;
+}
+
+idefics_status idf_prompt_add_generated(idf_prompt *p, const char *s, size_t len) {
+    IDF_FORWARD(append(p, s, len));
+    note_text(p);
+    return IDEFICS_OK;
+}
+
+idefics_status idf_prompt_add_image(idf_prompt *p) {
+    size_t start = p->len;
+    idf_item_kind prev = p->last;
+    if (p->last == IDF_ITEM_IMAGE) {
+        /* adjacent images share the fake token between them */
+        IDF_FORWARD(append_str(p, IDF_PROMPT_IMAGE IDF_PROMPT_FAKE));
+    } else {
+        IDF_FORWARD(append_str(p, IDF_PROMPT_FAKE IDF_PROMPT_IMAGE IDF_PROMPT_FAKE));
+    }
+    if (p->run_images == 0) {
+        p->run_start = start;
+        p->run_prev = prev;
+    }
+    p->run_images++;
+    p->n_images++;
+    p->last = IDF_ITEM_IMAGE;
+    return IDEFICS_OK;
+}
+
+static bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+
+idefics_status idf_prompt_add_user_turn(idf_prompt *p, const char *question, bool instruct, idf_err *err) {
+    if (!question) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "add_user_turn: question is NULL");
+    size_t qlen = strlen(question);
+    while (qlen > 0 && is_ws(question[0])) question++, qlen--;
+    while (qlen > 0 && is_ws(question[qlen - 1])) qlen--;
+    if (qlen == 0) return idf_errf(err, IDEFICS_ERR_EMPTY_PROMPT, "add_user_turn: the question is empty");
+
+    /* Take the trailing images out; they are re-appended inside the turn. The
+     * edit happens on a copy so that an allocation failure changes nothing. */
+    idf_prompt q = {0};
+    q.al = p->al;
+    idefics_status st = idf_prompt_copy(&q, p);
+    if (st != IDEFICS_OK) return idf_errf(err, st, "add_user_turn: out of memory");
+    int n_img = q.run_images;
+    if (n_img > 0) {
+        q.len = q.run_start;
+        q.text[q.len] = '\0';
+        q.last = q.run_prev;
+        q.n_images -= n_img;
+        q.run_images = 0;
+    }
+    bool auto_eou = q.auto_eou;
+    q.auto_eou = false; /* the template writes its own EOUs */
+    const char *nl = (q.len > bos_len && q.text[q.len - 1] != '\n') ? "\n" : "";
+
+    /* "User: " + q as one item: separate items would be joined without a space */
+    char head[8];
+    bool q_in_head = instruct || n_img == 0;
+    snprintf(head, sizeof head, "%sUser:%s", nl, q_in_head ? " " : "");
+    st = append_str(&q, head);
+    if (st == IDEFICS_OK && q_in_head) st = append(&q, question, qlen);
+    if (st == IDEFICS_OK) note_text(&q);
+    for (int i = 0; i < n_img && st == IDEFICS_OK; i++) st = idf_prompt_add_image(&q);
+    if (st == IDEFICS_OK && !q_in_head) st = idf_prompt_add_text(&q, question, qlen);
+    if (st == IDEFICS_OK && instruct) st = idf_prompt_add_text(&q, IDF_PROMPT_EOU, sizeof IDF_PROMPT_EOU - 1);
+    if (st == IDEFICS_OK) st = idf_prompt_add_text(&q, "\nAssistant:", 11);
+    if (st != IDEFICS_OK) {
+        idf_prompt_free(&q);
+        return idf_errf(err, st, "add_user_turn: out of memory");
+    }
+    q.auto_eou = auto_eou;
+    idf_prompt_swap(p, &q);
+    idf_prompt_free(&q);
+    return IDEFICS_OK;
+}
+
+void idf_image_scan_init(idf_scan_state *sc) {
+    sc->cnt = -1;
+    sc->seen_eod = false;
+}
+
+void idf_image_scan(idf_scan_state *sc, const int32_t *ids, int n, int32_t tok_image, int32_t tok_eos, int n_images,
+                    int32_t *img) {
+    for (int i = 0; i < n; i++) {
+        int32_t v;
+        if (ids[i] == tok_image) {
+            sc->cnt++;
+            sc->seen_eod = false;
+        }
+        v = sc->cnt;
+        if (sc->seen_eod) v = -1;
+        /* </s> hides images from the next token on; the </s> itself keeps its value */
+        if (ids[i] == tok_eos) sc->seen_eod = true;
+        if (v >= n_images) v = -1;
+        img[i] = v;
+    }
+}

@@ -1,0 +1,702 @@
+/*
+ * session.c - the session half of the public API (include/idefics.h): building
+ * the conversation, generating, cancelling, and the public tokenizer wrappers.
+ *
+ * The conversation is kept as text (prompt.c) and tokenized whole, as the HF
+ * processor does, so item boundaries tokenize exactly as in Python. The KV
+ * cache (forward.h) holds the tokens already evaluated; each generate call
+ * re-uses the longest prefix whose ids and visible images are unchanged and
+ * evaluates the rest. Generated tokens are appended to the ids as sampled and
+ * to the text as decoded; when a later turn's re-tokenization of that text
+ * differs, only the differing tail is re-evaluated.
+ *
+ * Every add_* prepares its edit aside (image decoded, text re-tokenized,
+ * context checked) and swaps it in only when everything succeeded.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "forward.h"
+#include "image.h"
+#include "model.h"
+#include "prompt.h"
+#include "sampling.h"
+#include "tokenizer.h"
+
+#define PIECE_MAX 512
+
+struct idefics_session {
+    idefics_model *model;
+    const idf_alloc *al;
+    idf_err err;
+    idf_state *st;
+    int n_ctx, n_vocab;
+    idf_image_limits lim;
+
+    idf_prompt prompt;  /* the conversation text */
+    idf_prompt edit;    /* an add_* builds its edit here, then swaps */
+
+    /* Tokens of the conversation: the tokenization of prompt.text, with the
+     * tokens generated since appended as sampled. Capacity n_ctx + 1: the last
+     * sampled token is appended before it is evaluated. */
+    int32_t *ids, *img;
+    int n_ids;
+    int32_t *tmp_ids, *tmp_img; /* the next tokenization, swapped in on commit */
+    int tmp_n;
+    /* What the KV cache holds (positions 0 .. n_eval-1). */
+    int32_t *ev_ids, *ev_img;
+    int n_eval;
+
+    /* Images in order of addition; pixels are freed once encoded. Image i of
+     * the text (the i-th <image> token) is forward-state slot i. */
+    float **px;
+    int n_px, cap_px, n_encoded;
+
+    float *logits;      /* raw logits of position n_eval - 1 when logits_ok */
+    bool logits_ok;
+    float *work;        /* logits after the processors */
+    idf_cand *cand;
+    uint8_t *seen;
+
+    int32_t special[8]; /* decode to "" in the stream (skip_special_tokens) */
+    int n_special;
+    int32_t byte_id[256]; /* the <0xNN> byte-fallback tokens, -1 when absent */
+
+    volatile int cancel;
+    idefics_timings tm;
+};
+
+/* ---------------------------------------------------------------- helpers */
+
+static const idf_config *cfg_of(const idefics_session *s) { return &s->model->cfg; }
+
+static bool is_special(const idefics_session *s, int32_t id) {
+    for (int i = 0; i < s->n_special; i++)
+        if (s->special[i] == id) return true;
+    return false;
+}
+
+/* Tokenize p's text into tmp_ids/tmp_img, checking it fits the context. */
+static idefics_status tokenize_into_tmp(idefics_session *s, const idf_prompt *p, const char *what) {
+    int n = 0;
+    idefics_status st =
+        idf_tokenize(s->model->tok, p->text, p->len, false, s->tmp_ids, s->n_ctx, &n, &s->err);
+    if (st != IDEFICS_OK) return st;
+    if (n > s->n_ctx)
+        return idf_errf(&s->err, IDEFICS_ERR_CONTEXT_FULL,
+                        "%s: the prompt would be %d tokens, more than the context of %d (session n_ctx)", what, n,
+                        s->n_ctx);
+    idf_scan_state sc;
+    idf_image_scan_init(&sc);
+    idf_image_scan(&sc, s->tmp_ids, n, cfg_of(s)->tok_image, cfg_of(s)->tok_eos, p->n_images, s->tmp_img);
+    s->tmp_n = n;
+    return IDEFICS_OK;
+}
+
+/* Make tmp the tokens of the conversation. Cannot fail. */
+static void commit_tokens(idefics_session *s) {
+    int32_t *t = s->ids;
+    s->ids = s->tmp_ids;
+    s->tmp_ids = t;
+    t = s->img;
+    s->img = s->tmp_img;
+    s->tmp_img = t;
+    s->n_ids = s->tmp_n;
+}
+
+/* Make s->edit the conversation and tmp its tokens. Cannot fail. */
+static void commit_edit(idefics_session *s) {
+    idf_prompt_swap(&s->prompt, &s->edit);
+    commit_tokens(s);
+}
+
+static idefics_status begin_edit(idefics_session *s, const char *what) {
+    idf_err_clear(&s->err);
+    if (idf_prompt_copy(&s->edit, &s->prompt) != IDEFICS_OK)
+        return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "%s: out of memory copying the prompt", what);
+    return IDEFICS_OK;
+}
+
+/* --------------------------------------------------------------- lifetime */
+
+idefics_session_params idefics_session_default_params(void) {
+    return (idefics_session_params){
+        .n_ctx = 0,
+        .n_threads = 0,
+        .kv_type = IDEFICS_KV_F16,
+        .max_image_pixels = 40 * 1000 * 1000,
+        .max_image_bytes = 64 * 1024 * 1024,
+    };
+}
+
+/* The processor writes special tokens as text; check the tokenizer turns each
+ * back into the id the config names, so prompt text and ids cannot disagree. */
+static idefics_status check_special(idefics_session *s, const char *text, int32_t want, const char *key) {
+    int32_t ids[4];
+    int n = 0;
+    IDF_FORWARD(idf_tokenize(s->model->tok, text, strlen(text), false, ids, 4, &n, &s->err));
+    if (n != 1 || ids[0] != want)
+        return idf_errf(&s->err, IDEFICS_ERR_BAD_CONFIG,
+                        "session: the tokenizer encodes \"%s\" as %d token(s) starting with %d, but the config's %s "
+                        "is %d",
+                        text, n, n > 0 ? ids[0] : -1, key, want);
+    return IDEFICS_OK;
+}
+
+static idefics_status session_init(idefics_session *s, idefics_model *model, const idefics_session_params *p) {
+    const idf_config *c = &model->cfg;
+    if (!model->tok) return idf_errf(&s->err, IDEFICS_ERR_BAD_CONFIG, "session: the model has no tokenizer");
+    if (c->tok_image < 0 || c->tok_fake_image < 0 || c->tok_bos < 0)
+        return idf_errf(&s->err, IDEFICS_ERR_BAD_CONFIG,
+                        "session: the model lacks a special token id (bos %d, <image> %d, "
+                        "<fake_token_around_image> %d)",
+                        c->tok_bos, c->tok_image, c->tok_fake_image);
+    if (c->n_vocab == 0 || c->n_vocab > (1u << 24) || c->v_image_size == 0 || c->v_image_size > 4096 ||
+        c->v_channels != 3)
+        return idf_errf(&s->err, IDEFICS_ERR_BAD_CONFIG,
+                        "session: unsupported config (n_vocab %u, vision.image_size %u, vision.num_channels %u)",
+                        c->n_vocab, c->v_image_size, c->v_channels);
+    IDF_FORWARD(check_special(s, IDF_PROMPT_BOS, c->tok_bos, "bos token id"));
+    IDF_FORWARD(check_special(s, IDF_PROMPT_IMAGE, c->tok_image, "<image> id"));
+    IDF_FORWARD(check_special(s, IDF_PROMPT_FAKE, c->tok_fake_image, "<fake_token_around_image> id"));
+    if (c->is_instruct) {
+        if (c->tok_end_of_utterance < 0)
+            return idf_errf(&s->err, IDEFICS_ERR_BAD_CONFIG, "session: instruct model without <end_of_utterance>");
+        IDF_FORWARD(check_special(s, IDF_PROMPT_EOU, c->tok_end_of_utterance, "<end_of_utterance> id"));
+    }
+
+    int n_ctx = p->n_ctx > 0 ? p->n_ctx : (int)c->max_pos;
+    if (n_ctx <= 0 || n_ctx > (1 << 24))
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "session: n_ctx %d out of range", n_ctx);
+    IDF_FORWARD(idf_state_create(model, n_ctx, p->kv_type, p->n_threads, &s->st, &s->err));
+    idf_state_set_cancel_flag(s->st, &s->cancel);
+    s->n_ctx = idf_state_n_ctx(s->st);
+    s->n_vocab = (int)c->n_vocab;
+    s->lim.max_pixels = p->max_image_pixels;
+    s->lim.max_bytes = p->max_image_bytes;
+
+    size_t cap = (size_t)s->n_ctx + 1;
+    int32_t **bufs[] = {&s->ids, &s->img, &s->tmp_ids, &s->tmp_img, &s->ev_ids, &s->ev_img};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) {
+        *bufs[i] = idf_calloc(s->al, cap, sizeof(int32_t));
+        if (!*bufs[i]) return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "session: out of memory (token buffers)");
+    }
+    s->logits = idf_calloc(s->al, (size_t)s->n_vocab, sizeof(float));
+    s->work = idf_calloc(s->al, (size_t)s->n_vocab, sizeof(float));
+    s->cand = idf_calloc(s->al, (size_t)s->n_vocab, sizeof(idf_cand));
+    s->seen = idf_calloc(s->al, (size_t)s->n_vocab, 1);
+    if (!s->logits || !s->work || !s->cand || !s->seen)
+        return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "session: out of memory (logit buffers)");
+    if (idf_prompt_init(&s->prompt, s->al, false) != IDEFICS_OK ||
+        idf_prompt_init(&s->edit, s->al, false) != IDEFICS_OK)
+        return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "session: out of memory (prompt)");
+
+    int32_t sp[] = {c->tok_bos, c->tok_eos, c->tok_fake_image, c->tok_image, c->tok_end_of_utterance,
+                    idf_tokenizer_find(model->tok, "<unk>"), idf_tokenizer_find(model->tok, "<pad>")};
+    for (size_t i = 0; i < sizeof sp / sizeof sp[0]; i++)
+        if (sp[i] >= 0) s->special[s->n_special++] = sp[i];
+
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        s->byte_id[b] = idf_tokenizer_find(model->tok, name);
+    }
+
+    IDF_FORWARD(tokenize_into_tmp(s, &s->prompt, "session"));
+    commit_tokens(s);
+    return IDEFICS_OK;
+}
+
+idefics_status idefics_session_create(idefics_model *model, const idefics_session_params *params,
+                                      idefics_session **out, char *errbuf, size_t errbuf_size) {
+    if (out) *out = NULL;
+    if (!model || !out) {
+        if (errbuf && errbuf_size) snprintf(errbuf, errbuf_size, "idefics_session_create: model and out are required");
+        return IDEFICS_ERR_INVALID_ARG;
+    }
+    idefics_session_params p = params ? *params : idefics_session_default_params();
+    idefics_session *s = idf_calloc(&model->alloc, 1, sizeof *s);
+    if (!s) {
+        if (errbuf && errbuf_size) snprintf(errbuf, errbuf_size, "idefics_session_create: out of memory");
+        return IDEFICS_ERR_OUT_OF_MEMORY;
+    }
+    s->model = model;
+    s->al = &model->alloc;
+    idefics_status st = session_init(s, model, &p);
+    if (st != IDEFICS_OK) {
+        idf_err_copy(&s->err, errbuf, errbuf_size);
+        idefics_session_free(s);
+        return st;
+    }
+    *out = s;
+    return IDEFICS_OK;
+}
+
+static void free_pixels(idefics_session *s) {
+    for (int i = 0; i < s->n_px; i++) {
+        idf_free(s->al, s->px[i]);
+        s->px[i] = NULL;
+    }
+    s->n_px = 0;
+    s->n_encoded = 0;
+}
+
+void idefics_session_free(idefics_session *s) {
+    if (!s) return;
+    if (s->st) idf_state_free(s->st);
+    free_pixels(s);
+    idf_free(s->al, s->px);
+    idf_prompt_free(&s->prompt);
+    idf_prompt_free(&s->edit);
+    void *bufs[] = {s->ids, s->img, s->tmp_ids, s->tmp_img, s->ev_ids, s->ev_img,
+                    s->logits, s->work, s->cand, s->seen};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) idf_free(s->al, bufs[i]);
+    idf_free(s->al, s);
+}
+
+void idefics_session_reset(idefics_session *s) {
+    if (!s) return;
+    idf_state_reset(s->st);
+    free_pixels(s);
+    idf_prompt_clear(&s->prompt);
+    /* "<s>" is a single special token: no tokenizer call needed */
+    s->ids[0] = cfg_of(s)->tok_bos;
+    s->img[0] = -1;
+    s->n_ids = 1;
+    s->n_eval = 0;
+    s->logits_ok = false;
+    memset(&s->tm, 0, sizeof s->tm);
+    idf_err_clear(&s->err);
+}
+
+const char *idefics_session_last_error(const idefics_session *s) { return s ? s->err.msg : ""; }
+
+const char *idf_session_text(const idefics_session *s) { return s ? s->prompt.text : ""; }
+
+/* ------------------------------------------------------------- prompt items */
+
+/* Resize and normalise a decoded image, then add it to the prompt. */
+static idefics_status add_decoded_image(idefics_session *s, idf_image *im, const char *what) {
+    const idf_config *c = cfg_of(s);
+    int sz = (int)c->v_image_size;
+    idf_image rs = {0};
+    float *chw = NULL;
+    idefics_status st = idf_image_resize_bicubic(im, sz, sz, s->al, &rs, &s->err);
+    idf_image_free(im, s->al);
+    if (st != IDEFICS_OK) return st;
+    chw = idf_malloc(s->al, (size_t)3 * (size_t)sz * (size_t)sz * sizeof(float));
+    if (!chw) {
+        idf_image_free(&rs, s->al);
+        return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "%s: out of memory for the pixels", what);
+    }
+    idf_image_normalize(&rs, c->image_mean, c->image_std, chw);
+    idf_image_free(&rs, s->al);
+
+    /* room for the pointer first, so nothing can fail after the commit */
+    if (s->n_px == s->cap_px) {
+        int ncap = s->cap_px ? s->cap_px * 2 : 4;
+        float **np = idf_calloc(s->al, (size_t)ncap, sizeof *np);
+        if (!np) {
+            idf_free(s->al, chw);
+            return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "%s: out of memory", what);
+        }
+        if (s->px) memcpy(np, s->px, (size_t)s->n_px * sizeof *np);
+        idf_free(s->al, s->px);
+        s->px = np;
+        s->cap_px = ncap;
+    }
+    st = begin_edit(s, what);
+    if (st == IDEFICS_OK && idf_prompt_add_image(&s->edit) != IDEFICS_OK)
+        st = idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "%s: out of memory", what);
+    if (st == IDEFICS_OK) st = tokenize_into_tmp(s, &s->edit, what);
+    if (st != IDEFICS_OK) {
+        idf_free(s->al, chw);
+        return st;
+    }
+    commit_edit(s);
+    s->px[s->n_px++] = chw;
+    return IDEFICS_OK;
+}
+
+idefics_status idefics_add_image_file(idefics_session *s, const char *path) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    idf_err_clear(&s->err);
+    if (!path) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_image_file: path is NULL");
+    idf_image im = {0};
+    idefics_status st = idf_image_load_file(path, &s->lim, s->al, &im, &s->err);
+    if (st != IDEFICS_OK) return st;
+    return add_decoded_image(s, &im, "add_image_file");
+}
+
+idefics_status idefics_add_image_memory(idefics_session *s, const void *data, size_t size) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    idf_err_clear(&s->err);
+    if (!data || size == 0) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_image_memory: no data");
+    idf_image im = {0};
+    idefics_status st = idf_image_load_memory(data, size, &s->lim, s->al, &im, &s->err);
+    if (st != IDEFICS_OK) return st;
+    return add_decoded_image(s, &im, "add_image_memory");
+}
+
+idefics_status idefics_add_image_pixels(idefics_session *s, const uint8_t *pixels, int width, int height,
+                                        int channels, size_t stride_bytes) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    idf_err_clear(&s->err);
+    if (!pixels || width <= 0 || height <= 0 || channels < 1 || channels > 4)
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG,
+                        "add_image_pixels: need pixels, width > 0, height > 0 and 1..4 channels (got %dx%d, %d)",
+                        width, height, channels);
+    idf_image im = {0};
+    idefics_status st =
+        idf_image_from_pixels(pixels, width, height, channels, stride_bytes, &s->lim, s->al, &im, &s->err);
+    if (st != IDEFICS_OK) return st;
+    return add_decoded_image(s, &im, "add_image_pixels");
+}
+
+idefics_status idefics_add_text(idefics_session *s, const char *text) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    idf_err_clear(&s->err);
+    if (!text) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_text: text is NULL");
+    IDF_FORWARD(begin_edit(s, "add_text"));
+    if (idf_prompt_add_text(&s->edit, text, strlen(text)) != IDEFICS_OK)
+        return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "add_text: out of memory");
+    IDF_FORWARD(tokenize_into_tmp(s, &s->edit, "add_text"));
+    commit_edit(s);
+    return IDEFICS_OK;
+}
+
+idefics_status idefics_add_user_turn(idefics_session *s, const char *question) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    IDF_FORWARD(begin_edit(s, "add_user_turn"));
+    IDF_FORWARD(idf_prompt_add_user_turn(&s->edit, question, cfg_of(s)->is_instruct, &s->err));
+    IDF_FORWARD(tokenize_into_tmp(s, &s->edit, "add_user_turn"));
+    commit_edit(s);
+    return IDEFICS_OK;
+}
+
+/* ------------------------------------------------------------- generation */
+
+idefics_generate_params idefics_generate_default_params(void) {
+    return (idefics_generate_params){
+        .max_new_tokens = 64,
+        .temperature = 0.0f,
+        .top_k = 0,
+        .top_p = 1.0f,
+        .repetition_penalty = 1.0f,
+        .seed = 0,
+        .stop_at_eos = true,
+    };
+}
+
+static bool is_stop(const idefics_session *s, int32_t id, bool stop_at_eos) {
+    const idf_config *c = cfg_of(s);
+    if (id == c->tok_eos) return stop_at_eos;
+    if (c->is_instruct && id == c->tok_end_of_utterance) return true;
+    for (int i = 0; i < c->n_stop_ids && i < 8; i++)
+        if (c->stop_ids[i] == id) return true;
+    return false;
+}
+
+/* ---- the token stream: pieces that concatenate to what
+ * idf_detokenize(generated, skip_special = true) gives. Special tokens add
+ * nothing; a run of byte-fallback tokens is held until a normal token or the
+ * end closes it, then written as is when it is valid UTF-8 and as one U+FFFD
+ * per byte otherwise (HF's ByteFallback decoder); the first byte of the answer
+ * is dropped when it is a space (the legacy decode rule). */
+
+#define RUN_MAX 64 /* longest byte run held back; a longer one is flushed early */
+
+typedef struct stream {
+    char run[RUN_MAX];
+    size_t n_run;
+    bool strip; /* nothing written yet */
+    char out[PIECE_MAX + 3 * RUN_MAX + 1];
+    size_t n_out;
+} stream;
+
+/* Strict UTF-8 (RFC 3629: no overlongs, surrogates or code points past U+10FFFF). */
+static bool utf8_valid(const unsigned char *p, size_t n) {
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        size_t need;
+        unsigned lo = 0x80, hi = 0xBF;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            need = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            if (c == 0xE0) lo = 0xA0;
+            if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            if (c == 0xF0) lo = 0x90;
+            if (c == 0xF4) hi = 0x8F;
+        } else {
+            return false;
+        }
+        if (n - i - 1 < need) return false;
+        for (size_t k = 1; k <= need; k++) {
+            unsigned b = p[i + k];
+            if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF)) return false;
+        }
+        i += need + 1;
+    }
+    return true;
+}
+
+static void stream_put(stream *o, char c) {
+    if (o->strip) {
+        o->strip = false;
+        if (c == ' ') return;
+    }
+    if (o->n_out + 1 < sizeof o->out) o->out[o->n_out++] = c;
+}
+
+static void stream_flush_run(stream *o) {
+    if (utf8_valid((const unsigned char *)o->run, o->n_run)) {
+        for (size_t i = 0; i < o->n_run; i++) stream_put(o, o->run[i]);
+    } else {
+        for (size_t i = 0; i < o->n_run; i++) {
+            stream_put(o, '\xEF');
+            stream_put(o, '\xBF');
+            stream_put(o, '\xBD');
+        }
+    }
+    o->n_run = 0;
+}
+
+/* byte_id[b]: the id of the <0xNN> token for byte b, -1 when absent. */
+static bool is_byte_token(const idefics_session *s, int32_t id, const char *piece, int n) {
+    return n == 1 && s->byte_id[(unsigned char)piece[0]] == id;
+}
+
+/* Feed one generated token; afterwards o->out holds this token's text piece. */
+static void stream_token(idefics_session *s, stream *o, int32_t tok, bool last) {
+    o->n_out = 0;
+    if (!is_special(s, tok)) {
+        char piece[PIECE_MAX];
+        /* prev 0 (any id >= 0): the raw piece, leading space kept; stream_put strips */
+        int n = idf_token_to_piece(s->model->tok, 0, tok, piece, sizeof piece);
+        if (n < 0) n = 0;
+        if (is_byte_token(s, tok, piece, n)) {
+            if (o->n_run == RUN_MAX) stream_flush_run(o);
+            o->run[o->n_run++] = piece[0];
+        } else {
+            stream_flush_run(o);
+            for (int i = 0; i < n; i++) stream_put(o, piece[i]);
+        }
+    }
+    if (last) stream_flush_run(o);
+    o->out[o->n_out] = '\0';
+}
+
+/* The text a token adds to the conversation, such that re-tokenizing the text
+ * gives the token back: after a special token a new segment starts, and the
+ * tokenizer's dummy prefix will supply the leading space again. */
+static int conversation_piece(const idefics_session *s, int32_t prev, int32_t id, char *buf) {
+    int32_t p = (prev < 0 || is_special(s, prev)) ? -1 : prev;
+    return idf_token_to_piece(s->model->tok, p, id, buf, PIECE_MAX);
+}
+
+/* Evaluate ids[from..n_ids) after the cache; on failure the cache is put back. */
+static idefics_status eval_tail(idefics_session *s, int from) {
+    int n = s->n_ids - from;
+    idefics_status st = idf_state_eval(s->st, s->ids + from, s->img + from, n, s->logits, false, &s->err);
+    if (st != IDEFICS_OK) {
+        idf_state_truncate(s->st, from);
+        s->n_eval = from;
+        s->logits_ok = false;
+        if (st == IDEFICS_ERR_CANCELLED && !s->err.msg[0]) idf_errf(&s->err, st, "generate: cancelled");
+        return st;
+    }
+    memcpy(s->ev_ids + from, s->ids + from, (size_t)n * sizeof(int32_t));
+    memcpy(s->ev_img + from, s->img + from, (size_t)n * sizeof(int32_t));
+    s->n_eval = s->n_ids;
+    s->logits_ok = true;
+    return IDEFICS_OK;
+}
+
+static idefics_status check_gen_params(idefics_session *s, const idefics_generate_params *p) {
+    if (p->max_new_tokens < 0)
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "generate: max_new_tokens %d < 0", p->max_new_tokens);
+    if (!(p->temperature >= 0) || isinf(p->temperature))
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "generate: temperature %g must be >= 0 and finite",
+                        (double)p->temperature);
+    if (p->top_k < 0) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "generate: top_k %d < 0", p->top_k);
+    if (!(p->top_p > 0 && p->top_p <= 1))
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "generate: top_p %g must be in (0, 1]", (double)p->top_p);
+    if (!(p->repetition_penalty > 0) || isinf(p->repetition_penalty))
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "generate: repetition_penalty %g must be > 0",
+                        (double)p->repetition_penalty);
+    return IDEFICS_OK;
+}
+
+/* Encode the images added since the last call, in order. */
+static idefics_status encode_images(idefics_session *s) {
+    while (s->n_encoded < s->n_px) {
+        int slot = -1;
+        double t0 = idf_time_ms();
+        idefics_status st = idf_state_add_image(s->st, s->px[s->n_encoded], &slot, &s->err);
+        s->tm.image_encode_ms += idf_time_ms() - t0;
+        if (st != IDEFICS_OK) return st;
+        if (slot != s->n_encoded)
+            return idf_errf(&s->err, IDEFICS_ERR_INTERNAL, "generate: image %d was given slot %d", s->n_encoded,
+                            slot);
+        idf_free(s->al, s->px[s->n_encoded]);
+        s->px[s->n_encoded] = NULL;
+        s->n_encoded++;
+    }
+    return IDEFICS_OK;
+}
+
+idefics_status idefics_generate(idefics_session *s, const idefics_generate_params *params, idefics_token_fn on_token,
+                                void *user_data) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    idf_err_clear(&s->err);
+    idefics_generate_params gp = params ? *params : idefics_generate_default_params();
+    IDF_FORWARD(check_gen_params(s, &gp));
+    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
+    memset(&s->tm, 0, sizeof s->tm);
+    const idf_config *c = cfg_of(s);
+
+    if (s->n_ids <= 1)
+        return idf_errf(&s->err, IDEFICS_ERR_EMPTY_PROMPT,
+                        "generate: the conversation is empty; add a user turn, text or an image first");
+    if (s->n_ids > s->n_ctx)
+        return idf_errf(&s->err, IDEFICS_ERR_CONTEXT_FULL,
+                        "generate: the conversation is %d tokens, more than the context of %d; reset the session",
+                        s->n_ids, s->n_ctx);
+
+    IDF_FORWARD(encode_images(s));
+
+    /* longest evaluated prefix the new tokens still agree with */
+    int keep = 0;
+    while (keep < s->n_eval && keep < s->n_ids && s->ev_ids[keep] == s->ids[keep] && s->ev_img[keep] == s->img[keep])
+        keep++;
+    if (keep == s->n_ids && !(s->logits_ok && s->n_eval == s->n_ids)) keep--; /* re-run the last for its logits */
+    if (keep < s->n_eval) {
+        idf_state_truncate(s->st, keep);
+        s->n_eval = keep;
+        s->logits_ok = false;
+    }
+    double t0 = idf_time_ms();
+    if (keep < s->n_ids) {
+        s->tm.n_prompt_tokens = s->n_ids - keep;
+        IDF_FORWARD(eval_tail(s, keep));
+    }
+    double t1 = idf_time_ms();
+    s->tm.prefill_ms = t1 - t0;
+
+    idf_sampling sp = {gp.temperature, gp.top_k, gp.top_p, gp.repetition_penalty};
+    idf_rng rng;
+    idf_rng_seed(&rng, gp.seed);
+    int32_t bad[2] = {c->tok_image, c->tok_fake_image};
+    int32_t gen_img = s->img[s->n_ids - 1]; /* generated tokens see what the last prompt token saw (§3.7) */
+    char conv[PIECE_MAX];
+    stream so = {.strip = true};
+    idefics_status st = IDEFICS_OK;
+
+    for (int i = 0; i < gp.max_new_tokens; i++) {
+        memcpy(s->work, s->logits, (size_t)s->n_vocab * sizeof(float));
+        idf_penalize_repetition(s->work, s->n_vocab, s->ids, s->n_ids, gp.repetition_penalty, s->seen);
+        idf_ban_tokens(s->work, s->n_vocab, bad, 2);
+        int32_t tok = idf_sample_token(s->work, s->n_vocab, &sp, s->cand, &rng);
+        if (tok < 0) {
+            st = idf_errf(&s->err, IDEFICS_ERR_BACKEND, "generate: no finite logit to choose a token from");
+            break;
+        }
+
+        /* the conversation: ids as sampled, text as decoded */
+        int32_t prev = s->ids[s->n_ids - 1];
+        s->ids[s->n_ids] = tok;
+        s->img[s->n_ids] = gen_img;
+        s->n_ids++;
+        s->tm.n_generated++;
+        int nc = conversation_piece(s, prev, tok, conv);
+        if (nc < 0 || idf_prompt_add_generated(&s->prompt, conv, (size_t)nc) != IDEFICS_OK) {
+            st = idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "generate: cannot append token %d to the text", tok);
+            break;
+        }
+
+        bool stop = is_stop(s, tok, gp.stop_at_eos);
+        bool last = stop || i + 1 == gp.max_new_tokens || s->n_eval >= s->n_ctx;
+
+        stream_token(s, &so, tok, last);
+        bool go_on = on_token ? on_token(user_data, tok, so.out) : true;
+
+        if (!go_on || last) {
+            if (s->n_eval >= s->n_ctx && !stop)
+                idf_logf(&s->model->log, IDEFICS_LOG_INFO, "generate: stopped at the end of the context (%d tokens)",
+                         s->n_ctx);
+            break;
+        }
+        if (__atomic_load_n(&s->cancel, __ATOMIC_SEQ_CST)) {
+            st = idf_errf(&s->err, IDEFICS_ERR_CANCELLED, "generate: cancelled after %d tokens", s->tm.n_generated);
+            break;
+        }
+        st = eval_tail(s, s->n_ids - 1);
+        if (st != IDEFICS_OK) break;
+    }
+    s->tm.decode_ms = idf_time_ms() - t1;
+    return st;
+}
+
+void idefics_session_cancel(idefics_session *s) {
+    if (s) __atomic_store_n(&s->cancel, 1, __ATOMIC_SEQ_CST);
+}
+
+void idefics_session_get_timings(const idefics_session *s, idefics_timings *t) {
+    if (!t) return;
+    if (!s) {
+        memset(t, 0, sizeof *t);
+        return;
+    }
+    *t = s->tm;
+}
+
+int idefics_session_get_tokens(const idefics_session *s, const int32_t **ids) {
+    if (!s) {
+        if (ids) *ids = NULL;
+        return 0;
+    }
+    if (ids) *ids = s->ids;
+    return s->n_ids;
+}
+
+const float *idefics_session_get_logits(const idefics_session *s) {
+    return (s && s->logits_ok) ? s->logits : NULL;
+}
+
+/* -------------------------------------------------------- tokenizer (public) */
+
+/* The model is shared and otherwise immutable; its error text is the one
+ * field these calls write (the header's per-handle error contract). */
+idefics_status idefics_tokenize(const idefics_model *model, const char *text, bool add_bos, int32_t *ids, int max_ids,
+                                int *n_ids) {
+    if (!model) return IDEFICS_ERR_INVALID_ARG;
+    idf_err *err = (idf_err *)&model->err;
+    idf_err_clear(err);
+    if (!text || !n_ids || max_ids < 0 || (max_ids > 0 && !ids))
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idefics_tokenize: need text, n_ids, and ids when max_ids > 0");
+    if (!model->tok) return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "idefics_tokenize: the model has no tokenizer");
+    return idf_tokenize(model->tok, text, strlen(text), add_bos, ids, max_ids, n_ids, err);
+}
+
+int idefics_token_to_text(const idefics_model *model, int32_t prev, int32_t id, char *buf, size_t buf_size) {
+    if (!model || !buf || buf_size == 0) return IDEFICS_ERR_INVALID_ARG;
+    idf_err *err = (idf_err *)&model->err;
+    idf_err_clear(err);
+    if (!model->tok) return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "idefics_token_to_text: the model has no tokenizer");
+    uint32_t nv = idf_tokenizer_n_vocab(model->tok);
+    if (id < 0 || (uint32_t)id >= nv || prev < -1 || (prev >= 0 && (uint32_t)prev >= nv))
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idefics_token_to_text: token %d (prev %d) outside the %u ids",
+                        id, prev, nv);
+    int n = idf_token_to_piece(model->tok, prev, id, buf, buf_size);
+    if (n < 0)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idefics_token_to_text: buffer of %zu bytes too small for token %d",
+                        buf_size, id);
+    return n;
+}
