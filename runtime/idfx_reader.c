@@ -28,6 +28,11 @@
 #define TENSOR_MIN_SIZE (2u + 1u + 4u + 8u + 4u + 4u + IDFX_CHUNK_ENTRY_SIZE)
 
 #define U64(x) ((unsigned long long)(x))
+/* No zstd frame decodes to more than 32768 times its size: a block holds at
+ * most 128 KiB and the smallest block (RLE) takes 4 bytes. Rejecting larger
+ * raw sizes at open stops a tiny file from making materialize allocate an
+ * arbitrary amount of memory. */
+#define ZSTD_MAX_EXPANSION 32768u
 
 /* ------------------------------------------------------------ names */
 
@@ -407,6 +412,12 @@ static idefics_status parse_tensor(idfx_file *f, cursor *c, char **strings, strs
                             name, k, U64(ch->stored_size), U64(ch->raw_size));
         if (ch->stored_size == 0)
             return idf_errf(err, IDEFICS_ERR_CORRUPT, "tensor '%s' chunk %u: stored_size is 0", name, k);
+        uint64_t max_raw;
+        if (ch->codec == IDFX_CODEC_ZSTD && idf_mul_u64(ch->stored_size, ZSTD_MAX_EXPANSION, &max_raw) &&
+            ch->raw_size > max_raw)
+            return idf_errf(err, IDEFICS_ERR_CORRUPT,
+                            "tensor '%s' chunk %u: raw_size %llu is more than a %llu-byte zstd frame can hold", name, k,
+                            U64(ch->raw_size), U64(ch->stored_size));
         uint32_t fe = filter_elem(ch->filter);
         if (fe && ch->raw_size % fe != 0)
             return idf_errf(err, IDEFICS_ERR_CORRUPT,

@@ -158,6 +158,27 @@ static bool peek_dims(img_format fmt, const uint8_t *d, size_t n, uint64_t *w, u
 #define DECODE_MAX_PIXELS ((int64_t)1 << 28)
 
 /* A limit <= 0 (or no limits struct) means "no caller limit". */
+/* PNM is accepted only with maxval 255. PIL rescales every other maxval to
+ * 0..255 while stb keeps the raw samples (8-bit) or mishandles them: stb 2.27
+ * converts 16-bit PNM samples as if they were 8-bit before narrowing them,
+ * reading past its own buffer (found by tests/fuzz/fuzz_image.c). The pixel
+ * data must also be complete: on a short file stb returns the image anyway,
+ * with the missing samples left as uninitialised heap memory. */
+static idefics_status pnm_check(const uint8_t *d, size_t n, idf_err *err) {
+    size_t i = 2;
+    uint64_t w, h, maxval, need;
+    if (!pnm_int(d, n, &i, &w) || !pnm_int(d, n, &i, &h) || !pnm_int(d, n, &i, &maxval) || i >= n)
+        return idf_errf(err, IDEFICS_ERR_IMAGE_DECODE, "image: PNM header is malformed");
+    if (maxval != 255)
+        return idf_errf(err, IDEFICS_ERR_IMAGE_DECODE, "image: PNM maxval %llu unsupported (only 255)",
+                        (unsigned long long)maxval);
+    i++; /* exactly one whitespace byte ends the header */
+    if (!idf_mul_u64(w, h, &need) || !idf_mul_u64(need, d[1] == '6' ? 3 : 1, &need) || need > n - i)
+        return idf_errf(err, IDEFICS_ERR_IMAGE_DECODE, "image: PNM pixel data is truncated (%zu of %llu bytes)", n - i,
+                        (unsigned long long)need);
+    return IDEFICS_OK;
+}
+
 static int64_t lim_pixels(const idf_image_limits *lim) {
     return lim && lim->max_pixels > 0 ? lim->max_pixels : INT64_MAX;
 }
@@ -275,6 +296,7 @@ idefics_status idf_image_load_memory(const void *data, size_t size, const idf_im
                         "image: %s header says %llux%llu, over the pixel limit %lld (max_pixels %lld, decoder %lld)",
                         format_name(fmt), (unsigned long long)pw, (unsigned long long)ph,
                         (long long)lim_decode_pixels(lim), (long long)lim_pixels(lim), (long long)DECODE_MAX_PIXELS);
+    if (fmt == FMT_PNM) IDF_FORWARD(pnm_check(d, size, err));
     int w = 0, h = 0, comp = 0;
     if (!stbi_info_from_memory(d, len, &w, &h, &comp)) {
         const char *why = stbi_failure_reason();

@@ -2,7 +2,8 @@
  * prompt.c - the IDEFICS processor's text assembly and image-mask scan
  * (prompt.h). Mirrors transformers' IdeficsProcessor.__call__ for one sample
  * and image_attention_mask_for_packed_input_ids; the tokenizer is applied by
- * the caller to the whole text.
+ * the caller to the whole text. Also the streaming decoder of generated
+ * tokens (idf_stream).
  */
 #include <stdio.h>
 #include <string.h>
@@ -201,4 +202,94 @@ void idf_image_scan(idf_scan_state *sc, const int32_t *ids, int n, int32_t tok_i
         if (v >= n_images) v = -1;
         img[i] = v;
     }
+}
+
+/* ---------------------------------------------------------------- stream */
+
+void idf_stream_byte_ids(const idf_tokenizer *tok, int32_t byte_id[256]) {
+    for (int b = 0; b < 256; b++) {
+        char name[8];
+        snprintf(name, sizeof name, "<0x%02X>", b);
+        byte_id[b] = idf_tokenizer_find(tok, name);
+    }
+}
+
+void idf_stream_init(idf_stream *o, const idf_tokenizer *tok, const int32_t *byte_id) {
+    memset(o, 0, sizeof *o);
+    o->tok = tok;
+    o->byte_id = byte_id;
+    o->strip = true;
+}
+
+/* Strict UTF-8 (RFC 3629: no overlongs, surrogates or code points past U+10FFFF). */
+static bool utf8_valid(const unsigned char *p, size_t n) {
+    for (size_t i = 0; i < n;) {
+        unsigned c = p[i];
+        size_t need;
+        unsigned lo = 0x80, hi = 0xBF;
+        if (c < 0x80) {
+            i++;
+            continue;
+        } else if (c >= 0xC2 && c <= 0xDF) {
+            need = 1;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            need = 2;
+            if (c == 0xE0) lo = 0xA0;
+            if (c == 0xED) hi = 0x9F;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            need = 3;
+            if (c == 0xF0) lo = 0x90;
+            if (c == 0xF4) hi = 0x8F;
+        } else {
+            return false;
+        }
+        if (n - i - 1 < need) return false;
+        for (size_t k = 1; k <= need; k++) {
+            unsigned b = p[i + k];
+            if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF)) return false;
+        }
+        i += need + 1;
+    }
+    return true;
+}
+
+static void stream_put(idf_stream *o, char c) {
+    if (o->strip) {
+        o->strip = false;
+        if (c == ' ') return;
+    }
+    if (o->n_out + 1 < sizeof o->out) o->out[o->n_out++] = c;
+}
+
+static void stream_flush_run(idf_stream *o) {
+    if (utf8_valid((const unsigned char *)o->run, o->n_run)) {
+        for (size_t i = 0; i < o->n_run; i++) stream_put(o, o->run[i]);
+    } else {
+        for (size_t i = 0; i < o->n_run; i++) {
+            stream_put(o, '\xEF');
+            stream_put(o, '\xBF');
+            stream_put(o, '\xBD');
+        }
+    }
+    o->n_run = 0;
+}
+
+const char *idf_stream_token(idf_stream *o, int32_t tok, bool special, bool last) {
+    o->n_out = 0;
+    if (!special) {
+        char piece[IDF_STREAM_PIECE_MAX];
+        /* prev 0 (any id >= 0): the raw piece with its leading space; stream_put strips */
+        int n = idf_token_to_piece(o->tok, 0, tok, piece, sizeof piece);
+        if (n < 0) n = 0;
+        if (n == 1 && o->byte_id && o->byte_id[(unsigned char)piece[0]] == tok) {
+            if (o->n_run == IDF_STREAM_RUN_MAX) stream_flush_run(o);
+            o->run[o->n_run++] = piece[0];
+        } else {
+            stream_flush_run(o);
+            for (int i = 0; i < n; i++) stream_put(o, piece[i]);
+        }
+    }
+    if (last) stream_flush_run(o);
+    o->out[o->n_out] = '\0';
+    return o->out;
 }

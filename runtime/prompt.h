@@ -1,7 +1,8 @@
 /*
  * prompt.h - the IDEFICS processor (transformers' IdeficsProcessor) without
  * the tokenizer: prompt items -> the conversation text, and token ids -> the
- * per-token visible image index (the image_attention_mask, spec §4.2 / §4.4).
+ * per-token visible image index (the image_attention_mask, spec §4.2 / §4.4),
+ * and generated tokens -> streamed text.
  *
  * The session keeps the whole conversation as text built here and tokenizes
  * all of it at once, as the processor does, so segment boundaries between
@@ -15,6 +16,7 @@
 #include <stdint.h>
 
 #include "internal.h"
+#include "tokenizer.h"
 
 /* The literal strings the processor inserts (special tokens of the tokenizer). */
 #define IDF_PROMPT_BOS "<s>"
@@ -85,6 +87,32 @@ void idf_image_scan_init(idf_scan_state *sc);
  * An index >= n_images (more <image> tokens than images) becomes -1. */
 void idf_image_scan(idf_scan_state *sc, const int32_t *ids, int n, int32_t tok_image, int32_t tok_eos, int n_images,
                     int32_t *img);
+
+/* The token stream: text pieces, one per generated token, that concatenate to
+ * what idf_detokenize(generated, skip_special = true) gives. Special tokens add
+ * nothing; a run of byte-fallback tokens is held until a normal token or the
+ * end closes it, then written as is when it is valid UTF-8 and as one U+FFFD
+ * per byte otherwise (HF's ByteFallback decoder), so a character split across
+ * byte tokens arrives whole; the answer's first byte is dropped when it is a
+ * space (the legacy decode rule). */
+#define IDF_STREAM_PIECE_MAX 512
+#define IDF_STREAM_RUN_MAX 64 /* longest byte run held back; a longer one is flushed early */
+
+typedef struct idf_stream {
+    const idf_tokenizer *tok;
+    const int32_t *byte_id; /* [256]: the <0xNN> token of each byte, -1 when absent */
+    char run[IDF_STREAM_RUN_MAX];
+    size_t n_run;
+    bool strip; /* nothing written yet */
+    char out[IDF_STREAM_PIECE_MAX + 3 * IDF_STREAM_RUN_MAX + 1];
+    size_t n_out;
+} idf_stream;
+
+void idf_stream_byte_ids(const idf_tokenizer *tok, int32_t byte_id[256]);
+void idf_stream_init(idf_stream *o, const idf_tokenizer *tok, const int32_t *byte_id);
+/* The piece for the next token (valid until the next call). special: decode to
+ * nothing (the caller's skip_special set); last: flush what is held back. */
+const char *idf_stream_token(idf_stream *o, int32_t tok, bool special, bool last);
 
 /* The conversation text of a session (session.c), e.g. "<s>User: ...": for
  * tests and the CLI's -v output. Valid until the session changes. */

@@ -197,11 +197,7 @@ static idefics_status session_init(idefics_session *s, idefics_model *model, con
     for (size_t i = 0; i < sizeof sp / sizeof sp[0]; i++)
         if (sp[i] >= 0) s->special[s->n_special++] = sp[i];
 
-    for (int b = 0; b < 256; b++) {
-        char name[8];
-        snprintf(name, sizeof name, "<0x%02X>", b);
-        s->byte_id[b] = idf_tokenizer_find(model->tok, name);
-    }
+    idf_stream_byte_ids(model->tok, s->byte_id);
 
     IDF_FORWARD(tokenize_into_tmp(s, &s->prompt, "session"));
     commit_tokens(s);
@@ -398,101 +394,6 @@ static bool is_stop(const idefics_session *s, int32_t id, bool stop_at_eos) {
     return false;
 }
 
-/* ---- the token stream: pieces that concatenate to what
- * idf_detokenize(generated, skip_special = true) gives. Special tokens add
- * nothing; a run of byte-fallback tokens is held until a normal token or the
- * end closes it, then written as is when it is valid UTF-8 and as one U+FFFD
- * per byte otherwise (HF's ByteFallback decoder); the first byte of the answer
- * is dropped when it is a space (the legacy decode rule). */
-
-#define RUN_MAX 64 /* longest byte run held back; a longer one is flushed early */
-
-typedef struct stream {
-    char run[RUN_MAX];
-    size_t n_run;
-    bool strip; /* nothing written yet */
-    char out[PIECE_MAX + 3 * RUN_MAX + 1];
-    size_t n_out;
-} stream;
-
-/* Strict UTF-8 (RFC 3629: no overlongs, surrogates or code points past U+10FFFF). */
-static bool utf8_valid(const unsigned char *p, size_t n) {
-    for (size_t i = 0; i < n;) {
-        unsigned c = p[i];
-        size_t need;
-        unsigned lo = 0x80, hi = 0xBF;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if (c >= 0xC2 && c <= 0xDF) {
-            need = 1;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            need = 2;
-            if (c == 0xE0) lo = 0xA0;
-            if (c == 0xED) hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            need = 3;
-            if (c == 0xF0) lo = 0x90;
-            if (c == 0xF4) hi = 0x8F;
-        } else {
-            return false;
-        }
-        if (n - i - 1 < need) return false;
-        for (size_t k = 1; k <= need; k++) {
-            unsigned b = p[i + k];
-            if (b < (k == 1 ? lo : 0x80) || b > (k == 1 ? hi : 0xBF)) return false;
-        }
-        i += need + 1;
-    }
-    return true;
-}
-
-static void stream_put(stream *o, char c) {
-    if (o->strip) {
-        o->strip = false;
-        if (c == ' ') return;
-    }
-    if (o->n_out + 1 < sizeof o->out) o->out[o->n_out++] = c;
-}
-
-static void stream_flush_run(stream *o) {
-    if (utf8_valid((const unsigned char *)o->run, o->n_run)) {
-        for (size_t i = 0; i < o->n_run; i++) stream_put(o, o->run[i]);
-    } else {
-        for (size_t i = 0; i < o->n_run; i++) {
-            stream_put(o, '\xEF');
-            stream_put(o, '\xBF');
-            stream_put(o, '\xBD');
-        }
-    }
-    o->n_run = 0;
-}
-
-/* byte_id[b]: the id of the <0xNN> token for byte b, -1 when absent. */
-static bool is_byte_token(const idefics_session *s, int32_t id, const char *piece, int n) {
-    return n == 1 && s->byte_id[(unsigned char)piece[0]] == id;
-}
-
-/* Feed one generated token; afterwards o->out holds this token's text piece. */
-static void stream_token(idefics_session *s, stream *o, int32_t tok, bool last) {
-    o->n_out = 0;
-    if (!is_special(s, tok)) {
-        char piece[PIECE_MAX];
-        /* prev 0 (any id >= 0): the raw piece, leading space kept; stream_put strips */
-        int n = idf_token_to_piece(s->model->tok, 0, tok, piece, sizeof piece);
-        if (n < 0) n = 0;
-        if (is_byte_token(s, tok, piece, n)) {
-            if (o->n_run == RUN_MAX) stream_flush_run(o);
-            o->run[o->n_run++] = piece[0];
-        } else {
-            stream_flush_run(o);
-            for (int i = 0; i < n; i++) stream_put(o, piece[i]);
-        }
-    }
-    if (last) stream_flush_run(o);
-    o->out[o->n_out] = '\0';
-}
-
 /* The text a token adds to the conversation, such that re-tokenizing the text
  * gives the token back: after a special token a new segment starts, and the
  * tokenizer's dummy prefix will supply the leading space again. */
@@ -596,7 +497,8 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
     int32_t bad[2] = {c->tok_image, c->tok_fake_image};
     int32_t gen_img = s->img[s->n_ids - 1]; /* generated tokens see what the last prompt token saw (§3.7) */
     char conv[PIECE_MAX];
-    stream so = {.strip = true};
+    idf_stream so;
+    idf_stream_init(&so, s->model->tok, s->byte_id);
     idefics_status st = IDEFICS_OK;
 
     for (int i = 0; i < gp.max_new_tokens; i++) {
@@ -624,8 +526,8 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
         bool stop = is_stop(s, tok, gp.stop_at_eos);
         bool last = stop || i + 1 == gp.max_new_tokens || s->n_eval >= s->n_ctx;
 
-        stream_token(s, &so, tok, last);
-        bool go_on = on_token ? on_token(user_data, tok, so.out) : true;
+        const char *piece = idf_stream_token(&so, tok, is_special(s, tok), last);
+        bool go_on = on_token ? on_token(user_data, tok, piece) : true;
 
         if (!go_on || last) {
             if (s->n_eval >= s->n_ctx && !stop)

@@ -827,6 +827,12 @@ int32_t idf_tokenizer_find(const idf_tokenizer *t, const char *piece) {
     return find_piece(t, piece, strlen(piece));
 }
 
+const char *idf_tokenizer_piece(const idf_tokenizer *t, int32_t id, uint32_t *len) {
+    if (!t || id < 0 || (uint32_t)id >= t->n_vocab) return NULL;
+    if (len) *len = t->len[id];
+    return t->text + t->off[id];
+}
+
 uint32_t idf_tokenizer_n_vocab(const idf_tokenizer *t) { return t ? t->n_vocab : 0; }
 uint32_t idf_tokenizer_bos(const idf_tokenizer *t) { return t ? t->bos : 0; }
 uint32_t idf_tokenizer_eos(const idf_tokenizer *t) { return t ? t->eos : 0; }

@@ -43,20 +43,30 @@ idefics_status idf_tokenizer_from_idfx(const idfx_file *f, const idf_alloc *allo
 void idf_tokenizer_free(idf_tokenizer *t);
 
 /* Encode UTF-8 text of len bytes. Writes up to max_ids ids; *n_ids gets the full
- * count. Invalid UTF-8 is encoded byte by byte through the fallback. */
+ * count (ids may be NULL with max_ids 0 to measure). Invalid UTF-8 is encoded
+ * byte by byte through the fallback. Thread-safe: t is only read. */
 idefics_status idf_tokenize(const idf_tokenizer *t, const char *text, size_t len, bool add_bos, int32_t *ids,
                             int max_ids, int *n_ids, idf_err *err);
 
 /* Decoded text of token id following prev (-1 at the start of a sequence):
  * "▁" -> " ", the leading space of the first piece dropped (legacy rule), byte
  * pieces emitted as raw bytes. Writes NUL-terminated; returns bytes written or
- * -1 if the buffer is too small. Special tokens decode to their text. */
+ * -1 if the buffer is too small or id is outside the vocabulary. Special tokens
+ * decode to their text. Streaming these pieces rebuilds the exact bytes, where
+ * idf_detokenize would replace invalid UTF-8. */
 int idf_token_to_piece(const idf_tokenizer *t, int32_t prev, int32_t id, char *buf, size_t size);
 
-/* Decode a whole sequence into buf (NUL-terminated, truncated to size). */
+/* Decode a whole sequence into buf (NUL-terminated, truncated to size), as HF's
+ * decode(ids, skip_special_tokens) does: runs of byte pieces that are not valid
+ * UTF-8 become one U+FFFD per byte; skip_special drops CONTROL and UNKNOWN ids;
+ * ids outside the vocabulary are ignored. Returns the full decoded length (like
+ * snprintf), so a call with size 0 measures. */
 size_t idf_detokenize(const idf_tokenizer *t, const int32_t *ids, int n, bool skip_special, char *buf, size_t size);
 
 int32_t idf_tokenizer_find(const idf_tokenizer *t, const char *piece); /* -1 when absent */
+/* The vocabulary text of id as stored ("▁User", "<0x0A>"), NUL-terminated, with
+ * its length in *len; NULL for an id outside the vocabulary. */
+const char *idf_tokenizer_piece(const idf_tokenizer *t, int32_t id, uint32_t *len);
 uint32_t idf_tokenizer_n_vocab(const idf_tokenizer *t);
 uint32_t idf_tokenizer_bos(const idf_tokenizer *t);
 uint32_t idf_tokenizer_eos(const idf_tokenizer *t);

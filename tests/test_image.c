@@ -357,6 +357,27 @@ static void test_bad_inputs(void) {
     idf_err_clear(&err);
     expect_status("missing file", idf_image_load_file(path, &lim, &al, &img, &err), IDEFICS_ERR_IO, &err);
     CHECK(strstr(err.msg, "does_not_exist.png") != NULL, "message names the file: %s", err.msg);
+    /* PNM: 16-bit (stb 2.27 reads past its buffer), other maxvals (PIL
+     * rescales, stb does not) and short pixel data (stb returns uninitialised
+     * samples) are all refused. */
+    static const char pnm16[] = "P6\n2 2\n1000\n0123456789abcdefghijklmn";
+    static const char pnm15[] = "P5\n2 2\n15\n\1\2\3\4";
+    static const char pnm_short[] = "P6\n4 4\n255\nabcdef";
+    static const char pnm_ok[] = "P5\n2 2\n255\n\1\2\3\4";
+    idf_err_clear(&err);
+    expect_status("16-bit PPM", idf_image_load_memory(pnm16, sizeof pnm16 - 1, &lim, &al, &img, &err),
+                  IDEFICS_ERR_IMAGE_DECODE, &err);
+    idf_err_clear(&err);
+    expect_status("PGM maxval 15", idf_image_load_memory(pnm15, sizeof pnm15 - 1, &lim, &al, &img, &err),
+                  IDEFICS_ERR_IMAGE_DECODE, &err);
+    idf_err_clear(&err);
+    expect_status("truncated PPM data", idf_image_load_memory(pnm_short, sizeof pnm_short - 1, &lim, &al, &img, &err),
+                  IDEFICS_ERR_IMAGE_DECODE, &err);
+    idf_err_clear(&err);
+    expect_status("complete 2x2 PGM", idf_image_load_memory(pnm_ok, sizeof pnm_ok - 1, &lim, &al, &img, &err),
+                  IDEFICS_OK, &err);
+    if (img.rgb) CHECK(img.w == 2 && img.h == 2 && img.rgb[9] == 4 && img.rgb[11] == 4, "PGM pixels");
+    idf_image_free(&img, &al);
     /* Unsupported stb formats are refused (a PSD header). */
     uint8_t psd[64] = "8BPS";
     idf_err_clear(&err);

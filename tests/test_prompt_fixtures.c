@@ -4,7 +4,8 @@
  * tests/fixtures/models: for every case, the prompt items rebuild the exact
  * full_text; the runtime tokenizer (built from the case's tokenizer files with
  * the converter's importer) turns it into the exact input_ids; and the
- * image-mask scan over those ids gives the exact image_attention_mask.
+ * image-mask scan over those ids gives the exact image_attention_mask. Also
+ * the streaming decoder (idf_stream) on byte-fallback tokens of the tiny vocabulary.
  * Skips (77) when the fixtures are absent.
  */
 #include <cjson/cJSON.h>
@@ -99,6 +100,79 @@ static void check_case(const idf_fixture_case *c, const idf_tokenizer *tok, int3
     idf_prompt_free(&p);
 }
 
+/* Strict UTF-8 check for the test's own assertions. */
+static int valid_utf8(const unsigned char *p, size_t n) {
+    for (size_t i = 0; i < n;) {
+        int need = p[i] < 0x80 ? 0 : (p[i] >> 5) == 6 ? 1 : (p[i] >> 4) == 14 ? 2 : (p[i] >> 3) == 30 ? 3 : -1;
+        if (need < 0 || i + (size_t)need >= n) return 0;
+        for (int k = 1; k <= need; k++)
+            if ((p[i + (size_t)k] & 0xC0) != 0x80) return 0;
+        i += (size_t)need + 1;
+    }
+    return 1;
+}
+
+/* Feed ids through the stream; the pieces must each be valid UTF-8 and
+ * concatenate to idf_detokenize(ids, skip_special). Returns the pieces joined. */
+static void run_stream(const idf_tokenizer *tok, const int32_t *ids, const bool *special, int n, char *joined,
+                       size_t cap, const char *what, const char *must_hold_whole) {
+    int32_t byte_id[256];
+    idf_stream_byte_ids(tok, byte_id);
+    idf_stream so;
+    idf_stream_init(&so, tok, byte_id);
+    size_t len = 0;
+    int whole = must_hold_whole == NULL;
+    joined[0] = 0;
+    for (int i = 0; i < n; i++) {
+        const char *piece = idf_stream_token(&so, ids[i], special && special[i], i == n - 1);
+        size_t pl = strlen(piece);
+        CHECK(valid_utf8((const unsigned char *)piece, pl), "%s: piece %d is not valid UTF-8", what, i);
+        if (must_hold_whole && strstr(piece, must_hold_whole)) whole = 1;
+        if (len + pl < cap) {
+            memcpy(joined + len, piece, pl + 1);
+            len += pl;
+        }
+    }
+    /* detokenize skips what the tokenizer calls special; mark the same ids */
+    int32_t kept[64];
+    int nk = 0;
+    for (int i = 0; i < n && nk < 64; i++)
+        if (!(special && special[i])) kept[nk++] = ids[i];
+    char want[1024];
+    idf_detokenize(tok, kept, nk, true, want, sizeof want);
+    CHECK(strcmp(joined, want) == 0, "%s: stream \"%s\" != decoded \"%s\"", what, joined, want);
+    CHECK(whole, "%s: no piece holds the whole character", what);
+}
+
+static void test_stream(const idf_tokenizer *tok) {
+    /* characters outside the tiny vocabulary become byte-fallback tokens */
+    const char *text = "Caf\xC3\xA9 costs 5\xE2\x82\xAC \xF0\x9F\x98\x80!";
+    int32_t ids[64];
+    int n = 0;
+    idf_err err = {{0}};
+    CHECK(idf_tokenize(tok, text, strlen(text), false, ids, 64, &n, &err) == IDEFICS_OK && n <= 64, "tokenize");
+    char joined[1024];
+    run_stream(tok, ids, NULL, n, joined, sizeof joined, "split characters", "\xE2\x82\xAC");
+    CHECK(strcmp(joined, text) == 0, "stream \"%s\" != text \"%s\"", joined, text);
+    int32_t b_e2 = idf_tokenizer_find(tok, "<0xE2>"), b_82 = idf_tokenizer_find(tok, "<0x82>"),
+            b_ac = idf_tokenizer_find(tok, "<0xAC>"), b_20 = idf_tokenizer_find(tok, "<0x20>");
+    int32_t word = idf_tokenizer_find(tok, "\xE2\x96\x81the");
+    CHECK(b_e2 >= 0 && b_82 >= 0 && b_ac >= 0 && b_20 >= 0 && word >= 0, "tiny vocabulary lacks byte tokens");
+    /* an incomplete sequence closed by a normal token: U+FFFD per byte */
+    int32_t bad[] = {b_e2, b_82, word, b_ac};
+    run_stream(tok, bad, NULL, 4, joined, sizeof joined, "invalid run", NULL);
+    CHECK(strstr(joined, "\xEF\xBF\xBD\xEF\xBF\xBD the\xEF\xBF\xBD") != NULL, "invalid run gave \"%s\"", joined);
+    /* a special token inside a run does not break it */
+    int32_t mid[] = {b_e2, 0, b_82, b_ac};
+    bool sp[] = {false, true, false, false};
+    run_stream(tok, mid, sp, 4, joined, sizeof joined, "special inside a run", "\xE2\x82\xAC");
+    CHECK(strcmp(joined, "\xE2\x82\xAC") == 0, "got \"%s\"", joined);
+    /* the answer's leading space is dropped, even from a byte token */
+    int32_t lead[] = {b_20, word};
+    run_stream(tok, lead, NULL, 2, joined, sizeof joined, "leading space", NULL);
+    CHECK(strcmp(joined, " the") == 0, "got \"%s\"", joined);
+}
+
 int main(void) {
     char root[4096], err[IDF_FIXTURE_ERR_LEN];
     idf_fixture_models_root(root, sizeof root);
@@ -131,6 +205,7 @@ int main(void) {
             idf_tok_vocab_owned_free(&vo);
             continue;
         }
+        if (m == 0) test_stream(tok);
         for (int k = 0; k < fm->n_cases; k++) {
             idf_fixture_case c;
             if (idf_fixture_case_load(fm->case_paths[k], &c, err, sizeof err) != 0) {

@@ -3,5 +3,4 @@
 #include <stdio.h>
 #include "cli.h"
 static int pending(const char *name) { fprintf(stderr, "idefics %s: not built yet\n", name); return 1; }
-int cmd_tokenize(int argc, char **argv) { (void)argc; (void)argv; return pending("tokenize"); }
 int cmd_caption(int argc, char **argv) { (void)argc; (void)argv; return pending("caption"); }

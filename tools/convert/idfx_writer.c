@@ -66,16 +66,18 @@ struct idfx_writer {
 };
 
 idfx_writer_opts idfx_writer_default_opts(void) {
-    /* zstd level 9: weights are near-incompressible noise apart from the fp16
-     * exponent bytes and Q4/Q8 scale runs, which the fast levels already find;
-     * measured on Q4 and shuffled F16 data, levels above 9 gain well under 1%
-     * while compressing several times slower. Decompression speed does not
-     * depend on the level. */
+    /* zstd level 3. Weights are close to noise: what zstd finds is the skewed
+     * byte distribution (fp16 exponents, scale runs), which only the entropy
+     * stage exploits, so the level barely matters. Measured on 4M Gaussian
+     * weights (1024 x 4096): shuffled F16 saves 15.6% at level 3, 15.2% at 9,
+     * 15.6% at 19, compressing at 1600 / 156 / 4 MB/s and decompressing at
+     * 4980 / 2260 / 4720 MB/s; Q4 saves 0.9% and Q8 3.7% at every level (below
+     * min_saving, so they stay raw and zero-copy). */
     idfx_writer_opts o = {
         .alignment = IDFX_MIN_ALIGNMENT,
         .chunk_bytes = IDFX_DEFAULT_CHUNK_BYTES,
         .codec = IDFX_CODEC_ZSTD,
-        .zstd_level = 9,
+        .zstd_level = 3,
         .min_saving = 0.05,
         .shuffle = -1,
         .n_threads = 0,

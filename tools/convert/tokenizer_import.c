@@ -842,13 +842,16 @@ static int apply_added_tokens(idf_tok_vocab_owned *o, const side_files *s, char 
             }
             continue;
         }
-        if (id - base >= (uint32_t)count || by_id[id - base]) {
-            rc = fail(err, errsz, "added_tokens.json: id %u of \"%.40s\" leaves a hole or repeats (vocabulary has %u "
-                                  "pieces)", id, it->string, base);
+        if (id - base >= (uint32_t)count) { /* past the end: some id below it is missing (reported below) */
+            n_new = (uint32_t)count;
+            continue;
+        }
+        if (by_id[id - base]) {
+            rc = fail(err, errsz, "added_tokens.json: id %u is given twice", id);
             break;
         }
         by_id[id - base] = it;
-        n_new++;
+        if (id - base + 1 > n_new) n_new = id - base + 1;
     }
     for (uint32_t k = 0; rc == 0 && k < n_new; k++) {
         if (!by_id[k]) {
