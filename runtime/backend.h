@@ -32,39 +32,39 @@
 #define IDF_BACKEND_API_VERSION 1
 
 typedef enum idf_op {
-    IDF_OP_MATMUL = 0,   /* y[n, m] = x[n, k] W[m, k]^T (+ bias[m]) */
-    IDF_OP_GET_ROWS,     /* y[i, :] = W[ids[i], :] as fp32 (embedding gather) */
-    IDF_OP_RMSNORM,      /* y = x / sqrt(mean(x^2) + eps) * w */
-    IDF_OP_LAYERNORM,    /* y = (x - mean) / sqrt(var + eps) * w + b */
-    IDF_OP_ROPE,         /* rotate-half RoPE on every head */
-    IDF_OP_ATTENTION,    /* softmax(q k^T * scale + mask) v per head */
-    IDF_OP_GELU,         /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
-    IDF_OP_QUICK_GELU,   /* x * sigmoid(1.702 x) */
-    IDF_OP_SILU_MUL,     /* g = silu(g) * u */
+    IDF_OP_MATMUL = 0, /* y[n, m] = x[n, k] W[m, k]^T (+ bias[m]) */
+    IDF_OP_GET_ROWS,   /* y[i, :] = W[ids[i], :] as fp32 (embedding gather) */
+    IDF_OP_RMSNORM,    /* y = x / sqrt(mean(x^2) + eps) * w */
+    IDF_OP_LAYERNORM,  /* y = (x - mean) / sqrt(var + eps) * w + b */
+    IDF_OP_ROPE,       /* rotate-half RoPE on every head */
+    IDF_OP_ATTENTION,  /* softmax(q k^T * scale + mask) v per head */
+    IDF_OP_GELU,       /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
+    IDF_OP_QUICK_GELU, /* x * sigmoid(1.702 x) */
+    IDF_OP_SILU_MUL,   /* g = silu(g) * u */
     IDF_OP_RELU,
-    IDF_OP_ADD,          /* y += x */
-    IDF_OP_SCALE,        /* x *= s */
-    IDF_OP_GATED_ADD,    /* h[i, c] += gate[c] * a[i, c] (tanh-gated residual) */
+    IDF_OP_ADD,       /* y += x */
+    IDF_OP_SCALE,     /* x *= s */
+    IDF_OP_GATED_ADD, /* h[i, c] += gate[c] * a[i, c] (tanh-gated residual) */
     IDF_OP_COUNT
 } idf_op;
 
 /* A stored weight matrix [rows, cols] (PyTorch [out_features, in_features]). */
 typedef struct idf_weight {
-    const char *name;     /* tensor name, for error messages */
-    const void *data;     /* decoded bytes (idfx_tensor.data) */
-    uint8_t type;         /* idfx_type */
-    uint8_t layout;       /* idfx_layout */
-    uint32_t tile_rows;   /* ROWTILE: rows per tile; else 0 */
+    const char *name;   /* tensor name, for error messages */
+    const void *data;   /* decoded bytes (idfx_tensor.data) */
+    uint8_t type;       /* idfx_type */
+    uint8_t layout;     /* idfx_layout */
+    uint32_t tile_rows; /* ROWTILE: rows per tile; else 0 */
     int64_t rows, cols;
-    void *backend_data;   /* (optional) a backend's own handle for this weight; NULL on the CPU */
+    void *backend_data; /* (optional) a backend's own handle for this weight; NULL on the CPU */
 } idf_weight;
 
 /* What supports_op() is asked. Fields that do not apply to the op are 0. */
 typedef struct idf_op_desc {
     idf_op op;
-    int wtype, wlayout;   /* MATMUL, GET_ROWS: the weight's idfx_type and idfx_layout */
-    int kv_type;          /* ATTENTION: idefics_kv_type of k and v */
-    int64_t n, m, k;      /* MATMUL: rows, outputs, inner; ATTENTION: n_q, n_kv, head_dim */
+    int wtype, wlayout; /* MATMUL, GET_ROWS: the weight's idfx_type and idfx_layout */
+    int kv_type;        /* ATTENTION: idefics_kv_type of k and v */
+    int64_t n, m, k;    /* MATMUL: rows, outputs, inner; ATTENTION: n_q, n_kv, head_dim */
 } idf_op_desc;
 
 /* One attention call: for every query row i and head h,
@@ -73,26 +73,26 @@ typedef struct idf_op_desc {
  * (the query rows sit at positions q_pos0 .. q_pos0 + n_q - 1 of the cache). */
 typedef struct idf_attn {
     int n_q, n_kv;
-    int n_heads, head_dim;       /* head h occupies floats [h*head_dim, (h+1)*head_dim) of a row */
-    const float *q;              /* [n_q] rows, q_stride floats apart */
+    int n_heads, head_dim; /* head h occupies floats [h*head_dim, (h+1)*head_dim) of a row */
+    const float *q;        /* [n_q] rows, q_stride floats apart */
     int64_t q_stride;
-    const void *k, *v;           /* [n_kv] rows of kv_type elements, kv_stride elements apart */
+    const void *k, *v; /* [n_kv] rows of kv_type elements, kv_stride elements apart */
     int64_t kv_stride;
-    int kv_type;                 /* IDEFICS_KV_F32 or IDEFICS_KV_F16 */
-    float scale;                 /* usually head_dim^-0.5 */
+    int kv_type; /* IDEFICS_KV_F32 or IDEFICS_KV_F16 */
+    float scale; /* usually head_dim^-0.5 */
     bool causal;
-    int q_pos0;                  /* causal only */
-    const float *mask;           /* (optional) additive [n_q, n_kv]; NULL = none */
-    float *out;                  /* [n_q] rows, out_stride floats apart */
+    int q_pos0;        /* causal only */
+    const float *mask; /* (optional) additive [n_q, n_kv]; NULL = none */
+    float *out;        /* [n_q] rows, out_stride floats apart */
     int64_t out_stride;
 } idf_attn;
 
 typedef struct idf_backend idf_backend;
 
 struct idf_backend {
-    uint32_t api_version;        /* IDF_BACKEND_API_VERSION */
-    const char *name;            /* "cpu-ref", ... */
-    void *ctx;                   /* the backend's own state (thread pool, device, scratch) */
+    uint32_t api_version; /* IDF_BACKEND_API_VERSION */
+    const char *name;     /* "cpu-ref", ... */
+    void *ctx;            /* the backend's own state (thread pool, device, scratch) */
 
     void (*free)(idf_backend *b);
     /* (optional) NULL means every op in every case. */

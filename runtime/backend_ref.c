@@ -18,18 +18,21 @@ typedef struct ref_ctx {
     idf_alloc alloc;
     idf_pool *pool;
     int n_threads;
-    float *scratch;          /* [n_threads, scratch_per] per-thread rows (dequantized weights, scores) */
-    size_t scratch_per;      /* floats per thread */
+    float *scratch;     /* [n_threads, scratch_per] per-thread rows (dequantized weights, scores) */
+    size_t scratch_per; /* floats per thread */
 } ref_ctx;
 
 /* Make every thread's scratch at least `per` floats. Called from the one
  * thread that drives the pool, before a parallel run. */
 static idefics_status ensure_scratch(ref_ctx *c, size_t per) {
-    if (per <= c->scratch_per) return IDEFICS_OK;
+    if (per <= c->scratch_per)
+        return IDEFICS_OK;
     size_t total;
-    if (!idf_mul_size(per, (size_t)c->n_threads, &total)) return IDEFICS_ERR_OUT_OF_MEMORY;
+    if (!idf_mul_size(per, (size_t)c->n_threads, &total))
+        return IDEFICS_ERR_OUT_OF_MEMORY;
     float *p = idf_calloc(&c->alloc, total, sizeof(float));
-    if (!p) return IDEFICS_ERR_OUT_OF_MEMORY;
+    if (!p)
+        return IDEFICS_ERR_OUT_OF_MEMORY;
     idf_free(&c->alloc, c->scratch);
     c->scratch = p;
     c->scratch_per = per;
@@ -37,8 +40,10 @@ static idefics_status ensure_scratch(ref_ctx *c, size_t per) {
 }
 
 static bool weight_ok(const idf_weight *w) {
-    if (!w || !w->data || w->rows <= 0 || w->cols <= 0) return false;
-    if (w->layout == IDFX_LAYOUT_ROWMAJOR) return w->type == IDFX_TYPE_F32 || w->type == IDFX_TYPE_F16;
+    if (!w || !w->data || w->rows <= 0 || w->cols <= 0)
+        return false;
+    if (w->layout == IDFX_LAYOUT_ROWMAJOR)
+        return w->type == IDFX_TYPE_F32 || w->type == IDFX_TYPE_F16;
     if (w->layout == IDFX_LAYOUT_ROWTILE)
         return (w->type == IDFX_TYPE_Q4 || w->type == IDFX_TYPE_Q8) && w->cols % IDFX_QK == 0 && w->tile_rows >= 1 &&
                w->tile_rows <= IDFX_MAX_TILE_ROWS;
@@ -52,9 +57,11 @@ static const float *weight_row(const idf_weight *w, int64_t r, float *buf) {
         idfx_dequant_row_ref(w->type, w->data, r, w->cols, w->tile_rows, buf);
         return buf;
     }
-    if (w->type == IDFX_TYPE_F32) return (const float *)w->data + r * w->cols;
+    if (w->type == IDFX_TYPE_F32)
+        return (const float *)w->data + r * w->cols;
     const uint8_t *p = (const uint8_t *)w->data + (uint64_t)r * (uint64_t)w->cols * 2u;
-    for (int64_t j = 0; j < w->cols; j++) buf[j] = idfx_fp16_to_fp32(idf_rd16(p + 2 * j));
+    for (int64_t j = 0; j < w->cols; j++)
+        buf[j] = idfx_fp16_to_fp32(idf_rd16(p + 2 * j));
     return buf;
 }
 
@@ -83,7 +90,8 @@ static void mm_task(void *ctx, int64_t task, int tid) {
         for (int64_t i = 0; i < j->n; i++) {
             const float *xi = j->x + i * k;
             double acc = 0.0;
-            for (int64_t t = 0; t < k; t++) acc += (double)xi[t] * wr[t];
+            for (int64_t t = 0; t < k; t++)
+                acc += (double)xi[t] * wr[t];
             j->y[i * j->ldy + r] = (float)(acc + b);
         }
     }
@@ -92,8 +100,10 @@ static void mm_task(void *ctx, int64_t task, int tid) {
 static idefics_status ref_matmul(void *vctx, const idf_weight *w, const float *bias, const float *x, int64_t n,
                                  float *y, int64_t ldy) {
     ref_ctx *c = vctx;
-    if (!weight_ok(w) || !x || !y || n < 0 || ldy < w->rows) return IDEFICS_ERR_INVALID_ARG;
-    if (n == 0) return IDEFICS_OK;
+    if (!weight_ok(w) || !x || !y || n < 0 || ldy < w->rows)
+        return IDEFICS_ERR_INVALID_ARG;
+    if (n == 0)
+        return IDEFICS_OK;
     IDF_FORWARD(ensure_scratch(c, (size_t)w->cols));
     mm_job j = {c, w, bias, x, n, ldy, y};
     idf_pool_run(c->pool, (w->rows + MM_ROWS_PER_TASK - 1) / MM_ROWS_PER_TASK, mm_task, &j);
@@ -102,12 +112,15 @@ static idefics_status ref_matmul(void *vctx, const idf_weight *w, const float *b
 
 static idefics_status ref_get_rows(void *vctx, const idf_weight *w, const int32_t *ids, int64_t n, float *y) {
     (void)vctx;
-    if (!weight_ok(w) || (!ids && n > 0) || !y) return IDEFICS_ERR_INVALID_ARG;
+    if (!weight_ok(w) || (!ids && n > 0) || !y)
+        return IDEFICS_ERR_INVALID_ARG;
     for (int64_t i = 0; i < n; i++) {
-        if (ids[i] < 0 || ids[i] >= w->rows) return IDEFICS_ERR_INVALID_ARG;
+        if (ids[i] < 0 || ids[i] >= w->rows)
+            return IDEFICS_ERR_INVALID_ARG;
         float *dst = y + i * w->cols;
         const float *src = weight_row(w, ids[i], dst);
-        if (src != dst) memcpy(dst, src, (size_t)w->cols * sizeof(float));
+        if (src != dst)
+            memcpy(dst, src, (size_t)w->cols * sizeof(float));
     }
     return IDEFICS_OK;
 }
@@ -117,14 +130,17 @@ static idefics_status ref_get_rows(void *vctx, const idf_weight *w, const int32_
 static idefics_status ref_rmsnorm(void *vctx, const float *x, const float *w, float eps, int64_t n, int64_t dim,
                                   float *y) {
     (void)vctx;
-    if (!x || !w || !y || dim <= 0) return IDEFICS_ERR_INVALID_ARG;
+    if (!x || !w || !y || dim <= 0)
+        return IDEFICS_ERR_INVALID_ARG;
     for (int64_t i = 0; i < n; i++) {
         const float *xi = x + i * dim;
         float *yi = y + i * dim;
         double ss = 0.0;
-        for (int64_t t = 0; t < dim; t++) ss += (double)xi[t] * xi[t];
+        for (int64_t t = 0; t < dim; t++)
+            ss += (double)xi[t] * xi[t];
         const float inv = (float)(1.0 / sqrt(ss / (double)dim + (double)eps));
-        for (int64_t t = 0; t < dim; t++) yi[t] = w[t] * (xi[t] * inv);
+        for (int64_t t = 0; t < dim; t++)
+            yi[t] = w[t] * (xi[t] * inv);
     }
     return IDEFICS_OK;
 }
@@ -132,14 +148,17 @@ static idefics_status ref_rmsnorm(void *vctx, const float *x, const float *w, fl
 static idefics_status ref_layernorm(void *vctx, const float *x, const float *w, const float *b, float eps, int64_t n,
                                     int64_t dim, float *y) {
     (void)vctx;
-    if (!x || !w || !y || dim <= 0) return IDEFICS_ERR_INVALID_ARG;
+    if (!x || !w || !y || dim <= 0)
+        return IDEFICS_ERR_INVALID_ARG;
     for (int64_t i = 0; i < n; i++) {
         const float *xi = x + i * dim;
         float *yi = y + i * dim;
         double mean = 0.0, var = 0.0;
-        for (int64_t t = 0; t < dim; t++) mean += xi[t];
+        for (int64_t t = 0; t < dim; t++)
+            mean += xi[t];
         mean /= (double)dim;
-        for (int64_t t = 0; t < dim; t++) var += ((double)xi[t] - mean) * ((double)xi[t] - mean);
+        for (int64_t t = 0; t < dim; t++)
+            var += ((double)xi[t] - mean) * ((double)xi[t] - mean);
         var /= (double)dim; /* biased variance, as torch.nn.LayerNorm */
         const double inv = 1.0 / sqrt(var + (double)eps);
         for (int64_t t = 0; t < dim; t++) {
@@ -180,7 +199,8 @@ static idefics_status ref_rope(void *vctx, float *x, int64_t n, int64_t stride, 
 /* ------------------------------------------------------------- attention */
 
 static inline float kv_at(const void *base, int kv_type, int64_t idx) {
-    if (kv_type == IDEFICS_KV_F32) return ((const float *)base)[idx];
+    if (kv_type == IDEFICS_KV_F32)
+        return ((const float *)base)[idx];
     return idfx_fp16_to_fp32(((const uint16_t *)base)[idx]);
 }
 
@@ -197,21 +217,26 @@ static void attn_task(void *ctx, int64_t task, int tid) {
     const float *q = a->q + i * a->q_stride + (int64_t)h * a->head_dim;
     float *out = a->out + i * a->out_stride + (int64_t)h * a->head_dim;
     int n_see = a->n_kv;
-    if (a->causal && a->q_pos0 + i + 1 < n_see) n_see = a->q_pos0 + i + 1;
+    if (a->causal && a->q_pos0 + i + 1 < n_see)
+        n_see = a->q_pos0 + i + 1;
 
     float mx = -INFINITY;
     for (int t = 0; t < n_see; t++) {
         const int64_t kb = t * a->kv_stride + (int64_t)h * a->head_dim;
         double dot = 0.0;
-        for (int d = 0; d < a->head_dim; d++) dot += (double)q[d] * kv_at(a->k, a->kv_type, kb + d);
+        for (int d = 0; d < a->head_dim; d++)
+            dot += (double)q[d] * kv_at(a->k, a->kv_type, kb + d);
         float s = (float)dot * a->scale;
-        if (a->mask) s += a->mask[(int64_t)i * a->n_kv + t];
+        if (a->mask)
+            s += a->mask[(int64_t)i * a->n_kv + t];
         sc[t] = s;
-        if (s > mx) mx = s;
+        if (s > mx)
+            mx = s;
     }
     /* Every key masked with -inf: no distribution exists; the row reads zero. */
     if (n_see == 0 || mx == -INFINITY) {
-        for (int d = 0; d < a->head_dim; d++) out[d] = 0.0f;
+        for (int d = 0; d < a->head_dim; d++)
+            out[d] = 0.0f;
         return;
     }
     double sum = 0.0;
@@ -229,13 +254,14 @@ static void attn_task(void *ctx, int64_t task, int tid) {
 
 static idefics_status ref_attention(void *vctx, const idf_attn *a) {
     ref_ctx *c = vctx;
-    if (!a || !a->q || !a->k || !a->v || !a->out || a->n_q < 0 || a->n_kv < 0 || a->n_heads <= 0 ||
-        a->head_dim <= 0 || (a->kv_type != IDEFICS_KV_F32 && a->kv_type != IDEFICS_KV_F16) ||
-        (a->causal && a->q_pos0 < 0))
+    if (!a || !a->q || !a->k || !a->v || !a->out || a->n_q < 0 || a->n_kv < 0 || a->n_heads <= 0 || a->head_dim <= 0 ||
+        (a->kv_type != IDEFICS_KV_F32 && a->kv_type != IDEFICS_KV_F16) || (a->causal && a->q_pos0 < 0))
         return IDEFICS_ERR_INVALID_ARG;
     const int64_t row = (int64_t)a->n_heads * a->head_dim;
-    if (a->q_stride < row || a->kv_stride < row || a->out_stride < row) return IDEFICS_ERR_INVALID_ARG;
-    if (a->n_q == 0) return IDEFICS_OK;
+    if (a->q_stride < row || a->kv_stride < row || a->out_stride < row)
+        return IDEFICS_ERR_INVALID_ARG;
+    if (a->n_q == 0)
+        return IDEFICS_OK;
     IDF_FORWARD(ensure_scratch(c, (size_t)(a->n_kv > 0 ? a->n_kv : 1)));
     attn_job j = {c, a};
     idf_pool_run(c->pool, (int64_t)a->n_q * a->n_heads, attn_task, &j);
@@ -246,51 +272,59 @@ static idefics_status ref_attention(void *vctx, const idf_attn *a) {
 
 static idefics_status ref_gelu(void *vctx, float *x, int64_t n) {
     (void)vctx;
-    for (int64_t i = 0; i < n; i++) x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+    for (int64_t i = 0; i < n; i++)
+        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
     return IDEFICS_OK;
 }
 
 static idefics_status ref_quick_gelu(void *vctx, float *x, int64_t n) {
     (void)vctx;
-    for (int64_t i = 0; i < n; i++) x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+    for (int64_t i = 0; i < n; i++)
+        x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
     return IDEFICS_OK;
 }
 
 static idefics_status ref_relu(void *vctx, float *x, int64_t n) {
     (void)vctx;
-    for (int64_t i = 0; i < n; i++) x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        x[i] = x[i] > 0.0f ? x[i] : 0.0f;
     return IDEFICS_OK;
 }
 
 static idefics_status ref_silu_mul(void *vctx, float *g, const float *u, int64_t n) {
     (void)vctx;
-    for (int64_t i = 0; i < n; i++) g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    for (int64_t i = 0; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
     return IDEFICS_OK;
 }
 
 static idefics_status ref_add(void *vctx, float *y, const float *x, int64_t n) {
     (void)vctx;
-    for (int64_t i = 0; i < n; i++) y[i] += x[i];
+    for (int64_t i = 0; i < n; i++)
+        y[i] += x[i];
     return IDEFICS_OK;
 }
 
 static idefics_status ref_scale(void *vctx, float *x, float s, int64_t n) {
     (void)vctx;
-    for (int64_t i = 0; i < n; i++) x[i] *= s;
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= s;
     return IDEFICS_OK;
 }
 
 static idefics_status ref_gated_add(void *vctx, float *h, const float *gate, const float *a, int64_t n, int64_t dim) {
     (void)vctx;
     for (int64_t i = 0; i < n; i++)
-        for (int64_t t = 0; t < dim; t++) h[i * dim + t] += gate[t] * a[i * dim + t];
+        for (int64_t t = 0; t < dim; t++)
+            h[i * dim + t] += gate[t] * a[i * dim + t];
     return IDEFICS_OK;
 }
 
 /* ------------------------------------------------------------ lifecycle */
 
 static void ref_free(idf_backend *b) {
-    if (!b) return;
+    if (!b)
+        return;
     ref_ctx *c = b->ctx;
     idf_alloc al = c->alloc;
     idf_pool_free(c->pool);

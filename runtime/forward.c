@@ -27,39 +27,39 @@
 #define IDF_EVAL_BATCH 64 /* tokens per chunk: amortises weight dequantisation over this many rows */
 
 typedef struct img_slot {
-    float *latents;      /* [n_img_tokens, v_dim] */
-    void *xk, *xv;       /* [n_cross, n_img_tokens, hidden], kv_type */
+    float *latents; /* [n_img_tokens, v_dim] */
+    void *xk, *xv;  /* [n_cross, n_img_tokens, hidden], kv_type */
 } img_slot;
 
 struct idf_state {
     const idefics_model *m;
     idf_alloc alloc;
-    idf_backend *be;     /* the session's backend */
-    idf_backend *ref;    /* fallback for ops `be` declines (== be when be is the reference) */
+    idf_backend *be;  /* the session's backend */
+    idf_backend *ref; /* fallback for ops `be` declines (== be when be is the reference) */
     int n_ctx, n_past, n_batch;
     idefics_kv_type kv_type;
-    size_t kv_elem;      /* bytes per cached element */
-    void *kc, *vc;       /* [n_layers, n_ctx, hidden] */
+    size_t kv_elem; /* bytes per cached element */
+    void *kc, *vc;  /* [n_layers, n_ctx, hidden] */
     const volatile int *cancel;
 
-    img_slot *img;       /* [img_cap] */
+    img_slot *img; /* [img_cap] */
     int n_img, img_cap;
 
     /* text scratch: [n_batch, hidden] unless noted */
     float *h, *x, *q, *k, *v, *att;
-    float *g, *u;        /* [n_batch, intermediate] */
+    float *g, *u; /* [n_batch, intermediate] */
 
     /* vision scratch (T = v_n_patches + 1 tokens, D = v_dim) */
-    float *patches;      /* [v_n_patches, channels * patch * patch] */
+    float *patches;                     /* [v_n_patches, channels * patch * patch] */
     float *vx, *vy, *vq, *vk, *vv, *va; /* [T, D] */
-    float *vm;           /* [T, v_intermediate] */
+    float *vm;                          /* [T, v_intermediate] */
     /* perceiver scratch (L = p_latents, KV = T + L rows, E = p_heads * p_head_dim) */
-    float *pz, *py;      /* [L, D] */
-    float *pkv;          /* [KV, D]: normalised context then latents */
-    float *pq, *pa;      /* [L, E] */
-    float *pk, *pv;      /* [KV, E] */
-    float *pm;           /* [L, 4 D] */
-    float *xtmp;         /* [n_img_tokens, hidden]: one block's image K or V before storing */
+    float *pz, *py; /* [L, D] */
+    float *pkv;     /* [KV, D]: normalised context then latents */
+    float *pq, *pa; /* [L, E] */
+    float *pk, *pv; /* [KV, E] */
+    float *pm;      /* [L, 4 D] */
+    float *xtmp;    /* [n_img_tokens, hidden]: one block's image K or V before storing */
 };
 
 /* ============================================================ op dispatch */
@@ -77,7 +77,8 @@ static idefics_status op_fail(idf_err *err, idefics_status st, const char *op, c
 
 static idefics_status mm(idf_state *s, const idf_weight *w, const float *bias, const float *x, int64_t n, float *y,
                          int64_t ldy, idf_err *err) {
-    const idf_op_desc d = {.op = IDF_OP_MATMUL, .wtype = w->type, .wlayout = w->layout, .n = n, .m = w->rows, .k = w->cols};
+    const idf_op_desc d = {
+        .op = IDF_OP_MATMUL, .wtype = w->type, .wlayout = w->layout, .n = n, .m = w->rows, .k = w->cols};
     const idf_backend *b = pick(s, &d);
     const idefics_status st = b->matmul(b->ctx, w, bias, x, n, y, ldy);
     return st ? op_fail(err, st, "matmul", w->name) : IDEFICS_OK;
@@ -144,12 +145,13 @@ static idefics_status gated_add(idf_state *s, float *h, const float *gate, const
 static idefics_status rope(idf_state *s, float *x, int64_t n, int pos0, idf_err *err) {
     const idf_config *c = &s->m->cfg;
     const idf_backend *b = pick(s, SIMPLE_DESC(IDF_OP_ROPE));
-    const idefics_status st =
-        b->rope(b->ctx, x, n, c->hidden, (int)c->n_heads, (int)c->head_dim, pos0, c->rope_theta);
+    const idefics_status st = b->rope(b->ctx, x, n, c->hidden, (int)c->n_heads, (int)c->head_dim, pos0, c->rope_theta);
     return st ? op_fail(err, st, "rope", "activations") : IDEFICS_OK;
 }
 
-static bool cancelled(const idf_state *s) { return s->cancel && *s->cancel; }
+static bool cancelled(const idf_state *s) {
+    return s->cancel && *s->cancel;
+}
 
 /* Store n rows of `dim` floats as kv_type elements at dst. */
 static void store_kv(const idf_state *s, void *dst, const float *src, int64_t n_elems) {
@@ -157,7 +159,8 @@ static void store_kv(const idf_state *s, void *dst, const float *src, int64_t n_
         memcpy(dst, src, (size_t)n_elems * sizeof(float));
     } else {
         uint16_t *d = dst;
-        for (int64_t i = 0; i < n_elems; i++) d[i] = idfx_fp32_to_fp16(src[i]);
+        for (int64_t i = 0; i < n_elems; i++)
+            d[i] = idfx_fp32_to_fp16(src[i]);
     }
 }
 
@@ -166,13 +169,15 @@ static void store_kv(const idf_state *s, void *dst, const float *src, int64_t n_
 /* Allocate `n` floats, adding the byte count to *total for the log line. */
 static float *alloc_f(idf_state *s, uint64_t n, uint64_t *total) {
     size_t bytes;
-    if (n > SIZE_MAX || !idf_mul_size((size_t)n, sizeof(float), &bytes)) return NULL;
+    if (n > SIZE_MAX || !idf_mul_size((size_t)n, sizeof(float), &bytes))
+        return NULL;
     *total += bytes;
     return idf_malloc(&s->alloc, bytes);
 }
 
 void idf_state_free(idf_state *s) {
-    if (!s) return;
+    if (!s)
+        return;
     const idf_alloc al = s->alloc;
     for (int i = 0; i < s->img_cap; i++) {
         idf_free(&al, s->img[i].latents);
@@ -180,22 +185,26 @@ void idf_state_free(idf_state *s) {
         idf_free(&al, s->img[i].xv);
     }
     idf_free(&al, s->img);
-    float *bufs[] = {s->h,  s->x,  s->q,  s->k,  s->v,  s->att, s->g,  s->u,  s->patches, s->vx, s->vy,
-                     s->vq, s->vk, s->vv, s->va, s->vm, s->pz,  s->py, s->pkv, s->pq,    s->pa, s->pk,
-                     s->pv, s->pm, s->xtmp};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) idf_free(&al, bufs[i]);
+    float *bufs[] = {s->h,  s->x,  s->q,  s->k,  s->v,  s->att, s->g,  s->u,  s->patches, s->vx, s->vy, s->vq,  s->vk,
+                     s->vv, s->va, s->vm, s->pz, s->py, s->pkv, s->pq, s->pa, s->pk,      s->pv, s->pm, s->xtmp};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        idf_free(&al, bufs[i]);
     idf_free(&al, s->kc);
     idf_free(&al, s->vc);
-    if (s->be && s->be->free) s->be->free(s->be);
-    if (s->ref && s->ref != s->be && s->ref->free) s->ref->free(s->ref);
+    if (s->be && s->be->free)
+        s->be->free(s->be);
+    if (s->ref && s->ref != s->be && s->ref->free)
+        s->ref->free(s->ref);
     idf_free(&al, s);
 }
 
 idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_kv_type kv_type, int n_threads,
                                 idf_state **out, idf_err *err) {
-    if (!out) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_create: out is NULL");
+    if (!out)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_create: out is NULL");
     *out = NULL;
-    if (!model) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_create: model is NULL");
+    if (!model)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_create: model is NULL");
     const idf_config *c = &model->cfg;
     if (n_ctx <= 0 || (uint32_t)n_ctx > c->max_pos)
         return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "n_ctx = %d is out of range [1, %u] (max_position_embeddings)",
@@ -204,7 +213,8 @@ idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_k
         return idf_errf(err, IDEFICS_ERR_UNSUPPORTED, "kv_type %d is not supported (F32 and F16 are)", (int)kv_type);
 
     idf_state *s = idf_calloc(&model->alloc, 1, sizeof *s);
-    if (!s) return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the session state");
+    if (!s)
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the session state");
     s->m = model;
     s->alloc = model->alloc;
     s->n_ctx = n_ctx;
@@ -278,25 +288,35 @@ idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_k
 }
 
 void idf_state_reset(idf_state *s) {
-    if (!s) return;
+    if (!s)
+        return;
     s->n_past = 0;
     s->n_img = 0; /* slot buffers stay allocated for the next images */
 }
 
-int idf_state_n_past(const idf_state *s) { return s ? s->n_past : 0; }
-int idf_state_n_ctx(const idf_state *s) { return s ? s->n_ctx : 0; }
-int idf_state_n_images(const idf_state *s) { return s ? s->n_img : 0; }
+int idf_state_n_past(const idf_state *s) {
+    return s ? s->n_past : 0;
+}
+int idf_state_n_ctx(const idf_state *s) {
+    return s ? s->n_ctx : 0;
+}
+int idf_state_n_images(const idf_state *s) {
+    return s ? s->n_img : 0;
+}
 
 void idf_state_truncate(idf_state *s, int n_past) {
-    if (s && n_past >= 0 && n_past < s->n_past) s->n_past = n_past;
+    if (s && n_past >= 0 && n_past < s->n_past)
+        s->n_past = n_past;
 }
 
 void idf_state_set_cancel_flag(idf_state *s, const volatile int *flag) {
-    if (s) s->cancel = flag;
+    if (s)
+        s->cancel = flag;
 }
 
 const float *idf_state_image_latents(const idf_state *s, int slot) {
-    if (!s || slot < 0 || slot >= s->n_img) return NULL;
+    if (!s || slot < 0 || slot >= s->n_img)
+        return NULL;
     return s->img[slot].latents;
 }
 
@@ -327,16 +347,27 @@ static idefics_status vision_tower(idf_state *s, const float *pixels, idf_err *e
 
     const int hd = (int)(D / c->v_heads);
     for (uint32_t l = 0; l < c->v_layers; l++) {
-        if (cancelled(s)) return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled in vision layer %u", l);
+        if (cancelled(s))
+            return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled in vision layer %u", l);
         const idf_vision_layer *L = &w->vl[l];
         IDF_FORWARD(ln(s, s->vx, L->ln1_w, L->ln1_b, c->v_ln_eps, T, D, s->vy, err));
         IDF_FORWARD(mm(s, &L->q, L->q_b, s->vy, T, s->vq, D, err));
         IDF_FORWARD(mm(s, &L->k, L->k_b, s->vy, T, s->vk, D, err));
         IDF_FORWARD(mm(s, &L->v, L->v_b, s->vy, T, s->vv, D, err));
         const idf_attn a = {
-            .n_q = (int)T, .n_kv = (int)T, .n_heads = (int)c->v_heads, .head_dim = hd,
-            .q = s->vq, .q_stride = D, .k = s->vk, .v = s->vv, .kv_stride = D, .kv_type = IDEFICS_KV_F32,
-            .scale = 1.0f / sqrtf((float)hd), .out = s->va, .out_stride = D,
+            .n_q = (int)T,
+            .n_kv = (int)T,
+            .n_heads = (int)c->v_heads,
+            .head_dim = hd,
+            .q = s->vq,
+            .q_stride = D,
+            .k = s->vk,
+            .v = s->vv,
+            .kv_stride = D,
+            .kv_type = IDEFICS_KV_F32,
+            .scale = 1.0f / sqrtf((float)hd),
+            .out = s->va,
+            .out_stride = D,
         };
         IDF_FORWARD(attend(s, &a, err));
         IDF_FORWARD(mm(s, &L->o, L->o_b, s->va, T, s->vy, D, err));
@@ -363,7 +394,8 @@ static idefics_status perceiver(idf_state *s, float *out, idf_err *err) {
 
     memcpy(s->pz, w->latents, (size_t)(L * D) * sizeof(float));
     for (uint32_t b = 0; b < c->p_depth; b++) {
-        if (cancelled(s)) return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled in perceiver block %u", b);
+        if (cancelled(s))
+            return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled in perceiver block %u", b);
         const idf_perceiver_block *B = &w->pb[b];
         /* Keys and values see [LN(context); LN(latents)], context first; the same
          * raw context feeds every block. */
@@ -378,9 +410,19 @@ static idefics_status perceiver(idf_state *s, float *out, idf_err *err) {
             IDF_FORWARD(ln(s, s->pk, B->k_ln_w, B->k_ln_b, eps, KV * c->p_heads, c->p_head_dim, s->pk, err));
         }
         const idf_attn a = {
-            .n_q = (int)L, .n_kv = (int)KV, .n_heads = (int)c->p_heads, .head_dim = (int)c->p_head_dim,
-            .q = s->pq, .q_stride = E, .k = s->pk, .v = s->pv, .kv_stride = E, .kv_type = IDEFICS_KV_F32,
-            .scale = 1.0f / sqrtf((float)c->p_head_dim), .out = s->pa, .out_stride = E,
+            .n_q = (int)L,
+            .n_kv = (int)KV,
+            .n_heads = (int)c->p_heads,
+            .head_dim = (int)c->p_head_dim,
+            .q = s->pq,
+            .q_stride = E,
+            .k = s->pk,
+            .v = s->pv,
+            .kv_stride = E,
+            .kv_type = IDEFICS_KV_F32,
+            .scale = 1.0f / sqrtf((float)c->p_head_dim),
+            .out = s->pa,
+            .out_stride = E,
         };
         IDF_FORWARD(attend(s, &a, err));
         IDF_FORWARD(mm(s, &B->o, NULL, s->pa, L, s->py, D, err));
@@ -400,22 +442,34 @@ static idefics_status perceiver(idf_state *s, float *out, idf_err *err) {
 static idefics_status take_slot(idf_state *s, img_slot **out, idf_err *err) {
     const idf_config *c = &s->m->cfg;
     if (s->n_img == s->img_cap) {
-        if (s->img_cap >= (1 << 20)) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "too many images in one session");
+        if (s->img_cap >= (1 << 20))
+            return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "too many images in one session");
         const int cap = s->img_cap ? 2 * s->img_cap : 4;
         img_slot *n = idf_calloc(&s->alloc, (size_t)cap, sizeof *n);
-        if (!n) return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for image slots");
-        if (s->img_cap) memcpy(n, s->img, (size_t)s->img_cap * sizeof *n);
+        if (!n)
+            return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for image slots");
+        if (s->img_cap)
+            memcpy(n, s->img, (size_t)s->img_cap * sizeof *n);
         idf_free(&s->alloc, s->img);
         s->img = n;
         s->img_cap = cap;
     }
     img_slot *sl = &s->img[s->n_img];
-    if (!sl->latents) {
+    if (!sl->latents || !sl->xk || !sl->xv) { /* new, or a slot whose allocation failed part way */
+        /* Bounded config values (model.c): n_cross <= 2^10, n_img_tokens <= 2^24 + 1,
+         * hidden and v_dim <= 2^16, so these products fit in 64 bits; a 32-bit
+         * host may still not be able to address them. */
         const uint64_t nl = s->m->n_img_tokens;
-        uint64_t xs = (uint64_t)c->n_cross * nl * c->hidden * s->kv_elem; /* <= 2^10 * 2^20 * 2^16 * 4: fits */
-        sl->latents = idf_malloc(&s->alloc, (size_t)(nl * c->v_dim * sizeof(float)));
-        sl->xk = idf_malloc(&s->alloc, (size_t)xs);
-        sl->xv = idf_malloc(&s->alloc, (size_t)xs);
+        const uint64_t xs = (uint64_t)c->n_cross * nl * c->hidden * s->kv_elem;
+        const uint64_t ls = nl * c->v_dim * sizeof(float);
+        if (xs > SIZE_MAX || ls > SIZE_MAX)
+            return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "an image slot does not fit in the address space");
+        if (!sl->latents)
+            sl->latents = idf_malloc(&s->alloc, (size_t)ls);
+        if (!sl->xk)
+            sl->xk = idf_malloc(&s->alloc, (size_t)xs);
+        if (!sl->xv)
+            sl->xv = idf_malloc(&s->alloc, (size_t)xs);
         if (!sl->latents || !sl->xk || !sl->xv)
             return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for an image slot (%.1f MiB)",
                             2.0 * (double)xs / (1024.0 * 1024.0));
@@ -425,7 +479,8 @@ static idefics_status take_slot(idf_state *s, img_slot **out, idf_err *err) {
 }
 
 idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot, idf_err *err) {
-    if (!s || !pixels) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_image: NULL argument");
+    if (!s || !pixels)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_image: NULL argument");
     const idf_config *c = &s->m->cfg;
     const idf_weights *w = s->m->w;
     img_slot *sl = NULL;
@@ -444,12 +499,14 @@ idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot,
         const idf_cross_block *B = &w->xb[j];
         const size_t off = (size_t)j * (size_t)(nl * H) * s->kv_elem;
         IDF_FORWARD(mm(s, &B->k, NULL, sl->latents, nl, s->xtmp, H, err));
-        if (B->k_norm) IDF_FORWARD(rms(s, s->xtmp, B->k_norm, c->rms_eps, nl * c->n_heads, c->head_dim, s->xtmp, err));
+        if (B->k_norm)
+            IDF_FORWARD(rms(s, s->xtmp, B->k_norm, c->rms_eps, nl * c->n_heads, c->head_dim, s->xtmp, err));
         store_kv(s, (uint8_t *)sl->xk + off, s->xtmp, nl * H);
         IDF_FORWARD(mm(s, &B->v, NULL, sl->latents, nl, s->xtmp, H, err));
         store_kv(s, (uint8_t *)sl->xv + off, s->xtmp, nl * H);
     }
-    if (slot) *slot = s->n_img;
+    if (slot)
+        *slot = s->n_img;
     s->n_img++;
     return IDEFICS_OK;
 }
@@ -463,30 +520,41 @@ static idefics_status cross_block(idf_state *s, uint32_t j, const int32_t *img, 
     const int64_t H = c->hidden, I = c->intermediate, nl = s->m->n_img_tokens;
 
     bool any = false;
-    for (int i = 0; i < n && !any; i++) any = img && img[i] >= 0;
+    for (int i = 0; i < n && !any; i++)
+        any = img && img[i] >= 0;
     /* Rows that see no image get a zero attention output, so a chunk without
      * any image skips the attention branch entirely; the dense branch below
      * still runs for every row. */
     if (any) {
         IDF_FORWARD(rms(s, s->h, B->ln_in, c->rms_eps, n, H, s->x, err));
         IDF_FORWARD(mm(s, &B->q, NULL, s->x, n, s->q, H, err));
-        if (B->q_norm) IDF_FORWARD(rms(s, s->q, B->q_norm, c->rms_eps, (int64_t)n * c->n_heads, c->head_dim, s->q, err));
+        if (B->q_norm)
+            IDF_FORWARD(rms(s, s->q, B->q_norm, c->rms_eps, (int64_t)n * c->n_heads, c->head_dim, s->q, err));
         /* Each row attends only to its own image's latents: equivalent to the
          * HF additive mask, done as one attention call per run of equal img. */
         for (int i0 = 0; i0 < n;) {
             int i1 = i0 + 1;
-            while (i1 < n && img[i1] == img[i0]) i1++;
+            while (i1 < n && img[i1] == img[i0])
+                i1++;
             if (img[i0] < 0) {
                 memset(s->att + i0 * H, 0, (size_t)((i1 - i0) * H) * sizeof(float));
             } else {
                 const img_slot *sl = &s->img[img[i0]];
                 const size_t off = (size_t)j * (size_t)(nl * H) * s->kv_elem;
                 const idf_attn a = {
-                    .n_q = i1 - i0, .n_kv = (int)nl, .n_heads = (int)c->n_heads, .head_dim = (int)c->head_dim,
-                    .q = s->q + i0 * H, .q_stride = H,
-                    .k = (const uint8_t *)sl->xk + off, .v = (const uint8_t *)sl->xv + off, .kv_stride = H,
-                    .kv_type = s->kv_type, .scale = 1.0f / sqrtf((float)c->head_dim),
-                    .out = s->att + i0 * H, .out_stride = H,
+                    .n_q = i1 - i0,
+                    .n_kv = (int)nl,
+                    .n_heads = (int)c->n_heads,
+                    .head_dim = (int)c->head_dim,
+                    .q = s->q + i0 * H,
+                    .q_stride = H,
+                    .k = (const uint8_t *)sl->xk + off,
+                    .v = (const uint8_t *)sl->xv + off,
+                    .kv_stride = H,
+                    .kv_type = s->kv_type,
+                    .scale = 1.0f / sqrtf((float)c->head_dim),
+                    .out = s->att + i0 * H,
+                    .out_stride = H,
                 };
                 IDF_FORWARD(attend(s, &a, err));
             }
@@ -521,10 +589,21 @@ static idefics_status decoder_layer(idf_state *s, uint32_t l, int pos, int n, id
     store_kv(s, kc + pos_off, s->k, n * H);
     store_kv(s, vc + pos_off, s->v, n * H);
     const idf_attn a = {
-        .n_q = n, .n_kv = pos + n, .n_heads = (int)c->n_heads, .head_dim = (int)c->head_dim,
-        .q = s->q, .q_stride = H, .k = kc, .v = vc, .kv_stride = H, .kv_type = s->kv_type,
-        .scale = 1.0f / sqrtf((float)c->head_dim), .causal = true, .q_pos0 = pos,
-        .out = s->att, .out_stride = H,
+        .n_q = n,
+        .n_kv = pos + n,
+        .n_heads = (int)c->n_heads,
+        .head_dim = (int)c->head_dim,
+        .q = s->q,
+        .q_stride = H,
+        .k = kc,
+        .v = vc,
+        .kv_stride = H,
+        .kv_type = s->kv_type,
+        .scale = 1.0f / sqrtf((float)c->head_dim),
+        .causal = true,
+        .q_pos0 = pos,
+        .out = s->att,
+        .out_stride = H,
     };
     IDF_FORWARD(attend(s, &a, err));
     IDF_FORWARD(mm(s, &L->o, NULL, s->att, n, s->x, H, err));
@@ -553,12 +632,15 @@ static idefics_status eval_chunk(idf_state *s, const int32_t *ids, const int32_t
             IDF_FORWARD(rows_of(s, &w->embed_add, ids[i] - (int32_t)c->vocab_size, s->h + i * H, err));
     }
     for (uint32_t l = 0; l < c->n_layers; l++) {
-        if (cancelled(s)) return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled at decoder layer %u", l);
-        if (l % c->cross_interval == 0) IDF_FORWARD(cross_block(s, l / c->cross_interval, img, n, err));
+        if (cancelled(s))
+            return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled at decoder layer %u", l);
+        if (l % c->cross_interval == 0)
+            IDF_FORWARD(cross_block(s, l / c->cross_interval, img, n, err));
         IDF_FORWARD(decoder_layer(s, l, pos, n, err));
     }
     const int n_out = n - first_out;
-    if (n_out <= 0) return IDEFICS_OK;
+    if (n_out <= 0)
+        return IDEFICS_OK;
     IDF_FORWARD(rms(s, s->h + first_out * H, w->norm, c->rms_eps, n_out, H, s->x, err));
     /* logits = [lm_head | additional_fc], one row of n_vocab per token */
     IDF_FORWARD(mm(s, &w->lm_head, NULL, s->x, n_out, out, c->n_vocab, err));
@@ -590,8 +672,7 @@ idefics_status idf_state_eval(idf_state *s, const int32_t *ids, const int32_t *i
         /* all_logits: every row; else only the final token's row */
         const int first_out = all_logits ? 0 : (last ? nb - 1 : nb);
         float *out = all_logits ? logits + (size_t)i0 * c->n_vocab : logits;
-        const idefics_status st =
-            eval_chunk(s, ids + i0, img ? img + i0 : NULL, nb, s->n_past, first_out, out, err);
+        const idefics_status st = eval_chunk(s, ids + i0, img ? img + i0 : NULL, nb, s->n_past, first_out, out, err);
         if (st) {
             s->n_past = start; /* the state is as before the call; later writes overwrite the stale cache rows */
             return st;

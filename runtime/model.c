@@ -71,7 +71,8 @@ static idefics_status read_config(idefics_model *m, idf_err *err) {
                         IDFX_KEY_HIDDEN_SIZE, IDFX_KEY_N_HEADS, c->head_dim);
     IDF_FORWARD(cfg_f32(f, IDFX_KEY_RMS_EPS, 0.0f, 1.0f, &c->rms_eps, err));
     c->rope_theta = 10000.0f; /* hard-coded in HF; the key is written by our converter but optional */
-    if (idfx_find_kv(f, IDFX_KEY_ROPE_THETA)) IDF_FORWARD(cfg_f32(f, IDFX_KEY_ROPE_THETA, 1.0f, 1e9f, &c->rope_theta, err));
+    if (idfx_find_kv(f, IDFX_KEY_ROPE_THETA))
+        IDF_FORWARD(cfg_f32(f, IDFX_KEY_ROPE_THETA, 1.0f, 1e9f, &c->rope_theta, err));
     IDF_FORWARD(cfg_u32(f, IDFX_KEY_MAX_POS, 1, 1u << 20, &c->max_pos, err));
     IDF_FORWARD(cfg_u32(f, IDFX_KEY_CROSS_INTERVAL, 1, c->n_layers, &c->cross_interval, err));
     c->n_cross = (c->n_layers + c->cross_interval - 1) / c->cross_interval;
@@ -113,8 +114,8 @@ static idefics_status read_config(idefics_model *m, idf_err *err) {
         const idfx_kv *kv;
         IDF_FORWARD(idfx_get_arr(f, arr_keys[a], IDFX_KV_F32, &kv, err));
         if (kv->count != c->v_channels)
-            return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "metadata %s has %llu values, expected %s = %u",
-                            arr_keys[a], (unsigned long long)kv->count, IDFX_KEY_V_N_CHANNELS, c->v_channels);
+            return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "metadata %s has %llu values, expected %s = %u", arr_keys[a],
+                            (unsigned long long)kv->count, IDFX_KEY_V_N_CHANNELS, c->v_channels);
         for (uint32_t i = 0; i < c->v_channels; i++) {
             arr_out[a][i] = idfx_arr_f32(kv, i);
             /* std divides the pixels; a zero or negative one is a broken file */
@@ -168,8 +169,10 @@ static idefics_status read_tokens(idefics_model *m, idf_err *err) {
             c->stop_ids[c->n_stop_ids++] = (int32_t)id;
         }
     } else {
-        if (c->tok_eos >= 0) c->stop_ids[c->n_stop_ids++] = c->tok_eos;
-        if (c->tok_end_of_utterance >= 0) c->stop_ids[c->n_stop_ids++] = c->tok_end_of_utterance;
+        if (c->tok_eos >= 0)
+            c->stop_ids[c->n_stop_ids++] = c->tok_eos;
+        if (c->tok_end_of_utterance >= 0)
+            c->stop_ids[c->n_stop_ids++] = c->tok_end_of_utterance;
     }
     return IDEFICS_OK;
 }
@@ -184,9 +187,11 @@ typedef union own_hdr {
 
 static float *own_floats(idefics_model *m, uint64_t n) {
     size_t bytes;
-    if (n > SIZE_MAX / sizeof(float) || !idf_add_size(sizeof(own_hdr), (size_t)n * sizeof(float), &bytes)) return NULL;
+    if (n > SIZE_MAX / sizeof(float) || !idf_add_size(sizeof(own_hdr), (size_t)n * sizeof(float), &bytes))
+        return NULL;
     own_hdr *h = idf_malloc(&m->alloc, bytes);
-    if (!h) return NULL;
+    if (!h)
+        return NULL;
     h->next = m->w->owned;
     m->w->owned = h;
     return (float *)(h + 1);
@@ -197,21 +202,26 @@ static void fmt_dims(const idfx_tensor *t, char *buf, size_t size) {
     o += (size_t)snprintf(buf + o, size - o, "[");
     for (uint32_t d = 0; d < t->n_dims && o < size; d++)
         o += (size_t)snprintf(buf + o, size - o, "%s%llu", d ? ", " : "", (unsigned long long)t->dims[d]);
-    if (o < size) snprintf(buf + o, size - o, "]");
+    if (o < size)
+        snprintf(buf + o, size - o, "]");
 }
 
 static idefics_status find(idefics_model *m, const char *name, const idfx_tensor **out, idf_err *err) {
     *out = idfx_find_tensor(&m->file, name);
-    if (!*out) return idf_errf(err, IDEFICS_ERR_MISSING_TENSOR, "tensor %s is missing", name);
-    if (!(*out)->data) return idf_errf(err, IDEFICS_ERR_INTERNAL, "tensor %s was not materialised", name);
+    if (!*out)
+        return idf_errf(err, IDEFICS_ERR_MISSING_TENSOR, "tensor %s is missing", name);
+    if (!(*out)->data)
+        return idf_errf(err, IDEFICS_ERR_INTERNAL, "tensor %s was not materialised", name);
     return IDEFICS_OK;
 }
 
 /* true when t's dims are exactly dims[0..n). */
 static bool dims_are(const idfx_tensor *t, uint32_t n, const uint64_t *dims) {
-    if (t->n_dims != n) return false;
+    if (t->n_dims != n)
+        return false;
     for (uint32_t d = 0; d < n; d++)
-        if (t->dims[d] != dims[d]) return false;
+        if (t->dims[d] != dims[d])
+            return false;
     return true;
 }
 
@@ -251,16 +261,19 @@ static idefics_status bind_mat(idefics_model *m, const char *name, uint64_t rows
 /* A tensor read elementwise: copied to fp32 whatever its stored type. */
 static idefics_status to_f32(idefics_model *m, const idfx_tensor *t, const float **out, idf_err *err) {
     float *dst = own_floats(m, t->n_elements);
-    if (!dst) return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory copying tensor %s", t->name);
+    if (!dst)
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory copying tensor %s", t->name);
     if (t->layout == IDFX_LAYOUT_ROWTILE) {
         /* ROWTILE is 2-D [rows, k] by construction (reader) */
         const int64_t rows = (int64_t)t->dims[0], k = (int64_t)t->dims[1];
-        for (int64_t r = 0; r < rows; r++) idfx_dequant_row_ref(t->type, t->data, r, k, t->layout_param, dst + r * k);
+        for (int64_t r = 0; r < rows; r++)
+            idfx_dequant_row_ref(t->type, t->data, r, k, t->layout_param, dst + r * k);
     } else if (t->type == IDFX_TYPE_F32) {
         memcpy(dst, t->data, (size_t)t->n_elements * sizeof(float));
     } else if (t->type == IDFX_TYPE_F16) {
         const uint8_t *p = t->data;
-        for (uint64_t i = 0; i < t->n_elements; i++) dst[i] = idfx_fp16_to_fp32(idf_rd16(p + 2 * i));
+        for (uint64_t i = 0; i < t->n_elements; i++)
+            dst[i] = idfx_fp16_to_fp32(idf_rd16(p + 2 * i));
     } else {
         return idf_errf(err, IDEFICS_ERR_UNSUPPORTED, "tensor %s has type %s, which cannot be read elementwise",
                         t->name, idfx_type_name(t->type));
@@ -282,8 +295,8 @@ static idefics_status bind_vec(idefics_model *m, const char *name, uint64_t n, c
 }
 
 /* A matrix read elementwise (position embeddings, latents). */
-static idefics_status bind_mat_f32(idefics_model *m, const char *name, uint64_t rows, uint64_t cols,
-                                   const float **out, idf_err *err) {
+static idefics_status bind_mat_f32(idefics_model *m, const char *name, uint64_t rows, uint64_t cols, const float **out,
+                                   idf_err *err) {
     const idfx_tensor *t;
     IDF_FORWARD(find(m, name, &t, err));
     const uint64_t want[2] = {rows, cols};
@@ -309,8 +322,10 @@ static idefics_status bind_gate(idefics_model *m, const char *name, uint32_t hid
     const float *a;
     IDF_FORWARD(to_f32(m, t, &a, err));
     float *g = own_floats(m, hidden);
-    if (!g) return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for gate %s", name);
-    for (uint32_t i = 0; i < hidden; i++) g[i] = tanhf(t->n_elements == 1 ? a[0] : a[i]);
+    if (!g)
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for gate %s", name);
+    for (uint32_t i = 0; i < hidden; i++)
+        g[i] = tanhf(t->n_elements == 1 ? a[0] : a[i]);
     *out = g;
     return IDEFICS_OK;
 }
@@ -343,7 +358,8 @@ static idefics_status bind_vision(idefics_model *m, idf_err *err) {
     IDF_FORWARD(bind_vec(m, NM("model.vision_model.pre_layrnorm.bias"), c->v_dim, &w->pre_ln_b, err));
 
     w->vl = idf_calloc(&m->alloc, c->v_layers, sizeof *w->vl);
-    if (!w->vl) return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for vision layers");
+    if (!w->vl)
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for vision layers");
     for (uint32_t l = 0; l < c->v_layers; l++) {
         idf_vision_layer *L = &w->vl[l];
         const char *p = "model.vision_model.encoder.layers";
@@ -361,8 +377,8 @@ static idefics_status bind_vision(idefics_model *m, idf_err *err) {
             {"mlp.fc2", &L->fc2, &L->fc2_b, c->v_dim, c->v_intermediate},
         };
         for (size_t i = 0; i < sizeof mats / sizeof mats[0]; i++) {
-            IDF_FORWARD(bind_mat(m, NM("%s.%u.%s.weight", p, l, mats[i].part), mats[i].rows, mats[i].cols,
-                                 mats[i].wt, err));
+            IDF_FORWARD(
+                bind_mat(m, NM("%s.%u.%s.weight", p, l, mats[i].part), mats[i].rows, mats[i].cols, mats[i].wt, err));
             IDF_FORWARD(bind_vec(m, NM("%s.%u.%s.bias", p, l, mats[i].part), mats[i].rows, mats[i].b, err));
         }
         IDF_FORWARD(bind_vec(m, NM("%s.%u.layer_norm1.weight", p, l), c->v_dim, &L->ln1_w, err));
@@ -384,7 +400,8 @@ static idefics_status bind_perceiver(idefics_model *m, idf_err *err) {
     IDF_FORWARD(bind_vec(m, NM("%s.layer_norm.weight", p), c->v_dim, &w->p_ln_w, err));
     IDF_FORWARD(bind_vec(m, NM("%s.layer_norm.bias", p), c->v_dim, &w->p_ln_b, err));
     w->pb = idf_calloc(&m->alloc, c->p_depth, sizeof *w->pb);
-    if (!w->pb) return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for perceiver blocks");
+    if (!w->pb)
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for perceiver blocks");
     for (uint32_t b = 0; b < c->p_depth; b++) {
         idf_perceiver_block *B = &w->pb[b];
         IDF_FORWARD(bind_vec(m, NM("%s.blocks.%u.0.context_layer_norm.weight", p, b), c->v_dim, &B->ctx_ln_w, err));
@@ -425,7 +442,8 @@ static idefics_status bind_text(idefics_model *m, idf_err *err) {
 
     w->dl = idf_calloc(&m->alloc, c->n_layers, sizeof *w->dl);
     w->xb = idf_calloc(&m->alloc, c->n_cross, sizeof *w->xb);
-    if (!w->dl || !w->xb) return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for decoder layers");
+    if (!w->dl || !w->xb)
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for decoder layers");
     for (uint32_t l = 0; l < c->n_layers; l++) {
         idf_decoder_layer *L = &w->dl[l];
         const char *p = "model.layers";
@@ -465,7 +483,8 @@ static idefics_status bind_text(idefics_model *m, idf_err *err) {
 
 static void free_weights(idefics_model *m) {
     idf_weights *w = m->w;
-    if (!w) return;
+    if (!w)
+        return;
     for (own_hdr *h = w->owned; h;) {
         own_hdr *next = h->next;
         idf_free(&m->alloc, h);
@@ -481,9 +500,11 @@ static void free_weights(idefics_model *m) {
 
 static idefics_status bind_weights(idefics_model *m, idf_err *err) {
     m->w = idf_calloc(&m->alloc, 1, sizeof *m->w);
-    if (!m->w) return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the weight table");
+    if (!m->w)
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the weight table");
     IDF_FORWARD(bind_vision(m, err));
-    if (m->cfg.use_resampler) IDF_FORWARD(bind_perceiver(m, err));
+    if (m->cfg.use_resampler)
+        IDF_FORWARD(bind_perceiver(m, err));
     return bind_text(m, err);
 }
 
@@ -530,8 +551,10 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
                                   char *errbuf, size_t errbuf_size) {
     idf_err err;
     idf_err_clear(&err);
-    if (out) *out = NULL;
-    if (errbuf && errbuf_size) errbuf[0] = '\0';
+    if (out)
+        *out = NULL;
+    if (errbuf && errbuf_size)
+        errbuf[0] = '\0';
     if (!path || !out) {
         idf_errf(&err, IDEFICS_ERR_INVALID_ARG, "idefics_model_load: path and out must not be NULL");
         idf_err_copy(&err, errbuf, errbuf_size);
@@ -555,27 +578,35 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
         st = idf_errf(&err, IDEFICS_ERR_CANCELLED, "model load cancelled by the progress callback");
     if (st == IDEFICS_OK) {
         const int e = idf_map_file(path, &m->map);
-        if (e) st = idf_errf(&err, IDEFICS_ERR_IO, "cannot map %s: %s", path, strerror(e));
+        if (e)
+            st = idf_errf(&err, IDEFICS_ERR_IO, "cannot map %s: %s", path, strerror(e));
     }
     if (st == IDEFICS_OK) {
         /* Without low_memory every weight is read soon anyway: ask for read-ahead. */
-        if (!p.low_memory) idf_map_advise_willneed(&m->map, 0, m->map.size);
+        if (!p.low_memory)
+            idf_map_advise_willneed(&m->map, 0, m->map.size);
         st = idfx_open(&m->file, m->map.data, m->map.size, &m->alloc, &err);
     }
     if (st == IDEFICS_OK && !progress(&p, 0.1f))
         st = idf_errf(&err, IDEFICS_ERR_CANCELLED, "model load cancelled by the progress callback");
     if (st == IDEFICS_OK) {
         idf_pool *pool = idf_pool_create(p.n_threads, idf_malloc_cb, idf_free_cb, &m->alloc);
-        if (!pool) st = idf_errf(&err, IDEFICS_ERR_OUT_OF_MEMORY, "cannot create a pool of %d threads", p.n_threads);
-        if (st == IDEFICS_OK) st = idfx_materialize(&m->file, pool, p.verify_checksums, &err);
+        if (!pool)
+            st = idf_errf(&err, IDEFICS_ERR_OUT_OF_MEMORY, "cannot create a pool of %d threads", p.n_threads);
+        if (st == IDEFICS_OK)
+            st = idfx_materialize(&m->file, pool, p.verify_checksums, &err);
         idf_pool_free(pool);
     }
     if (st == IDEFICS_OK && !progress(&p, 0.9f))
         st = idf_errf(&err, IDEFICS_ERR_CANCELLED, "model load cancelled by the progress callback");
-    if (st == IDEFICS_OK) st = read_config(m, &err);
-    if (st == IDEFICS_OK) st = idf_tokenizer_from_idfx(&m->file, &m->alloc, &m->tok, &err);
-    if (st == IDEFICS_OK) st = read_tokens(m, &err);
-    if (st == IDEFICS_OK) st = bind_weights(m, &err);
+    if (st == IDEFICS_OK)
+        st = read_config(m, &err);
+    if (st == IDEFICS_OK)
+        st = idf_tokenizer_from_idfx(&m->file, &m->alloc, &m->tok, &err);
+    if (st == IDEFICS_OK)
+        st = read_tokens(m, &err);
+    if (st == IDEFICS_OK)
+        st = bind_weights(m, &err);
     if (st == IDEFICS_OK && !progress(&p, 1.0f))
         st = idf_errf(&err, IDEFICS_ERR_CANCELLED, "model load cancelled by the progress callback");
     if (st != IDEFICS_OK) {
@@ -585,15 +616,16 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
         return st;
     }
     m->load_ms = idf_time_ms() - t0;
-    idf_logf(&m->log, IDEFICS_LOG_INFO, "loaded %s (%s): %u tensors, %.1f MiB, %u layers, backend %s, in %.1f ms",
-             path, m->name[0] ? m->name : "unnamed", m->file.n_tensors, (double)m->map.size / (1024.0 * 1024.0),
+    idf_logf(&m->log, IDEFICS_LOG_INFO, "loaded %s (%s): %u tensors, %.1f MiB, %u layers, backend %s, in %.1f ms", path,
+             m->name[0] ? m->name : "unnamed", m->file.n_tensors, (double)m->map.size / (1024.0 * 1024.0),
              m->cfg.n_layers, m->backend_name, m->load_ms);
     *out = m;
     return IDEFICS_OK;
 }
 
 void idefics_model_free(idefics_model *m) {
-    if (!m) return;
+    if (!m)
+        return;
     const idf_alloc al = m->alloc;
     free_weights(m);
     idf_tokenizer_free(m->tok);
@@ -602,16 +634,21 @@ void idefics_model_free(idefics_model *m) {
     idf_free(&al, m);
 }
 
-const char *idefics_model_last_error(const idefics_model *m) { return m ? m->err.msg : ""; }
+const char *idefics_model_last_error(const idefics_model *m) {
+    return m ? m->err.msg : "";
+}
 
 void idefics_model_get_info(const idefics_model *m, idefics_model_info *info) {
-    if (!info) return;
+    if (!info)
+        return;
     memset(info, 0, sizeof *info);
     info->name = "";
     info->backend = "";
-    if (!m) return;
+    if (!m)
+        return;
     int64_t n_params = 0;
-    for (uint32_t i = 0; i < m->file.n_tensors; i++) n_params += (int64_t)m->file.tensors[i].n_elements;
+    for (uint32_t i = 0; i < m->file.n_tensors; i++)
+        n_params += (int64_t)m->file.tensors[i].n_elements;
     info->name = m->name;
     info->n_params = n_params;
     info->file_bytes = (int64_t)m->map.size;

@@ -43,13 +43,13 @@ enum {
 
 typedef struct op_case {
     idf_op op;
-    int wtype;       /* MATMUL, GET_ROWS: idfx_type of the weight */
-    int tile;        /* ROWTILE rows per tile */
-    int kv_type;     /* ATTENTION: idefics_kv_type */
-    int n, m, k;     /* MATMUL: y[n,m] = x[n,k] W[m,k]^T; GET_ROWS: n ids of W[m,k];
-                        norms, elementwise: n rows of k; ATTENTION: n_q, n_kv (m), head_dim (k) */
-    int heads;       /* ATTENTION, ROPE */
-    int pos0;        /* ATTENTION (causal), ROPE */
+    int wtype;   /* MATMUL, GET_ROWS: idfx_type of the weight */
+    int tile;    /* ROWTILE rows per tile */
+    int kv_type; /* ATTENTION: idefics_kv_type */
+    int n, m, k; /* MATMUL: y[n,m] = x[n,k] W[m,k]^T; GET_ROWS: n ids of W[m,k];
+                    norms, elementwise: n rows of k; ATTENTION: n_q, n_kv (m), head_dim (k) */
+    int heads;   /* ATTENTION, ROPE */
+    int pos0;    /* ATTENTION (causal), ROPE */
     int flags;
     double max_nmse; /* 0 = DEFAULT_NMSE */
     const char *why; /* reason for an override */
@@ -86,9 +86,21 @@ static const op_case cases[] = {
     /* attention */
     {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F32, .n = 4, .m = 9, .k = 5, .heads = 2},
     {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F32, .n = 1, .m = 1, .k = 8, .heads = 1},
-    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F32, .n = 3, .m = 10, .k = 16, .heads = 3, .pos0 = 7,
+    {.op = IDF_OP_ATTENTION,
+     .kv_type = IDEFICS_KV_F32,
+     .n = 3,
+     .m = 10,
+     .k = 16,
+     .heads = 3,
+     .pos0 = 7,
      .flags = F_CAUSAL},
-    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F16, .n = 6, .m = 6, .k = 12, .heads = 2, .pos0 = 0,
+    {.op = IDF_OP_ATTENTION,
+     .kv_type = IDEFICS_KV_F16,
+     .n = 6,
+     .m = 6,
+     .k = 12,
+     .heads = 2,
+     .pos0 = 0,
      .flags = F_CAUSAL | F_STRIDE},
     {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F16, .n = 5, .m = 70, .k = 80, .heads = 2},
     {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F32, .n = 4, .m = 13, .k = 6, .heads = 2, .flags = F_MASK},
@@ -112,7 +124,8 @@ static double frand(void) { /* uniform in [-1, 1) */
     return (double)((rng_state * 2685821657736338717ull) >> 11) / 9007199254740992.0 * 2.0 - 1.0;
 }
 static void fill(float *p, size_t n, double amp) {
-    for (size_t i = 0; i < n; i++) p[i] = (float)(amp * frand());
+    for (size_t i = 0; i < n; i++)
+        p[i] = (float)(amp * frand());
 }
 
 static void *xmalloc(size_t n) {
@@ -135,18 +148,24 @@ typedef struct gbuf {
 
 static gbuf gbuf_new(size_t n) {
     gbuf g = {xmalloc((n + 2 * GUARD) * sizeof(float)), NULL, n};
-    for (size_t i = 0; i < n + 2 * GUARD; i++) memcpy(&g.mem[i], &SENTINEL, 4);
+    for (size_t i = 0; i < n + 2 * GUARD; i++)
+        memcpy(&g.mem[i], &SENTINEL, 4);
     g.p = g.mem + GUARD;
     return g;
 }
-static bool is_sentinel(const float *f) { return memcmp(f, &SENTINEL, 4) == 0; }
+static bool is_sentinel(const float *f) {
+    return memcmp(f, &SENTINEL, 4) == 0;
+}
 static bool guards_ok(const gbuf *g) {
     for (size_t i = 0; i < GUARD; i++)
-        if (!is_sentinel(&g->mem[i]) || !is_sentinel(&g->mem[GUARD + g->n + i])) return false;
+        if (!is_sentinel(&g->mem[i]) || !is_sentinel(&g->mem[GUARD + g->n + i]))
+            return false;
     return true;
 }
 
-static float f16_round(float x) { return idfx_fp16_to_fp32(idfx_fp32_to_fp16(x)); }
+static float f16_round(float x) {
+    return idfx_fp16_to_fp32(idfx_fp32_to_fp16(x));
+}
 
 /* Decode element (r, j) of a ROWTILE Q4/Q8 tensor, from the layout comment in
  * quant.h: tile t = r / R holds ng*R fp16 scales then ng*R groups of QB bytes. */
@@ -156,7 +175,8 @@ static double rowtile_at(int type, const uint8_t *data, int64_t k, int R, int64_
     const uint8_t *sp = tile + (g * R + rr) * 2;
     const double d = idfx_fp16_to_fp32((uint16_t)(sp[0] | (sp[1] << 8)));
     const uint8_t *q = tile + ng * R * 2 + (g * R + rr) * qb;
-    if (type == IDFX_TYPE_Q8) return d * (int8_t)q[e];
+    if (type == IDFX_TYPE_Q8)
+        return d * (int8_t)q[e];
     static const int8_t cb[16] = IDFX_Q4_CODEBOOK_INIT;
     const int nib = e < 16 ? (q[e] & 15) : (q[e - 16] >> 4);
     return d * cb[nib];
@@ -177,14 +197,16 @@ static test_weight make_weight(int type, int tile, int m, int k) {
     const uint64_t dims[2] = {(uint64_t)m, (uint64_t)k};
     const int layout = type == IDFX_TYPE_Q4 || type == IDFX_TYPE_Q8 ? IDFX_LAYOUT_ROWTILE : IDFX_LAYOUT_ROWMAJOR;
     uint64_t nbytes, unit;
-    if (!idfx_tensor_nbytes(type, layout, layout == IDFX_LAYOUT_ROWTILE ? (uint32_t)tile : 0, 2, dims, &nbytes, &unit)) {
+    if (!idfx_tensor_nbytes(type, layout, layout == IDFX_LAYOUT_ROWTILE ? (uint32_t)tile : 0, 2, dims, &nbytes,
+                            &unit)) {
         fprintf(stderr, "bad test weight %d [%d, %d]\n", type, m, k);
         exit(1);
     }
     t.bytes = xmalloc((size_t)nbytes);
     if (type == IDFX_TYPE_F32) {
         memcpy(t.bytes, src, (size_t)m * k * sizeof(float));
-        for (int64_t i = 0; i < (int64_t)m * k; i++) t.val[i] = src[i];
+        for (int64_t i = 0; i < (int64_t)m * k; i++)
+            t.val[i] = src[i];
     } else if (type == IDFX_TYPE_F16) {
         uint8_t *b = t.bytes;
         for (int64_t i = 0; i < (int64_t)m * k; i++) {
@@ -199,11 +221,17 @@ static test_weight make_weight(int type, int tile, int m, int k) {
         else
             idfx_quantize_q8_ref(src, m, k, (uint32_t)tile, 0, t.bytes);
         for (int64_t r = 0; r < m; r++)
-            for (int64_t j = 0; j < k; j++) t.val[r * k + j] = rowtile_at(type, t.bytes, k, tile, r, j);
+            for (int64_t j = 0; j < k; j++)
+                t.val[r * k + j] = rowtile_at(type, t.bytes, k, tile, r, j);
     }
     free(src);
-    t.w = (idf_weight){.name = "test.weight", .data = t.bytes, .type = (uint8_t)type, .layout = (uint8_t)layout,
-                       .tile_rows = layout == IDFX_LAYOUT_ROWTILE ? (uint32_t)tile : 0, .rows = m, .cols = k};
+    t.w = (idf_weight){.name = "test.weight",
+                       .data = t.bytes,
+                       .type = (uint8_t)type,
+                       .layout = (uint8_t)layout,
+                       .tile_rows = layout == IDFX_LAYOUT_ROWTILE ? (uint32_t)tile : 0,
+                       .rows = m,
+                       .cols = k};
     return t;
 }
 
@@ -224,7 +252,9 @@ typedef struct outcome {
     bool skipped;
 } outcome;
 
-static double naive_gelu(double x) { return 0.5 * x * (1.0 + erf(x / sqrt(2.0))); }
+static double naive_gelu(double x) {
+    return 0.5 * x * (1.0 + erf(x / sqrt(2.0)));
+}
 
 /* Runs case c on backend b, filling o (and, with want, the naive expectation). */
 static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o) {
@@ -256,7 +286,8 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
         for (int i = 0; i < n; i++)
             for (int r = 0; r < m; r++) {
                 double acc = bias ? bias[r] : 0.0;
-                for (int j = 0; j < k; j++) acc += (double)x[(size_t)i * k + j] * w.val[(size_t)r * k + j];
+                for (int j = 0; j < k; j++)
+                    acc += (double)x[(size_t)i * k + j] * w.val[(size_t)r * k + j];
                 o->want[(size_t)i * ldy + r] = acc;
                 o->written[(size_t)i * ldy + r] = true;
             }
@@ -269,7 +300,8 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
     case IDF_OP_GET_ROWS: {
         test_weight w = make_weight(c->wtype, c->tile, m, k);
         int32_t *ids = xmalloc((size_t)n * sizeof(int32_t));
-        for (int i = 0; i < n; i++) ids[i] = i == 0 ? m - 1 : (int32_t)((frand() + 1.0) * 0.5 * m) % m;
+        for (int i = 0; i < n; i++)
+            ids[i] = i == 0 ? m - 1 : (int32_t)((frand() + 1.0) * 0.5 * m) % m;
         o->out = gbuf_new((size_t)n * k);
         o->want = xmalloc(o->out.n * sizeof(double));
         o->written = xmalloc(o->out.n);
@@ -287,7 +319,8 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
     case IDF_OP_LAYERNORM: {
         float *x = xmalloc((size_t)n * k * sizeof(float)), *g = xmalloc((size_t)k * sizeof(float)), *bb = NULL;
         fill(x, (size_t)n * k, 3.0);
-        for (int j = 0; j < k; j++) g[j] = (float)(1.0 + 0.5 * frand());
+        for (int j = 0; j < k; j++)
+            g[j] = (float)(1.0 + 0.5 * frand());
         if (c->flags & F_BIAS) {
             bb = xmalloc((size_t)k * sizeof(float));
             fill(bb, (size_t)k, 0.5);
@@ -300,10 +333,12 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
             const float *xi = x + (size_t)i * k;
             double mean = 0.0, ss = 0.0;
             if (c->op == IDF_OP_LAYERNORM) {
-                for (int j = 0; j < k; j++) mean += xi[j];
+                for (int j = 0; j < k; j++)
+                    mean += xi[j];
                 mean /= k;
             }
-            for (int j = 0; j < k; j++) ss += (xi[j] - mean) * (xi[j] - mean);
+            for (int j = 0; j < k; j++)
+                ss += (xi[j] - mean) * (xi[j] - mean);
             const double inv = 1.0 / sqrt(ss / k + eps);
             for (int j = 0; j < k; j++) {
                 o->want[(size_t)i * k + j] = (xi[j] - mean) * inv * g[j] + (bb ? bb[j] : 0.0);
@@ -328,7 +363,8 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
         o->out = gbuf_new((size_t)n * stride);
         o->want = xmalloc(o->out.n * sizeof(double));
         o->written = xmalloc(o->out.n);
-        for (int i = 0; i < n; i++) fill(o->out.p + (size_t)i * stride, (size_t)row, 1.0);
+        for (int i = 0; i < n; i++)
+            fill(o->out.p + (size_t)i * stride, (size_t)row, 1.0);
         const int half = k / 2;
         for (int i = 0; i < n; i++)
             for (int h = 0; h < c->heads; h++)
@@ -340,11 +376,13 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
                     const float inv_freq = 1.0f / powf(theta, (float)(2 * f) / (float)k);
                     const float ang = (float)(c->pos0 + i) * inv_freq;
                     const double rot = dd < half ? -(double)xh[dd + half] : (double)xh[dd - half];
-                    o->want[(size_t)i * stride + (size_t)h * k + dd] = xh[dd] * cos((double)ang) + rot * sin((double)ang);
+                    o->want[(size_t)i * stride + (size_t)h * k + dd] =
+                        xh[dd] * cos((double)ang) + rot * sin((double)ang);
                     o->written[(size_t)i * stride + (size_t)h * k + dd] = true;
                 }
         for (size_t e = 0; e < o->out.n; e++)
-            if (!o->written[e]) o->want[e] = 0; /* gap: must keep its sentinel */
+            if (!o->written[e])
+                o->want[e] = 0; /* gap: must keep its sentinel */
         o->st = b->rope(ctx, o->out.p, n, stride, c->heads, k, c->pos0, theta);
         break;
     }
@@ -389,20 +427,35 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
                     for (int dd = 0; dd < k; dd++)
                         s += (double)q[(size_t)i * stride + h * k + dd] * kf[(size_t)t * stride + h * k + dd];
                     sc[t] = s * scale + (mask ? mask[(size_t)i * m + t] : 0.0);
-                    if (sc[t] > mx) mx = sc[t];
+                    if (sc[t] > mx)
+                        mx = sc[t];
                 }
-                for (int t = 0; t < see; t++) sum += (sc[t] = exp(sc[t] - mx));
+                for (int t = 0; t < see; t++)
+                    sum += (sc[t] = exp(sc[t] - mx));
                 for (int dd = 0; dd < k; dd++) {
                     double acc = 0.0;
-                    for (int t = 0; t < see; t++) acc += sc[t] * vf[(size_t)t * stride + h * k + dd];
+                    for (int t = 0; t < see; t++)
+                        acc += sc[t] * vf[(size_t)t * stride + h * k + dd];
                     o->want[(size_t)i * stride + h * k + dd] = acc / sum;
                     o->written[(size_t)i * stride + h * k + dd] = true;
                 }
             }
-        const idf_attn a = {.n_q = n, .n_kv = m, .n_heads = c->heads, .head_dim = k, .q = q, .q_stride = stride,
-                            .k = kb, .v = vb, .kv_stride = stride, .kv_type = c->kv_type, .scale = scale,
-                            .causal = (c->flags & F_CAUSAL) != 0, .q_pos0 = c->pos0, .mask = mask,
-                            .out = o->out.p, .out_stride = stride};
+        const idf_attn a = {.n_q = n,
+                            .n_kv = m,
+                            .n_heads = c->heads,
+                            .head_dim = k,
+                            .q = q,
+                            .q_stride = stride,
+                            .k = kb,
+                            .v = vb,
+                            .kv_stride = stride,
+                            .kv_type = c->kv_type,
+                            .scale = scale,
+                            .causal = (c->flags & F_CAUSAL) != 0,
+                            .q_pos0 = c->pos0,
+                            .mask = mask,
+                            .out = o->out.p,
+                            .out_stride = stride};
         o->st = b->attention(ctx, &a);
         free(sc);
         free(q);
@@ -427,25 +480,53 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
             const double x = o->out.p[e];
             double y;
             switch (c->op) {
-            case IDF_OP_GELU: y = naive_gelu(x); break;
-            case IDF_OP_QUICK_GELU: y = x / (1.0 + exp(-1.702 * x)); break;
-            case IDF_OP_RELU: y = x > 0 ? x : 0; break;
-            case IDF_OP_SILU_MUL: y = x / (1.0 + exp(-x)) * other[e]; break;
-            case IDF_OP_ADD: y = x + other[e]; break;
-            case IDF_OP_SCALE: y = x * s; break;
-            default: y = x + (double)gate[e % k] * other[e]; break; /* GATED_ADD */
+            case IDF_OP_GELU:
+                y = naive_gelu(x);
+                break;
+            case IDF_OP_QUICK_GELU:
+                y = x / (1.0 + exp(-1.702 * x));
+                break;
+            case IDF_OP_RELU:
+                y = x > 0 ? x : 0;
+                break;
+            case IDF_OP_SILU_MUL:
+                y = x / (1.0 + exp(-x)) * other[e];
+                break;
+            case IDF_OP_ADD:
+                y = x + other[e];
+                break;
+            case IDF_OP_SCALE:
+                y = x * s;
+                break;
+            default:
+                y = x + (double)gate[e % k] * other[e];
+                break; /* GATED_ADD */
             }
             o->want[e] = y;
             o->written[e] = true;
         }
         switch (c->op) {
-        case IDF_OP_GELU: o->st = b->gelu(ctx, o->out.p, (int64_t)len); break;
-        case IDF_OP_QUICK_GELU: o->st = b->quick_gelu(ctx, o->out.p, (int64_t)len); break;
-        case IDF_OP_RELU: o->st = b->relu(ctx, o->out.p, (int64_t)len); break;
-        case IDF_OP_SILU_MUL: o->st = b->silu_mul(ctx, o->out.p, other, (int64_t)len); break;
-        case IDF_OP_ADD: o->st = b->add(ctx, o->out.p, other, (int64_t)len); break;
-        case IDF_OP_SCALE: o->st = b->scale(ctx, o->out.p, s, (int64_t)len); break;
-        default: o->st = b->gated_add(ctx, o->out.p, gate, other, n, k); break;
+        case IDF_OP_GELU:
+            o->st = b->gelu(ctx, o->out.p, (int64_t)len);
+            break;
+        case IDF_OP_QUICK_GELU:
+            o->st = b->quick_gelu(ctx, o->out.p, (int64_t)len);
+            break;
+        case IDF_OP_RELU:
+            o->st = b->relu(ctx, o->out.p, (int64_t)len);
+            break;
+        case IDF_OP_SILU_MUL:
+            o->st = b->silu_mul(ctx, o->out.p, other, (int64_t)len);
+            break;
+        case IDF_OP_ADD:
+            o->st = b->add(ctx, o->out.p, other, (int64_t)len);
+            break;
+        case IDF_OP_SCALE:
+            o->st = b->scale(ctx, o->out.p, s, (int64_t)len);
+            break;
+        default:
+            o->st = b->gated_add(ctx, o->out.p, gate, other, n, k);
+            break;
         }
         free(other);
         free(gate);
@@ -486,7 +567,8 @@ static double compare(const outcome *o, const double *want, const char **why) {
             *why = "infinity of the wrong sign";
             return -1;
         }
-        if (!isfinite(w)) continue;
+        if (!isfinite(w))
+            continue;
         num += (*g - w) * (*g - w);
         den += w * w;
     }
@@ -494,9 +576,9 @@ static double compare(const outcome *o, const double *want, const char **why) {
 }
 
 static const char *op_name(idf_op op) {
-    static const char *names[IDF_OP_COUNT] = {"matmul", "get_rows", "rmsnorm", "layernorm", "rope", "attention",
-                                              "gelu", "quick_gelu", "silu_mul", "relu", "add", "scale",
-                                              "gated_add"};
+    static const char *names[IDF_OP_COUNT] = {"matmul",    "get_rows", "rmsnorm",    "layernorm", "rope",
+                                              "attention", "gelu",     "quick_gelu", "silu_mul",  "relu",
+                                              "add",       "scale",    "gated_add"};
     return op < IDF_OP_COUNT ? names[op] : "?";
 }
 
@@ -558,16 +640,18 @@ int main(void) {
                 nmse = compare(&o, o.want, &why);
             } else { /* against the reference backend's output */
                 double *want = xmalloc(o.out.n * sizeof(double));
-                for (size_t e = 0; e < o.out.n; e++) want[e] = ref.out.p[e];
+                for (size_t e = 0; e < o.out.n; e++)
+                    want[e] = ref.out.p[e];
                 nmse = compare(&o, want, &why);
                 free(want);
             }
             const bool ok = nmse >= 0 && nmse <= tol;
-            printf("%s %-10s case %2d on %-8s n=%d m=%d k=%d type=%d nmse=%.3g (max %.1g)%s%s\n",
-                   ok ? "PASS" : "FAIL", op_name(c->op), ci, backends[bi].name, c->n, c->m, c->k, c->wtype,
-                   nmse, tol, why ? ": " : "", why ? why : "");
+            printf("%s %-10s case %2d on %-8s n=%d m=%d k=%d type=%d nmse=%.3g (max %.1g)%s%s\n", ok ? "PASS" : "FAIL",
+                   op_name(c->op), ci, backends[bi].name, c->n, c->m, c->k, c->wtype, nmse, tol, why ? ": " : "",
+                   why ? why : "");
             ok ? n_pass++ : n_fail++;
-            if (bi != 0) free_outcome(&o);
+            if (bi != 0)
+                free_outcome(&o);
         }
         free_outcome(&ref);
     }
@@ -597,7 +681,8 @@ int main(void) {
         free_weight(&w);
     }
 
-    for (int i = 0; i < nb; i++) be[i]->free(be[i]);
+    for (int i = 0; i < nb; i++)
+        be[i]->free(be[i]);
     printf("%d passed, %d failed, %d skipped\n", n_pass, n_fail, n_skip);
     return n_fail ? 1 : 0;
 }

@@ -138,6 +138,13 @@ static void fill_bytes(const sy_tensor *t, uint64_t lo, uint64_t hi, uint8_t *ou
     }
 }
 
+/* "1.2 MB" / "17.86 GB" (decimal units, as disk sizes are quoted) */
+static const char *human(uint64_t bytes, char *buf, size_t cap) {
+    if (bytes >= 1000000000ull) snprintf(buf, cap, "%.2f GB", (double)bytes / 1e9);
+    else snprintf(buf, cap, "%.1f MB", (double)bytes / 1e6);
+    return buf;
+}
+
 /* ---- writing one shard ---- */
 
 typedef struct shard_job {
@@ -163,9 +170,10 @@ static void progress(shard_job *j, bool final) {
     j->last_print = now;
     const uint64_t done = j->total_before + atomic_load(&j->written);
     const double secs = (now - j->t0) / 1000.0;
-    fprintf(stderr, "%s[%d/%d] %5.1f%%  %.2f / %.2f GB  %.0f MB/s%s", j->tty ? "\r" : "", j->shard + 1, j->n_shards,
-            j->grand_total ? 100.0 * (double)done / (double)j->grand_total : 100.0, (double)done / 1e9,
-            (double)j->grand_total / 1e9, secs > 0 ? (double)done / 1e6 / secs : 0.0, j->tty ? "   " : "\n");
+    char a[32], b[32];
+    fprintf(stderr, "%s[%d/%d] %5.1f%%  %s / %s  %.0f MB/s%s", j->tty ? "\r" : "", j->shard + 1, j->n_shards,
+            j->grand_total ? 100.0 * (double)done / (double)j->grand_total : 100.0, human(done, a, sizeof a),
+            human(j->grand_total, b, sizeof b), secs > 0 ? (double)done / 1e6 / secs : 0.0, j->tty ? "   " : "\n");
     if (final && j->tty) fputc('\n', stderr);
 }
 
@@ -504,9 +512,10 @@ int main(int argc, char **argv) {
         struct statvfs vfs;
         if (statvfs(dir, &vfs) == 0) {
             const uint64_t avail = (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize;
+            /* headroom for the JSON files and whatever else writes there meanwhile */
             if (avail < total + ((uint64_t)64 << 20)) {
-                fprintf(stderr, PROG ": %s has %.2f GB free, the %s checkpoint needs %.2f GB\n", dir, (double)avail / 1e9,
-                        cfg.flavour, (double)total / 1e9);
+                fprintf(stderr, PROG ": %s has %.1f MB free; the %s checkpoint needs %.1f MB plus 64 MiB headroom\n",
+                        dir, (double)avail / 1e6, cfg.flavour, (double)total / 1e6);
                 goto out;
             }
         }
@@ -552,9 +561,10 @@ int main(int argc, char **argv) {
             fprintf(stderr, PROG ": out of memory\n");
             goto out;
         }
-    fprintf(stderr, PROG ": %s, %zu tensors, %" PRIu64 " parameters, %.2f GB %s in %d file%s, %d thread%s -> %s\n",
-            cfg.flavour, plan.n, params, (double)total / 1e9, sy_dtype_name(dtype), n_shards, n_shards > 1 ? "s" : "",
-            n_threads, n_threads > 1 ? "s" : "", dir);
+    char hb[32];
+    fprintf(stderr, PROG ": %s, %zu tensors, %" PRIu64 " parameters, %s %s in %d file%s, %d thread%s -> %s\n",
+            cfg.flavour, plan.n, params, human(total, hb, sizeof hb), sy_dtype_name(dtype), n_shards,
+            n_shards > 1 ? "s" : "", n_threads, n_threads > 1 ? "s" : "", dir);
     const double t0 = idf_time_ms();
     shard_job job = {.bufs = bufs, .grand_total = total, .t0 = t0, .last_print = t0, .n_shards = n_shards,
                      .tty = idf_isatty(2), .fd = -1};
@@ -573,7 +583,7 @@ int main(int argc, char **argv) {
     atomic_store(&job.written, 0); /* total_before now counts every shard */
     progress(&job, true);
     const double secs = (idf_time_ms() - t0) / 1000.0;
-    fprintf(stderr, PROG ": wrote %.2f GB in %.1f s (%.0f MB/s)\n", (double)total / 1e9, secs,
+    fprintf(stderr, PROG ": wrote %s in %.1f s (%.0f MB/s)\n", human(total, hb, sizeof hb), secs,
             secs > 0 ? (double)total / 1e6 / secs : 0.0);
     rc = 0;
 out:
