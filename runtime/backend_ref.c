@@ -65,6 +65,12 @@ static const float *weight_row(const idf_weight *w, int64_t r, float *buf) {
     return buf;
 }
 
+/* Below this many multiply-adds, waking the workers costs more than the
+ * work: run on the calling thread (a NULL pool runs serially, thread id 0). */
+#define PARALLEL_MIN_MACS (1 << 16)
+
+static idf_pool *pool_for(const ref_ctx *c, int64_t macs) { return macs < PARALLEL_MIN_MACS ? NULL : c->pool; }
+
 /* ---------------------------------------------------------------- matmul */
 
 #define MM_ROWS_PER_TASK 16
@@ -106,7 +112,8 @@ static idefics_status ref_matmul(void *vctx, const idf_weight *w, const float *b
         return IDEFICS_OK;
     IDF_FORWARD(ensure_scratch(c, (size_t)w->cols));
     mm_job j = {c, w, bias, x, n, ldy, y};
-    idf_pool_run(c->pool, (w->rows + MM_ROWS_PER_TASK - 1) / MM_ROWS_PER_TASK, mm_task, &j);
+    idf_pool_run(pool_for(c, w->rows * n * w->cols), (w->rows + MM_ROWS_PER_TASK - 1) / MM_ROWS_PER_TASK, mm_task,
+                 &j);
     return IDEFICS_OK;
 }
 
@@ -264,7 +271,7 @@ static idefics_status ref_attention(void *vctx, const idf_attn *a) {
         return IDEFICS_OK;
     IDF_FORWARD(ensure_scratch(c, (size_t)(a->n_kv > 0 ? a->n_kv : 1)));
     attn_job j = {c, a};
-    idf_pool_run(c->pool, (int64_t)a->n_q * a->n_heads, attn_task, &j);
+    idf_pool_run(pool_for(c, (int64_t)a->n_q * a->n_kv * row), (int64_t)a->n_q * a->n_heads, attn_task, &j);
     return IDEFICS_OK;
 }
 

@@ -5,12 +5,15 @@
  *
  *   test_tokenizer tiny   the tiny tokenizer through tokenizer.json and through
  *                         tokenizer.model (+ added_tokens.json): both must give
- *                         exactly HF's ids; decoding, corrupt files, IDFX round trip
+ *                         exactly HF's ids; decoding, corrupt files, IDFX round trip;
+ *                         and the model fixtures' tokenizers (tests/fixtures/models/):
+ *                         both files agree, and give each case's HF input_ids
  *   test_tokenizer llama  the real LLaMA vocabulary from
  *                         $IDEFICS_SHARED_REF/llama-tokenizer/tokenizer.model
  *                         (skipped, exit 77, when absent); with
  *                         $IDEFICS_LLAMA_TOKENIZER_JSON set, also that tokenizer.json
  */
+#include <cjson/cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -592,6 +595,92 @@ static void test_idfx_roundtrip(const idf_tok_vocab *v, const tcase *cases, int 
     unlink(path);
 }
 
+/* The reference-fixture models (tests/fixtures/models/manifest.json) ship
+ * both tokenizer files: both must give HF's input_ids for every case's
+ * full_text, and agree on all parity strings. */
+static void test_model_fixtures(const tcase *strings, int n_strings) {
+    char *root = path_in(source_root(), "tests/fixtures/models");
+    char *mpath = path_in(root, "manifest.json");
+    size_t n;
+    char *text = (char *)read_all(mpath, &n);
+    if (!text) {
+        printf("model fixtures: %s absent, not checked\n", mpath);
+        free(root);
+        free(mpath);
+        return;
+    }
+    cJSON *manifest = cJSON_ParseWithLength(text, n);
+    CHECK(manifest != NULL, "%s: invalid JSON", mpath);
+    const cJSON *m;
+    cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(manifest, "models")) {
+        const cJSON *dir = cJSON_GetObjectItemCaseSensitive(m, "dir");
+        if (!cJSON_IsString(dir)) continue;
+        char *mdir = path_in(root, dir->valuestring);
+        char *pj = path_in(mdir, "tokenizer.json"), *pm = path_in(mdir, "tokenizer.model");
+        if (access(pj, R_OK) != 0 || access(pm, R_OK) != 0) {
+            printf("model fixtures: %s lacks a tokenizer file, not checked\n", dir->valuestring);
+            free(mdir), free(pj), free(pm);
+            continue;
+        }
+        idf_tok_vocab_owned oj, om;
+        idf_tokenizer *tj = load_tok(pj, &oj), *tm = load_tok(pm, &om);
+        int cases_ok = 0, cases_n = 0, agree = 0;
+        const cJSON *c;
+        cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(m, "cases")) {
+            if (!tj || !tm || !cJSON_IsString(c)) break;
+            char *cpath = path_in(mdir, c->valuestring);
+            size_t cn;
+            char *ctext = (char *)read_all(cpath, &cn);
+            cJSON *cj = ctext ? cJSON_ParseWithLength(ctext, cn) : NULL;
+            const cJSON *full = cJSON_GetObjectItemCaseSensitive(cj, "full_text");
+            const cJSON *rows = cJSON_GetObjectItemCaseSensitive(cj, "input_ids");
+            const cJSON *mask = cJSON_GetObjectItemCaseSensitive(cj, "attention_mask");
+            /* Batched cases pad; only unpadded single-text cases compare directly. */
+            if (cJSON_IsString(full) && cJSON_GetArraySize(rows) == 1 && cJSON_GetArraySize(mask) == 1) {
+                const cJSON *row = cJSON_GetArrayItem(rows, 0);
+                int want_n = cJSON_GetArraySize(row), got_j = 0, got_m = 0;
+                int32_t *want = malloc(((size_t)want_n + 1) * sizeof *want);
+                int32_t *ij = malloc(((size_t)want_n + 1) * sizeof *ij), *im = malloc(((size_t)want_n + 1) * sizeof *im);
+                for (int i = 0; i < want_n; i++) want[i] = (int32_t)cJSON_GetArrayItem(row, i)->valuedouble;
+                idf_err e = {{0}};
+                size_t fl = strlen(full->valuestring);
+                idf_tokenize(tj, full->valuestring, fl, false, ij, want_n, &got_j, &e);
+                idf_tokenize(tm, full->valuestring, fl, false, im, want_n, &got_m, &e);
+                bool ok = got_j == want_n && got_m == want_n && !memcmp(ij, want, (size_t)want_n * sizeof *ij) &&
+                          !memcmp(im, want, (size_t)want_n * sizeof *im);
+                CHECK(ok, "%s: tokenizer ids differ from input_ids (%d / %d / %d ids)", cpath, want_n, got_j, got_m);
+                cases_ok += ok;
+                cases_n++;
+                free(want), free(ij), free(im);
+            }
+            cJSON_Delete(cj);
+            free(ctext);
+            free(cpath);
+        }
+        for (int i = 0; tj && tm && i < n_strings; i++) {
+            int32_t a[4096], b[4096];
+            int na = 0, nb = 0;
+            idf_err e = {{0}};
+            idf_tokenize(tj, strings[i].text, strings[i].len, true, a, 4096, &na, &e);
+            idf_tokenize(tm, strings[i].text, strings[i].len, true, b, 4096, &nb, &e);
+            agree += na == nb && !memcmp(a, b, (size_t)(na < 4096 ? na : 4096) * sizeof *a);
+        }
+        printf("model fixture %s: %d/%d cases match HF input_ids; tokenizer.json and tokenizer.model agree on %d/%d "
+               "strings\n", dir->valuestring, cases_ok, cases_n, agree, n_strings);
+        CHECK(agree == n_strings, "%s: the two tokenizer files disagree on %d strings", dir->valuestring,
+              n_strings - agree);
+        idf_tokenizer_free(tj);
+        idf_tokenizer_free(tm);
+        idf_tok_vocab_owned_free(&oj);
+        idf_tok_vocab_owned_free(&om);
+        free(mdir), free(pj), free(pm);
+    }
+    cJSON_Delete(manifest);
+    free(text);
+    free(root);
+    free(mpath);
+}
+
 /* ------------------------------------------------------------------ main */
 
 static int run_tiny(void) {
@@ -631,6 +720,7 @@ static int run_tiny(void) {
     test_corrupt_json();
     test_small_json();
     test_added_tokens_hole(model);
+    test_model_fixtures(cases, n);
     idf_tokenizer_free(tj);
     idf_tokenizer_free(tm);
     idf_tok_vocab_owned_free(&oj);
