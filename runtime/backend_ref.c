@@ -69,7 +69,9 @@ static const float *weight_row(const idf_weight *w, int64_t r, float *buf) {
  * work: run on the calling thread (a NULL pool runs serially, thread id 0). */
 #define PARALLEL_MIN_MACS (1 << 16)
 
-static idf_pool *pool_for(const ref_ctx *c, int64_t macs) { return macs < PARALLEL_MIN_MACS ? NULL : c->pool; }
+static idf_pool *pool_for(const ref_ctx *c, int64_t macs) {
+    return macs < PARALLEL_MIN_MACS ? NULL : c->pool;
+}
 
 /* ---------------------------------------------------------------- matmul */
 
@@ -112,8 +114,7 @@ static idefics_status ref_matmul(void *vctx, const idf_weight *w, const float *b
         return IDEFICS_OK;
     IDF_FORWARD(ensure_scratch(c, (size_t)w->cols));
     mm_job j = {c, w, bias, x, n, ldy, y};
-    idf_pool_run(pool_for(c, w->rows * n * w->cols), (w->rows + MM_ROWS_PER_TASK - 1) / MM_ROWS_PER_TASK, mm_task,
-                 &j);
+    idf_pool_run(pool_for(c, w->rows * n * w->cols), (w->rows + MM_ROWS_PER_TASK - 1) / MM_ROWS_PER_TASK, mm_task, &j);
     return IDEFICS_OK;
 }
 

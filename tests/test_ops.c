@@ -102,7 +102,8 @@ static const op_case cases[] = {
      .heads = 2,
      .pos0 = 0,
      .flags = F_CAUSAL | F_STRIDE},
-    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F16, .n = 9, .m = 70, .k = 80, .heads = 2}, /* big enough to run on the pool */
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F16, .n = 9, .m = 70, .k = 80, .heads = 2}, /* big enough to run on
+                                                                                                  the pool */
     {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F32, .n = 4, .m = 13, .k = 6, .heads = 2, .flags = F_MASK},
     /* elementwise */
     {.op = IDF_OP_GELU, .n = 1, .k = 1000},

@@ -8,6 +8,9 @@
  *                         exactly HF's ids; decoding, corrupt files, IDFX round trip;
  *                         and the model fixtures' tokenizers (tests/fixtures/models/):
  *                         both files agree, and give each case's HF input_ids
+ *   test_tokenizer cli IDEFICS
+ *                         `idefics tokenize` with -m (an .idfx written by
+ *                         idf_tokenizer_import) and with --tokenizer, against HF's ids
  *   test_tokenizer llama  the real LLaMA vocabulary from
  *                         $IDEFICS_SHARED_REF/llama-tokenizer/tokenizer.model
  *                         (skipped, exit 77, when absent); with
@@ -17,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -784,9 +788,86 @@ static int run_llama(void) {
     return 0;
 }
 
+/* Run argv, capture stdout (up to size-1 bytes); returns the exit status. */
+static int run_capture(char *const argv[], char *out, size_t size) {
+    int fd[2];
+    if (pipe(fd) != 0) return -1;
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        dup2(fd[1], 1);
+        close(fd[0]);
+        close(fd[1]);
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    close(fd[1]);
+    size_t n = 0;
+    ssize_t got;
+    while ((got = read(fd[0], out + n, size - 1 - n)) > 0) n += (size_t)got;
+    close(fd[0]);
+    out[n] = '\0';
+    int status;
+    waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+static int run_cli(const char *cli) {
+    char *dir = path_in(source_root(), "tests/fixtures/tokenizer/tiny");
+    char *json = path_in(dir, "tokenizer.json"), *model = path_in(dir, "tokenizer.model");
+    char *tsv = path_in(source_root(), "tests/fixtures/tokenizer/tiny_parity.tsv");
+    int n = 0;
+    tcase *cases = load_cases(tsv, &n);
+    CHECK(cases && n >= 300, "%s: %d cases", tsv, n);
+    if (!cases) return 1;
+    /* The converter's path: the whole folder into an .idfx. */
+    char idfx[] = "/tmp/idf_tok_XXXXXX";
+    int fd = mkstemp(idfx);
+    close(fd);
+    char err[512] = "";
+    idfx_writer *w = idfx_writer_open(idfx, NULL, err, sizeof err);
+    CHECK(w && idf_tokenizer_import(dir, w, err, sizeof err) == 0, "idf_tokenizer_import: %s", err);
+    CHECK(w && idfx_writer_close(w, err, sizeof err) == 0, "close: %s", err);
+    const char *srcs[2][2] = {{"-m", idfx}, {"--tokenizer", model}};
+    static char out[1 << 16];
+    int same = 0, tried = 0;
+    for (int s = 0; s < 2; s++) {
+        for (int i = 0; i < n; i++) {
+            const tcase *c = &cases[i];
+            /* argv cannot carry NUL bytes; keep the output small. */
+            if (memchr(c->text, '\0', c->len) || c->n_ids == 0 || c->n_ids > 200) continue;
+            char *argv[] = {(char *)cli, "tokenize", (char *)srcs[s][0], (char *)srcs[s][1], "--no-bos", "--",
+                            c->text, NULL};
+            int rc = run_capture(argv, out, sizeof out);
+            char want[4096];
+            size_t k = 0;
+            for (int j = 0; j < c->n_ids; j++) k += (size_t)snprintf(want + k, sizeof want - k, j ? " %d" : "%d", c->ids[j]);
+            snprintf(want + k, sizeof want - k, "\n");
+            tried++;
+            if (rc == 0 && !strcmp(out, want)) same++;
+            else if (tried - same <= 3) fprintf(stderr, "  cli %s case %d: rc %d, got \"%.80s\"\n", srcs[s][0], i, rc, out);
+        }
+    }
+    printf("cli: %d/%d outputs identical to Hugging Face (-m .idfx and --tokenizer tokenizer.model)\n", same, tried);
+    CHECK(same == tried && tried > 500, "cli: %d of %d differ", tried - same, tried);
+    char *json_argv[] = {(char *)cli, "tokenize", "--tokenizer", json, "--json", "a<image>", NULL};
+    CHECK(run_capture(json_argv, out, sizeof out) == 0 && strstr(out, "\"ids\": [1, ") && strstr(out, "\"<image>\"]"),
+          "cli --json: %s", out);
+    char *usage_argv[] = {(char *)cli, "tokenize", NULL};
+    CHECK(run_capture(usage_argv, out, sizeof out) == 2, "cli without TEXT must exit 2");
+    char *missing_argv[] = {(char *)cli, "tokenize", "--tokenizer", "/nonexistent/tokenizer.json", "x", NULL};
+    CHECK(run_capture(missing_argv, out, sizeof out) == 1, "cli with a missing file must exit 1");
+    unlink(idfx);
+    free_cases(cases, n);
+    free(dir), free(json), free(model), free(tsv);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     const char *which = argc > 1 ? argv[1] : "tiny";
-    int rc = !strcmp(which, "llama") ? run_llama() : run_tiny();
+    int rc = !strcmp(which, "llama") ? run_llama()
+             : !strcmp(which, "cli") ? (argc > 2 ? run_cli(argv[2]) : 2)
+                                     : run_tiny();
     if (rc == 77) return 77;
     if (n_fail) fprintf(stderr, "%d check(s) failed\n", n_fail);
     return (rc || n_fail) ? 1 : 0;

@@ -7,12 +7,18 @@
  * bits/weight, NMSE = sum (w - w')^2 / sum w^2, the change versus Q4_0 and the
  * quantization speed. --sweep prints NMSE and time for a list of search counts
  * (how docs/QUANT.md chose the default). Prints numbers; asserts nothing.
+ *
+ * --dequant IN.idfx OUT.safetensors writes every tensor of a converted file back
+ * as F32 safetensors (dequantized), so tools/convert/quant_eval.py can run the
+ * transformers model on exactly the weights the runtime sees and measure the
+ * output error of each precision choice.
  */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "idfx_reader.h"
 #include "platform.h"
 #include "quant.h"
 #include "quantize.h"
@@ -67,10 +73,74 @@ static double roundtrip(idf_pool *pool, int type, const float *w, int64_t rows, 
     return t;
 }
 
+
+/* ------------------------------------------------------------ --dequant */
+
+static int dequant_to_safetensors(const char *in, const char *out) {
+    idf_mapping map;
+    if (idf_map_file(in, &map)) {
+        fprintf(stderr, "idefics-quant-bench: cannot map %s\n", in);
+        return 1;
+    }
+    idfx_file f;
+    idf_err e;
+    if (idfx_open(&f, map.data, map.size, NULL, &e) != IDEFICS_OK || idfx_materialize(&f, NULL, true, &e) != IDEFICS_OK) {
+        fprintf(stderr, "idefics-quant-bench: %s: %s\n", in, e.msg);
+        return 1;
+    }
+    /* header: names and shapes; data: each tensor as F32, in directory order */
+    size_t cap = 1 << 20, len = 0;
+    char *h = malloc(cap);
+    uint64_t off = 0;
+    len += (size_t)snprintf(h + len, cap - len, "{");
+    for (uint32_t i = 0; i < f.n_tensors; i++) {
+        const idfx_tensor *t = &f.tensors[i];
+        if (cap - len < 1024 + strlen(t->name)) {
+            cap *= 2;
+            h = realloc(h, cap);
+        }
+        len += (size_t)snprintf(h + len, cap - len, "%s\"%s\":{\"dtype\":\"F32\",\"shape\":[", i ? "," : "", t->name);
+        for (uint32_t d = 0; d < t->n_dims; d++)
+            len += (size_t)snprintf(h + len, cap - len, "%s%llu", d ? "," : "", (unsigned long long)t->dims[d]);
+        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                                (unsigned long long)(off + t->n_elements * 4));
+        off += t->n_elements * 4;
+    }
+    len += (size_t)snprintf(h + len, cap - len, "}");
+    while (len % 8) h[len++] = ' ';
+    FILE *fp = fopen(out, "wb");
+    uint8_t l8[8];
+    idf_wr64(l8, len);
+    int ok = fp && fwrite(l8, 1, 8, fp) == 8 && fwrite(h, 1, len, fp) == len;
+    for (uint32_t i = 0; i < f.n_tensors && ok; i++) {
+        const idfx_tensor *t = &f.tensors[i];
+        uint64_t cols = t->dims[t->n_dims - 1], rows = t->n_elements / cols;
+        float *row = malloc(cols * sizeof *row);
+        for (uint64_t r = 0; r < rows && ok; r++) {
+            if (t->type == IDFX_TYPE_Q4 || t->type == IDFX_TYPE_Q8)
+                idfx_dequant_row_ref(t->type, t->data, (int64_t)r, (int64_t)cols, t->layout_param, row);
+            else if (t->type == IDFX_TYPE_F16)
+                for (uint64_t j = 0; j < cols; j++)
+                    row[j] = idfx_fp16_to_fp32(idf_rd16((const uint8_t *)t->data + 2 * (r * cols + j)));
+            else
+                memcpy(row, (const float *)t->data + r * cols, cols * sizeof *row);
+            ok = fwrite(row, sizeof *row, cols, fp) == cols;
+        }
+        free(row);
+    }
+    if (fp && fclose(fp)) ok = 0;
+    free(h);
+    idfx_close(&f);
+    idf_unmap_file(&map);
+    if (!ok) fprintf(stderr, "idefics-quant-bench: cannot write %s\n", out);
+    return ok ? 0 : 1;
+}
+
 static void usage(void) {
     fprintf(stderr,
             "usage: idefics-quant-bench [--rows N] [--cols K] [--search N] [-j THREADS] [--seed S]\n"
             "                           [--sweep N,N,...]\n"
+            "       idefics-quant-bench --dequant IN.idfx OUT.safetensors\n"
             "  defaults: 4096 x 4096, search %d (the converter's default), all cores\n",
             IDF_QUANT_DEFAULT_SEARCH);
 }
@@ -89,6 +159,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "-j") && v) threads = atoi(argv[++i]);
         else if (!strcmp(a, "--seed") && v) seed = strtoull(argv[++i], NULL, 10);
         else if (!strcmp(a, "--sweep") && v) sweep = argv[++i];
+        else if (!strcmp(a, "--dequant") && i + 2 < argc) return dequant_to_safetensors(argv[i + 1], argv[i + 2]);
         else {
             usage();
             return !strcmp(a, "-h") || !strcmp(a, "--help") ? 0 : 2;
