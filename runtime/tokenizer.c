@@ -34,9 +34,9 @@
 #include "idfx_reader.h"
 
 /* Far above any real vocabulary; keeps every index and offset in 32 bits. */
-#define TOK_MAX_VOCAB (1u << 24)
+#define TOK_MAX_VOCAB  (1u << 24)
 #define TOK_MAX_MERGES (1u << 24)
-#define TOK_MAX_TEXT (1u << 30) /* total bytes of all pieces */
+#define TOK_MAX_TEXT   (1u << 30) /* total bytes of all pieces */
 
 static const char SPACE_MARK[3] = {'\xE2', '\x96', '\x81'}; /* U+2581 "▁" */
 
@@ -49,10 +49,10 @@ typedef struct pair_entry {
 struct idf_tokenizer {
     idf_alloc alloc;
     uint32_t n_vocab;
-    char *text;    /* all pieces, each NUL-terminated */
-    uint32_t *off; /* [n_vocab] into text */
-    uint32_t *len; /* [n_vocab] */
-    uint8_t *type; /* [n_vocab] idfx_token_type */
+    char *text;     /* all pieces, each NUL-terminated */
+    uint32_t *off;  /* [n_vocab] into text */
+    uint32_t *len;  /* [n_vocab] */
+    uint8_t *type;  /* [n_vocab] idfx_token_type */
     int32_t *table; /* piece -> id, open addressing, -1 = empty */
     uint32_t table_mask;
     pair_entry *pairs;
@@ -70,7 +70,8 @@ struct idf_tokenizer {
 
 static uint32_t pow2_above(uint64_t n) {
     uint64_t c = 16;
-    while (c < n) c <<= 1;
+    while (c < n)
+        c <<= 1;
     return (uint32_t)c;
 }
 
@@ -86,8 +87,10 @@ static int32_t find_piece(const idf_tokenizer *t, const char *s, size_t n) {
     uint32_t h = (uint32_t)XXH3_64bits(s, n) & t->table_mask;
     for (;;) {
         int32_t id = t->table[h];
-        if (id < 0) return -1;
-        if (t->len[id] == n && memcmp(t->text + t->off[id], s, n) == 0) return id;
+        if (id < 0)
+            return -1;
+        if (t->len[id] == n && memcmp(t->text + t->off[id], s, n) == 0)
+            return id;
         h = (h + 1) & t->table_mask;
     }
 }
@@ -97,8 +100,10 @@ static const pair_entry *find_pair(const idf_tokenizer *t, int32_t l, int32_t r)
     uint32_t h = (uint32_t)mix64(key) & t->pairs_mask;
     for (;;) {
         const pair_entry *e = &t->pairs[h];
-        if (e->result < 0) return NULL;
-        if (e->key == key) return e;
+        if (e->result < 0)
+            return NULL;
+        if (e->key == key)
+            return e;
         h = (h + 1) & t->pairs_mask;
     }
 }
@@ -111,7 +116,8 @@ static void put_pair(idf_tokenizer *t, int32_t l, int32_t r, uint32_t prio, int3
     for (;;) {
         pair_entry *e = &t->pairs[h];
         if (e->result < 0 || e->key == key) {
-            if (e->result >= 0 && keep_best && e->prio <= prio) return;
+            if (e->result >= 0 && keep_best && e->prio <= prio)
+                return;
             e->key = key;
             e->prio = prio;
             e->result = result;
@@ -130,7 +136,8 @@ typedef struct utf8_state {
 
 static bool utf8_step(utf8_state *st, uint8_t b) {
     if (st->need > 0) {
-        if (b < st->lo || b > st->hi) return false;
+        if (b < st->lo || b > st->hi)
+            return false;
         st->need--;
         st->lo = 0x80;
         st->hi = 0xBF;
@@ -138,15 +145,24 @@ static bool utf8_step(utf8_state *st, uint8_t b) {
     }
     st->lo = 0x80;
     st->hi = 0xBF;
-    if (b < 0x80) return true;
-    if (b >= 0xC2 && b <= 0xDF) st->need = 1;
-    else if (b == 0xE0) st->need = 2, st->lo = 0xA0;
-    else if (b == 0xED) st->need = 2, st->hi = 0x9F;
-    else if (b >= 0xE1 && b <= 0xEF) st->need = 2;
-    else if (b == 0xF0) st->need = 3, st->lo = 0x90;
-    else if (b >= 0xF1 && b <= 0xF3) st->need = 3;
-    else if (b == 0xF4) st->need = 3, st->hi = 0x8F;
-    else return false;
+    if (b < 0x80)
+        return true;
+    if (b >= 0xC2 && b <= 0xDF)
+        st->need = 1;
+    else if (b == 0xE0)
+        st->need = 2, st->lo = 0xA0;
+    else if (b == 0xED)
+        st->need = 2, st->hi = 0x9F;
+    else if (b >= 0xE1 && b <= 0xEF)
+        st->need = 2;
+    else if (b == 0xF0)
+        st->need = 3, st->lo = 0x90;
+    else if (b >= 0xF1 && b <= 0xF3)
+        st->need = 3;
+    else if (b == 0xF4)
+        st->need = 3, st->hi = 0x8F;
+    else
+        return false;
     return true;
 }
 
@@ -154,25 +170,31 @@ static bool utf8_step(utf8_state *st, uint8_t b) {
  * which then goes through the byte fallback on its own. */
 static size_t utf8_char_len(const uint8_t *s, size_t n) {
     utf8_state st = {0, 0x80, 0xBF};
-    if (!utf8_step(&st, s[0])) return 1;
+    if (!utf8_step(&st, s[0]))
+        return 1;
     size_t k = 1;
     while (st.need > 0) {
-        if (k >= n || !utf8_step(&st, s[k])) return 1;
+        if (k >= n || !utf8_step(&st, s[k]))
+            return 1;
         k++;
     }
     return k;
 }
 
 static int parse_hex_digit(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
     return -1;
 }
 
 /* "<0xNN>" -> NN, else -1. */
 static int byte_piece_value(const char *s, size_t n) {
-    if (n != 6 || s[0] != '<' || s[1] != '0' || s[2] != 'x' || s[5] != '>') return -1;
+    if (n != 6 || s[0] != '<' || s[1] != '0' || s[2] != 'x' || s[5] != '>')
+        return -1;
     int hi = parse_hex_digit(s[3]), lo = parse_hex_digit(s[4]);
     return (hi < 0 || lo < 0) ? -1 : hi * 16 + lo;
 }
@@ -191,8 +213,10 @@ typedef struct special_key {
 
 static int cmp_special(const void *a, const void *b) {
     const special_key *x = a, *y = b;
-    if (x->first != y->first) return x->first < y->first ? -1 : 1;
-    if (x->len != y->len) return x->len > y->len ? -1 : 1; /* longest first */
+    if (x->first != y->first)
+        return x->first < y->first ? -1 : 1;
+    if (x->len != y->len)
+        return x->len > y->len ? -1 : 1; /* longest first */
     return x->id < y->id ? -1 : (x->id > y->id);
 }
 
@@ -206,8 +230,10 @@ static uint32_t score_rank(const float *u, uint32_t n, float s) {
     uint32_t lo = 0, hi = n;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        if (u[mid] > s) lo = mid + 1;
-        else hi = mid;
+        if (u[mid] > s)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return lo;
 }
@@ -215,7 +241,8 @@ static uint32_t score_rank(const float *u, uint32_t n, float s) {
 static idefics_status build_specials(idf_tokenizer *t, idf_err *err) {
     uint32_t n = 0;
     for (uint32_t i = 0; i < t->n_vocab; i++)
-        if (is_special_type(t->type[i])) n++;
+        if (is_special_type(t->type[i]))
+            n++;
     special_key *keys = idf_calloc(&t->alloc, n ? n : 1, sizeof *keys);
     t->specials = idf_calloc(&t->alloc, n ? n : 1, sizeof *t->specials);
     if (!keys || !t->specials) {
@@ -229,11 +256,13 @@ static idefics_status build_specials(idf_tokenizer *t, idf_err *err) {
     qsort(keys, n, sizeof *keys, cmp_special);
     uint32_t k = 0;
     for (uint32_t b = 0; b <= 256; b++) {
-        while (k < n && keys[k].first < b) k++;
+        while (k < n && keys[k].first < b)
+            k++;
         t->special_at[b] = k;
     }
     t->special_at[256] = n;
-    for (uint32_t i = 0; i < n; i++) t->specials[i] = keys[i].id;
+    for (uint32_t i = 0; i < n; i++)
+        t->specials[i] = keys[i].id;
     t->n_specials = n;
     idf_free(&t->alloc, keys);
     return IDEFICS_OK;
@@ -243,7 +272,8 @@ static idefics_status build_specials(idf_tokenizer *t, idf_err *err) {
  * pieces (a piece could in principle contain a space). */
 static bool split_merge(const idf_tokenizer *t, const char *m, size_t n, int32_t *l, int32_t *r) {
     for (size_t i = 1; i + 1 < n; i++) {
-        if (m[i] != ' ') continue;
+        if (m[i] != ' ')
+            continue;
         int32_t a = find_piece(t, m, i), b = find_piece(t, m + i + 1, n - i - 1);
         if (a >= 0 && b >= 0) {
             *l = a;
@@ -258,11 +288,14 @@ static idefics_status build_pairs_from_merges(idf_tokenizer *t, const idf_tok_vo
     if (v->n_merges > TOK_MAX_MERGES)
         return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "tokenizer.merges: %u merges (max %u)", v->n_merges,
                         TOK_MAX_MERGES);
-    if (!v->merges || !v->merge_lens) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "tokenizer.merges: NULL");
+    if (!v->merges || !v->merge_lens)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "tokenizer.merges: NULL");
     t->pairs_mask = pow2_above((uint64_t)v->n_merges * 2) - 1;
     t->pairs = idf_calloc(&t->alloc, (size_t)t->pairs_mask + 1, sizeof *t->pairs);
-    if (!t->pairs) return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "tokenizer: merge table");
-    for (uint32_t i = 0; i <= t->pairs_mask; i++) t->pairs[i].result = -1;
+    if (!t->pairs)
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "tokenizer: merge table");
+    for (uint32_t i = 0; i <= t->pairs_mask; i++)
+        t->pairs[i].result = -1;
     char *cat = NULL;
     size_t cat_cap = 0;
     idefics_status st = IDEFICS_OK;
@@ -271,8 +304,9 @@ static idefics_status build_pairs_from_merges(idf_tokenizer *t, const idf_tok_vo
         uint32_t n = v->merge_lens[i];
         int32_t l, r;
         if (!m || !split_merge(t, m, n, &l, &r)) {
-            st = idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "tokenizer.merges[%u] \"%.*s\": not two pieces of the vocabulary",
-                          i, (int)(n > 64 ? 64 : n), m ? m : "");
+            st =
+                idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "tokenizer.merges[%u] \"%.*s\": not two pieces of the vocabulary",
+                         i, (int)(n > 64 ? 64 : n), m ? m : "");
             break;
         }
         size_t need = (size_t)t->len[l] + t->len[r];
@@ -289,8 +323,8 @@ static idefics_status build_pairs_from_merges(idf_tokenizer *t, const idf_tok_vo
         memcpy(cat + t->len[l], t->text + t->off[r], t->len[r]);
         int32_t res = find_piece(t, cat, need);
         if (res < 0) {
-            st = idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "tokenizer.merges[%u]: the merged piece is not in the vocabulary",
-                          i);
+            st = idf_errf(err, IDEFICS_ERR_BAD_CONFIG,
+                          "tokenizer.merges[%u]: the merged piece is not in the vocabulary", i);
             break;
         }
         put_pair(t, l, r, i, res, false);
@@ -306,13 +340,16 @@ static idefics_status build_pairs_from_scores(idf_tokenizer *t, const float *sco
     uint64_t n_pairs = 0;
     uint32_t n_norm = 0;
     for (uint32_t id = 0; id < t->n_vocab; id++) {
-        if (t->type[id] != IDFX_TOKEN_NORMAL) continue;
+        if (t->type[id] != IDFX_TOKEN_NORMAL)
+            continue;
         n_norm++;
         const char *p = t->text + t->off[id];
         for (uint32_t k = 1; k < t->len[id]; k++)
-            if (find_piece(t, p, k) >= 0 && find_piece(t, p + k, t->len[id] - k) >= 0) n_pairs++;
+            if (find_piece(t, p, k) >= 0 && find_piece(t, p + k, t->len[id] - k) >= 0)
+                n_pairs++;
     }
-    if (n_pairs > (1u << 28)) return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "tokenizer.tokens: too many merge pairs");
+    if (n_pairs > (1u << 28))
+        return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "tokenizer.tokens: too many merge pairs");
     float *u = idf_calloc(&t->alloc, n_norm ? n_norm : 1, sizeof *u);
     t->pairs_mask = pow2_above(n_pairs * 2) - 1;
     t->pairs = idf_calloc(&t->alloc, (size_t)t->pairs_mask + 1, sizeof *t->pairs);
@@ -320,30 +357,35 @@ static idefics_status build_pairs_from_scores(idf_tokenizer *t, const float *sco
         idf_free(&t->alloc, u);
         return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "tokenizer: merge table");
     }
-    for (uint32_t i = 0; i <= t->pairs_mask; i++) t->pairs[i].result = -1;
+    for (uint32_t i = 0; i <= t->pairs_mask; i++)
+        t->pairs[i].result = -1;
     uint32_t n = 0;
     for (uint32_t id = 0; id < t->n_vocab; id++)
-        if (t->type[id] == IDFX_TOKEN_NORMAL) u[n++] = scores[id];
+        if (t->type[id] == IDFX_TOKEN_NORMAL)
+            u[n++] = scores[id];
     qsort(u, n, sizeof *u, cmp_float_desc);
     uint32_t n_u = 0;
     for (uint32_t i = 0; i < n; i++)
-        if (n_u == 0 || u[n_u - 1] != u[i]) u[n_u++] = u[i];
+        if (n_u == 0 || u[n_u - 1] != u[i])
+            u[n_u++] = u[i];
     for (uint32_t id = 0; id < t->n_vocab; id++) {
-        if (t->type[id] != IDFX_TOKEN_NORMAL) continue;
+        if (t->type[id] != IDFX_TOKEN_NORMAL)
+            continue;
         const char *p = t->text + t->off[id];
         uint32_t prio = score_rank(u, n_u, scores[id]);
         for (uint32_t k = 1; k < t->len[id]; k++) {
             int32_t l = find_piece(t, p, k), r = find_piece(t, p + k, t->len[id] - k);
-            if (l >= 0 && r >= 0) put_pair(t, l, r, prio, (int32_t)id, true);
+            if (l >= 0 && r >= 0)
+                put_pair(t, l, r, prio, (int32_t)id, true);
         }
     }
     idf_free(&t->alloc, u);
     return IDEFICS_OK;
 }
 
-idefics_status idf_tokenizer_create(const idf_tok_vocab *v, const idf_alloc *alloc, idf_tokenizer **out,
-                                    idf_err *err) {
-    if (!v || !out) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_tokenizer_create: NULL argument");
+idefics_status idf_tokenizer_create(const idf_tok_vocab *v, const idf_alloc *alloc, idf_tokenizer **out, idf_err *err) {
+    if (!v || !out)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_tokenizer_create: NULL argument");
     *out = NULL;
     if (v->n_vocab == 0 || v->n_vocab > TOK_MAX_VOCAB)
         return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "tokenizer.tokens: %u pieces (expected 1..%u)", v->n_vocab,
@@ -373,7 +415,8 @@ idefics_status idf_tokenizer_create(const idf_tok_vocab *v, const idf_alloc *all
 
     idf_alloc al = alloc ? *alloc : (idf_alloc){0};
     idf_tokenizer *t = idf_calloc(&al, 1, sizeof *t);
-    if (!t) return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "tokenizer");
+    if (!t)
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "tokenizer");
     t->alloc = al;
     t->n_vocab = v->n_vocab;
     t->bos = v->bos_id;
@@ -392,8 +435,10 @@ idefics_status idf_tokenizer_create(const idf_tok_vocab *v, const idf_alloc *all
         st = idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "tokenizer: vocabulary of %u pieces", v->n_vocab);
         goto fail;
     }
-    for (uint32_t i = 0; i <= t->table_mask; i++) t->table[i] = -1;
-    for (int b = 0; b < 256; b++) t->byte_id[b] = -1;
+    for (uint32_t i = 0; i <= t->table_mask; i++)
+        t->table[i] = -1;
+    for (int b = 0; b < 256; b++)
+        t->byte_id[b] = -1;
     uint32_t pos = 0;
     for (uint32_t i = 0; i < v->n_vocab; i++) {
         uint32_t n = v->piece_lens[i];
@@ -406,26 +451,31 @@ idefics_status idf_tokenizer_create(const idf_tok_vocab *v, const idf_alloc *all
         /* Duplicates keep the lowest id. */
         if (find_piece(t, t->text + t->off[i], n) < 0) {
             uint32_t h = (uint32_t)XXH3_64bits(t->text + t->off[i], n) & t->table_mask;
-            while (t->table[h] >= 0) h = (h + 1) & t->table_mask;
+            while (t->table[h] >= 0)
+                h = (h + 1) & t->table_mask;
             t->table[h] = (int32_t)i;
         }
         if (t->type[i] == IDFX_TOKEN_BYTE) {
             int b = byte_piece_value(t->text + t->off[i], n);
             if (b < 0) {
-                st = idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "tokenizer.tokens[%u]: BYTE piece \"%.*s\" is not <0xNN>",
-                              i, (int)(n > 32 ? 32 : n), t->text + t->off[i]);
+                st = idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "tokenizer.tokens[%u]: BYTE piece \"%.*s\" is not <0xNN>", i,
+                              (int)(n > 32 ? 32 : n), t->text + t->off[i]);
                 goto fail;
             }
-            if (t->byte_id[b] < 0) t->byte_id[b] = (int32_t)i;
+            if (t->byte_id[b] < 0)
+                t->byte_id[b] = (int32_t)i;
         }
     }
     t->byte_fallback = true;
     for (int b = 0; b < 256; b++)
-        if (t->byte_id[b] < 0) t->byte_fallback = false;
+        if (t->byte_id[b] < 0)
+            t->byte_fallback = false;
     st = build_specials(t, err);
-    if (st != IDEFICS_OK) goto fail;
+    if (st != IDEFICS_OK)
+        goto fail;
     st = v->n_merges ? build_pairs_from_merges(t, v, err) : build_pairs_from_scores(t, v->scores, err);
-    if (st != IDEFICS_OK) goto fail;
+    if (st != IDEFICS_OK)
+        goto fail;
     *out = t;
     return IDEFICS_OK;
 fail:
@@ -434,7 +484,8 @@ fail:
 }
 
 void idf_tokenizer_free(idf_tokenizer *t) {
-    if (!t) return;
+    if (!t)
+        return;
     idf_alloc al = t->alloc;
     idf_free(&al, t->text);
     idf_free(&al, t->off);
@@ -448,8 +499,7 @@ void idf_tokenizer_free(idf_tokenizer *t) {
 
 /* --------------------------------------------------------------- from IDFX */
 
-idefics_status idf_tokenizer_from_idfx(const idfx_file *f, const idf_alloc *alloc, idf_tokenizer **out,
-                                       idf_err *err) {
+idefics_status idf_tokenizer_from_idfx(const idfx_file *f, const idf_alloc *alloc, idf_tokenizer **out, idf_err *err) {
     const idfx_kv *ktok, *kscore, *ktype, *kmerge = NULL;
     IDF_FORWARD(idfx_get_arr(f, IDFX_KEY_TOK_TOKENS, IDFX_KV_STR, &ktok, err));
     IDF_FORWARD(idfx_get_arr(f, IDFX_KEY_TOK_SCORES, IDFX_KV_F32, &kscore, err));
@@ -549,15 +599,20 @@ typedef struct scratch {
 } scratch;
 
 static bool grow(const idf_alloc *al, void **p, size_t *cap, size_t need, size_t elem) {
-    if (need <= *cap) return true;
+    if (need <= *cap)
+        return true;
     size_t n = *cap ? *cap : 64, bytes;
     while (n < need) {
-        if (!idf_mul_size(n, 2, &n)) return false;
+        if (!idf_mul_size(n, 2, &n))
+            return false;
     }
-    if (!idf_mul_size(n, elem, &bytes)) return false;
+    if (!idf_mul_size(n, elem, &bytes))
+        return false;
     void *q = idf_malloc(al, bytes);
-    if (!q) return false;
-    if (*p) memcpy(q, *p, *cap * elem);
+    if (!q)
+        return false;
+    if (*p)
+        memcpy(q, *p, *cap * elem);
     idf_free(al, *p);
     *p = q;
     *cap = n;
@@ -569,11 +624,13 @@ static bool cand_less(const cand *a, const cand *b) {
 }
 
 static bool heap_push(scratch *s, cand c) {
-    if (!grow(s->al, (void **)&s->heap, &s->heap_cap, s->heap_n + 1, sizeof *s->heap)) return false;
+    if (!grow(s->al, (void **)&s->heap, &s->heap_cap, s->heap_n + 1, sizeof *s->heap))
+        return false;
     size_t i = s->heap_n++;
     while (i > 0) {
         size_t p = (i - 1) / 2;
-        if (!cand_less(&c, &s->heap[p])) break;
+        if (!cand_less(&c, &s->heap[p]))
+            break;
         s->heap[i] = s->heap[p];
         i = p;
     }
@@ -586,36 +643,44 @@ static cand heap_pop(scratch *s) {
     size_t i = 0, n = s->heap_n;
     for (;;) {
         size_t c = 2 * i + 1;
-        if (c >= n) break;
-        if (c + 1 < n && cand_less(&s->heap[c + 1], &s->heap[c])) c++;
-        if (!cand_less(&s->heap[c], &last)) break;
+        if (c >= n)
+            break;
+        if (c + 1 < n && cand_less(&s->heap[c + 1], &s->heap[c]))
+            c++;
+        if (!cand_less(&s->heap[c], &last))
+            break;
         s->heap[i] = s->heap[c];
         i = c;
     }
-    if (n > 0) s->heap[i] = last;
+    if (n > 0)
+        s->heap[i] = last;
     return top;
 }
 
 static bool push_pair(const idf_tokenizer *t, scratch *s, int32_t l) {
-    if (l < 0) return true;
+    if (l < 0)
+        return true;
     int32_t r = s->syms[l].next;
-    if (r < 0) return true;
+    if (r < 0)
+        return true;
     const pair_entry *e = find_pair(t, s->syms[l].id, s->syms[r].id);
-    if (!e) return true;
+    if (!e)
+        return true;
     return heap_push(s, (cand){e->prio, (uint32_t)l, s->syms[l].id, s->syms[r].id});
 }
 
 static idefics_status emit(scratch *s, int32_t id, idf_err *err) {
     if (s->n_out >= (size_t)INT32_MAX)
         return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "tokenize: more than %d tokens", INT32_MAX);
-    if (s->ids && s->n_out < (size_t)s->max_ids) s->ids[s->n_out] = id;
+    if (s->ids && s->n_out < (size_t)s->max_ids)
+        s->ids[s->n_out] = id;
     s->n_out++;
     return IDEFICS_OK;
 }
 
-static idefics_status encode_segment(const idf_tokenizer *t, scratch *s, const char *seg, size_t len,
-                                     idf_err *err) {
-    if (len == 0) return IDEFICS_OK; /* HF's Prepend normaliser leaves empty text empty */
+static idefics_status encode_segment(const idf_tokenizer *t, scratch *s, const char *seg, size_t len, idf_err *err) {
+    if (len == 0)
+        return IDEFICS_OK; /* HF's Prepend normaliser leaves empty text empty */
     /* Normalise: prefix "▁", spaces -> "▁". At most 3 bytes per input byte + 3. */
     size_t cap, n = 0;
     if (!idf_mul_size(len, 3, &cap) || !idf_add_size(cap, 3, &cap))
@@ -637,7 +702,8 @@ static idefics_status encode_segment(const idf_tokenizer *t, scratch *s, const c
     /* Initial symbols: one per character, or per byte through the fallback. */
     if (!grow(s->al, (void **)&s->syms, &s->syms_cap, n, sizeof *s->syms))
         return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "tokenize: %zu symbols", n);
-    if (n > (size_t)INT32_MAX) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "tokenize: text too long");
+    if (n > (size_t)INT32_MAX)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "tokenize: text too long");
     int32_t n_sym = 0;
     const uint8_t *u = (const uint8_t *)s->norm;
     for (size_t i = 0; i < n;) {
@@ -646,7 +712,8 @@ static idefics_status encode_segment(const idf_tokenizer *t, scratch *s, const c
         if (id >= 0) {
             s->syms[n_sym++].id = id;
         } else if (t->byte_fallback) {
-            for (size_t k = 0; k < cl; k++) s->syms[n_sym++].id = t->byte_id[u[i + k]];
+            for (size_t k = 0; k < cl; k++)
+                s->syms[n_sym++].id = t->byte_id[u[i + k]];
         } else if (n_sym == 0 || s->syms[n_sym - 1].id != (int32_t)t->unk) {
             s->syms[n_sym++].id = (int32_t)t->unk; /* consecutive unknowns fuse (HF fuse_unk, SentencePiece) */
         }
@@ -658,23 +725,28 @@ static idefics_status encode_segment(const idf_tokenizer *t, scratch *s, const c
     }
     s->heap_n = 0;
     for (int32_t i = 0; i + 1 < n_sym; i++)
-        if (!push_pair(t, s, i)) return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "tokenize: merge heap");
+        if (!push_pair(t, s, i))
+            return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "tokenize: merge heap");
     while (s->heap_n > 0) {
         cand c = heap_pop(s);
         sym *l = &s->syms[c.pos];
         /* Stale candidates: one side has been merged since it was pushed. */
-        if (l->id != c.left || l->next < 0) continue;
+        if (l->id != c.left || l->next < 0)
+            continue;
         sym *r = &s->syms[l->next];
-        if (r->id != c.right) continue;
+        if (r->id != c.right)
+            continue;
         const pair_entry *e = find_pair(t, c.left, c.right);
         l->id = e->result;
         l->next = r->next;
-        if (r->next >= 0) s->syms[r->next].prev = (int32_t)c.pos;
+        if (r->next >= 0)
+            s->syms[r->next].prev = (int32_t)c.pos;
         r->id = -1;
         if (!push_pair(t, s, l->prev) || !push_pair(t, s, (int32_t)c.pos))
             return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "tokenize: merge heap");
     }
-    for (int32_t i = n_sym > 0 ? 0 : -1; i >= 0; i = s->syms[i].next) IDF_FORWARD(emit(s, s->syms[i].id, err));
+    for (int32_t i = n_sym > 0 ? 0 : -1; i >= 0; i = s->syms[i].next)
+        IDF_FORWARD(emit(s, s->syms[i].id, err));
     return IDEFICS_OK;
 }
 
@@ -683,7 +755,8 @@ static int32_t match_special(const idf_tokenizer *t, const char *text, size_t le
     uint8_t b = (uint8_t)text[i];
     for (uint32_t k = t->special_at[b]; k < t->special_at[b + 1]; k++) {
         int32_t id = t->specials[k];
-        if (t->len[id] <= len - i && memcmp(text + i, t->text + t->off[id], t->len[id]) == 0) return id;
+        if (t->len[id] <= len - i && memcmp(text + i, t->text + t->off[id], t->len[id]) == 0)
+            return id;
     }
     return -1;
 }
@@ -695,7 +768,8 @@ idefics_status idf_tokenize(const idf_tokenizer *t, const char *text, size_t len
     *n_ids = 0;
     scratch s = {.al = &t->alloc, .ids = ids, .max_ids = max_ids};
     idefics_status st = IDEFICS_OK;
-    if (add_bos) st = emit(&s, (int32_t)t->bos, err);
+    if (add_bos)
+        st = emit(&s, (int32_t)t->bos, err);
     size_t seg = 0;
     for (size_t i = 0; i < len && st == IDEFICS_OK;) {
         int32_t id = t->n_specials ? match_special(t, text, len, i) : -1;
@@ -704,12 +778,15 @@ idefics_status idf_tokenize(const idf_tokenizer *t, const char *text, size_t len
             continue;
         }
         st = encode_segment(t, &s, text + seg, i - seg, err);
-        if (st == IDEFICS_OK) st = emit(&s, id, err);
+        if (st == IDEFICS_OK)
+            st = emit(&s, id, err);
         i += t->len[id];
         seg = i;
     }
-    if (st == IDEFICS_OK) st = encode_segment(t, &s, text + seg, len - seg, err);
-    if (st == IDEFICS_OK) *n_ids = (int)s.n_out;
+    if (st == IDEFICS_OK)
+        st = encode_segment(t, &s, text + seg, len - seg, err);
+    if (st == IDEFICS_OK)
+        *n_ids = (int)s.n_out;
     idf_free(s.al, s.norm);
     idf_free(s.al, s.syms);
     idf_free(s.al, s.heap);
@@ -729,9 +806,11 @@ typedef struct out_buf {
 static void put_byte(out_buf *o, char c) {
     if (o->strip) {
         o->strip = false;
-        if (c == ' ') return;
+        if (c == ' ')
+            return;
     }
-    if (o->buf && o->n + 1 < o->size) o->buf[o->n] = c;
+    if (o->buf && o->n + 1 < o->size)
+        o->buf[o->n] = c;
     o->n++;
 }
 
@@ -749,7 +828,8 @@ static void put_piece(const idf_tokenizer *t, out_buf *o, int32_t id) {
 }
 
 static void finish(out_buf *o) {
-    if (!o->buf || o->size == 0) return;
+    if (!o->buf || o->size == 0)
+        return;
     o->buf[o->n < o->size ? o->n : o->size - 1] = '\0';
 }
 
@@ -758,20 +838,23 @@ static int byte_of(const idf_tokenizer *t, int32_t id) {
 }
 
 int idf_token_to_piece(const idf_tokenizer *t, int32_t prev, int32_t id, char *buf, size_t size) {
-    if (!t || id < 0 || (uint32_t)id >= t->n_vocab) return -1;
+    if (!t || id < 0 || (uint32_t)id >= t->n_vocab)
+        return -1;
     out_buf o = {buf, size, 0, prev < 0};
     if (t->type[id] == IDFX_TOKEN_BYTE) {
         put_byte(&o, (char)byte_of(t, id));
     } else {
         put_piece(t, &o, id);
     }
-    if (!buf || o.n >= size) return -1;
+    if (!buf || o.n >= size)
+        return -1;
     finish(&o);
     return (int)o.n;
 }
 
 static bool is_skipped(const idf_tokenizer *t, int32_t id, bool skip_special) {
-    if (id < 0 || (uint32_t)id >= t->n_vocab) return true;
+    if (id < 0 || (uint32_t)id >= t->n_vocab)
+        return true;
     return skip_special && (t->type[id] == IDFX_TOKEN_CONTROL || t->type[id] == IDFX_TOKEN_UNKNOWN);
 }
 
@@ -799,13 +882,17 @@ size_t idf_detokenize(const idf_tokenizer *t, const int32_t *ids, int n, bool sk
         bool ok = true;
         int j = i;
         for (; j < n; j++) {
-            if (is_skipped(t, ids[j], skip_special)) continue;
-            if (t->type[ids[j]] != IDFX_TOKEN_BYTE) break;
-            if (ok) ok = utf8_step(&st, (uint8_t)byte_of(t, ids[j]));
+            if (is_skipped(t, ids[j], skip_special))
+                continue;
+            if (t->type[ids[j]] != IDFX_TOKEN_BYTE)
+                break;
+            if (ok)
+                ok = utf8_step(&st, (uint8_t)byte_of(t, ids[j]));
         }
         ok = ok && st.need == 0;
         for (int k = i; k < j; k++) {
-            if (is_skipped(t, ids[k], skip_special)) continue;
+            if (is_skipped(t, ids[k], skip_special))
+                continue;
             if (ok) {
                 put_byte(&o, (char)byte_of(t, ids[k]));
             } else {
@@ -823,16 +910,25 @@ size_t idf_detokenize(const idf_tokenizer *t, const int32_t *ids, int n, bool sk
 /* ---------------------------------------------------------------- lookups */
 
 int32_t idf_tokenizer_find(const idf_tokenizer *t, const char *piece) {
-    if (!t || !piece) return -1;
+    if (!t || !piece)
+        return -1;
     return find_piece(t, piece, strlen(piece));
 }
 
 const char *idf_tokenizer_piece(const idf_tokenizer *t, int32_t id, uint32_t *len) {
-    if (!t || id < 0 || (uint32_t)id >= t->n_vocab) return NULL;
-    if (len) *len = t->len[id];
+    if (!t || id < 0 || (uint32_t)id >= t->n_vocab)
+        return NULL;
+    if (len)
+        *len = t->len[id];
     return t->text + t->off[id];
 }
 
-uint32_t idf_tokenizer_n_vocab(const idf_tokenizer *t) { return t ? t->n_vocab : 0; }
-uint32_t idf_tokenizer_bos(const idf_tokenizer *t) { return t ? t->bos : 0; }
-uint32_t idf_tokenizer_eos(const idf_tokenizer *t) { return t ? t->eos : 0; }
+uint32_t idf_tokenizer_n_vocab(const idf_tokenizer *t) {
+    return t ? t->n_vocab : 0;
+}
+uint32_t idf_tokenizer_bos(const idf_tokenizer *t) {
+    return t ? t->bos : 0;
+}
+uint32_t idf_tokenizer_eos(const idf_tokenizer *t) {
+    return t ? t->eos : 0;
+}

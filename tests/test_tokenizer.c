@@ -32,14 +32,14 @@
 
 static int n_fail;
 
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            n_fail++;                                            \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fprintf(stderr, "\n");                               \
-        }                                                        \
+#define CHECK(cond, ...)                                                                                               \
+    do {                                                                                                               \
+        if (!(cond)) {                                                                                                 \
+            n_fail++;                                                                                                  \
+            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                                       \
+            fprintf(stderr, __VA_ARGS__);                                                                              \
+            fprintf(stderr, "\n");                                                                                     \
+        }                                                                                                              \
     } while (0)
 
 static const char *source_root(void) {
@@ -66,15 +66,19 @@ typedef struct tcase {
 } tcase;
 
 static int hexval(char c) {
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
     return -1;
 }
 
 static char *unhex(const char *s, size_t n, size_t *out_len) {
     char *o = malloc(n / 2 + 1);
-    for (size_t i = 0; i + 1 < n; i += 2) o[i / 2] = (char)(hexval(s[i]) * 16 + hexval(s[i + 1]));
+    for (size_t i = 0; i + 1 < n; i += 2)
+        o[i / 2] = (char)(hexval(s[i]) * 16 + hexval(s[i + 1]));
     o[n / 2] = '\0';
     *out_len = n / 2;
     return o;
@@ -82,19 +86,23 @@ static char *unhex(const char *s, size_t n, size_t *out_len) {
 
 static tcase *load_cases(const char *path, int *n_cases) {
     FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
+    if (!f)
+        return NULL;
     tcase *cases = NULL;
     int n = 0, cap = 0;
     char *line = NULL;
     size_t lcap = 0;
     ssize_t got;
     while ((got = getline(&line, &lcap, f)) > 0) {
-        if (line[0] == '#') continue;
-        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r')) line[--got] = '\0';
+        if (line[0] == '#')
+            continue;
+        while (got > 0 && (line[got - 1] == '\n' || line[got - 1] == '\r'))
+            line[--got] = '\0';
         char *col[4] = {line, NULL, NULL, NULL};
         for (int c = 1; c < 4; c++) {
             char *tab = col[c - 1] ? strchr(col[c - 1], '\t') : NULL;
-            if (!tab) break;
+            if (!tab)
+                break;
             *tab = '\0';
             col[c] = tab + 1;
         }
@@ -114,7 +122,8 @@ static tcase *load_cases(const char *path, int *n_cases) {
         c->n_ids = 0;
         for (char *p = col[1], *end; *p; p = end) {
             long v = strtol(p, &end, 10);
-            if (end == p) break;
+            if (end == p)
+                break;
             c->ids[c->n_ids++] = (int32_t)v;
         }
     }
@@ -136,7 +145,8 @@ static void free_cases(tcase *c, int n) {
 
 static void print_ids(const char *label, const int32_t *ids, int n) {
     fprintf(stderr, "    %s:", label);
-    for (int i = 0; i < n && i < 24; i++) fprintf(stderr, " %d", ids[i]);
+    for (int i = 0; i < n && i < 24; i++)
+        fprintf(stderr, " %d", ids[i]);
     fprintf(stderr, n > 24 ? " ...\n" : "\n");
 }
 
@@ -180,7 +190,8 @@ static int run_parity(const idf_tokenizer *t, const tcase *cases, int n, const c
         free(ids);
     }
     printf("%s: %d/%d identical to Hugging Face", label, same, n);
-    if (check_decode) printf(", %d decode mismatches", dec_bad);
+    if (check_decode)
+        printf(", %d decode mismatches", dec_bad);
     printf("\n");
     CHECK(same == n, "%s: %d of %d cases differ from Hugging Face", label, n - same, n);
     CHECK(dec_bad == 0, "%s: %d decodings differ from Hugging Face", label, dec_bad);
@@ -241,7 +252,8 @@ static void test_byte_pieces(const idf_tokenizer *t) {
     for (int i = 0; i < n; i++) {
         int k = idf_token_to_piece(t, i ? ids[i - 1] : -1, ids[i], piece, sizeof piece);
         CHECK(k >= 0, "piece of %d", ids[i]);
-        if (k < 0) return;
+        if (k < 0)
+            return;
         memcpy(out + len, piece, (size_t)k);
         len += (size_t)k;
         bytes += k == 1 && (uint8_t)piece[0] >= 0x80;
@@ -256,7 +268,8 @@ static void test_byte_pieces(const idf_tokenizer *t) {
     int32_t cut[3];
     int nc = 0;
     for (int i = 0; i < n && nc < 3; i++)
-        if (i > 0) cut[nc++] = ids[i]; /* F0 9F A4 */
+        if (i > 0)
+            cut[nc++] = ids[i]; /* F0 9F A4 */
     got = idf_detokenize(t, cut, 3, false, out, sizeof out);
     CHECK(got == 9 && !memcmp(out, "\xEF\xBF\xBD\xEF\xBF\xBD\xEF\xBF\xBD", 9), "cut run: %zu bytes", got);
     /* Truncation: still NUL-terminated, full length returned. */
@@ -267,7 +280,8 @@ static void test_byte_pieces(const idf_tokenizer *t) {
 static bool contains(const char *s, size_t n, const char *needle) {
     size_t k = strlen(needle);
     for (size_t i = 0; i + k <= n; i++)
-        if (!memcmp(s + i, needle, k)) return true;
+        if (!memcmp(s + i, needle, k))
+            return true;
     return false;
 }
 
@@ -278,7 +292,8 @@ static void test_roundtrip(const idf_tokenizer *t, const tcase *cases, int n, co
         /* Decoding inserts the legacy "▁" after special tokens, and a literal
          * "▁" in the text decodes as a space (as in HF); compare the other
          * texts (HF's own decode column covers these). */
-        if (memchr(c->text, '<', c->len) || contains(c->text, c->len, "\xE2\x96\x81")) continue;
+        if (memchr(c->text, '<', c->len) || contains(c->text, c->len, "\xE2\x96\x81"))
+            continue;
         int n_ids = 0;
         idf_err err = {{0}};
         idf_tokenize(t, c->text, c->len, false, NULL, 0, &n_ids, &err);
@@ -287,7 +302,8 @@ static void test_roundtrip(const idf_tokenizer *t, const tcase *cases, int n, co
         char *buf = malloc(c->len * 2 + 16);
         size_t got = idf_detokenize(t, ids, n_ids, false, buf, c->len * 2 + 16);
         if (got != c->len || memcmp(buf, c->text, got) != 0) {
-            if (bad++ < 5) fprintf(stderr, "  %s round trip: \"%.40s\" came back as \"%.40s\"\n", label, c->text, buf);
+            if (bad++ < 5)
+                fprintf(stderr, "  %s round trip: \"%.40s\" came back as \"%.40s\"\n", label, c->text, buf);
         }
         checked++;
         free(buf);
@@ -302,9 +318,11 @@ static void test_long_input(const idf_tokenizer *t, const char *label) {
     const size_t size = 1 << 20;
     char *text = malloc(size);
     static const char para[] = "The image shows a small cat sitting on a red mat, next to a caf\xC3\xA9 table. ";
-    for (size_t i = 0; i < size; i++) text[i] = para[i % (sizeof para - 1)];
+    for (size_t i = 0; i < size; i++)
+        text[i] = para[i % (sizeof para - 1)];
     memset(text + size / 2, 'a', size / 4); /* one 256 KiB word: a single long merge run */
-    for (size_t i = size - 1; i > 0 && (text[i] & 0xC0) == 0x80; i--) text[i] = '.'; /* no cut character */
+    for (size_t i = size - 1; i > 0 && (text[i] & 0xC0) == 0x80; i--)
+        text[i] = '.'; /* no cut character */
     double t0 = idf_time_ms() / 1000.0;
     int n = 0;
     idf_err err = {{0}};
@@ -335,7 +353,8 @@ static void *ca_malloc(void *ud, size_t n) {
 }
 static void ca_free(void *ud, void *p) {
     count_alloc *c = ud;
-    if (p) c->live--;
+    if (p)
+        c->live--;
     free(p);
 }
 
@@ -361,9 +380,10 @@ static void expect_spm_error(const uint8_t *data, size_t n, const char *what, co
     idf_tok_vocab_owned o;
     char err[512] = "";
     int r = idf_tokenizer_parse_spm(data, n, &o, err, sizeof err);
-    CHECK(r == -1 && err[0] && (!needle || strstr(err, needle)), "%s: expected an error containing \"%s\", got %d \"%s\"",
-          what, needle ? needle : "", r, err);
-    if (r == 0) idf_tok_vocab_owned_free(&o);
+    CHECK(r == -1 && err[0] && (!needle || strstr(err, needle)),
+          "%s: expected an error containing \"%s\", got %d \"%s\"", what, needle ? needle : "", r, err);
+    if (r == 0)
+        idf_tok_vocab_owned_free(&o);
 }
 
 static void expect_json_error(const char *json, const char *needle) {
@@ -372,12 +392,14 @@ static void expect_json_error(const char *json, const char *needle) {
     int r = idf_tokenizer_parse_json(json, strlen(json), &o, err, sizeof err);
     CHECK(r == -1 && strstr(err, needle), "json %.50s: expected an error containing \"%s\", got %d \"%s\"", json,
           needle, r, err);
-    if (r == 0) idf_tok_vocab_owned_free(&o);
+    if (r == 0)
+        idf_tok_vocab_owned_free(&o);
 }
 
 static uint8_t *read_all(const char *path, size_t *n) {
     FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
+    if (!f)
+        return NULL;
     fseek(f, 0, SEEK_END);
     long sz = ftell(f);
     fseek(f, 0, SEEK_SET);
@@ -397,7 +419,8 @@ static void test_corrupt_spm(const char *model_path) {
     size_t n;
     uint8_t *data = read_all(model_path, &n);
     CHECK(data != NULL, "read %s", model_path);
-    if (!data) return;
+    if (!data)
+        return;
     /* Truncation inside the pieces: the trainer spec (model_type) never comes. */
     expect_spm_error(data, n / 2, "truncated at n/2", "tokenizer.model");
     expect_spm_error(data, 7, "truncated at 7", "tokenizer.model");
@@ -408,8 +431,10 @@ static void test_corrupt_spm(const char *model_path) {
     for (size_t k = 1; k < n; k++) {
         idf_tok_vocab_owned o;
         char err[256];
-        if (idf_tokenizer_parse_spm(data, k, &o, err, sizeof err) == 0) idf_tok_vocab_owned_free(&o);
-        else failed++;
+        if (idf_tokenizer_parse_spm(data, k, &o, err, sizeof err) == 0)
+            idf_tok_vocab_owned_free(&o);
+        else
+            failed++;
     }
     CHECK(failed > (int)(n * 9 / 10), "only %d of %zu truncations rejected", failed, n);
     /* Hand-made messages. piece "a" with type 9; a UNIGRAM model; an overlong
@@ -443,28 +468,32 @@ static void test_corrupt_json(void) {
     static const char *norm = "\"normalizer\": {\"type\": \"Replace\", \"pattern\": {\"String\": \" \"}, "
                               "\"content\": \"\xE2\x96\x81\"}";
     char buf[1024];
-    snprintf(buf, sizeof buf, "{%s, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"c\": 2}, \"merges\": [\"a c\"]}}",
-             norm);
+    snprintf(buf, sizeof buf,
+             "{%s, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"c\": 2}, \"merges\": [\"a c\"]}}", norm);
     expect_json_error(buf, "id 1 is missing");
-    snprintf(buf, sizeof buf, "{%s, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a b\"]}, "
-             "\"added_tokens\": [{\"id\": 3, \"content\": \"<x>\", \"special\": true}]}", norm);
+    snprintf(buf, sizeof buf,
+             "{%s, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a b\"]}, "
+             "\"added_tokens\": [{\"id\": 3, \"content\": \"<x>\", \"special\": true}]}",
+             norm);
     expect_json_error(buf, "id 2 is missing");
     snprintf(buf, sizeof buf, "{%s, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1.5}, \"merges\": []}}",
              norm);
     expect_json_error(buf, "not an id");
-    snprintf(buf, sizeof buf, "{%s, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"ab\"]}}",
-             norm);
+    snprintf(buf, sizeof buf,
+             "{%s, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"ab\"]}}", norm);
     expect_json_error(buf, "merges[0]");
-    snprintf(buf, sizeof buf, "{%s, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a b\"]}}",
-             norm);
+    snprintf(buf, sizeof buf,
+             "{%s, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0, \"b\": 1}, \"merges\": [\"a b\"]}}", norm);
     expect_json_error(buf, "not in the vocabulary"); /* "ab" is not a piece */
     expect_json_error("{\"normalizer\": {\"type\": \"NFKC\"}, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}}}",
                       "NFKC");
-    expect_json_error("{\"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"\xE2\x96\x81\", "
-                      "\"prepend_scheme\": \"first\", \"split\": false}, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}}}",
-                      "first");
-    expect_json_error("{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}}}",
-                      "ByteLevel");
+    expect_json_error(
+        "{\"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"\xE2\x96\x81\", "
+        "\"prepend_scheme\": \"first\", \"split\": false}, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}}}",
+        "first");
+    expect_json_error(
+        "{\"pre_tokenizer\": {\"type\": \"ByteLevel\"}, \"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}}}",
+        "ByteLevel");
     expect_json_error("{\"model\": {\"type\": \"BPE\", \"vocab\": {\"a\": 0}, \"merges\": []}}", "Replace");
 }
 
@@ -474,16 +503,19 @@ static void test_small_json(void) {
     static const char json[] =
         "{\"added_tokens\": [{\"id\": 0, \"content\": \"<unk>\", \"special\": true},"
         "                   {\"id\": 7, \"content\": \"<x>\", \"special\": false}],"
-        " \"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"\xE2\x96\x81\", \"prepend_scheme\": \"always\","
+        " \"pre_tokenizer\": {\"type\": \"Metaspace\", \"replacement\": \"\xE2\x96\x81\", \"prepend_scheme\": "
+        "\"always\","
         "                     \"split\": false},"
         " \"model\": {\"type\": \"BPE\", \"unk_token\": \"<unk>\", \"byte_fallback\": false,"
-        "   \"vocab\": {\"<unk>\": 0, \"\xE2\x96\x81\": 1, \"a\": 2, \"b\": 3, \"aa\": 4, \"\xE2\x96\x81" "b\": 5, \"ab\": 6},"
+        "   \"vocab\": {\"<unk>\": 0, \"\xE2\x96\x81\": 1, \"a\": 2, \"b\": 3, \"aa\": 4, \"\xE2\x96\x81"
+        "b\": 5, \"ab\": 6},"
         "   \"merges\": [\"a a\", \"\xE2\x96\x81 b\", \"a b\"]}}";
     idf_tok_vocab_owned o;
     char err[512] = "";
     int r = idf_tokenizer_parse_json(json, sizeof json - 1, &o, err, sizeof err);
     CHECK(r == 0, "small json: %s", err);
-    if (r != 0) return;
+    if (r != 0)
+        return;
     CHECK(o.v.n_vocab == 8 && o.v.n_merges == 3 && o.v.add_dummy_prefix && o.v.unk_id == 0, "small json vocab");
     CHECK(o.types[0] == IDFX_TOKEN_UNKNOWN && o.types[7] == IDFX_TOKEN_USER_DEFINED && o.types[2] == IDFX_TOKEN_NORMAL,
           "small json types");
@@ -494,11 +526,11 @@ static void test_small_json(void) {
             int n;
             int32_t ids[8];
         } cases[] = {
-            {"aaa", 3, {1, 4, 2}},      /* "▁aaa": (a a) twice, the left one first */
-            {"aab", 3, {1, 4, 3}},      /* rank 0 (a a) before rank 2 (a b) */
+            {"aaa", 3, {1, 4, 2}},       /* "▁aaa": (a a) twice, the left one first */
+            {"aab", 3, {1, 4, 3}},       /* rank 0 (a a) before rank 2 (a b) */
             {"b<x>ab", 4, {5, 7, 1, 6}}, /* the segment after <x> gets "▁" too */
-            {"c b", 3, {1, 0, 5}},      /* unknown character without byte fallback */
-            {"cc", 2, {1, 0}},          /* consecutive unknowns fuse */
+            {"c b", 3, {1, 0, 5}},       /* unknown character without byte fallback */
+            {"cc", 2, {1, 0}},           /* consecutive unknowns fuse */
         };
         for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
             int32_t ids[16];
@@ -552,12 +584,14 @@ static void test_added_tokens_hole(const char *model_path) {
     char err[512] = "";
     int r = idf_tokenizer_import_file(m, &o, err, sizeof err);
     CHECK(r == -1 && strstr(err, "added_tokens.json") && strstr(err, "702"), "hole in added tokens: %d \"%s\"", r, err);
-    if (r == 0) idf_tok_vocab_owned_free(&o);
+    if (r == 0)
+        idf_tok_vocab_owned_free(&o);
     static const char bad[] = "{\"<image>\": 701, ";
     write_file(a, bad, sizeof bad - 1);
     r = idf_tokenizer_import_file(m, &o, err, sizeof err);
     CHECK(r == -1 && strstr(err, "added_tokens.json") && strstr(err, "invalid JSON"), "bad added_tokens.json: %s", err);
-    if (r == 0) idf_tok_vocab_owned_free(&o);
+    if (r == 0)
+        idf_tok_vocab_owned_free(&o);
     unlink(m);
     unlink(a);
     rmdir(dir);
@@ -578,7 +612,8 @@ static void test_idfx_roundtrip(const idf_tok_vocab *v, const tcase *cases, int 
     char err[512] = "";
     idfx_writer *w = idfx_writer_open(path, NULL, err, sizeof err);
     CHECK(w != NULL, "writer: %s", err);
-    if (!w) return;
+    if (!w)
+        return;
     CHECK(idf_tokenizer_write_keys(v, w, err, sizeof err) == 0, "write keys: %s", err);
     CHECK(idfx_writer_close(w, err, sizeof err) == 0, "writer close: %s", err);
     idf_mapping map;
@@ -591,7 +626,8 @@ static void test_idfx_roundtrip(const idf_tok_vocab *v, const tcase *cases, int 
         idf_tokenizer *t = NULL;
         st = idf_tokenizer_from_idfx(&f, NULL, &t, &e);
         CHECK(st == IDEFICS_OK, "from_idfx: %s", e.msg);
-        if (t) run_parity(t, cases, n, "tiny via .idfx", false);
+        if (t)
+            run_parity(t, cases, n, "tiny via .idfx", false);
         idf_tokenizer_free(t);
         idfx_close(&f);
     }
@@ -618,7 +654,8 @@ static void test_model_fixtures(const tcase *strings, int n_strings) {
     const cJSON *m;
     cJSON_ArrayForEach(m, cJSON_GetObjectItemCaseSensitive(manifest, "models")) {
         const cJSON *dir = cJSON_GetObjectItemCaseSensitive(m, "dir");
-        if (!cJSON_IsString(dir)) continue;
+        if (!cJSON_IsString(dir))
+            continue;
         char *mdir = path_in(root, dir->valuestring);
         char *pj = path_in(mdir, "tokenizer.json"), *pm = path_in(mdir, "tokenizer.model");
         if (access(pj, R_OK) != 0 || access(pm, R_OK) != 0) {
@@ -631,7 +668,8 @@ static void test_model_fixtures(const tcase *strings, int n_strings) {
         int cases_ok = 0, cases_n = 0, agree = 0;
         const cJSON *c;
         cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(m, "cases")) {
-            if (!tj || !tm || !cJSON_IsString(c)) break;
+            if (!tj || !tm || !cJSON_IsString(c))
+                break;
             char *cpath = path_in(mdir, c->valuestring);
             size_t cn;
             char *ctext = (char *)read_all(cpath, &cn);
@@ -644,8 +682,10 @@ static void test_model_fixtures(const tcase *strings, int n_strings) {
                 const cJSON *row = cJSON_GetArrayItem(rows, 0);
                 int want_n = cJSON_GetArraySize(row), got_j = 0, got_m = 0;
                 int32_t *want = malloc(((size_t)want_n + 1) * sizeof *want);
-                int32_t *ij = malloc(((size_t)want_n + 1) * sizeof *ij), *im = malloc(((size_t)want_n + 1) * sizeof *im);
-                for (int i = 0; i < want_n; i++) want[i] = (int32_t)cJSON_GetArrayItem(row, i)->valuedouble;
+                int32_t *ij = malloc(((size_t)want_n + 1) * sizeof *ij),
+                        *im = malloc(((size_t)want_n + 1) * sizeof *im);
+                for (int i = 0; i < want_n; i++)
+                    want[i] = (int32_t)cJSON_GetArrayItem(row, i)->valuedouble;
                 idf_err e = {{0}};
                 size_t fl = strlen(full->valuestring);
                 idf_tokenize(tj, full->valuestring, fl, false, ij, want_n, &got_j, &e);
@@ -670,7 +710,8 @@ static void test_model_fixtures(const tcase *strings, int n_strings) {
             agree += na == nb && !memcmp(a, b, (size_t)(na < 4096 ? na : 4096) * sizeof *a);
         }
         printf("model fixture %s: %d/%d cases match HF input_ids; tokenizer.json and tokenizer.model agree on %d/%d "
-               "strings\n", dir->valuestring, cases_ok, cases_n, agree, n_strings);
+               "strings\n",
+               dir->valuestring, cases_ok, cases_n, agree, n_strings);
         CHECK(agree == n_strings, "%s: the two tokenizer files disagree on %d strings", dir->valuestring,
               n_strings - agree);
         idf_tokenizer_free(tj);
@@ -694,10 +735,12 @@ static int run_tiny(void) {
     int n = 0;
     tcase *cases = load_cases(tsv, &n);
     CHECK(cases && n >= 300, "%s: %d cases", tsv, n);
-    if (!cases) return 1;
+    if (!cases)
+        return 1;
     idf_tok_vocab_owned oj, om;
     idf_tokenizer *tj = load_tok(json, &oj), *tm = load_tok(model, &om);
-    if (!tj || !tm) return 1;
+    if (!tj || !tm)
+        return 1;
     /* The two files describe the same vocabulary. */
     CHECK(oj.v.n_vocab == om.v.n_vocab && oj.v.n_vocab > 700, "vocab sizes %u / %u", oj.v.n_vocab, om.v.n_vocab);
     for (uint32_t i = 0; i < oj.v.n_vocab && i < om.v.n_vocab; i++)
@@ -713,7 +756,8 @@ static int run_tiny(void) {
     idf_tok_vocab by_score = oj.v;
     by_score.n_merges = 0;
     idf_tokenizer *ts = make_tok(&by_score);
-    if (ts) run_parity(ts, cases, n, "tiny via tokenizer.json scores", false);
+    if (ts)
+        run_parity(ts, cases, n, "tiny via tokenizer.json scores", false);
     idf_tokenizer_free(ts);
     test_roundtrip(tm, cases, n, "tiny");
     test_long_input(tj, "tiny (merges)");
@@ -752,12 +796,14 @@ static int run_llama(void) {
     char err[512] = "";
     int r = idf_tokenizer_import_file(model, &o, err, sizeof err);
     CHECK(r == 0, "import %s: %s", model, err);
-    if (r != 0 || !cases) return 1;
+    if (r != 0 || !cases)
+        return 1;
     CHECK(o.v.n_vocab == 32000 && o.v.bos_id == 1 && o.v.eos_id == 2 && o.v.unk_id == 0 && o.v.add_dummy_prefix,
           "LLaMA vocabulary header");
     /* idefics-9b-instruct's added tokens, all special. */
     static const char *added[] = {"<fake_token_around_image>", "<image>", "<end_of_utterance>"};
-    for (int i = 0; i < 3; i++) CHECK(idf_tok_vocab_add_token(&o, added[i], IDFX_TOKEN_CONTROL, err, sizeof err) == 0, "%s", err);
+    for (int i = 0; i < 3; i++)
+        CHECK(idf_tok_vocab_add_token(&o, added[i], IDFX_TOKEN_CONTROL, err, sizeof err) == 0, "%s", err);
     idf_tokenizer *t = make_tok(&o.v);
     if (t) {
         test_test_vector(t);
@@ -791,9 +837,11 @@ static int run_llama(void) {
 /* Run argv, capture stdout (up to size-1 bytes); returns the exit status. */
 static int run_capture(char *const argv[], char *out, size_t size) {
     int fd[2];
-    if (pipe(fd) != 0) return -1;
+    if (pipe(fd) != 0)
+        return -1;
     pid_t pid = fork();
-    if (pid < 0) return -1;
+    if (pid < 0)
+        return -1;
     if (pid == 0) {
         dup2(fd[1], 1);
         close(fd[0]);
@@ -804,7 +852,8 @@ static int run_capture(char *const argv[], char *out, size_t size) {
     close(fd[1]);
     size_t n = 0;
     ssize_t got;
-    while ((got = read(fd[0], out + n, size - 1 - n)) > 0) n += (size_t)got;
+    while ((got = read(fd[0], out + n, size - 1 - n)) > 0)
+        n += (size_t)got;
     close(fd[0]);
     out[n] = '\0';
     int status;
@@ -819,7 +868,8 @@ static int run_cli(const char *cli) {
     int n = 0;
     tcase *cases = load_cases(tsv, &n);
     CHECK(cases && n >= 300, "%s: %d cases", tsv, n);
-    if (!cases) return 1;
+    if (!cases)
+        return 1;
     /* The converter's path: the whole folder into an .idfx. */
     char idfx[] = "/tmp/idf_tok_XXXXXX";
     int fd = mkstemp(idfx);
@@ -835,17 +885,21 @@ static int run_cli(const char *cli) {
         for (int i = 0; i < n; i++) {
             const tcase *c = &cases[i];
             /* argv cannot carry NUL bytes; keep the output small. */
-            if (memchr(c->text, '\0', c->len) || c->n_ids == 0 || c->n_ids > 200) continue;
+            if (memchr(c->text, '\0', c->len) || c->n_ids == 0 || c->n_ids > 200)
+                continue;
             char *argv[] = {(char *)cli, "tokenize", (char *)srcs[s][0], (char *)srcs[s][1], "--no-bos", "--",
-                            c->text, NULL};
+                            c->text,     NULL};
             int rc = run_capture(argv, out, sizeof out);
             char want[4096];
             size_t k = 0;
-            for (int j = 0; j < c->n_ids; j++) k += (size_t)snprintf(want + k, sizeof want - k, j ? " %d" : "%d", c->ids[j]);
+            for (int j = 0; j < c->n_ids; j++)
+                k += (size_t)snprintf(want + k, sizeof want - k, j ? " %d" : "%d", c->ids[j]);
             snprintf(want + k, sizeof want - k, "\n");
             tried++;
-            if (rc == 0 && !strcmp(out, want)) same++;
-            else if (tried - same <= 3) fprintf(stderr, "  cli %s case %d: rc %d, got \"%.80s\"\n", srcs[s][0], i, rc, out);
+            if (rc == 0 && !strcmp(out, want))
+                same++;
+            else if (tried - same <= 3)
+                fprintf(stderr, "  cli %s case %d: rc %d, got \"%.80s\"\n", srcs[s][0], i, rc, out);
         }
     }
     printf("cli: %d/%d outputs identical to Hugging Face (-m .idfx and --tokenizer tokenizer.model)\n", same, tried);
@@ -868,7 +922,9 @@ int main(int argc, char **argv) {
     int rc = !strcmp(which, "llama") ? run_llama()
              : !strcmp(which, "cli") ? (argc > 2 ? run_cli(argv[2]) : 2)
                                      : run_tiny();
-    if (rc == 77) return 77;
-    if (n_fail) fprintf(stderr, "%d check(s) failed\n", n_fail);
+    if (rc == 77)
+        return 77;
+    if (n_fail)
+        fprintf(stderr, "%d check(s) failed\n", n_fail);
     return (rc || n_fail) ? 1 : 0;
 }

@@ -18,7 +18,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     idf_tok_vocab_owned o;
     char err[256];
-    if (idf_tokenizer_parse_spm(data, size, &o, err, sizeof err) != 0) return 0;
+    if (idf_tokenizer_parse_spm(data, size, &o, err, sizeof err) != 0)
+        return 0;
     idf_tokenizer *t = NULL;
     idf_err e;
     if (idf_tokenizer_create(&o.v, NULL, &t, &e) == IDEFICS_OK) {
@@ -28,7 +29,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (idf_tokenize(t, text, sizeof text - 1, true, ids, 128, &n, &e) == IDEFICS_OK) {
             char buf[512];
             idf_detokenize(t, ids, n < 128 ? n : 128, false, buf, sizeof buf);
-            for (int i = 0; i < n && i < 128; i++) idf_token_to_piece(t, i ? ids[i - 1] : -1, ids[i], buf, sizeof buf);
+            for (int i = 0; i < n && i < 128; i++)
+                idf_token_to_piece(t, i ? ids[i - 1] : -1, ids[i], buf, sizeof buf);
         }
         idf_tokenizer_free(t);
     }

@@ -32,7 +32,8 @@ static char *read_stdin(size_t *len) {
     while (buf) {
         size_t got = fread(buf + n, 1, cap - n, stdin);
         n += got;
-        if (got == 0) break;
+        if (got == 0)
+            break;
         if (n == cap) {
             char *nb = realloc(buf, cap * 2);
             if (!nb) {
@@ -51,11 +52,16 @@ static void json_string(const char *s, size_t n) {
     putchar('"');
     for (size_t i = 0; i < n; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') printf("\\%c", c);
-        else if (c == '\n') fputs("\\n", stdout);
-        else if (c == '\t') fputs("\\t", stdout);
-        else if (c < 0x20) printf("\\u%04x", c);
-        else putchar(c);
+        if (c == '"' || c == '\\')
+            printf("\\%c", c);
+        else if (c == '\n')
+            fputs("\\n", stdout);
+        else if (c == '\t')
+            fputs("\\t", stdout);
+        else if (c < 0x20)
+            printf("\\u%04x", c);
+        else
+            putchar(c);
     }
     putchar('"');
 }
@@ -104,8 +110,10 @@ static int tokenizer_from_hf(const char *path, idf_tokenizer **t) {
     return 0;
 #else
     (void)t;
-    fprintf(stderr, "idefics tokenize: --tokenizer %s: this build has no tokenizer importer (built without the "
-                    "converter); use -m MODEL.idfx\n", path);
+    fprintf(stderr,
+            "idefics tokenize: --tokenizer %s: this build has no tokenizer importer (built without the "
+            "converter); use -m MODEL.idfx\n",
+            path);
     return 1;
 #endif
 }
@@ -127,7 +135,8 @@ int cmd_tokenize(int argc, char **argv) {
         } else if (!strcmp(a, "--no-bos")) {
             bos = false;
         } else if (!strcmp(a, "--")) {
-            if (i + 1 < argc && !text) text = argv[++i];
+            if (i + 1 < argc && !text)
+                text = argv[++i];
             break;
         } else if (a[0] == '-' && a[1] != '\0') {
             fprintf(stderr, "idefics tokenize: unknown option or missing value: %s\n", a);
@@ -146,7 +155,8 @@ int cmd_tokenize(int argc, char **argv) {
     }
     idf_tokenizer *t = NULL;
     int rc = model ? tokenizer_from_model(model, &t) : tokenizer_from_hf(tok_file, &t);
-    if (rc != 0) return rc;
+    if (rc != 0)
+        return rc;
 
     size_t len = strlen(text);
     char *owned = NULL;
@@ -173,17 +183,20 @@ int cmd_tokenize(int argc, char **argv) {
         rc = 1;
     } else if (json) {
         fputs("{\"ids\": [", stdout);
-        for (int i = 0; i < n; i++) printf(i ? ", %d" : "%d", ids[i]);
+        for (int i = 0; i < n; i++)
+            printf(i ? ", %d" : "%d", ids[i]);
         fputs("], \"pieces\": [", stdout);
         for (int i = 0; i < n; i++) {
             uint32_t plen = 0;
             const char *p = idf_tokenizer_piece(t, ids[i], &plen);
-            if (i) fputs(", ", stdout);
+            if (i)
+                fputs(", ", stdout);
             json_string(p ? p : "", plen);
         }
         fputs("]}\n", stdout);
     } else {
-        for (int i = 0; i < n; i++) printf(i ? " %d" : "%d", ids[i]);
+        for (int i = 0; i < n; i++)
+            printf(i ? " %d" : "%d", ids[i]);
         putchar('\n');
     }
     free(ids);

@@ -31,10 +31,10 @@
 #include "idfx_format.h"
 #include "idfx_keys.h"
 
-#define IMP_MAX_VOCAB (1u << 24)
+#define IMP_MAX_VOCAB  (1u << 24)
 #define IMP_MAX_MERGES (1u << 24)
-#define IMP_MAX_PIECE 65536u
-#define IMP_MAX_FILE (1ull << 31) /* 2 GiB: far above any tokenizer file */
+#define IMP_MAX_PIECE  65536u
+#define IMP_MAX_FILE   (1ull << 31) /* 2 GiB: far above any tokenizer file */
 
 static const char SPACE_MARK[] = "\xE2\x96\x81"; /* U+2581 "▁" */
 
@@ -52,9 +52,12 @@ static int fail(char *err, size_t errsz, const char *fmt, ...) {
 /* ------------------------------------------------------------ owned vocab */
 
 void idf_tok_vocab_owned_free(idf_tok_vocab_owned *o) {
-    if (!o) return;
-    for (uint32_t i = 0; i < o->v.n_vocab; i++) free(o->pieces[i]);
-    for (uint32_t i = 0; i < o->v.n_merges; i++) free(o->merges[i]);
+    if (!o)
+        return;
+    for (uint32_t i = 0; i < o->v.n_vocab; i++)
+        free(o->pieces[i]);
+    for (uint32_t i = 0; i < o->v.n_merges; i++)
+        free(o->merges[i]);
     free(o->pieces);
     free(o->piece_lens);
     free(o->scores);
@@ -74,28 +77,38 @@ static void sync_view(idf_tok_vocab_owned *o) {
 }
 
 static int reserve_pieces(idf_tok_vocab_owned *o, uint32_t n) {
-    if (n <= o->cap) return 0;
-    if (n > IMP_MAX_VOCAB) return -1;
+    if (n <= o->cap)
+        return 0;
+    if (n > IMP_MAX_VOCAB)
+        return -1;
     uint32_t cap = o->cap ? o->cap : 256;
-    while (cap < n) cap *= 2;
+    while (cap < n)
+        cap *= 2;
     char **p = realloc(o->pieces, cap * sizeof *p);
-    if (p) o->pieces = p;
+    if (p)
+        o->pieces = p;
     uint32_t *l = realloc(o->piece_lens, cap * sizeof *l);
-    if (l) o->piece_lens = l;
+    if (l)
+        o->piece_lens = l;
     float *s = realloc(o->scores, cap * sizeof *s);
-    if (s) o->scores = s;
+    if (s)
+        o->scores = s;
     uint32_t *t = realloc(o->types, cap * sizeof *t);
-    if (t) o->types = t;
-    if (!p || !l || !s || !t) return -1;
+    if (t)
+        o->types = t;
+    if (!p || !l || !s || !t)
+        return -1;
     o->cap = cap;
     sync_view(o);
     return 0;
 }
 
 static int push_piece(idf_tok_vocab_owned *o, const char *s, size_t n, float score, uint32_t type) {
-    if (reserve_pieces(o, o->v.n_vocab + 1) != 0) return -1;
+    if (reserve_pieces(o, o->v.n_vocab + 1) != 0)
+        return -1;
     char *c = malloc(n + 1);
-    if (!c) return -1;
+    if (!c)
+        return -1;
     memcpy(c, s, n);
     c[n] = '\0';
     uint32_t i = o->v.n_vocab++;
@@ -110,14 +123,18 @@ static int push_merge(idf_tok_vocab_owned *o, const char *l, size_t ln, const ch
     if (o->v.n_merges >= o->merge_cap) {
         uint32_t cap = o->merge_cap ? o->merge_cap * 2 : 1024;
         char **m = realloc(o->merges, cap * sizeof *m);
-        if (m) o->merges = m;
+        if (m)
+            o->merges = m;
         uint32_t *ml = realloc(o->merge_lens, cap * sizeof *ml);
-        if (ml) o->merge_lens = ml;
-        if (!m || !ml) return -1;
+        if (ml)
+            o->merge_lens = ml;
+        if (!m || !ml)
+            return -1;
         o->merge_cap = cap;
     }
     char *c = malloc(ln + rn + 2);
-    if (!c) return -1;
+    if (!c)
+        return -1;
     memcpy(c, l, ln);
     c[ln] = ' ';
     memcpy(c + ln + 1, r, rn);
@@ -130,7 +147,8 @@ static int push_merge(idf_tok_vocab_owned *o, const char *l, size_t ln, const ch
 }
 
 int idf_tok_vocab_add_token(idf_tok_vocab_owned *o, const char *content, uint32_t type, char *err, size_t errsz) {
-    if (!o || !content || !content[0]) return fail(err, errsz, "added token: empty content");
+    if (!o || !content || !content[0])
+        return fail(err, errsz, "added token: empty content");
     if (type < IDFX_TOKEN_NORMAL || type > IDFX_TOKEN_BYTE)
         return fail(err, errsz, "added token \"%s\": unknown type %u", content, type);
     if (push_piece(o, content, strlen(content), 0.0f, type) != 0)
@@ -142,14 +160,15 @@ int idf_tok_vocab_add_token(idf_tok_vocab_owned *o, const char *content, uint32_
 static int32_t find_linear(const idf_tok_vocab_owned *o, const char *s) {
     size_t n = strlen(s);
     for (uint32_t i = 0; i < o->v.n_vocab; i++)
-        if (o->piece_lens[i] == n && memcmp(o->pieces[i], s, n) == 0) return (int32_t)i;
+        if (o->piece_lens[i] == n && memcmp(o->pieces[i], s, n) == 0)
+            return (int32_t)i;
     return -1;
 }
 
 static bool is_byte_piece(const char *s, size_t n) {
     static const char hex[] = "0123456789ABCDEFabcdef";
-    return n == 6 && s[0] == '<' && s[1] == '0' && s[2] == 'x' && s[5] == '>' && s[3] && s[4] &&
-           strchr(hex, s[3]) && strchr(hex, s[4]);
+    return n == 6 && s[0] == '<' && s[1] == '0' && s[2] == 'x' && s[5] == '>' && s[3] && s[4] && strchr(hex, s[3]) &&
+           strchr(hex, s[4]);
 }
 
 /* ------------------------------------------------------------------ files */
@@ -160,7 +179,8 @@ static int read_file(const char *path, char **data, size_t *size, char *err, siz
     *size = 0;
     FILE *f = fopen(path, "rb");
     if (!f) {
-        if (errno == ENOENT) return 1;
+        if (errno == ENOENT)
+            return 1;
         return fail(err, errsz, "%s: %s", path, strerror(errno));
     }
     char *buf = NULL;
@@ -183,7 +203,8 @@ static int read_file(const char *path, char **data, size_t *size, char *err, siz
         }
         size_t got = fread(buf + n, 1, cap - n, f);
         n += got;
-        if (got == 0) break;
+        if (got == 0)
+            break;
     }
     int bad = ferror(f);
     fclose(f);
@@ -200,21 +221,26 @@ static int read_file(const char *path, char **data, size_t *size, char *err, siz
 static char *path_join(const char *dir, const char *name) {
     size_t a = strlen(dir), b = strlen(name);
     char *p = malloc(a + b + 2);
-    if (!p) return NULL;
+    if (!p)
+        return NULL;
     memcpy(p, dir, a);
     size_t n = a;
-    if (n && p[n - 1] != '/') p[n++] = '/';
+    if (n && p[n - 1] != '/')
+        p[n++] = '/';
     memcpy(p + n, name, b + 1);
     return p;
 }
 
 static char *dir_of(const char *path) {
     const char *slash = strrchr(path, '/');
-    if (!slash) return strdup(".");
+    if (!slash)
+        return strdup(".");
     size_t n = (size_t)(slash - path);
     char *d = malloc(n + 2);
-    if (!d) return NULL;
-    if (n == 0) n = 1; /* "/file" */
+    if (!d)
+        return NULL;
+    if (n == 0)
+        n = 1; /* "/file" */
     memcpy(d, path, n);
     d[n] = '\0';
     return d;
@@ -225,7 +251,8 @@ static int load_json(const char *dir, const char *name, cJSON **out, char *err, 
     *out = NULL;
     char *path = path_join(dir, name), *data;
     size_t size;
-    if (!path) return fail(err, errsz, "out of memory");
+    if (!path)
+        return fail(err, errsz, "out of memory");
     int r = read_file(path, &data, &size, err, errsz);
     if (r != 0) {
         free(path);
@@ -247,10 +274,12 @@ static int load_json(const char *dir, const char *name, cJSON **out, char *err, 
 
 /* A token given as "text", {"content": "text", ...} or null. */
 static const char *token_text(const cJSON *item) {
-    if (cJSON_IsString(item)) return item->valuestring;
+    if (cJSON_IsString(item))
+        return item->valuestring;
     if (cJSON_IsObject(item)) {
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(item, "content");
-        if (cJSON_IsString(c)) return c->valuestring;
+        if (cJSON_IsString(c))
+            return c->valuestring;
     }
     return NULL;
 }
@@ -264,7 +293,8 @@ typedef struct pbuf {
 static bool pb_varint(pbuf *b, uint64_t *v) {
     uint64_t r = 0;
     for (int shift = 0; shift < 64; shift += 7) {
-        if (b->p >= b->end) return false;
+        if (b->p >= b->end)
+            return false;
         uint8_t c = *b->p++;
         r |= (uint64_t)(c & 0x7f) << shift;
         if (!(c & 0x80)) {
@@ -278,34 +308,43 @@ static bool pb_varint(pbuf *b, uint64_t *v) {
 /* Next field of a message: 1 = got one, 0 = end of message, -1 = malformed.
  * Length-delimited fields come back in *sub, the others in *val. */
 static int pb_next(pbuf *b, uint32_t *field, uint32_t *wire, uint64_t *val, pbuf *sub) {
-    if (b->p >= b->end) return 0;
+    if (b->p >= b->end)
+        return 0;
     uint64_t key;
-    if (!pb_varint(b, &key)) return -1;
-    if ((key >> 3) == 0 || (key >> 3) > 0x1FFFFFFF) return -1;
+    if (!pb_varint(b, &key))
+        return -1;
+    if ((key >> 3) == 0 || (key >> 3) > 0x1FFFFFFF)
+        return -1;
     *field = (uint32_t)(key >> 3);
     *wire = (uint32_t)(key & 7);
     switch (*wire) {
-    case 0: return pb_varint(b, val) ? 1 : -1;
+    case 0:
+        return pb_varint(b, val) ? 1 : -1;
     case 1:
-        if (b->end - b->p < 8) return -1;
+        if (b->end - b->p < 8)
+            return -1;
         *val = 0;
-        for (int i = 7; i >= 0; i--) *val = (*val << 8) | b->p[i];
+        for (int i = 7; i >= 0; i--)
+            *val = (*val << 8) | b->p[i];
         b->p += 8;
         return 1;
     case 2: {
         uint64_t len;
-        if (!pb_varint(b, &len) || len > (uint64_t)(b->end - b->p)) return -1;
+        if (!pb_varint(b, &len) || len > (uint64_t)(b->end - b->p))
+            return -1;
         sub->p = b->p;
         sub->end = b->p + len;
         b->p += len;
         return 1;
     }
     case 5:
-        if (b->end - b->p < 4) return -1;
+        if (b->end - b->p < 4)
+            return -1;
         *val = (uint64_t)b->p[0] | (uint64_t)b->p[1] << 8 | (uint64_t)b->p[2] << 16 | (uint64_t)b->p[3] << 24;
         b->p += 4;
         return 1;
-    default: return -1; /* groups (3, 4) are not used by sentencepiece.proto */
+    default:
+        return -1; /* groups (3, 4) are not used by sentencepiece.proto */
     }
 }
 
@@ -325,25 +364,33 @@ static int spm_piece(pbuf m, idf_tok_vocab_owned *o, char *err, size_t errsz) {
     int r;
     while ((r = pb_next(&m, &field, &wire, &val, &sub)) > 0) {
         if (field == 1) {
-            if (wire != 2) return fail(err, errsz, "tokenizer.model: piece %u: field 'piece' has wire type %u", idx, wire);
+            if (wire != 2)
+                return fail(err, errsz, "tokenizer.model: piece %u: field 'piece' has wire type %u", idx, wire);
             piece = sub.p;
             len = (size_t)(sub.end - sub.p);
         } else if (field == 2) {
-            if (wire != 5) return fail(err, errsz, "tokenizer.model: piece %u: field 'score' has wire type %u", idx, wire);
+            if (wire != 5)
+                return fail(err, errsz, "tokenizer.model: piece %u: field 'score' has wire type %u", idx, wire);
             uint32_t bits = (uint32_t)val;
             memcpy(&score, &bits, 4);
         } else if (field == 3) {
-            if (wire != 0) return fail(err, errsz, "tokenizer.model: piece %u: field 'type' has wire type %u", idx, wire);
+            if (wire != 0)
+                return fail(err, errsz, "tokenizer.model: piece %u: field 'type' has wire type %u", idx, wire);
             type = val;
         }
     }
-    if (r < 0) return fail(err, errsz, "tokenizer.model: piece %u: truncated or malformed protobuf", idx);
-    if (!piece || len == 0) return fail(err, errsz, "tokenizer.model: piece %u: empty or missing 'piece'", idx);
-    if (len > IMP_MAX_PIECE) return fail(err, errsz, "tokenizer.model: piece %u: %zu bytes long", idx, len);
-    if (!isfinite(score)) return fail(err, errsz, "tokenizer.model: piece %u: score is not finite", idx);
+    if (r < 0)
+        return fail(err, errsz, "tokenizer.model: piece %u: truncated or malformed protobuf", idx);
+    if (!piece || len == 0)
+        return fail(err, errsz, "tokenizer.model: piece %u: empty or missing 'piece'", idx);
+    if (len > IMP_MAX_PIECE)
+        return fail(err, errsz, "tokenizer.model: piece %u: %zu bytes long", idx, len);
+    if (!isfinite(score))
+        return fail(err, errsz, "tokenizer.model: piece %u: score is not finite", idx);
     if (type < IDFX_TOKEN_NORMAL || type > IDFX_TOKEN_BYTE)
         return fail(err, errsz, "tokenizer.model: piece %u: unknown type %llu", idx, (unsigned long long)type);
-    if (idx >= IMP_MAX_VOCAB) return fail(err, errsz, "tokenizer.model: more than %u pieces", IMP_MAX_VOCAB);
+    if (idx >= IMP_MAX_VOCAB)
+        return fail(err, errsz, "tokenizer.model: more than %u pieces", IMP_MAX_VOCAB);
     if (push_piece(o, (const char *)piece, len, score, (uint32_t)type) != 0)
         return fail(err, errsz, "tokenizer.model: out of memory at piece %u", idx);
     return 0;
@@ -356,25 +403,41 @@ static int spm_spec(pbuf m, bool trainer, spm_info *info, char *err, size_t errs
     pbuf sub;
     int r;
     while ((r = pb_next(&m, &field, &wire, &val, &sub)) > 0) {
-        bool known = trainer ? (field == 3 || field == 24 || field == 35 || (field >= 40 && field <= 43))
-                             : field == 3;
-        if (!known) continue;
-        if (wire != 0) return fail(err, errsz, "tokenizer.model: %s field %u has wire type %u", what, field, wire);
+        bool known = trainer ? (field == 3 || field == 24 || field == 35 || (field >= 40 && field <= 43)) : field == 3;
+        if (!known)
+            continue;
+        if (wire != 0)
+            return fail(err, errsz, "tokenizer.model: %s field %u has wire type %u", what, field, wire);
         if (!trainer) {
             info->add_dummy_prefix = val != 0;
             continue;
         }
         switch (field) {
-        case 3: info->model_type = val; break;
-        case 24: info->suffix_ws = val != 0; break;
-        case 35: info->byte_fallback = val != 0; break;
-        case 40: info->unk_id = (int32_t)(uint32_t)val; break; /* int32 varints carry negatives in 64 bits */
-        case 41: info->bos_id = (int32_t)(uint32_t)val; break;
-        case 42: info->eos_id = (int32_t)(uint32_t)val; break;
-        case 43: info->pad_id = (int32_t)(uint32_t)val; break;
+        case 3:
+            info->model_type = val;
+            break;
+        case 24:
+            info->suffix_ws = val != 0;
+            break;
+        case 35:
+            info->byte_fallback = val != 0;
+            break;
+        case 40:
+            info->unk_id = (int32_t)(uint32_t)val;
+            break; /* int32 varints carry negatives in 64 bits */
+        case 41:
+            info->bos_id = (int32_t)(uint32_t)val;
+            break;
+        case 42:
+            info->eos_id = (int32_t)(uint32_t)val;
+            break;
+        case 43:
+            info->pad_id = (int32_t)(uint32_t)val;
+            break;
         }
     }
-    if (r < 0) return fail(err, errsz, "tokenizer.model: %s: truncated or malformed protobuf", what);
+    if (r < 0)
+        return fail(err, errsz, "tokenizer.model: %s: truncated or malformed protobuf", what);
     return 0;
 }
 
@@ -384,13 +447,15 @@ static int spm_parse(const uint8_t *data, size_t size, idf_tok_vocab_owned *out,
                      size_t errsz) {
     memset(out, 0, sizeof *out);
     *info = (spm_info){.model_type = 1, .add_dummy_prefix = true, .unk_id = 0, .bos_id = 1, .eos_id = 2, .pad_id = -1};
-    if (!data || size == 0) return fail(err, errsz, "tokenizer.model: empty file");
+    if (!data || size == 0)
+        return fail(err, errsz, "tokenizer.model: empty file");
     pbuf b = {data, data + size}, sub;
     uint32_t field, wire;
     uint64_t val;
     int r;
     while ((r = pb_next(&b, &field, &wire, &val, &sub)) > 0) {
-        if (field < 1 || field > 3) continue;
+        if (field < 1 || field > 3)
+            continue;
         if (wire != 2) {
             idf_tok_vocab_owned_free(out);
             return fail(err, errsz, "tokenizer.model: top-level field %u has wire type %u (not a ModelProto?)", field,
@@ -408,9 +473,12 @@ static int spm_parse(const uint8_t *data, size_t size, idf_tok_vocab_owned *out,
                     (size_t)(b.p - data), size);
     }
     const char *why = NULL;
-    if (out->v.n_vocab == 0) why = "no pieces";
-    else if (info->model_type != 2) why = "trainer_spec.model_type is not BPE (only LLaMA-style BPE is supported)";
-    else if (info->suffix_ws) why = "trainer_spec.treat_whitespace_as_suffix is not supported";
+    if (out->v.n_vocab == 0)
+        why = "no pieces";
+    else if (info->model_type != 2)
+        why = "trainer_spec.model_type is not BPE (only LLaMA-style BPE is supported)";
+    else if (info->suffix_ws)
+        why = "trainer_spec.treat_whitespace_as_suffix is not supported";
     if (why) {
         idf_tok_vocab_owned_free(out);
         return fail(err, errsz, "tokenizer.model: %s", why);
@@ -421,13 +489,15 @@ static int spm_parse(const uint8_t *data, size_t size, idf_tok_vocab_owned *out,
 
 int idf_tokenizer_parse_spm(const uint8_t *data, size_t size, idf_tok_vocab_owned *out, char *err, size_t errsz) {
     spm_info info;
-    if (spm_parse(data, size, out, &info, err, errsz) != 0) return -1;
+    if (spm_parse(data, size, out, &info, err, errsz) != 0)
+        return -1;
     uint32_t n = out->v.n_vocab;
     const int32_t ids[3] = {info.unk_id, info.bos_id, info.eos_id};
     const char *names[3] = {"unk_id", "bos_id", "eos_id"};
     for (int i = 0; i < 3; i++) {
         if (ids[i] < 0 || (uint32_t)ids[i] >= n) {
-            int e = fail(err, errsz, "tokenizer.model: trainer_spec.%s %d is outside the %u pieces", names[i], ids[i], n);
+            int e =
+                fail(err, errsz, "tokenizer.model: trainer_spec.%s %d is outside the %u pieces", names[i], ids[i], n);
             idf_tok_vocab_owned_free(out);
             return e;
         }
@@ -447,13 +517,16 @@ typedef struct prefix_flags {
 } prefix_flags;
 
 static int check_normalizer(const cJSON *n, prefix_flags *pf, char *err, size_t errsz) {
-    if (!n || cJSON_IsNull(n)) return 0;
+    if (!n || cJSON_IsNull(n))
+        return 0;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(n, "type");
-    if (!cJSON_IsString(type)) return fail(err, errsz, "tokenizer.json: normalizer without a type");
+    if (!cJSON_IsString(type))
+        return fail(err, errsz, "tokenizer.json: normalizer without a type");
     const char *t = type->valuestring;
     if (!strcmp(t, "Sequence")) {
         const cJSON *list = cJSON_GetObjectItemCaseSensitive(n, "normalizers"), *it;
-        if (!cJSON_IsArray(list)) return fail(err, errsz, "tokenizer.json: normalizer Sequence without 'normalizers'");
+        if (!cJSON_IsArray(list))
+            return fail(err, errsz, "tokenizer.json: normalizer Sequence without 'normalizers'");
         cJSON_ArrayForEach(it, list) if (check_normalizer(it, pf, err, errsz) != 0) return -1;
         return 0;
     }
@@ -478,7 +551,8 @@ static int check_normalizer(const cJSON *n, prefix_flags *pf, char *err, size_t 
 }
 
 static int check_pre_tokenizer(const cJSON *p, prefix_flags *pf, char *err, size_t errsz) {
-    if (!p || cJSON_IsNull(p)) return 0;
+    if (!p || cJSON_IsNull(p))
+        return 0;
     const cJSON *type = cJSON_GetObjectItemCaseSensitive(p, "type");
     if (!cJSON_IsString(type) || strcmp(type->valuestring, "Metaspace") != 0)
         return fail(err, errsz, "tokenizer.json: pre_tokenizer type \"%s\" is not supported (LLaMA BPE has none)",
@@ -493,10 +567,13 @@ static int check_pre_tokenizer(const cJSON *p, prefix_flags *pf, char *err, size
         return fail(err, errsz, "tokenizer.json: pre_tokenizer Metaspace with split (word-level BPE) is not supported");
     pf->replace = true;
     if (cJSON_IsString(scheme)) {
-        if (!strcmp(scheme->valuestring, "always")) pf->prefix = true;
+        if (!strcmp(scheme->valuestring, "always"))
+            pf->prefix = true;
         else if (strcmp(scheme->valuestring, "never") != 0)
-            return fail(err, errsz, "tokenizer.json: pre_tokenizer Metaspace prepend_scheme \"%s\" (non-legacy) is not "
-                                    "supported", scheme->valuestring);
+            return fail(err, errsz,
+                        "tokenizer.json: pre_tokenizer Metaspace prepend_scheme \"%s\" (non-legacy) is not "
+                        "supported",
+                        scheme->valuestring);
     } else if (cJSON_IsBool(aps)) {
         pf->prefix = cJSON_IsTrue(aps);
     }
@@ -504,9 +581,11 @@ static int check_pre_tokenizer(const cJSON *p, prefix_flags *pf, char *err, size
 }
 
 static bool json_id(const cJSON *v, uint32_t *id) {
-    if (!cJSON_IsNumber(v)) return false;
+    if (!cJSON_IsNumber(v))
+        return false;
     double d = v->valuedouble;
-    if (!(d >= 0 && d < IMP_MAX_VOCAB) || d != floor(d)) return false;
+    if (!(d >= 0 && d < IMP_MAX_VOCAB) || d != floor(d))
+        return false;
     *id = (uint32_t)d;
     return true;
 }
@@ -533,8 +612,10 @@ static int32_t find_sorted(const sort_item *items, uint32_t n, const char *s, si
     uint32_t lo = 0, hi = n;
     while (lo < hi) {
         uint32_t mid = lo + (hi - lo) / 2;
-        if (cmp_bytes(items[mid].s, items[mid].n, s, len) < 0) lo = mid + 1;
-        else hi = mid;
+        if (cmp_bytes(items[mid].s, items[mid].n, s, len) < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
     }
     return (lo < n && cmp_bytes(items[lo].s, items[lo].n, s, len) == 0) ? (int32_t)items[lo].id : -1;
 }
@@ -571,7 +652,8 @@ static int scores_from_merges(idf_tok_vocab_owned *o, char *err, size_t errsz) {
         memcpy(cat, m, ln);
         memcpy(cat + ln, sp + 1, ml - ln - 1);
         int32_t id = find_sorted(items, n, cat, ml - 1);
-        if (cat != small) free(cat);
+        if (cat != small)
+            free(cat);
         if (id < 0) {
             rc = fail(err, errsz, "tokenizer.json: merges[%u] \"%.60s\": merged piece not in the vocabulary", r, m);
             break;
@@ -587,8 +669,10 @@ static int scores_from_merges(idf_tok_vocab_owned *o, char *err, size_t errsz) {
 }
 
 static int json_merges(const cJSON *merges, idf_tok_vocab_owned *o, char *err, size_t errsz) {
-    if (!merges || cJSON_IsNull(merges)) return 0;
-    if (!cJSON_IsArray(merges)) return fail(err, errsz, "tokenizer.json: model.merges is not an array");
+    if (!merges || cJSON_IsNull(merges))
+        return 0;
+    if (!cJSON_IsArray(merges))
+        return fail(err, errsz, "tokenizer.json: model.merges is not an array");
     int count = cJSON_GetArraySize(merges);
     if (count < 0 || (uint32_t)count > IMP_MAX_MERGES)
         return fail(err, errsz, "tokenizer.json: model.merges has %d entries", count);
@@ -617,7 +701,8 @@ static int json_merges(const cJSON *merges, idf_tok_vocab_owned *o, char *err, s
         } else {
             return fail(err, errsz, "tokenizer.json: model.merges[%u] is neither \"a b\" nor [\"a\", \"b\"]", i);
         }
-        if (push_merge(o, l, ln, r, rn) != 0) return fail(err, errsz, "tokenizer.json: out of memory at merge %u", i);
+        if (push_merge(o, l, ln, r, rn) != 0)
+            return fail(err, errsz, "tokenizer.json: out of memory at merge %u", i);
         i++;
     }
     return 0;
@@ -648,16 +733,19 @@ int idf_tokenizer_parse_json(const char *text, size_t len, idf_tok_vocab_owned *
         goto done;
     }
     if (!cJSON_IsString(type) || strcmp(type->valuestring, "BPE") != 0) {
-        fail(err, errsz, "tokenizer.json: model.type is \"%s\", not \"BPE\"", cJSON_IsString(type) ? type->valuestring : "?");
+        fail(err, errsz, "tokenizer.json: model.type is \"%s\", not \"BPE\"",
+             cJSON_IsString(type) ? type->valuestring : "?");
         goto done;
     }
     if (!cJSON_IsObject(vocab)) {
         fail(err, errsz, "tokenizer.json: model.vocab is not an object");
         goto done;
     }
-    if (cJSON_IsTrue(ign) || (cJSON_IsString(csp) && csp->valuestring[0]) || (cJSON_IsString(eow) && eow->valuestring[0])) {
-        fail(err, errsz, "tokenizer.json: model.ignore_merges / continuing_subword_prefix / end_of_word_suffix are not "
-                         "supported");
+    if (cJSON_IsTrue(ign) || (cJSON_IsString(csp) && csp->valuestring[0]) ||
+        (cJSON_IsString(eow) && eow->valuestring[0])) {
+        fail(err, errsz,
+             "tokenizer.json: model.ignore_merges / continuing_subword_prefix / end_of_word_suffix are not "
+             "supported");
         goto done;
     }
     if (added && !cJSON_IsArray(added) && !cJSON_IsNull(added)) {
@@ -669,8 +757,9 @@ int idf_tokenizer_parse_json(const char *text, size_t len, idf_tok_vocab_owned *
         check_pre_tokenizer(cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer"), &pf, err, errsz) != 0)
         goto done;
     if (!pf.replace) {
-        fail(err, errsz, "tokenizer.json: neither a Replace(\" \" -> \"\xE2\x96\x81\") normalizer nor a Metaspace "
-                         "pre_tokenizer: not a LLaMA tokenizer");
+        fail(err, errsz,
+             "tokenizer.json: neither a Replace(\" \" -> \"\xE2\x96\x81\") normalizer nor a Metaspace "
+             "pre_tokenizer: not a LLaMA tokenizer");
         goto done;
     }
 
@@ -681,7 +770,8 @@ int idf_tokenizer_parse_json(const char *text, size_t len, idf_tok_vocab_owned *
             fail(err, errsz, "tokenizer.json: model.vocab[\"%.60s\"] is not an id", it->string ? it->string : "");
             goto done;
         }
-        if (id + 1 > n) n = id + 1;
+        if (id + 1 > n)
+            n = id + 1;
     }
     if (cJSON_IsArray(added)) {
         cJSON_ArrayForEach(it, added) {
@@ -691,7 +781,8 @@ int idf_tokenizer_parse_json(const char *text, size_t len, idf_tok_vocab_owned *
                 fail(err, errsz, "tokenizer.json: an added_tokens entry lacks a valid id or content");
                 goto done;
             }
-            if (id + 1 > n) n = id + 1;
+            if (id + 1 > n)
+                n = id + 1;
         }
     }
     if (n == 0) {
@@ -718,9 +809,9 @@ int idf_tokenizer_parse_json(const char *text, size_t len, idf_tok_vocab_owned *
             goto done;
         }
         slot[id] = it->string;
-        slot_type[id] = (unk_name && !strcmp(s, unk_name)) ? IDFX_TOKEN_UNKNOWN
+        slot_type[id] = (unk_name && !strcmp(s, unk_name))               ? IDFX_TOKEN_UNKNOWN
                         : (byte_fallback && is_byte_piece(s, strlen(s))) ? IDFX_TOKEN_BYTE
-                                                                           : IDFX_TOKEN_NORMAL;
+                                                                         : IDFX_TOKEN_NORMAL;
     }
     if (cJSON_IsArray(added)) {
         cJSON_ArrayForEach(it, added) {
@@ -733,8 +824,8 @@ int idf_tokenizer_parse_json(const char *text, size_t len, idf_tok_vocab_owned *
             slot[id] = s;
             bool special = cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(it, "special"));
             slot_type[id] = (unk_name && !strcmp(s, unk_name)) ? IDFX_TOKEN_UNKNOWN
-                            : special                           ? IDFX_TOKEN_CONTROL
-                                                                : IDFX_TOKEN_USER_DEFINED;
+                            : special                          ? IDFX_TOKEN_CONTROL
+                                                               : IDFX_TOKEN_USER_DEFINED;
         }
     }
     for (uint32_t id = 0; id < n; id++) {
@@ -747,13 +838,15 @@ int idf_tokenizer_parse_json(const char *text, size_t len, idf_tok_vocab_owned *
             goto done;
         }
     }
-    if (json_merges(cJSON_GetObjectItemCaseSensitive(model, "merges"), out, err, errsz) != 0) goto done;
+    if (json_merges(cJSON_GetObjectItemCaseSensitive(model, "merges"), out, err, errsz) != 0)
+        goto done;
     if (out->v.n_merges == 0) {
         /* A BPE without merges cannot merge anything; scores alone would not say how. */
         fail(err, errsz, "tokenizer.json: model.merges is empty");
         goto done;
     }
-    if (scores_from_merges(out, err, errsz) != 0) goto done;
+    if (scores_from_merges(out, err, errsz) != 0)
+        goto done;
     out->v.add_dummy_prefix = pf.prefix;
     /* Defaults; the side files may name other tokens. */
     int32_t u = unk_name ? find_linear(out, unk_name) : find_linear(out, "<unk>");
@@ -767,7 +860,8 @@ done:
     free(slot);
     free(slot_type);
     cJSON_Delete(root);
-    if (rc != 0) idf_tok_vocab_owned_free(out);
+    if (rc != 0)
+        idf_tok_vocab_owned_free(out);
     return rc;
 }
 
@@ -794,7 +888,8 @@ static bool in_token_list(const cJSON *list, const char *content) {
     const cJSON *it;
     cJSON_ArrayForEach(it, list) {
         const char *t = token_text(it);
-        if (t && !strcmp(t, content)) return true;
+        if (t && !strcmp(t, content))
+            return true;
     }
     return false;
 }
@@ -804,7 +899,8 @@ static bool side_special(const side_files *s, const char *content, uint32_t id) 
     static const char *fields[] = {"bos_token", "eos_token", "unk_token", "pad_token"};
     for (int i = 0; i < 4; i++) {
         const char *t = side_token(s, fields[i]);
-        if (t && !strcmp(t, content)) return true;
+        if (t && !strcmp(t, content))
+            return true;
     }
     if (in_token_list(cJSON_GetObjectItemCaseSensitive(s->map, "additional_special_tokens"), content) ||
         in_token_list(cJSON_GetObjectItemCaseSensitive(s->config, "additional_special_tokens"), content))
@@ -819,13 +915,17 @@ static bool side_special(const side_files *s, const char *content, uint32_t id) 
 
 /* added_tokens.json {"content": id, ...}: ids must continue the vocabulary. */
 static int apply_added_tokens(idf_tok_vocab_owned *o, const side_files *s, char *err, size_t errsz) {
-    if (!s->added) return 0;
-    if (!cJSON_IsObject(s->added)) return fail(err, errsz, "added_tokens.json: not an object");
+    if (!s->added)
+        return 0;
+    if (!cJSON_IsObject(s->added))
+        return fail(err, errsz, "added_tokens.json: not an object");
     int count = cJSON_GetArraySize(s->added);
-    if (count <= 0) return 0;
+    if (count <= 0)
+        return 0;
     uint32_t base = o->v.n_vocab, n_new = 0;
     const cJSON **by_id = calloc((size_t)count, sizeof *by_id);
-    if (!by_id) return fail(err, errsz, "added_tokens.json: out of memory");
+    if (!by_id)
+        return fail(err, errsz, "added_tokens.json: out of memory");
     const cJSON *it;
     int rc = 0;
     cJSON_ArrayForEach(it, s->added) {
@@ -851,7 +951,8 @@ static int apply_added_tokens(idf_tok_vocab_owned *o, const side_files *s, char 
             break;
         }
         by_id[id - base] = it;
-        if (id - base + 1 > n_new) n_new = id - base + 1;
+        if (id - base + 1 > n_new)
+            n_new = id - base + 1;
     }
     for (uint32_t k = 0; rc == 0 && k < n_new; k++) {
         if (!by_id[k]) {
@@ -861,7 +962,8 @@ static int apply_added_tokens(idf_tok_vocab_owned *o, const side_files *s, char 
         }
         const char *c = by_id[k]->string;
         uint32_t type = side_special(s, c, base + k) ? IDFX_TOKEN_CONTROL : IDFX_TOKEN_USER_DEFINED;
-        if (push_piece(o, c, strlen(c), 0.0f, type) != 0) rc = fail(err, errsz, "added_tokens.json: out of memory");
+        if (push_piece(o, c, strlen(c), 0.0f, type) != 0)
+            rc = fail(err, errsz, "added_tokens.json: out of memory");
     }
     free(by_id);
     return rc;
@@ -872,9 +974,11 @@ static int apply_named_ids(idf_tok_vocab_owned *o, const side_files *s, char *er
     uint32_t *dst[] = {&o->v.bos_id, &o->v.eos_id, &o->v.unk_id, &o->v.pad_id};
     for (int i = 0; i < 4; i++) {
         const char *name = side_token(s, fields[i]);
-        if (!name) continue;
+        if (!name)
+            continue;
         int32_t id = find_linear(o, name);
-        if (id < 0) return fail(err, errsz, "tokenizer side files: %s \"%.40s\" is not in the vocabulary", fields[i], name);
+        if (id < 0)
+            return fail(err, errsz, "tokenizer side files: %s \"%.40s\" is not in the vocabulary", fields[i], name);
         *dst[i] = (uint32_t)id;
     }
     return 0;
@@ -882,7 +986,8 @@ static int apply_named_ids(idf_tok_vocab_owned *o, const side_files *s, char *er
 
 static bool looks_like_json(const char *data, size_t size) {
     for (size_t i = 0; i < size; i++) {
-        if (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') continue;
+        if (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r')
+            continue;
         return data[i] == '{';
     }
     return false;
@@ -893,24 +998,33 @@ int idf_tokenizer_import_file(const char *path, idf_tok_vocab_owned *out, char *
     char *data;
     size_t size;
     int r = read_file(path, &data, &size, err, errsz);
-    if (r != 0) return r > 0 ? fail(err, errsz, "%s: no such file", path) : -1;
+    if (r != 0)
+        return r > 0 ? fail(err, errsz, "%s: no such file", path) : -1;
     bool json = looks_like_json(data, size);
     r = json ? idf_tokenizer_parse_json(data, size, out, err, errsz)
              : idf_tokenizer_parse_spm((const uint8_t *)data, size, out, err, errsz);
     free(data);
-    if (r != 0) return -1;
+    if (r != 0)
+        return -1;
     char *dir = dir_of(path);
     side_files s = {0};
-    if (!dir) r = fail(err, errsz, "out of memory");
-    if (r == 0) r = load_json(dir, "tokenizer_config.json", &s.config, err, errsz);
-    if (r == 0) r = load_json(dir, "special_tokens_map.json", &s.map, err, errsz);
+    if (!dir)
+        r = fail(err, errsz, "out of memory");
+    if (r == 0)
+        r = load_json(dir, "tokenizer_config.json", &s.config, err, errsz);
+    if (r == 0)
+        r = load_json(dir, "special_tokens_map.json", &s.map, err, errsz);
     /* tokenizer.json already lists the added tokens; added_tokens.json is for tokenizer.model. */
-    if (r == 0 && !json) r = load_json(dir, "added_tokens.json", &s.added, err, errsz);
-    if (r == 0) r = apply_added_tokens(out, &s, err, errsz);
-    if (r == 0) r = apply_named_ids(out, &s, err, errsz);
+    if (r == 0 && !json)
+        r = load_json(dir, "added_tokens.json", &s.added, err, errsz);
+    if (r == 0)
+        r = apply_added_tokens(out, &s, err, errsz);
+    if (r == 0)
+        r = apply_named_ids(out, &s, err, errsz);
     side_free(&s);
     free(dir);
-    if (r != 0) idf_tok_vocab_owned_free(out);
+    if (r != 0)
+        idf_tok_vocab_owned_free(out);
     return r;
 }
 
@@ -938,8 +1052,10 @@ int idf_tokenizer_write_keys(const idf_tok_vocab *v, idfx_writer *w, char *err, 
         idfx_writer_kv_arr_f32(w, IDFX_KEY_TOK_SCORES, v->scores, n) != 0 ||
         idfx_writer_kv_arr_u32(w, IDFX_KEY_TOK_TYPES, v->types, n) != 0 ||
         (v->n_merges && idfx_writer_kv_arr_str(w, IDFX_KEY_TOK_MERGES, v->merges, v->merge_lens, v->n_merges) != 0) ||
-        idfx_writer_kv_u32(w, IDFX_KEY_TOK_BOS, v->bos_id) != 0 || idfx_writer_kv_u32(w, IDFX_KEY_TOK_EOS, v->eos_id) != 0 ||
-        idfx_writer_kv_u32(w, IDFX_KEY_TOK_UNK, v->unk_id) != 0 || idfx_writer_kv_u32(w, IDFX_KEY_TOK_PAD, v->pad_id) != 0 ||
+        idfx_writer_kv_u32(w, IDFX_KEY_TOK_BOS, v->bos_id) != 0 ||
+        idfx_writer_kv_u32(w, IDFX_KEY_TOK_EOS, v->eos_id) != 0 ||
+        idfx_writer_kv_u32(w, IDFX_KEY_TOK_UNK, v->unk_id) != 0 ||
+        idfx_writer_kv_u32(w, IDFX_KEY_TOK_PAD, v->pad_id) != 0 ||
         idfx_writer_kv_bool(w, IDFX_KEY_TOK_ADD_PREFIX, v->add_dummy_prefix) != 0)
         return fail(err, errsz, "writing the tokenizer keys: %s", idfx_writer_error(w));
     return 0;
@@ -947,15 +1063,18 @@ int idf_tokenizer_write_keys(const idf_tok_vocab *v, idfx_writer *w, char *err, 
 
 int idf_tokenizer_import(const char *model_dir, idfx_writer *w, char *err, size_t errsz) {
     idf_tok_vocab_owned o;
-    if (idf_tokenizer_import_dir(model_dir, &o, err, errsz) != 0) return -1;
+    if (idf_tokenizer_import_dir(model_dir, &o, err, errsz) != 0)
+        return -1;
     /* Build the runtime tokenizer once, so a vocabulary it would reject (bad
      * merges, ids out of range) fails the conversion rather than the load. */
     idf_tokenizer *t = NULL;
     idf_err e = {{0}};
     int rc = 0;
-    if (idf_tokenizer_create(&o.v, NULL, &t, &e) != IDEFICS_OK) rc = fail(err, errsz, "tokenizer: %s", e.msg);
+    if (idf_tokenizer_create(&o.v, NULL, &t, &e) != IDEFICS_OK)
+        rc = fail(err, errsz, "tokenizer: %s", e.msg);
     idf_tokenizer_free(t);
-    if (rc == 0) rc = idf_tokenizer_write_keys(&o.v, w, err, errsz);
+    if (rc == 0)
+        rc = idf_tokenizer_write_keys(&o.v, w, err, errsz);
     idf_tok_vocab_owned_free(&o);
     return rc;
 }

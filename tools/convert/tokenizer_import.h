@@ -30,13 +30,13 @@
  * idf_tok_vocab_owned_free (safe on a zeroed or partly filled one). */
 typedef struct idf_tok_vocab_owned {
     idf_tok_vocab v;
-    char **pieces;        /* [v.n_vocab], NUL-terminated copies */
+    char **pieces; /* [v.n_vocab], NUL-terminated copies */
     uint32_t *piece_lens;
     float *scores;
     uint32_t *types;
-    char **merges;        /* [v.n_merges] "left right" */
+    char **merges; /* [v.n_merges] "left right" */
     uint32_t *merge_lens;
-    uint32_t cap;         /* allocated slots of the per-piece arrays */
+    uint32_t cap; /* allocated slots of the per-piece arrays */
     uint32_t merge_cap;
 } idf_tok_vocab_owned;
 
