@@ -138,102 +138,85 @@ static inline int q4_nearest(float x) {
     return lo;
 }
 
+/* Nearest level by bucket: for each integer n in [-Q4_TAB_HALF, Q4_TAB_HALF),
+ * base = the number of midpoints below n and m = the midpoint in [n, n + 1) (at
+ * most one: adjacent midpoints are more than 10 apart), or +inf. The index of v
+ * is then base + (v > m), the same count of midpoints below v that the binary
+ * search in q4_nearest gives, for every float including NaN and infinities (the
+ * clamp sends NaN to the bottom bucket). Midpoints are multiples of 0.5, so
+ * when c + Q4_TAB_HALF rounds up to the next integer (c just below it) no
+ * midpoint lies in between and the count is still right. Built once per call. */
+#define Q4_TAB_HALF 200
+typedef struct q4_tab {
+    uint8_t base[2 * Q4_TAB_HALF];
+    float m[2 * Q4_TAB_HALF];
+} q4_tab;
+
+static void q4_tab_init(q4_tab *t) {
+    float mid[15];
+    for (int i = 1; i < 16; i++) mid[i - 1] = 0.5f * (float)(IDFX_Q4_CODEBOOK[i - 1] + IDFX_Q4_CODEBOOK[i]);
+    for (int b = 0; b < 2 * Q4_TAB_HALF; b++) {
+        float n = (float)(b - Q4_TAB_HALF);
+        int below = 0;
+        float m = INFINITY;
+        for (int i = 0; i < 15; i++) {
+            if (mid[i] < n)
+                below++;
+            else if (mid[i] < n + 1.f)
+                m = mid[i];
+        }
+        t->base[b] = (uint8_t)below;
+        t->m[b] = m;
+    }
+}
+
+static inline int q4_nearest_tab(const q4_tab *t, float v) {
+    float c = fminf(fmaxf(v, -Q4_TAB_HALF + 0.5f), Q4_TAB_HALF - 0.5f);
+    int b = (int)(c + (float)Q4_TAB_HALF);
+    return t->base[b] + (v > t->m[b]);
+}
+
 /* For one group of 32: choose codebook indices and a scale minimising the squared
  * error. Candidate scales: amax / cb_max * s for `search` values of s in
  * [0.7, 1.3] (s = 1 when search is 1), for both signs (so the codebook's longer
  * side can take either tail); for each, the indices are chosen and the scale
  * refit by least squares. search == 0: the single candidate s = 1, positive
- * sign, no refit.
- *
- * The candidates are evaluated Q4_LANES at a time with the group's loop on the
- * outside, so each lane runs exactly the scalar sequence of float operations of
- * one candidate (same values, same summation order) while the compiler can
- * keep the lanes in SIMD registers. The nearest level is found by counting the
- * midpoints below the value (equal to a binary search over the sorted levels),
- * and the level itself as a sum of exact integer steps, so no table gather is
- * needed. The winner is the first candidate, in the order (sign, s), with the
- * strictly smallest error. */
-#define Q4_LANES 8
-
-static float q4_group(const float *x, int search, uint8_t idx[IDFX_QK]) {
+ * sign, no refit. The winner is the first candidate, in the order (sign, s),
+ * with the strictly smallest error; a group where no candidate has a finite
+ * error (weights beyond the fp16 scale range, infinities) is stored as zeros. */
+static float q4_group(const q4_tab *tab, const float *x, int search, uint8_t idx[IDFX_QK]) {
     float amax = 0.f;
     for (int j = 0; j < IDFX_QK; j++) amax = fmaxf(amax, fabsf(x[j]));
-    /* Zero group; also what a group stays when no candidate has a finite error
-     * (weights beyond the fp16 scale range, infinities). */
     memset(idx, q4_nearest(0.f), IDFX_QK);
     if (amax == 0.f) return 0.f;
     const float cbmax = 127.f;
-    if (search <= 0) { /* one candidate, no refit: the plain scalar path is faster than a lane block */
-        float d = idfx_fp16_to_fp32(idfx_fp32_to_fp16(amax / cbmax)), inv = 1.f / (amax / cbmax);
-        uint8_t cand[IDFX_QK];
-        float err = 0.f;
-        for (int j = 0; j < IDFX_QK; j++) {
-            cand[j] = (uint8_t)q4_nearest(x[j] * inv);
-            float e = d * IDFX_Q4_CODEBOOK[cand[j]] - x[j];
-            err += e * e;
-        }
-        if (!(err < INFINITY)) return 0.f;
-        memcpy(idx, cand, IDFX_QK);
-        return d;
-    }
-    float mid[15], step[15];
-    for (int i = 1; i < 16; i++) {
-        mid[i - 1] = 0.5f * (float)(IDFX_Q4_CODEBOOK[i - 1] + IDFX_Q4_CODEBOOK[i]);
-        step[i - 1] = (float)(IDFX_Q4_CODEBOOK[i] - IDFX_Q4_CODEBOOK[i - 1]);
-    }
     const int n = search > 0 ? search : 1;
-    const int n_cand = search > 0 ? 2 * n : 1;
     float best_err = INFINITY, best_d = 0.f;
-    for (int c0 = 0; c0 < n_cand; c0 += Q4_LANES) {
-        float d[Q4_LANES], inv[Q4_LANES], num[Q4_LANES], den[Q4_LANES], err[Q4_LANES], d2[Q4_LANES];
-        float lev[IDFX_QK][Q4_LANES];
-        float cand[IDFX_QK][Q4_LANES]; /* level indices, as floats so the lanes stay one vector type */
-        for (int c = 0; c < Q4_LANES; c++) {
-            int ci = c0 + c < n_cand ? c0 + c : n_cand - 1; /* spare lanes repeat the last candidate */
-            int sign = ci / n, s = ci % n;
+    for (int sign = 0; sign < (search > 0 ? 2 : 1); sign++) {
+        for (int s = 0; s < n; s++) {
             float f = search > 1 ? 0.7f + 0.6f * (float)s / (float)(n - 1) : 1.f;
-            d[c] = (sign ? -1.f : 1.f) * amax * f / cbmax;
-            inv[c] = 1.f / d[c];
-            num[c] = 0.f;
-            den[c] = 0.f;
-            err[c] = 0.f;
-        }
-        for (int j = 0; j < IDFX_QK; j++) {
-            const float xj = x[j];
-            float v[Q4_LANES], l[Q4_LANES], q[Q4_LANES];
-            for (int c = 0; c < Q4_LANES; c++) {
-                v[c] = xj * inv[c];
-                l[c] = (float)IDFX_Q4_CODEBOOK[0];
-                q[c] = 0.f;
+            float d = (sign ? -1.f : 1.f) * amax * f / cbmax;
+            float inv = 1.f / d;
+            float num = 0.f, den = 0.f, lev[IDFX_QK];
+            uint8_t cand[IDFX_QK];
+            for (int j = 0; j < IDFX_QK; j++) {
+                int q = q4_nearest_tab(tab, x[j] * inv);
+                cand[j] = (uint8_t)q;
+                lev[j] = IDFX_Q4_CODEBOOK[q];
+                num += lev[j] * x[j];
+                den += lev[j] * lev[j];
             }
-            for (int i = 0; i < 15; i++) {
-                for (int c = 0; c < Q4_LANES; c++) {
-                    q[c] += v[c] > mid[i] ? 1.f : 0.f;
-                    l[c] += v[c] > mid[i] ? step[i] : 0.f;
-                }
+            float d2 = (search > 0 && den > 0.f) ? num / den : d;
+            d2 = idfx_fp16_to_fp32(idfx_fp32_to_fp16(d2)); /* the error of the stored scale */
+            float err = 0.f;
+            for (int j = 0; j < IDFX_QK; j++) {
+                float e = d2 * lev[j] - x[j];
+                err += e * e;
             }
-            for (int c = 0; c < Q4_LANES; c++) {
-                cand[j][c] = q[c];
-                lev[j][c] = l[c];
-                num[c] += l[c] * xj;
-                den[c] += l[c] * l[c];
-            }
-        }
-        for (int c = 0; c < Q4_LANES; c++) {
-            float r = (search > 0 && den[c] > 0.f) ? num[c] / den[c] : d[c];
-            d2[c] = idfx_fp16_to_fp32(idfx_fp32_to_fp16(r)); /* the error of the stored scale */
-        }
-        for (int j = 0; j < IDFX_QK; j++) {
-            for (int c = 0; c < Q4_LANES; c++) {
-                float e = d2[c] * lev[j][c] - x[j];
-                err[c] += e * e;
-            }
-        }
-        for (int c = 0; c < Q4_LANES && c0 + c < n_cand; c++) {
-            if (err[c] < best_err) {
-                best_err = err[c];
-                best_d = d2[c];
-                for (int j = 0; j < IDFX_QK; j++) idx[j] = (uint8_t)cand[j][c];
+            if (err < best_err) {
+                best_err = err;
+                best_d = d2;
+                memcpy(idx, cand, IDFX_QK);
             }
         }
     }
@@ -244,12 +227,14 @@ void idfx_quantize_q4_ref(const float *w, int64_t rows, int64_t k, uint32_t r, i
     const int64_t ng = k / IDFX_QK;
     const int64_t rows_padded = (rows + r - 1) / r * r;
     uint8_t *base = dst;
+    q4_tab tab;
+    q4_tab_init(&tab);
     for (int64_t row = 0; row < rows_padded; row++) {
         for (int64_t g = 0; g < ng; g++) {
             uint8_t idx[IDFX_QK];
             float d = 0.f;
             if (row < rows)
-                d = q4_group(w + row * k + g * IDFX_QK, search, idx);
+                d = q4_group(&tab, w + row * k + g * IDFX_QK, search, idx);
             else
                 memset(idx, q4_nearest(0.f), IDFX_QK);
             idf_wr16(tile_scale(base, row, g, ng, r, IDFX_Q4_QBYTES), idfx_fp32_to_fp16(d));

@@ -17,6 +17,12 @@
  * into idf_alloc memory and freed, so callers only ever see user-allocator
  * memory. stb's process-global settings (flip, unpremultiply, iphone) are
  * never touched.
+ *
+ * JPEG goes through libjpeg(-turbo) when the build has it (IDF_HAVE_LIBJPEG,
+ * meson option -Djpeg): the decoder Pillow uses, configured as Pillow's
+ * JpegDecode.c leaves it (ISLOW IDCT, fancy upsampling, libjpeg's colour
+ * space guess), so decodes match PIL's exactly. Without it stb decodes JPEG
+ * too, within a few levels of PIL (docs/IMAGES.md).
  */
 #include <limits.h>
 #include <math.h>
@@ -27,6 +33,13 @@
 #include <sys/types.h>
 
 #include <stb_image.h>
+
+#if IDF_HAVE_LIBJPEG
+#include <setjmp.h>
+/* jpeglib.h needs size_t and FILE declared first (stddef.h, stdio.h above). */
+#include <jpeglib.h>
+#include <jerror.h>
+#endif
 
 #include "image.h"
 
@@ -267,6 +280,164 @@ static idefics_status decode_gray16(const uint8_t *data, int len, int w, int h, 
     return IDEFICS_OK;
 }
 
+#if IDF_HAVE_LIBJPEG
+/* libjpeg(-turbo), set up as Pillow 13's JpegDecode.c + JpegImagePlugin.py
+ * leave it: dct_method JDCT_ISLOW and do_fancy_upsampling TRUE (libjpeg's
+ * defaults; Pillow changes them only in draft mode, which HF does not use),
+ * jpeg_color_space as libjpeg guesses it from JFIF/Adobe markers, and
+ * out_color_space by component count: 1 -> GRAYSCALE (mode L), 3 -> RGB,
+ * 4 -> CMYK, which Pillow always reads as Adobe-inverted ("CMYK;I") and
+ * converts to RGB with its cmyk2rgb. Other counts and precisions PIL refuses.
+ *
+ * libjpeg's default error handler exit()s and its warnings go to stderr: the
+ * error manager below longjmps back instead and keeps every message silent.
+ * Warnings about corrupt data are ignored as Pillow ignores them, except
+ * "premature end of file" (the input ran out): PIL reports a truncated file
+ * there, so it is IMAGE_DECODE here. libjpeg allocates with malloc in its own
+ * pools (freed by jpeg_destroy_decompress); only the RGB result comes from
+ * the caller's allocator. */
+
+/* A progressive file may carry any number of scans, each a pass over the
+ * whole coefficient buffer; real files have about 10. libjpeg-turbo's own
+ * tools cap this against hostile inputs; so do we. */
+#define JPEG_MAX_SCANS 1000
+
+typedef struct jpeg_ctx {
+    struct jpeg_error_mgr pub; /* first: libjpeg passes &pub as cinfo->err */
+    struct jpeg_progress_mgr progress;
+    jmp_buf jb;
+    char msg[JMSG_LENGTH_MAX];
+} jpeg_ctx;
+
+static void jpeg_on_error(j_common_ptr c) {
+    jpeg_ctx *x = (jpeg_ctx *)c->err;
+    (*c->err->format_message)(c, x->msg);
+    longjmp(x->jb, 1);
+}
+
+static void jpeg_on_output(j_common_ptr c) { (void)c; /* never print */ }
+
+static void jpeg_on_emit(j_common_ptr c, int level) {
+    if (level >= 0) return; /* trace messages */
+    c->err->num_warnings++;
+    if (c->err->msg_code == JWRN_JPEG_EOF) jpeg_on_error(c); /* truncated input */
+}
+
+static void jpeg_on_progress(j_common_ptr c) {
+    if (!c->is_decompressor) return;
+    j_decompress_ptr d = (j_decompress_ptr)c;
+    if (d->input_scan_number > JPEG_MAX_SCANS) {
+        jpeg_ctx *x = (jpeg_ctx *)c->err;
+        snprintf(x->msg, sizeof x->msg, "more than %d scans", JPEG_MAX_SCANS);
+        longjmp(x->jb, 1);
+    }
+}
+
+/* Pillow's cmyk2rgb after its "CMYK;I" unpack (v = 255 - sample):
+ * out = nk - v * nk / 255 (rounded as MULDIV255), nk = 255 - k. */
+static inline uint8_t cmyk_channel(unsigned inv_v, unsigned inv_k) {
+    unsigned v = 255u - inv_v, nk = inv_k; /* nk = 255 - (255 - inv_k) */
+    unsigned t = v * nk + 128u;
+    return (uint8_t)(nk - (((t >> 8) + t) >> 8));
+}
+
+/* Everything between setjmp and the end lives in *cinfo / *x or is volatile,
+ * so a longjmp from libjpeg leaves nothing indeterminate. */
+static idefics_status decode_jpeg(const uint8_t *d, size_t n, const idf_image_limits *lim, const idf_alloc *al,
+                                  idf_image *out, idf_err *err) {
+    struct jpeg_decompress_struct cinfo;
+    jpeg_ctx x;
+    memset(&cinfo, 0, sizeof cinfo); /* destroy is safe even if create fails early */
+    memset(&x, 0, sizeof x);
+    uint8_t *volatile rgb = NULL;
+    volatile idefics_status st = IDEFICS_OK;
+    cinfo.err = jpeg_std_error(&x.pub);
+    x.pub.error_exit = jpeg_on_error;
+    x.pub.output_message = jpeg_on_output;
+    x.pub.emit_message = jpeg_on_emit;
+    if (setjmp(x.jb)) {
+        jpeg_destroy_decompress(&cinfo);
+        idf_free(al, rgb);
+        if (st != IDEFICS_OK) return st; /* ours, already described */
+        return idf_errf(err, x.pub.msg_code == JERR_OUT_OF_MEMORY ? IDEFICS_ERR_OUT_OF_MEMORY : IDEFICS_ERR_IMAGE_DECODE,
+                        "image: JPEG decode failed: %s", x.msg);
+    }
+    jpeg_create_decompress(&cinfo);
+    x.progress.progress_monitor = jpeg_on_progress;
+    cinfo.progress = &x.progress;
+    jpeg_mem_src(&cinfo, d, (unsigned long)n);
+    jpeg_read_header(&cinfo, TRUE);
+
+    /* The header, now parsed by libjpeg itself, against the limits before
+     * anything is decompressed or allocated for pixels. */
+    uint64_t px;
+    if (cinfo.image_width > INT_MAX || cinfo.image_height > INT_MAX ||
+        !idf_mul_u64(cinfo.image_width, cinfo.image_height, &px) || px > (uint64_t)lim_decode_pixels(lim)) {
+        st = idf_errf(err, IDEFICS_ERR_IMAGE_TOO_LARGE, "image: JPEG %ux%u is over the pixel limit %lld",
+                      (unsigned)cinfo.image_width, (unsigned)cinfo.image_height, (long long)lim_decode_pixels(lim));
+        longjmp(x.jb, 1);
+    }
+    int w = (int)cinfo.image_width, h = (int)cinfo.image_height, nc = cinfo.num_components;
+    size_t rgb_bytes;
+    if ((st = check_dims(w, h, lim, &rgb_bytes, err)) != IDEFICS_OK) longjmp(x.jb, 1);
+    if (cinfo.data_precision != 8 || (nc != 1 && nc != 3 && nc != 4)) {
+        st = idf_errf(err, IDEFICS_ERR_IMAGE_DECODE, "image: JPEG with %d components of %d bits unsupported", nc,
+                      cinfo.data_precision);
+        longjmp(x.jb, 1);
+    }
+    cinfo.out_color_space = nc == 1 ? JCS_GRAYSCALE : nc == 3 ? JCS_RGB : JCS_CMYK;
+    cinfo.dct_method = JDCT_ISLOW;
+    cinfo.do_fancy_upsampling = TRUE;
+    jpeg_start_decompress(&cinfo);
+    if ((int)cinfo.output_width != w || (int)cinfo.output_height != h || cinfo.output_components != nc) {
+        st = idf_errf(err, IDEFICS_ERR_IMAGE_DECODE, "image: JPEG output %ux%ux%d differs from header %dx%dx%d",
+                      (unsigned)cinfo.output_width, (unsigned)cinfo.output_height, cinfo.output_components, w, h, nc);
+        longjmp(x.jb, 1);
+    }
+    if (!(rgb = idf_malloc(al, rgb_bytes))) {
+        st = idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "image: out of memory for %dx%d RGB", w, h);
+        longjmp(x.jb, 1);
+    }
+    /* RGB rows are decoded in place; gray and CMYK through one pool row. */
+    JSAMPARRAY row = nc == 3 ? NULL : (*cinfo.mem->alloc_sarray)((j_common_ptr)&cinfo, JPOOL_IMAGE,
+                                                                 (JDIMENSION)w * (JDIMENSION)nc, 1);
+    while (cinfo.output_scanline < cinfo.output_height) {
+        uint8_t *o = rgb + (size_t)cinfo.output_scanline * (size_t)w * 3;
+        JSAMPROW dst = nc == 3 ? o : row[0];
+        if (jpeg_read_scanlines(&cinfo, &dst, 1) != 1) { /* cannot happen with a memory source */
+            st = idf_errf(err, IDEFICS_ERR_IMAGE_DECODE, "image: JPEG decoder stalled at row %u",
+                          (unsigned)cinfo.output_scanline);
+            longjmp(x.jb, 1);
+        }
+        const uint8_t *s = row ? row[0] : NULL;
+        if (nc == 1) {
+            for (int i = 0; i < w; i++) o[3 * i] = o[3 * i + 1] = o[3 * i + 2] = s[i];
+        } else if (nc == 4) {
+            for (int i = 0; i < w; i++)
+                for (int c = 0; c < 3; c++) o[3 * i + c] = cmyk_channel(s[4 * i + c], s[4 * i + 3]);
+        }
+    }
+    jpeg_finish_decompress(&cinfo);
+    jpeg_destroy_decompress(&cinfo);
+    out->w = w;
+    out->h = h;
+    out->rgb = rgb;
+    return IDEFICS_OK;
+}
+#endif
+
+const char *idf_image_jpeg_decoder(void) {
+#if IDF_HAVE_LIBJPEG && defined(LIBJPEG_TURBO_VERSION)
+#define IDF_STR2(x) #x
+#define IDF_STR(x) IDF_STR2(x)
+    return "libjpeg-turbo " IDF_STR(LIBJPEG_TURBO_VERSION);
+#elif IDF_HAVE_LIBJPEG
+    return "libjpeg";
+#else
+    return "stb_image";
+#endif
+}
+
 idefics_status idf_image_load_memory(const void *data, size_t size, const idf_image_limits *lim,
                                      const idf_alloc *al, idf_image *out, idf_err *err) {
     if (!out) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "image: out is NULL");
@@ -297,6 +468,9 @@ idefics_status idf_image_load_memory(const void *data, size_t size, const idf_im
                         format_name(fmt), (unsigned long long)pw, (unsigned long long)ph,
                         (long long)lim_decode_pixels(lim), (long long)lim_pixels(lim), (long long)DECODE_MAX_PIXELS);
     if (fmt == FMT_PNM) IDF_FORWARD(pnm_check(d, size, err));
+#if IDF_HAVE_LIBJPEG
+    if (fmt == FMT_JPEG) return decode_jpeg(d, size, lim, al, out, err);
+#endif
     int w = 0, h = 0, comp = 0;
     if (!stbi_info_from_memory(d, len, &w, &h, &comp)) {
         const char *why = stbi_failure_reason();

@@ -1,12 +1,13 @@
 /*
  * image.h - image decoding and the IDEFICS image processor (PIL path):
- * decode (stb_image) -> RGB, alpha composited over white -> bicubic resize to
+ * decode (libjpeg-turbo for JPEG when built with it, stb_image otherwise) ->
+ * RGB, alpha composited over white -> bicubic resize to
  * image_size x image_size exactly as Pillow's Image.resize(BICUBIC) (which
  * antialiases when shrinking) -> rescale 1/255 -> normalise (x - mean) / std,
  * laid out CHW.
  *
  * Images are untrusted: sizes are checked against caller limits before any
- * allocation, and decode failures give IDEFICS_ERR_IMAGE_DECODE with stb's reason.
+ * allocation, and decode failures give IDEFICS_ERR_IMAGE_DECODE with the decoder's reason.
  */
 #ifndef IDF_IMAGE_H
 #define IDF_IMAGE_H
@@ -41,6 +42,10 @@ void idf_image_free(idf_image *img, const idf_alloc *al);
 idefics_status idf_image_resize_bicubic(const idf_image *in, int ow, int oh, const idf_alloc *al, idf_image *out,
                                         idf_err *err);
 
+/* Which JPEG decoder this build uses: "libjpeg-turbo X.Y.Z" (or "libjpeg")
+ * when built with -Djpeg, bit-exact with Pillow; "stb_image" otherwise, within
+ * a few levels (docs/IMAGES.md). A static string. */
+const char *idf_image_jpeg_decoder(void);
 /* x/255 then (x - mean[c]) / std[c], written as CHW floats [3][h][w]. */
 void idf_image_normalize(const idf_image *img, const float mean[3], const float std[3], float *chw);
 

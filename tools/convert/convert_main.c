@@ -190,7 +190,7 @@ static void *scratch_get(scratch *s, uint64_t bytes) {
 
 /* ----------------------------------------------------------------- metadata */
 
-static int write_metadata(idfx_writer *w, const options *o, const idf_hf_config *c, const char *config_text,
+static int write_metadata(idfx_writer *w, const idf_hf_config *c, const char *config_text,
                           size_t config_len, const char *name, const char *opts_str) {
     int r = 0;
     r |= idfx_writer_kv_str(w, IDFX_KEY_ARCH, "idefics", 7);
@@ -232,7 +232,6 @@ static int write_metadata(idfx_writer *w, const options *o, const idf_hf_config 
         r |= idfx_writer_kv_u32(w, IDFX_KEY_P_HEAD_DIM, c->p_head_dim);
         r |= idfx_writer_kv_bool(w, IDFX_KEY_P_QK_LAYER_NORMS, c->p_qk_layer_norms);
     }
-    (void)o;
     return r ? -1 : 0;
 }
 
@@ -416,7 +415,7 @@ static int convert(const options *o) {
              prec_names[o->preset], o->search, o->tile_rows, prec_names[o->role_prec[IDF_ROLE_EMBED]],
              prec_names[o->role_prec[IDF_ROLE_HEAD]], prec_names[o->role_prec[IDF_ROLE_VISION_LINEAR]],
              o->compress);
-    if (write_metadata(w, o, &cfg, config_text, config_len, name, opts_str)) {
+    if (write_metadata(w, &cfg, config_text, config_len, name, opts_str)) {
         st = IDEFICS_ERR_IO;
         snprintf(err, sizeof err, "%s", idfx_writer_error(w));
         goto fail;
@@ -505,11 +504,11 @@ static int convert(const options *o) {
                 first = 0;
             }
         fprintf(stderr, ")\n");
-        fprintf(stderr, "  params       %.4f G\n", (double)total_params / 1e9);
+        fprintf(stderr, "  params       %.6g M\n", (double)total_params / 1e6);
         for (int i = 0; i < IDFX_TYPE_COUNT; i++)
             if (stats[i].tensors)
-                fprintf(stderr, "    %-4s       %.4f G params, %.1f MB decoded, %.1f MB stored\n", idfx_type_name(i),
-                        (double)stats[i].params / 1e9, (double)stats[i].raw_bytes / 1e6,
+                fprintf(stderr, "    %-4s       %.6g M params, %.3f MB decoded, %.3f MB stored\n", idfx_type_name(i),
+                        (double)stats[i].params / 1e6, (double)stats[i].raw_bytes / 1e6,
                         (double)stats[i].stored_bytes / 1e6);
         fprintf(stderr, "  input        %.1f MB (tensor data; %.1f MB of shards)\n", (double)total_in / 1e6,
                 (double)ck.total_bytes / 1e6);

@@ -143,19 +143,29 @@ int idf_st_parse(const uint8_t *buf, uint64_t size, const char *label, idf_st_fi
     const char *json = (const char *)buf + 8;
     if (json[0] != '{')
         return fail(err, errsz, IDEFICS_ERR_BAD_CHECKPOINT, "%s: header does not start with '{'", label);
+    /* cJSON gets a NUL-terminated copy: the system library is not built with the
+     * sanitizers, so the parser is never trusted to stop at a length on its own. */
+    char *copy = malloc((size_t)hlen + 1);
+    if (!copy) return fail(err, errsz, IDEFICS_ERR_OUT_OF_MEMORY, "%s: out of memory for the header", label);
+    memcpy(copy, json, (size_t)hlen);
+    copy[hlen] = '\0';
     const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(json, (size_t)hlen, &end, 0);
+    cJSON *root = cJSON_ParseWithOpts(copy, &end, 0);
     if (!root || !cJSON_IsObject(root)) {
         cJSON_Delete(root);
-        return fail(err, errsz, IDEFICS_ERR_BAD_CHECKPOINT, "%s: header is not valid JSON (near byte %lld)", label,
-                    end ? (long long)(end - json) : -1LL);
+        long long at = end ? (long long)(end - copy) : -1LL;
+        free(copy);
+        return fail(err, errsz, IDEFICS_ERR_BAD_CHECKPOINT, "%s: header is not valid JSON (near byte %lld)", label, at);
     }
-    /* The format pads the header with spaces to an 8-byte boundary; nothing else may follow the object. */
-    for (const char *p = end; p < json + hlen; p++)
+    /* The format pads the header with spaces to an 8-byte boundary; nothing else may
+     * follow the object (an embedded NUL would hide bytes from cJSON, so it counts too). */
+    for (const char *p = end; p < copy + hlen; p++)
         if (*p != ' ' && *p != '\t' && *p != '\n' && *p != '\r') {
             cJSON_Delete(root);
+            free(copy);
             return fail(err, errsz, IDEFICS_ERR_BAD_CHECKPOINT, "%s: bytes after the header's JSON object", label);
         }
+    free(copy);
     f->base = buf;
     f->size = size;
     f->data_start = 8 + hlen;

@@ -4,7 +4,7 @@
 idefics_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 # Debian packages the build and the tests need.
-IDEFICS_APT_PACKAGES="meson ninja-build gcc clang pkg-config libzstd-dev libxxhash-dev libstb-dev \
+IDEFICS_APT_PACKAGES="meson ninja-build gcc clang pkg-config libzstd-dev libxxhash-dev libstb-dev libjpeg62-turbo-dev \
 libcjson-dev ocl-icd-opencl-dev opencl-headers ocl-icd-libopencl1 pocl-opencl-icd libclblast-dev zstd"
 
 idefics_install_deps() {

@@ -9,7 +9,8 @@ pixel_values equal normalise(uint8) exactly in float32, so the C test can
 compare uint8 images and check normalisation separately.
 
 For JPEG sources it also saves PIL's decode (decoded/) so the C test can
-report how far stb_image's JPEG decoder is from libjpeg(-turbo).
+compare the runtime's JPEG decoder (libjpeg-turbo, or the stb_image fallback)
+with PIL's libjpeg-turbo decode directly.
 
 manifest.txt has one line per fixture: "name source kind flags", where flags is
 a comma list ("-" for none):
@@ -17,7 +18,9 @@ a comma list ("-" for none):
                 takes an image with height 1 or 3 as channels-first, so its
                 output is not an image; the expected file is the PIL path
                 (convert_to_rgb -> resize) that HF means to run.
-  jpeg          decoder differs from PIL's (see docs/IMAGES.md).
+  jpeg          a JPEG: decoded/ holds PIL's decode; libjpeg-turbo builds must
+                match exactly, the stb fallback within a few levels
+                (see docs/IMAGES.md).
 
 Usage: python3 tools/reference/make_image_fixtures.py [--out tests/fixtures/images]
 Deterministic: fixed seeds, no timestamps in the PNGs.
@@ -184,6 +187,15 @@ def make_sources():
     save("jpeg444_q95_180x240", "jpg", "jpeg", Image.fromarray(smooth_rgb(180, 240, 25)), quality=95,
          subsampling=0)
     save("jpeg_gray_120x100", "jpg", "jpeg", Image.fromarray(smooth_gray(120, 100, 26)), quality=90)
+    # More JPEG layouts (added with the libjpeg-turbo decoder): 4:2:2 at sizes
+    # that are not whole MCUs, progressive 4:2:0, and Adobe CMYK (PIL reads it
+    # as inverted CMYK and converts with cmyk2rgb). Seeds 35-37; new names only,
+    # so the fixtures above stay byte-identical.
+    save("jpeg422_q85_131x77", "jpg", "jpeg", Image.fromarray(smooth_rgb(131, 77, 35)), quality=85, subsampling=1)
+    save("jpeg_prog_q80_203x150", "jpg", "jpeg", Image.fromarray(smooth_rgb(203, 150, 36)), quality=80,
+         progressive=True)
+    cmyk = np.dstack([smooth_rgb(96, 64, 37), smooth_gray(96, 64, 38) // 2])
+    save("jpeg_cmyk_96x64", "jpg", "jpeg", Image.fromarray(cmyk, "CMYK"), quality=90)
 
     frames = [Image.fromarray(smooth_rgb(150, 100, 27 + k)).quantize(colors=32) for k in range(2)]
     save("gif_150x100", "gif", "gif", frames[0], save_all=True, append_images=frames[1:], transparency=5,
