@@ -127,6 +127,12 @@ struct idf_backend {
 /* The scalar fp32 reference backend (backend_ref.c). n_threads <= 0 = all cores. */
 idefics_status idf_backend_ref_create(int n_threads, const idf_alloc *alloc, idf_backend **out, idf_err *err);
 
+/* The backend instance for one session of model m, of the kind chosen at load
+ * (m->backend). Defined in backend.c: new backends add a case there. */
+struct idefics_model;
+idefics_status idf_backend_create_for_model(const struct idefics_model *m, int n_threads, const idf_alloc *alloc,
+                                            idf_backend **out, idf_err *err);
+
 /* Convenience for callers: does b handle d (supports_op absent = yes)? */
 static inline bool idf_backend_supports(const idf_backend *b, const idf_op_desc *d) {
     return b && (!b->supports_op || b->supports_op(b->ctx, d));

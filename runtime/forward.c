@@ -222,12 +222,19 @@ idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_k
     s->kv_elem = kv_type == IDEFICS_KV_F32 ? 4 : 2;
     s->n_batch = n_ctx < IDF_EVAL_BATCH ? n_ctx : IDF_EVAL_BATCH;
 
-    idefics_status st = idf_backend_ref_create(n_threads, &s->alloc, &s->be, err);
+    idefics_status st = idf_backend_create_for_model(model, n_threads, &s->alloc, &s->be, err);
     if (st) {
         idf_state_free(s);
         return st;
     }
     s->ref = s->be;
+    if (model->backend != IDEFICS_BACKEND_CPU_REF) { /* per-op fallback target */
+        st = idf_backend_ref_create(n_threads, &s->alloc, &s->ref, err);
+        if (st) {
+            idf_state_free(s);
+            return st;
+        }
+    }
 
     /* The config was range-checked at load (every dimension <= 2^20), so the
      * products below fit in 64 bits; the size_t conversions are still checked

@@ -162,7 +162,7 @@ def sample_conversation(rng, n_pool):
         n_img = 2 if rng.rand() < 0.10 else 1
         imgs = [int(rng.randint(n_pool)) for _ in range(n_img)]
         r = rng.rand()
-        q = Q_COLOUR if r < 0.70 else (Q_SHAPE if r < 0.85 else Q_DESCRIBE)
+        q = Q_COLOUR if r < 0.60 else (Q_SHAPE if r < 0.85 else Q_DESCRIBE)
         # ("A", key, q): the answer turn, filled in from the image's attributes by _batch
         items += ["User:"] + [("img", k) for k in imgs] + [q + EOU, ("A", imgs[-1], q)]
     return items
@@ -367,7 +367,7 @@ def main():
         variants[bits] = copy.deepcopy(model)
         _fake_quant(variants[bits], bits)
     agree = {8: 0, 4: 0}
-    npos, gaps = 0, []
+    npos, gaps, shifts = 0, [], []
     for case in cases():
         items = [imgs[it[1]] if isinstance(it, tuple) else it for it in case["items"]]
         enc = proc(text=[items], return_tensors="pt", **case.get("kwargs", {}))
@@ -379,7 +379,18 @@ def main():
             top = torch.topk(lg, 2, dim=-1).values
             gaps += (top[:, 0] - top[:, 1]).tolist()
             for bits in (8, 4):
-                agree[bits] += int((variants[bits](**kw).logits[0].argmax(-1) == lg.argmax(-1)).sum())
+                lq = variants[bits](**kw).logits[0]
+                agree[bits] += int((lq.argmax(-1) == lg.argmax(-1)).sum())
+                if bits == 4:
+                    shifts += ((lq - lg) - (lq - lg).mean(-1, keepdim=True)).pow(2).mean(-1).sqrt().tolist()
+            top2 = torch.topk(lg, 2, dim=-1)
+            ids = enc["input_ids"][0]
+            for t in range(lg.shape[0]):
+                gap = float(top2.values[t, 0] - top2.values[t, 1])
+                if gap < 2.0:
+                    ctx = tok.decode(ids[max(0, t - 4):t + 1])
+                    print(f"    low gap {gap:.3f} at {t} after {ctx!r}: "
+                          f"{tok.convert_ids_to_tokens(top2.indices[t].tolist())}")
             blank = dict(kw, pixel_values=torch.zeros_like(kw["pixel_values"]))
             gen = model.generate(**kw, max_new_tokens=12, do_sample=False)
             genb = model.generate(**blank, max_new_tokens=12, do_sample=False)
@@ -388,8 +399,31 @@ def main():
         a = tok.decode(gen[0, T:])
         b = tok.decode(genb[0, T:])
         print(f"  {case['name']:16s} T={T:3d} answer {a!r}  blank image {b!r}")
+    # Held-out answer accuracy per question (greedy, exact string), and with blank images.
+    qrng = np.random.RandomState(99)
+    correct = {Q_COLOUR: 0, Q_SHAPE: 0, Q_DESCRIBE: 0}
+    blank_same = 0
+    n_eval = 40
+    for i in range(n_eval):
+        im, attrs = random_image(qrng)
+        for q in correct:
+            enc = proc(text=[["User:", im, q + EOU, "\nAssistant:"]], add_end_of_utterance_token=False,
+                       return_tensors="pt")
+            kw = dict(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                      pixel_values=enc["pixel_values"], image_attention_mask=enc["image_attention_mask"])
+            T = enc["input_ids"].shape[1]
+            with torch.no_grad():
+                out = tok.decode(model.generate(**kw, max_new_tokens=14, do_sample=False)[0, T:])
+                outb = tok.decode(model.generate(**dict(kw, pixel_values=torch.zeros_like(kw["pixel_values"])),
+                                                 max_new_tokens=14, do_sample=False)[0, T:])
+            correct[q] += out.split(EOU)[0].strip() == answer(q, attrs)
+            blank_same += outb == out
+    print("held-out answer accuracy: " + ", ".join(f"{q!r} {c}/{n_eval}" for q, c in correct.items())
+          + f"; blanking the image leaves {blank_same}/{3 * n_eval} answers unchanged")
     g = np.array(gaps)
     print(f"positions {npos}: sim Q8 agree {100 * agree[8] / npos:.1f}%  sim Q4 agree {100 * agree[4] / npos:.1f}%")
+    print(f"sim Q4 logit shift RMS (per position, mean-centred): median {np.median(shifts):.3f}, "
+          f"max {np.max(shifts):.3f}")
     print(f"prompt top-2 gap: min {g.min():.3f}, 5th pct {np.percentile(g, 5):.3f}, median {np.median(g):.3f}")
 
 
