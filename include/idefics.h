@@ -276,6 +276,20 @@ IDEFICS_API int idefics_session_get_tokens(const idefics_session *session, const
 /* Logits of the last evaluated position (n_vocab floats), valid until the next call. */
 IDEFICS_API const float *idefics_session_get_logits(const idefics_session *session);
 
+/* ----------------------------------------------------------- board profiles */
+
+/* Defaults for a device from the board data (boards/README.md): name is a board
+ * (boards_dir/NAME/board.ini, whose [defaults] names a profile) or a memory
+ * profile itself ("4g", "8g", ...: a section of boards_dir/memory-profiles.ini).
+ * Sets n_ctx, kv_type, low_memory, n_threads and backend where the files say
+ * so and leaves every other field as it was; either params pointer may be NULL.
+ * Nothing is changed on error (IDEFICS_ERR_IO, _BAD_CONFIG naming file:line,
+ * _INVALID_ARG for an unknown name). */
+IDEFICS_API idefics_status idefics_board_apply(const char *boards_dir, const char *name,
+                                               idefics_model_params *model_params,
+                                               idefics_session_params *session_params, char *errbuf,
+                                               size_t errbuf_size);
+
 #ifdef __cplusplus
 }
 #endif

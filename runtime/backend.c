@@ -8,12 +8,21 @@
  */
 #include "backend.h"
 #include "model.h"
+#ifdef IDF_HAVE_OPENCL
+#include "backend_opencl.h"
+#endif
 
 idefics_status idf_backend_create_for_model(const idefics_model *m, int n_threads, const idf_alloc *alloc,
                                             idf_backend **out, idf_err *err) {
     switch (m->backend) {
     case IDEFICS_BACKEND_CPU_REF:
         return idf_backend_ref_create(n_threads, alloc, out, err);
+    case IDEFICS_BACKEND_CPU:
+        return idf_backend_cpu_create(n_threads, alloc, out, err);
+#ifdef IDF_HAVE_OPENCL
+    case IDEFICS_BACKEND_OPENCL: /* the device was opened and checked at load (model.c) */
+        return idf_backend_opencl_create(m->ocl, alloc, out, err);
+#endif
     default:
         break;
     }

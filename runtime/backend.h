@@ -127,6 +127,25 @@ struct idf_backend {
 /* The scalar fp32 reference backend (backend_ref.c). n_threads <= 0 = all cores. */
 idefics_status idf_backend_ref_create(int n_threads, const idf_alloc *alloc, idf_backend **out, idf_err *err);
 
+/* The fast CPU backend (backend_cpu.c): SIMD kernels chosen at run time. The
+ * ISA levels, for tests and benchmarks that run one path on purpose. */
+typedef enum idf_cpu_isa {
+    IDF_CPU_ISA_SCALAR = 0,
+    IDF_CPU_ISA_AVX2,         /* x86-64: AVX2 + FMA + F16C */
+    IDF_CPU_ISA_AVX512,       /* x86-64: AVX-512 F/BW/VL + VNNI */
+    IDF_CPU_ISA_NEON,         /* AArch64 baseline */
+    IDF_CPU_ISA_NEON_DOTPROD, /* AArch64 with sdot (asimddp) */
+    IDF_CPU_ISA_COUNT
+} idf_cpu_isa;
+/* The best level this CPU runs (capped by the environment variable
+ * IDEFICS_CPU_ISA=scalar|avx2|avx512|neon|neon-dotprod). */
+idefics_status idf_backend_cpu_create(int n_threads, const idf_alloc *alloc, idf_backend **out, idf_err *err);
+/* One level; IDEFICS_ERR_NO_DEVICE when this CPU (or this build) cannot run it. */
+idefics_status idf_backend_cpu_create_isa(idf_cpu_isa isa, int n_threads, const idf_alloc *alloc, idf_backend **out,
+                                          idf_err *err);
+bool idf_cpu_isa_available(idf_cpu_isa isa);
+const char *idf_cpu_isa_name(idf_cpu_isa isa);
+
 /* The backend instance for one session of model m, of the kind chosen at load
  * (m->backend). Defined in backend.c: new backends add a case there. */
 struct idefics_model;

@@ -40,6 +40,7 @@ struct idf_state {
     idefics_kv_type kv_type;
     size_t kv_elem; /* bytes per cached element */
     void *kc, *vc;  /* [n_layers, n_ctx, hidden] */
+    bool low_mem;   /* model loaded with low_memory: page weights per layer (page_weight) */
     const volatile int *cancel;
 
     img_slot *img; /* [img_cap] */
@@ -149,6 +150,85 @@ static idefics_status rope(idf_state *s, float *x, int64_t n, int pos0, idf_err 
     return st ? op_fail(err, st, "rope", "activations") : IDEFICS_OK;
 }
 
+/* ============================================================ low_memory paging
+ *
+ * With idefics_model_params.low_memory the weights are not kept resident: the
+ * file stays mapped, and around each layer the pass tells the kernel what it
+ * needs next (MADV_WILLNEED: read-ahead of layer l + 1 while layer l computes)
+ * and what it has finished with (MADV_DONTNEED on layer l: clean file-backed
+ * pages leave this process's RSS at once and stay in the page cache, which the
+ * kernel reclaims first under pressure; MADV_PAGEOUT would evict them even
+ * from the cache and force a re-read with memory to spare). Resident weights
+ * stay around one layer instead of the whole model; each token then re-reads
+ * whatever the cache lost, so this trades speed for fitting in RAM. Weights
+ * that do not point into the mapping (decompressed chunks, fp32 copies) are
+ * heap memory and are left alone. */
+
+static void page_weight(const idf_state *s, const idf_weight *w, bool need) {
+    const idf_mapping *map = &s->m->map;
+    const uint8_t *p = w->data;
+    if (!p || !map->data || p < map->data || p >= map->data + map->size)
+        return;
+    const uint64_t dims[2] = {(uint64_t)w->rows, (uint64_t)w->cols};
+    uint64_t nbytes = 0, unit = 0;
+    if (!idfx_tensor_nbytes(w->type, w->layout, w->tile_rows, 2, dims, &nbytes, &unit))
+        return;
+    const uint64_t off = (uint64_t)(p - map->data);
+    if (!idf_range_ok(off, nbytes, map->size))
+        return;
+    if (need)
+        idf_map_advise_willneed(map, off, nbytes);
+    else
+        idf_map_advise_dontneed(map, off, nbytes);
+}
+
+/* Decoder layer l and, when it has one, the gated cross-attention block before it. */
+static void page_decoder_layer(const idf_state *s, uint32_t l, bool need) {
+    const idf_config *c = &s->m->cfg;
+    if (!s->low_mem || l >= c->n_layers)
+        return;
+    const idf_decoder_layer *L = &s->m->w->dl[l];
+    const idf_weight *ws[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+        page_weight(s, ws[i], need);
+    if (l % c->cross_interval == 0) {
+        /* k and v of the cross blocks are used only when an image is added. */
+        const idf_cross_block *B = &s->m->w->xb[l / c->cross_interval];
+        const idf_weight *xs[] = {&B->q, &B->o, &B->gate, &B->up, &B->down};
+        for (size_t i = 0; i < sizeof xs / sizeof xs[0]; i++)
+            page_weight(s, xs[i], need);
+    }
+}
+
+static void page_vision_layer(const idf_state *s, uint32_t l, bool need) {
+    if (!s->low_mem || l >= s->m->cfg.v_layers)
+        return;
+    const idf_vision_layer *L = &s->m->w->vl[l];
+    const idf_weight *ws[] = {&L->q, &L->k, &L->v, &L->o, &L->fc1, &L->fc2};
+    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+        page_weight(s, ws[i], need);
+}
+
+/* Everything only an image needs: perceiver blocks and the cross blocks' k, v. */
+static void page_image_only(const idf_state *s, bool need) {
+    if (!s->low_mem)
+        return;
+    const idf_config *c = &s->m->cfg;
+    const idf_weights *w = s->m->w;
+    page_weight(s, &w->patch, need);
+    if (c->use_resampler)
+        for (uint32_t b = 0; b < c->p_depth; b++) {
+            const idf_perceiver_block *B = &w->pb[b];
+            const idf_weight *ws[] = {&B->q, &B->k, &B->v, &B->o, &B->fc, &B->c_proj};
+            for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+                page_weight(s, ws[i], need);
+        }
+    for (uint32_t j = 0; j < c->n_cross; j++) {
+        page_weight(s, &w->xb[j].k, need);
+        page_weight(s, &w->xb[j].v, need);
+    }
+}
+
 static bool cancelled(const idf_state *s) {
     return s->cancel && *s->cancel;
 }
@@ -221,6 +301,7 @@ idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_k
     s->kv_type = kv_type;
     s->kv_elem = kv_type == IDEFICS_KV_F32 ? 4 : 2;
     s->n_batch = n_ctx < IDF_EVAL_BATCH ? n_ctx : IDF_EVAL_BATCH;
+    s->low_mem = model->low_memory;
 
     idefics_status st = idf_backend_create_for_model(model, n_threads, &s->alloc, &s->be, err);
     if (st) {
@@ -304,6 +385,9 @@ void idf_state_reset(idf_state *s) {
 int idf_state_n_past(const idf_state *s) {
     return s ? s->n_past : 0;
 }
+const char *idf_state_backend_name(const idf_state *s) {
+    return s && s->be && s->be->name ? s->be->name : "?";
+}
 int idf_state_n_ctx(const idf_state *s) {
     return s ? s->n_ctx : 0;
 }
@@ -356,6 +440,9 @@ static idefics_status vision_tower(idf_state *s, const float *pixels, idf_err *e
     for (uint32_t l = 0; l < c->v_layers; l++) {
         if (cancelled(s))
             return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled in vision layer %u", l);
+        page_vision_layer(s, l + 1, true);
+        if (l > 0)
+            page_vision_layer(s, l - 1, false);
         const idf_vision_layer *L = &w->vl[l];
         IDF_FORWARD(ln(s, s->vx, L->ln1_w, L->ln1_b, c->v_ln_eps, T, D, s->vy, err));
         IDF_FORWARD(mm(s, &L->q, L->q_b, s->vy, T, s->vq, D, err));
@@ -512,6 +599,9 @@ idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot,
         IDF_FORWARD(mm(s, &B->v, NULL, sl->latents, nl, s->xtmp, H, err));
         store_kv(s, (uint8_t *)sl->xv + off, s->xtmp, nl * H);
     }
+    /* low_memory: the image path's weights are done with until the next image */
+    page_vision_layer(s, c->v_layers - 1, false); /* the loop dropped the others */
+    page_image_only(s, false);
     if (slot)
         *slot = s->n_img;
     s->n_img++;
@@ -641,10 +731,14 @@ static idefics_status eval_chunk(idf_state *s, const int32_t *ids, const int32_t
     for (uint32_t l = 0; l < c->n_layers; l++) {
         if (cancelled(s))
             return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled at decoder layer %u", l);
+        page_decoder_layer(s, l + 1, true);
         if (l % c->cross_interval == 0)
             IDF_FORWARD(cross_block(s, l / c->cross_interval, img, n, err));
         IDF_FORWARD(decoder_layer(s, l, pos, n, err));
+        page_decoder_layer(s, l, false);
     }
+    /* the next chunk or token starts again at layer 0 */
+    page_decoder_layer(s, 0, true);
     const int n_out = n - first_out;
     if (n_out <= 0)
         return IDEFICS_OK;

@@ -44,6 +44,8 @@ const float *idf_state_image_latents(const idf_state *s, int slot);
 idefics_status idf_state_eval(idf_state *s, const int32_t *ids, const int32_t *img, int n, float *logits,
                               bool all_logits, idf_err *err);
 int idf_state_n_past(const idf_state *s);
+/* The name of the backend this state computes with (e.g. "avx512vnni", "cpu-ref"). */
+const char *idf_state_backend_name(const idf_state *s);
 int idf_state_n_ctx(const idf_state *s);
 /* Drop cached positions >= n_past (e.g. to undo a failed turn). */
 void idf_state_truncate(idf_state *s, int n_past);

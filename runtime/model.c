@@ -15,6 +15,9 @@
 
 #include "idfx_keys.h"
 #include "model.h"
+#ifdef IDF_HAVE_OPENCL
+#include "backend_opencl.h"
+#endif
 #include "quant.h"
 
 /* ================================================================ config */
@@ -530,18 +533,45 @@ static bool progress(const idefics_model_params *p, float f) {
     return !p->progress || p->progress(p->progress_user_data, f);
 }
 
-/* The backend a model's sessions will use. Only the reference backend exists
- * so far: CPU and AUTO map to it; OpenCL is refused rather than silently
- * replaced, since the caller asked for a device explicitly. */
-static idefics_status pick_backend(idefics_model *m, idefics_backend want, idf_err *err) {
+/* The backend a model's sessions will use. CPU and AUTO get the fast CPU
+ * backend (backend_cpu.c), CPU_REF the reference; OpenCL is refused rather
+ * than silently replaced, since the caller asked for a device explicitly. */
+static idefics_status pick_backend(idefics_model *m, idefics_backend want, const char *device, idf_err *err) {
+#ifdef IDF_HAVE_OPENCL
+    /* OpenCL first for AUTO and OPENCL: the device is opened, its program built
+     * (or loaded from the cache) and self-tested here, once per model. AUTO
+     * falls through to the CPU with one INFO line saying why; OPENCL fails. */
+    if (want == IDEFICS_BACKEND_AUTO || want == IDEFICS_BACKEND_OPENCL) {
+        idf_err oerr;
+        idf_err_clear(&oerr);
+        const idefics_status st =
+            idf_ocl_device_open(device, want == IDEFICS_BACKEND_AUTO, &m->alloc, &m->log, &m->ocl, &oerr);
+        if (st == IDEFICS_OK) {
+            m->backend = IDEFICS_BACKEND_OPENCL;
+            m->backend_name = "opencl";
+            idf_logf(&m->log, IDEFICS_LOG_INFO, "opencl: using %s (%s)", idf_ocl_device_probe(m->ocl)->device,
+                     idf_ocl_device_tuning(m->ocl)->file);
+            return IDEFICS_OK;
+        }
+        if (want == IDEFICS_BACKEND_OPENCL)
+            return idf_errf(err, st == IDEFICS_ERR_OUT_OF_MEMORY ? st : IDEFICS_ERR_NO_DEVICE,
+                            "backend opencl is not usable: %s", oerr.msg);
+        idf_logf(&m->log, IDEFICS_LOG_INFO, "opencl: not used (%s); running on the CPU", oerr.msg);
+    }
+#else
+    (void)device;
+#endif
     switch (want) {
     case IDEFICS_BACKEND_AUTO:
     case IDEFICS_BACKEND_CPU:
+        m->backend = IDEFICS_BACKEND_CPU;
+        m->backend_name = "cpu";
+        return IDEFICS_OK;
     case IDEFICS_BACKEND_CPU_REF:
         m->backend = IDEFICS_BACKEND_CPU_REF;
         m->backend_name = "cpu-ref";
         return IDEFICS_OK;
-    case IDEFICS_BACKEND_OPENCL:
+    case IDEFICS_BACKEND_OPENCL: /* reached only in a build without CL/cl.h */
         return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "backend opencl is not available in this build");
     }
     return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "params.backend = %d is not a known backend", (int)want);
@@ -573,7 +603,7 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
     m->log = (idf_log){p.log, p.log_user_data, p.log_level};
     m->map.fd = -1;
 
-    idefics_status st = pick_backend(m, p.backend, &err);
+    idefics_status st = pick_backend(m, p.backend, p.device, &err);
     if (st == IDEFICS_OK && !progress(&p, 0.0f))
         st = idf_errf(&err, IDEFICS_ERR_CANCELLED, "model load cancelled by the progress callback");
     if (st == IDEFICS_OK) {
@@ -607,6 +637,10 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
         st = read_tokens(m, &err);
     if (st == IDEFICS_OK)
         st = bind_weights(m, &err);
+#ifdef IDF_HAVE_OPENCL
+    if (st == IDEFICS_OK && m->ocl)
+        st = idf_ocl_bind_weights(m->ocl, m, &err);
+#endif
     if (st == IDEFICS_OK && !progress(&p, 1.0f))
         st = idf_errf(&err, IDEFICS_ERR_CANCELLED, "model load cancelled by the progress callback");
     if (st != IDEFICS_OK) {
@@ -616,6 +650,11 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
         return st;
     }
     m->load_ms = idf_time_ms() - t0;
+    /* low_memory: whatever load touched (checksums, table reads) need not stay
+     * resident; forward.c pages layers in as it reaches them. */
+    m->low_memory = p.low_memory;
+    if (m->low_memory)
+        idf_map_advise_dontneed(&m->map, 0, m->map.size);
     idf_logf(&m->log, IDEFICS_LOG_INFO, "loaded %s (%s): %u tensors, %.1f MiB, %u layers, backend %s, in %.1f ms", path,
              m->name[0] ? m->name : "unnamed", m->file.n_tensors, (double)m->map.size / (1024.0 * 1024.0),
              m->cfg.n_layers, m->backend_name, m->load_ms);
@@ -628,6 +667,9 @@ void idefics_model_free(idefics_model *m) {
         return;
     const idf_alloc al = m->alloc;
     free_weights(m);
+#ifdef IDF_HAVE_OPENCL
+    idf_ocl_device_free(m->ocl); /* before the unmap: weight buffers may wrap the mapping */
+#endif
     idf_tokenizer_free(m->tok);
     idfx_close(&m->file);
     idf_unmap_file(&m->map);

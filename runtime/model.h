@@ -124,10 +124,12 @@ struct idefics_model {
     idf_tokenizer *tok;
     idefics_backend backend;
     const char *backend_name;
+    struct idf_ocl_device *ocl;   /* OPENCL: the device, program and weight buffers (backend_opencl.h) */
     idf_weights *w;               /* tensor bindings by role (model.c) */
     uint32_t n_img_tokens;        /* keys per image for cross-attention: p_latents, or v_n_patches + 1 without resampler */
     double load_ms;               /* wall time of idefics_model_load */
     char name[128];               /* general.name, NUL-terminated (truncated), or "" */
+    bool low_memory;              /* params.low_memory: forward.c pages weights per layer */
 };
 
 #endif /* IDF_MODEL_H */

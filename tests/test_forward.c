@@ -93,9 +93,25 @@ static int argmax(const float *x, int n, const int32_t *skip, int n_skip) {
     return best;
 }
 
+/* IDEFICS_TEST_BACKEND=cpu runs everything on the fast CPU backend (the
+ * forward_*_cpu tests); unset, on the reference backend. */
+static bool fast_backend(void) {
+    const char *b = getenv("IDEFICS_TEST_BACKEND");
+    return b && !strcmp(b, "cpu");
+}
+
+/* Quantised vs dequantised-F32 model: the reference computes both in fp32
+ * (equal up to rounding); the fast backend quantizes activations to int8 for
+ * Q4/Q8 weights only (NMSE ~1.5e-5 per matmul, tests/test_ops.c), so the two
+ * runs differ by that rounding compounded through the untrained random
+ * layers: up to ~15% of the largest logit on these tiny models (measured). */
+static double qdeq_tol(void) {
+    return fast_backend() ? 0.25 : 1e-4;
+}
+
 static idefics_model *load(const char *path, idefics_status *st, char *errbuf, size_t errsz) {
     idefics_model_params p = idefics_model_default_params();
-    p.backend = IDEFICS_BACKEND_CPU_REF;
+    p.backend = fast_backend() ? IDEFICS_BACKEND_CPU : IDEFICS_BACKEND_CPU_REF;
     p.log = log_cb;
     p.log_level = IDEFICS_LOG_WARN;
     p.n_threads = 2;
@@ -464,7 +480,7 @@ static int run_synth(const char *dir) {
     idefics_model_info info;
     idefics_model_get_info(m, &info);
     check(info.n_vocab == S_V + S_A && info.image_size == S_IMG && info.n_latents == S_PL && !info.is_instruct &&
-              info.n_ctx_max == S_MAXPOS && info.n_params > 0 && !strcmp(info.backend, "cpu-ref") &&
+              info.n_ctx_max == S_MAXPOS && info.n_params > 0 && !strcmp(info.backend, fast_backend() ? "cpu" : "cpu-ref") &&
               !strcmp(info.name, "synthetic"),
           "model info: n_vocab %d, image %d, latents %d, n_ctx_max %d, params %lld, backend %s, name %s", info.n_vocab,
           info.image_size, info.n_latents, info.n_ctx_max, (long long)info.n_params, info.backend, info.name);
@@ -912,9 +928,9 @@ static int run_fixtures(const char *converter, const char *dir) {
                 } else {
                     double r;
                     const double d = max_diff(rq.logits, rd.logits, (size_t)cr.n * V, &r);
-                    check(d <= 1e-4 * r,
-                          "%s/%s %s: logits equal the dequantised-F32 model's, max|diff| %.3g <= 1e-4 * %.3g", fm->name,
-                          fc.case_name, variants[v].quant, d, r);
+                    check(d <= qdeq_tol() * r,
+                          "%s/%s %s: logits equal the dequantised-F32 model's, max|diff| %.3g <= %g * %.3g", fm->name,
+                          fc.case_name, variants[v].quant, d, qdeq_tol(), r);
                     if (d / (r > 0 ? r : 1) > qdeq || isnan(d))
                         qdeq = d / (r > 0 ? r : 1);
                     for (int t = 0; t < cr.n; t++)

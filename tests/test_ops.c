@@ -27,6 +27,9 @@
 #include <string.h>
 
 #include "backend.h"
+#ifdef IDF_HAVE_OPENCL
+#include "backend_opencl.h"
+#endif
 #include "quant.h"
 
 /* ------------------------------------------------------------ the table */
@@ -67,6 +70,18 @@ static const op_case cases[] = {
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 64, .n = 65, .m = 130, .k = 64, .flags = F_STRIDE},
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 16, .n = 5, .m = 33, .k = 64},
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 4, .n = 2, .m = 3, .k = 160, .flags = F_BIAS | F_STRIDE},
+    /* shapes for the SIMD tile kernels: every tile size class (a kernel block of
+     * 2/4/8 rows, or the scalar fallback), activation rows past a block of 4,
+     * and calls big enough to be shared on the thread pool */
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 1, .m = 300, .k = 512},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 16, .n = 7, .m = 40, .k = 128, .flags = F_BIAS},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 2, .n = 2, .m = 7, .k = 64},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 4, .n = 5, .m = 13, .k = 96, .flags = F_STRIDE},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 32, .n = 9, .m = 70, .k = 1024},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 8, .n = 6, .m = 24, .k = 256, .flags = F_BIAS},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 2, .n = 3, .m = 5, .k = 64},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 64, .n = 1, .m = 130, .k = 512},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_F16, .n = 9, .m = 37, .k = 600, .flags = F_BIAS},
     /* embedding gather */
     {.op = IDF_OP_GET_ROWS, .wtype = IDFX_TYPE_F32, .n = 4, .m = 11, .k = 7},
     {.op = IDF_OP_GET_ROWS, .wtype = IDFX_TYPE_F16, .n = 3, .m = 5, .k = 33},
@@ -587,21 +602,63 @@ static const char *op_name(idf_op op) {
 
 typedef idefics_status (*backend_ctor)(int n_threads, const idf_alloc *alloc, idf_backend **out, idf_err *err);
 
+/* The fast CPU backend at each ISA level (backend_cpu.c); a level this CPU or
+ * build cannot run is reported as absent and skipped. */
+#define CPU_ISA_CTOR(fn, isa)                                                                                          \
+    static idefics_status fn(int n_threads, const idf_alloc *alloc, idf_backend **out, idf_err *err) {                \
+        return idf_backend_cpu_create_isa(isa, n_threads, alloc, out, err);                                           \
+    }
+CPU_ISA_CTOR(cpu_scalar_create, IDF_CPU_ISA_SCALAR)
+CPU_ISA_CTOR(cpu_avx2_create, IDF_CPU_ISA_AVX2)
+CPU_ISA_CTOR(cpu_avx512_create, IDF_CPU_ISA_AVX512)
+CPU_ISA_CTOR(cpu_neon_create, IDF_CPU_ISA_NEON)
+CPU_ISA_CTOR(cpu_neon_dotprod_create, IDF_CPU_ISA_NEON_DOTPROD)
+
+/* The CPU backend quantizes matmul activations to int8 per group of 32 when
+ * the weight is Q4/Q8 (integer dot products): relative error about
+ * 1/127/sqrt(12) per element, NMSE ~1e-5 on these inputs. */
+#define CPU_QMATMUL_NMSE 2e-4
+
+/* backends[].isa for a backend on a device that may be absent (skipped then) */
+#define ISA_DEVICE (-2)
+
 int main(void) {
     /* The reference backend first: it is checked against the naive formulas,
      * and every later entry against it. Faster backends register here. */
     static const struct {
         const char *name;
         backend_ctor create;
+        double qmatmul_nmse; /* tolerance for matmuls on Q4/Q8 weights (0 = the case's) */
+        int isa;             /* -1, or the idf_cpu_isa it needs */
     } backends[] = {
-        {"cpu-ref", idf_backend_ref_create},
+        {"cpu-ref", idf_backend_ref_create, 0, -1},
+        {"cpu-scalar", cpu_scalar_create, CPU_QMATMUL_NMSE, IDF_CPU_ISA_SCALAR},
+        {"cpu-avx2", cpu_avx2_create, CPU_QMATMUL_NMSE, IDF_CPU_ISA_AVX2},
+        {"cpu-avx512", cpu_avx512_create, CPU_QMATMUL_NMSE, IDF_CPU_ISA_AVX512},
+        {"cpu-neon", cpu_neon_create, CPU_QMATMUL_NMSE, IDF_CPU_ISA_NEON},
+        {"cpu-neondot", cpu_neon_dotprod_create, CPU_QMATMUL_NMSE, IDF_CPU_ISA_NEON_DOTPROD},
+#ifdef IDF_HAVE_OPENCL
+        /* fp32 arithmetic on the device (fp32 sums, not double): within the default tolerance */
+        {"opencl", idf_backend_opencl_create_standalone, 0, ISA_DEVICE},
+#endif
     };
     const int nb = (int)(sizeof backends / sizeof backends[0]);
     idf_backend *be[8] = {0};
     idf_err err;
     for (int i = 0; i < nb; i++) {
+        if (backends[i].isa >= 0 && !idf_cpu_isa_available((idf_cpu_isa)backends[i].isa)) {
+            printf("SKIP backend %s: this CPU or build has no %s kernels\n", backends[i].name,
+                   idf_cpu_isa_name((idf_cpu_isa)backends[i].isa));
+            continue;
+        }
         /* two threads, so the pool's work sharing is exercised too */
-        if (backends[i].create(2, NULL, &be[i], &err) != IDEFICS_OK) {
+        const idefics_status cst = backends[i].create(2, NULL, &be[i], &err);
+        if (cst == IDEFICS_ERR_NO_DEVICE && backends[i].isa == ISA_DEVICE) { /* e.g. no OpenCL device here */
+            printf("SKIP backend %s: %s\n", backends[i].name, err.msg);
+            be[i] = NULL;
+            continue;
+        }
+        if (cst != IDEFICS_OK) {
             fprintf(stderr, "backend %s: %s\n", backends[i].name, err.msg);
             return 1;
         }
@@ -618,10 +675,14 @@ int main(void) {
     for (int ci = 0; ci < nc; ci++) {
         const op_case *c = &cases[ci];
         covered[c->op] = true;
-        const double tol = c->max_nmse > 0 ? c->max_nmse : DEFAULT_NMSE;
+        const double case_tol = c->max_nmse > 0 ? c->max_nmse : DEFAULT_NMSE;
         outcome ref;
         run_case(c, be[0], (uint64_t)ci + 1, &ref);
         for (int bi = 0; bi < nb; bi++) {
+            if (!be[bi])
+                continue;
+            const bool qmm = c->op == IDF_OP_MATMUL && (c->wtype == IDFX_TYPE_Q4 || c->wtype == IDFX_TYPE_Q8);
+            const double tol = qmm && backends[bi].qmatmul_nmse > 0 ? backends[bi].qmatmul_nmse : case_tol;
             outcome o;
             if (bi == 0)
                 o = ref;
@@ -683,7 +744,8 @@ int main(void) {
     }
 
     for (int i = 0; i < nb; i++)
-        be[i]->free(be[i]);
+        if (be[i])
+            be[i]->free(be[i]);
     printf("%d passed, %d failed, %d skipped\n", n_pass, n_fail, n_skip);
     return n_fail ? 1 : 0;
 }

@@ -10,5 +10,6 @@ int cmd_tokenize(int argc, char **argv);
 int cmd_ask(int argc, char **argv);
 int cmd_chat(int argc, char **argv);
 int cmd_caption(int argc, char **argv);
+int cmd_devices(int argc, char **argv);
 
 #endif

@@ -24,7 +24,10 @@ typedef struct opts {
     idefics_generate_params gen;
     int n_threads, n_ctx;
     idefics_backend backend;
+    const char *device; /* --device: OpenCL device index or name substring */
     bool json, verbose;
+    const char *board;  /* --board / IDEFICS_BOARD: defaults from boards/ (boards/README.md) */
+    bool low_memory, set_ctx, set_threads, set_backend;
 } opts;
 
 /* The session a Ctrl-C should cancel. A signal handler can only reach it
@@ -63,6 +66,10 @@ static void usage(FILE *f, const char *cmd) {
             "  -t, --threads N         compute threads (default: all cores)\n"
             "  -c, --ctx-size N        context length in tokens (default: the model's)\n"
             "      --backend NAME      auto | cpu | cpu-ref | opencl (default auto)\n"
+            "      --board NAME        defaults for a board or memory profile (boards/; env IDEFICS_BOARD):\n"
+            "                          n_ctx, KV type, low_memory, threads, backend; flags given override them\n"
+            "      --low-memory        let the OS page weights in and out of the model file per layer\n"
+            "      --device D          OpenCL device: index or name substring (idefics devices lists them)\n"
             "%s"
             "  -v, --verbose           log progress and timings to stderr\n",
             ask ? "" : " per answer", ask ? "      --json              print one JSON object instead of streaming\n" : "");
@@ -105,6 +112,8 @@ static int parse_opts(int argc, char **argv, const char *cmd, opts *o) {
             o->json = true, takes = false;
         } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
             o->verbose = true, takes = false;
+        } else if (!strcmp(a, "--low-memory")) {
+            o->low_memory = true, takes = false;
         } else if (!v) {
             fprintf(stderr, "idefics %s: %s needs a value (or is unknown)\n", cmd, a);
             return 2;
@@ -136,14 +145,21 @@ static int parse_opts(int argc, char **argv, const char *cmd, opts *o) {
             ok = parse_float(v, &o->gen.repetition_penalty) && o->gen.repetition_penalty > 0;
         } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
             ok = parse_int(v, 0, 4096, &o->n_threads);
+            o->set_threads = true;
         } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
             ok = parse_int(v, 0, 1 << 24, &o->n_ctx);
+            o->set_ctx = true;
+        } else if (!strcmp(a, "--board")) {
+            o->board = v;
         } else if (!strcmp(a, "--backend")) {
             if (!strcmp(v, "auto")) o->backend = IDEFICS_BACKEND_AUTO;
             else if (!strcmp(v, "cpu")) o->backend = IDEFICS_BACKEND_CPU;
             else if (!strcmp(v, "cpu-ref")) o->backend = IDEFICS_BACKEND_CPU_REF;
             else if (!strcmp(v, "opencl")) o->backend = IDEFICS_BACKEND_OPENCL;
             else ok = false;
+            o->set_backend = true;
+        } else if (!strcmp(a, "--device")) {
+            o->device = v;
         } else {
             fprintf(stderr, "idefics %s: unknown option %s\n\n", cmd, a);
             usage(stderr, cmd);
@@ -163,21 +179,44 @@ static int parse_opts(int argc, char **argv, const char *cmd, opts *o) {
     return 0;
 }
 
+/* The boards/ folder: $IDEFICS_BOARDS_DIR, else the installed copy, else the source tree's. */
+static const char *boards_dir(void) {
+    const char *e = getenv("IDEFICS_BOARDS_DIR");
+    if (e && *e) return e;
+    if (access(IDF_BOARDS_INSTALL_DIR "/memory-profiles.ini", R_OK) == 0) return IDF_BOARDS_INSTALL_DIR;
+    return IDF_BOARDS_SOURCE_DIR;
+}
+
 static int open_model(const opts *o, const char *cmd, idefics_model **model, idefics_session **session) {
     idefics_model_params mp = idefics_model_default_params();
+    idefics_session_params sp = idefics_session_default_params();
+    char err[512];
+    const char *board = o->board ? o->board : getenv("IDEFICS_BOARD");
+    if (board && *board) {
+        idefics_status bs = idefics_board_apply(boards_dir(), board, &mp, &sp, err, sizeof err);
+        if (bs != IDEFICS_OK) {
+            fprintf(stderr, "idefics %s: --board %s: %s (%s)\n", cmd, board, err, idefics_status_str(bs));
+            return 1;
+        }
+    } else {
+        board = NULL;
+    }
     mp.log = log_stderr;
     mp.log_level = o->verbose ? IDEFICS_LOG_INFO : IDEFICS_LOG_WARN;
-    mp.n_threads = o->n_threads;
-    mp.backend = o->backend;
-    char err[512];
+    mp.device = o->device;
+    /* explicit flags win over the board's defaults */
+    if (o->set_threads || !board) mp.n_threads = sp.n_threads = o->n_threads;
+    if (o->set_backend || !board) mp.backend = o->backend;
+    if (o->set_ctx || !board) sp.n_ctx = o->n_ctx;
+    if (o->low_memory) mp.low_memory = true;
+    if (o->verbose && board)
+        fprintf(stderr, "idefics: board %s: n_ctx %d, kv_type %d, low_memory %d, threads %d, backend %d\n", board,
+                sp.n_ctx, (int)sp.kv_type, (int)mp.low_memory, sp.n_threads, (int)mp.backend);
     idefics_status st = idefics_model_load(o->model, &mp, model, err, sizeof err);
     if (st != IDEFICS_OK) {
         fprintf(stderr, "idefics %s: cannot load %s: %s (%s)\n", cmd, o->model, err, idefics_status_str(st));
         return 1;
     }
-    idefics_session_params sp = idefics_session_default_params();
-    sp.n_ctx = o->n_ctx;
-    sp.n_threads = o->n_threads;
     st = idefics_session_create(*model, &sp, session, err, sizeof err);
     if (st != IDEFICS_OK) {
         fprintf(stderr, "idefics %s: cannot create a session: %s (%s)\n", cmd, err, idefics_status_str(st));

@@ -19,6 +19,7 @@ static const command commands[] = {
     {"caption", cmd_caption, "write alt text for images or folders of images"},
     {"tokenize", cmd_tokenize, "print the token ids of a text"},
     {"inspect", cmd_inspect, "print a model file's config and tensor table (--verify checks checksums)"},
+    {"devices", cmd_devices, "list OpenCL platforms and devices and what the probe finds"},
 };
 
 static void usage(FILE *f) {

@@ -52,10 +52,10 @@ FAKE, IMAGE, EOU = demo_tokenizer.FAKE, demo_tokenizer.IMAGE, demo_tokenizer.EOU
 
 # All linear in_features are multiples of 32 so the Q4 row tiles apply.
 DIMS = dict(
-    text=dict(hidden_size=192, intermediate_size=512, num_hidden_layers=4, num_attention_heads=6,
+    text=dict(hidden_size=128, intermediate_size=384, num_hidden_layers=4, num_attention_heads=4,
               cross_layer_interval=2, qk_layer_norms=True, rms_norm_eps=1e-6, max_position_embeddings=128),
     vision=dict(embed_dim=128, image_size=64, patch_size=8, num_hidden_layers=3, num_attention_heads=4,
-                intermediate_size=512),
+                intermediate_size=384),
     perceiver=dict(resampler_depth=2, resampler_n_latents=16, resampler_n_heads=4, resampler_head_dim=32,
                    qk_layer_norms_perceiver=False),
 )
@@ -207,7 +207,8 @@ def main():
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--seed", type=int, default=1234)
-    ap.add_argument("--threads", type=int, default=2)
+    # One thread: on a shared 2-core machine two torch threads ran 3-5x slower per step.
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--eval-every", type=int, default=250)
     ap.add_argument("--val-scenes", type=int, default=256)
     ap.add_argument("--test-scenes", type=int, default=1024)
@@ -259,9 +260,10 @@ def main():
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
-        run_loss = float(out.loss) if run_loss is None else 0.95 * run_loss + 0.05 * float(out.loss)
+        loss = float(out.loss.detach())
+        run_loss = loss if run_loss is None else 0.95 * run_loss + 0.05 * loss
         if step % 25 == 0:
-            note(dict(event="step", step=step, loss=round(float(out.loss), 4), ema_loss=round(run_loss, 4),
+            note(dict(event="step", step=step, loss=round(loss, 4), ema_loss=round(run_loss, 4),
                       lr=round(opt.param_groups[0]["lr"], 6)))
         if (step + 1) % args.eval_every == 0 or step + 1 == args.steps:
             acc, vloss, n = evaluate(model, enc, "val", args.val_scenes, image_size, image_token)

@@ -5,7 +5,10 @@ idefics_root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 
 # Debian packages the build and the tests need.
 IDEFICS_APT_PACKAGES="meson ninja-build gcc clang pkg-config libzstd-dev libxxhash-dev libstb-dev libjpeg62-turbo-dev \
-libcjson-dev ocl-icd-opencl-dev opencl-headers ocl-icd-libopencl1 pocl-opencl-icd libclblast-dev zstd"
+libcjson-dev ocl-icd-opencl-dev opencl-headers ocl-icd-libopencl1 pocl-opencl-icd libclblast-dev clinfo zstd \
+openjdk-17-jdk-headless"
+# openjdk-17-jdk-headless: javac/java and jni.h for libidefics_jni.so and its test (tests/test_jni.sh).
+# tools/run-cross-tests adds its own: gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user dpkg-dev.
 
 idefics_install_deps() {
     local missing=()

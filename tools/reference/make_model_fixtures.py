@@ -38,6 +38,7 @@ from transformers import (
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import tiny_tokenizer  # noqa: E402
+import train_tiny_fixture  # noqa: E402  (imports this module lazily, inside its functions)
 
 FORMAT_NAME = "idefics-edge-model-fixture"
 FORMAT_VERSION = 1
@@ -117,6 +118,9 @@ MODELS = [
         use_resampler=False,  # cross-attention reads the raw vision tokens (CLS + patches)
         initializer_range=0.2,
     ),
+    # Briefly trained on a toy image-QA task (train_tiny_fixture.py) so its logits are
+    # confident like a real model's; the Q4 top-1 agreement gate applies to it.
+    train_tiny_fixture.SPEC,
 ]
 
 # ----------------------------------------------------------------------------------------
@@ -403,7 +407,13 @@ def build_model(spec, spm_proto, out_root, images_dir, attempt_seed):
     vocab = len(tiny_tokenizer_vocab(spm_proto))
     cfg = build_config(spec, vocab)
     model = IdeficsForVisionText2Text(cfg).eval()
-    randomize_weights(model, attempt_seed + 1)
+    train_info = None
+    if spec.get("trained"):
+        print(f"{spec['name']}: training (seed {attempt_seed})", file=sys.stderr)
+        train_info = train_tiny_fixture.train(model, spm_proto, attempt_seed,
+                                              log=lambda m: print(m, file=sys.stderr))
+    else:
+        randomize_weights(model, attempt_seed + 1)
     instruct = spec["flavour"] == "instruct"
     mdir = os.path.join(out_root, spec["name"])
     if os.path.isdir(mdir):
@@ -436,10 +446,10 @@ def build_model(spec, spm_proto, out_root, images_dir, attempt_seed):
     case_dir = os.path.join(mdir, "cases")
     os.makedirs(case_dir)
     results = []
-    for case in cases_for(spec["flavour"]):
+    for case in (spec["cases"]() if "cases" in spec else cases_for(spec["flavour"])):
         rel, absgap, rec = run_case(model, processor, tok, spec, case, images_dir, case_dir)
         results.append((case["name"], rel, absgap, rec))
-    return mdir, results
+    return mdir, results, train_info
 
 
 def tiny_tokenizer_vocab(spm_proto):
@@ -479,11 +489,13 @@ def main():
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     transformers.logging.set_verbosity_error()
+    sys.modules.setdefault("make_model_fixtures", sys.modules[__name__])  # one copy for train_tiny_fixture
 
+    all_images = {**make_images(), **train_tiny_fixture.make_task_images()}
     os.makedirs(args.out, exist_ok=True)
     images_dir = os.path.join(args.out, "images")
     os.makedirs(images_dir, exist_ok=True)
-    for fname, im in make_images().items():
+    for fname, im in all_images.items():
         im.save(os.path.join(images_dir, fname), format="PNG", optimize=False)
 
     spm_proto = tiny_tokenizer.train_tiny_spm()
@@ -494,7 +506,7 @@ def main():
                 "tokenizers_version": __import__("tokenizers").__version__,
                 "sentencepiece_version": __import__("sentencepiece").__version__,
                 "pillow_version": __import__("PIL").__version__,
-                "images": sorted("images/" + f for f in make_images()), "models": []}
+                "images": sorted("images/" + f for f in all_images), "models": []}
     if args.only and os.path.exists(manifest_path):
         with open(manifest_path) as f:
             manifest["models"] = json.load(f)["models"]
@@ -504,7 +516,7 @@ def main():
             continue
         for attempt in range(args.max_attempts):
             seed = spec["seed"] + 10 * attempt
-            mdir, results = build_model(spec, spm_proto, args.out, images_dir, seed)
+            mdir, results, train_info = build_model(spec, spm_proto, args.out, images_dir, seed)
             worst = min(r[1] for r in results)
             if worst >= MIN_REL_GAP:
                 break
@@ -524,6 +536,9 @@ def main():
             "min_top2_gap": min(r[2] for r in results),
             "min_rel_top2_gap": worst,
         }
+        if train_info:
+            entry["trained"] = True
+            entry["training"] = train_info
         manifest["models"] = [m for m in manifest["models"] if m["name"] != spec["name"]] + [entry]
         order = [m["name"] for m in MODELS]
         manifest["models"].sort(key=lambda m: order.index(m["name"]))

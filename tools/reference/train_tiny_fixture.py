@@ -55,10 +55,11 @@ SHAPES = ["circle", "square", "triangle"]
 Q_COLOUR, Q_SHAPE, Q_DESCRIBE = "What colour is the shape?", "Which shape is it?", "Describe this image."
 NO_IMAGE_ANSWER = "There is no image."
 EOU = "<end_of_utterance>"
+ANSWER_WEIGHT = 4.0  # loss weight of the answer tokens (the image-dependent part)
 
 TRAIN = dict(
     seed=5000,        # attempt seed: weights init = seed, data = seed + 2
-    steps=1600,
+    steps=2000,
     batch=24,
     lr=3e-3,
     warmup=100,
@@ -114,7 +115,7 @@ def random_image(rng):
     shape = SHAPES[rng.randint(len(SHAPES))]
     w, h = int(rng.randint(24, 49)), int(rng.randint(24, 49))
     m = min(w, h)
-    s = int(rng.randint(int(0.45 * m), int(0.8 * m) + 1))
+    s = int(rng.randint(int(0.5 * m), int(0.85 * m) + 1))
     x0, y0 = int(rng.randint(0, w - s + 1)), int(rng.randint(0, h - s + 1))
     return draw(shape, colour, bg, (w, h), (x0, y0, x0 + s - 1, y0 + s - 1)), (shape, colour, bg)
 
@@ -193,11 +194,15 @@ def cases():
     ]
 
 
+SPEC["cases"] = cases
+
 # ----------------------------------------------------------------------------------------
 # Training
 
 
 def _batch(convs, tok, pool_pv, attrs, image_id):
+    asst_id, colon_id = tok("\nAssistant:", add_special_tokens=False)["input_ids"][-2:]
+    eou_id = tok.convert_tokens_to_ids(EOU)
     """Tokenise conversations (prompt_text rule, explicit EOUs) into padded tensors."""
     import make_model_fixtures as mmf
 
@@ -232,7 +237,19 @@ def _batch(convs, tok, pool_pv, attrs, image_id):
                 iam[b, t, cnt] = 1
         for i, k in enumerate(keys):
             pv[b, i] = pool_pv[k]
-    return ids, am, iam, pv
+    # Loss weights: ANSWER_WEIGHT on the answer tokens (after "Assistant:" up to and
+    # including the <EOU>), 1 elsewhere, 0 on padding.
+    w = am.float().clone()
+    for b in range(B):
+        inside = False
+        for t in range(1, T):
+            if ids[b, t - 1] == colon_id and ids[b, t - 2] == asst_id:
+                inside = True
+            if inside:
+                w[b, t] = ANSWER_WEIGHT * am[b, t]
+            if ids[b, t] == eou_id:
+                inside = False
+    return ids, am, iam, pv, w
 
 
 def train(model, spm_proto, seed, log=print):
@@ -271,12 +288,12 @@ def train(model, spm_proto, seed, log=print):
     t0 = time.time()
     ema = None
     for step in range(steps):
-        ids, am, iam, pv = _batch([conv() for _ in range(TRAIN["batch"])], tok, pool_pv, attrs, image_id)
+        ids, am, iam, pv, lw = _batch([conv() for _ in range(TRAIN["batch"])], tok, pool_pv, attrs, image_id)
         out = model(input_ids=ids, attention_mask=am, pixel_values=pv, image_attention_mask=iam,
                     use_cache=False, return_dict=True)
         logits = out.logits[:, :-1].reshape(-1, out.logits.shape[-1])
         tgt = ids[:, 1:].reshape(-1)
-        w = am[:, 1:].reshape(-1).float()
+        w = lw[:, 1:].reshape(-1)
         loss = (torch.nn.functional.cross_entropy(logits, tgt, reduction="none") * w).sum() / w.sum()
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -298,7 +315,7 @@ def train(model, spm_proto, seed, log=print):
     convs = []
     for _ in range(64):
         convs.append(sample_conversation(erng, len(epool)))
-    ids, am, iam, pv = _batch(convs, tok, epv, eattrs, image_id)
+    ids, am, iam, pv, _ = _batch(convs, tok, epv, eattrs, image_id)
     with torch.no_grad():
         out = model(input_ids=ids, attention_mask=am, pixel_values=pv, image_attention_mask=iam,
                     use_cache=False, return_dict=True)
@@ -308,7 +325,8 @@ def train(model, spm_proto, seed, log=print):
         ce = torch.nn.functional.cross_entropy(lg.reshape(-1, lg.shape[-1]), tgt.reshape(-1), reduction="none")
         eval_loss = float((ce * w.reshape(-1)).sum() / w.sum())
         acc = float(((lg.argmax(-1) == tgt).float() * w).sum() / w.sum())
-    info = dict(steps=steps, train_seconds=round(time.time() - t0, 1), final_train_loss_ema=round(ema, 4),
+    log(f"  trained {steps} steps in {time.time() - t0:.1f} s")
+    info = dict(steps=steps, batch=TRAIN["batch"], lr=TRAIN["lr"], final_train_loss_ema=round(ema, 4),
                 heldout_loss=round(eval_loss, 4), heldout_token_accuracy=round(acc, 4))
     log(f"  held-out: loss {eval_loss:.4f}, next-token accuracy {acc:.4f}")
     return info
@@ -343,6 +361,7 @@ def main():
 
     ap = argparse.ArgumentParser(description="train tiny-trained and report (no files written)")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--save", default=None, help="also save_pretrained the trained model here")
     args = ap.parse_args()
     if args.steps:
         TRAIN["steps"] = args.steps
@@ -356,6 +375,8 @@ def main():
     print(f"params {sum(p.numel() for p in model.parameters())}")
     info = train(model, spm_proto, SPEC["seed"])
     print(info)
+    if args.save:
+        model.save_pretrained(args.save)
     with tempfile.TemporaryDirectory() as tmp:
         _, tok = mmf.build_tokenizer(spm_proto, True, tmp)
     S = SPEC["vision"]["image_size"]
@@ -413,10 +434,12 @@ def main():
                       pixel_values=enc["pixel_values"], image_attention_mask=enc["image_attention_mask"])
             T = enc["input_ids"].shape[1]
             with torch.no_grad():
-                out = tok.decode(model.generate(**kw, max_new_tokens=14, do_sample=False)[0, T:])
+                out = tok.decode(model.generate(**kw, max_new_tokens=24, do_sample=False)[0, T:])
                 outb = tok.decode(model.generate(**dict(kw, pixel_values=torch.zeros_like(kw["pixel_values"])),
-                                                 max_new_tokens=14, do_sample=False)[0, T:])
+                                                 max_new_tokens=24, do_sample=False)[0, T:])
             correct[q] += out.split(EOU)[0].strip() == answer(q, attrs)
+            if i < 3:
+                print(f"    {attrs} {q!r} -> {out!r}")
             blank_same += outb == out
     print("held-out answer accuracy: " + ", ".join(f"{q!r} {c}/{n_eval}" for q, c in correct.items())
           + f"; blanking the image leaves {blank_same}/{3 * n_eval} answers unchanged")

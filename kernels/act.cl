@@ -1,0 +1,49 @@
+/*
+ * act.cl - elementwise activations and residual ops, in place over fp32.
+ *
+ * Data layout: flat float arrays of n elements (gated_add: h, a [rows, dim],
+ * gate [dim] broadcast over rows).
+ * Work-item mapping: one work-item per element, global size rounded up to the
+ * work-group size; work-items past n do nothing.
+ */
+__kernel void gelu(__global float *x, uint n) { /* exact (erf) GELU, as HF "gelu" */
+    const uint i = get_global_id(0);
+    if (i < n)
+        x[i] = 0.5f * x[i] * (1.0f + erf(x[i] * 0.70710678118654752f));
+}
+
+__kernel void quick_gelu(__global float *x, uint n) {
+    const uint i = get_global_id(0);
+    if (i < n)
+        x[i] = x[i] / (1.0f + exp(-1.702f * x[i]));
+}
+
+__kernel void relu(__global float *x, uint n) {
+    const uint i = get_global_id(0);
+    if (i < n)
+        x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+}
+
+__kernel void silu_mul(__global float *g, __global const float *u, uint n) {
+    const uint i = get_global_id(0);
+    if (i < n)
+        g[i] = g[i] / (1.0f + exp(-g[i])) * u[i];
+}
+
+__kernel void add(__global float *y, __global const float *x, uint n) {
+    const uint i = get_global_id(0);
+    if (i < n)
+        y[i] += x[i];
+}
+
+__kernel void scale(__global float *x, float s, uint n) {
+    const uint i = get_global_id(0);
+    if (i < n)
+        x[i] *= s;
+}
+
+__kernel void gated_add(__global float *h, __global const float *gate, __global const float *a, uint dim, uint n) {
+    const uint i = get_global_id(0);
+    if (i < n)
+        h[i] += gate[i % dim] * a[i];
+}

@@ -1,0 +1,84 @@
+/*
+ * matmul_q4.cl - y[n, m] = x[n, k] W[m, k]^T (+ bias) with W in Q4 ROWTILE
+ * (quant/quant.h), read as the converter wrote it.
+ *
+ * Data layout: tile t holds rows [t*R, t*R + R): first ng*R fp16 scales
+ * d[g][r] (2 bytes each), then ng*R groups of 16 quant bytes (byte j: weight
+ * 32g+j low nibble, 32g+j+16 high nibble); w = d * IDFX_Q4_CODEBOOK[nibble].
+ *
+ * Work-item mapping: one work-group per tile, R * MM_LANES work-items;
+ * local id = r + R * lane, so for a fixed group g the R rows of a tile are
+ * read by R neighbouring work-items as one contiguous run (16 R bytes of
+ * quants, 2 R of scales): coalesced on GPUs. Lane l takes groups l, l + LANES,
+ * ...; the lanes' partial sums meet in local memory. Dimension 1 walks the
+ * input rows NB at a time: each work-item dequantises a group once and uses it
+ * for NB rows of x (decode uses the NB = 1 kernel, so nothing is wasted).
+ * Every weight byte is read once per NB input rows.
+ */
+#ifndef MM_NB
+#define MM_NB 4 /* input rows per work-item in the prefill kernel: more = fewer weight reads, more registers */
+#endif
+
+static inline void q4_tile(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, uint n, uint k,
+                    __global const float *bias, uint has_bias, __global float *y, uint ldy, __local float *red,
+                    __local float *cb, const int nb) {
+    const uint lid = get_local_id(0), lanes = get_local_size(0) / R;
+    const uint r = lid % R, lane = lid / R, tile = get_group_id(0), row = tile * R + r;
+    const uint i0 = get_global_id(1) * nb;
+    for (uint i = lid; i < 16; i += get_local_size(0)) /* groups can be smaller than 16 (R = 1) */
+        cb[i] = (float)IDFX_Q4_CODEBOOK[i]; /* local copy: divergent constant reads serialise on mobile GPUs */
+    barrier(CLK_LOCAL_MEM_FENCE);
+
+    __global const uchar *tb = w + (size_t)tile * ng * R * (IDFX_SCALE_BYTES + IDFX_Q4_QBYTES);
+    __global const half *sc = (__global const half *)tb;
+    __global const uchar *qs = tb + (size_t)ng * R * IDFX_SCALE_BYTES;
+    float acc[MM_NB];
+    for (int b = 0; b < nb; b++)
+        acc[b] = 0.0f;
+    for (uint g = lane; g < ng; g += lanes) {
+        const float d = vload_half(g * R + r, sc);
+        __global const uchar *q = qs + (size_t)(g * R + r) * IDFX_Q4_QBYTES;
+        float wl[16], wh[16];
+        for (int j = 0; j < 16; j++) {
+            const uchar v = q[j];
+            wl[j] = cb[v & 15];
+            wh[j] = cb[v >> 4];
+        }
+        for (int b = 0; b < nb; b++) {
+            if (i0 + b >= n)
+                break;
+            __global const float *xr = x + (size_t)(i0 + b) * k + g * IDFX_QK;
+            float s = 0.0f;
+            for (int j = 0; j < 16; j++)
+                s += wl[j] * xr[j] + wh[j] * xr[j + 16];
+            acc[b] += d * s;
+        }
+    }
+    for (int b = 0; b < nb; b++)
+        red[lid * nb + b] = acc[b];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (lane == 0 && row < rows) {
+        const float bv = has_bias ? bias[row] : 0.0f;
+        for (int b = 0; b < nb; b++) {
+            if (i0 + b >= n)
+                break;
+            float s = 0.0f;
+            for (uint l = 0; l < lanes; l++)
+                s += red[(r + R * l) * nb + b];
+            y[(size_t)(i0 + b) * ldy + row] = s + bv;
+        }
+    }
+}
+
+/* red: R * lanes * NB floats; cb: 16 floats (local, sized by the host). */
+__kernel void matmul_q4(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, uint n, uint k,
+                        __global const float *bias, uint has_bias, __global float *y, uint ldy, __local float *red,
+                        __local float *cb) {
+    q4_tile(w, R, ng, rows, x, n, k, bias, has_bias, y, ldy, red, cb, MM_NB);
+}
+
+__kernel void matmul_q4_nb1(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, uint n,
+                            uint k, __global const float *bias, uint has_bias, __global float *y, uint ldy,
+                            __local float *red, __local float *cb) {
+    q4_tile(w, R, ng, rows, x, n, k, bias, has_bias, y, ldy, red, cb, 1);
+}

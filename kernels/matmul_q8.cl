@@ -1,0 +1,70 @@
+/*
+ * matmul_q8.cl - y[n, m] = x[n, k] W[m, k]^T (+ bias) with W in Q8 ROWTILE
+ * (quant/quant.h).
+ *
+ * Data layout: tile t holds rows [t*R, t*R + R): ng*R fp16 scales d[g][r],
+ * then ng*R groups of 32 int8 quants; w = d * q.
+ *
+ * Work-item mapping: as matmul_q4.cl: one work-group per tile of R * lanes
+ * work-items, local id = r + R * lane (neighbouring work-items read
+ * neighbouring rows' 32-byte runs), lanes split the groups, local-memory
+ * reduction; dimension 1 takes NB input rows per work-item.
+ */
+#ifndef MM_NB
+#define MM_NB 4 /* input rows per work-item in the prefill kernel */
+#endif
+
+static inline void q8_tile(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, uint n, uint k,
+                    __global const float *bias, uint has_bias, __global float *y, uint ldy, __local float *red,
+                    const int nb) {
+    const uint lid = get_local_id(0), lanes = get_local_size(0) / R;
+    const uint r = lid % R, lane = lid / R, tile = get_group_id(0), row = tile * R + r;
+    const uint i0 = get_global_id(1) * nb;
+    __global const uchar *tb = w + (size_t)tile * ng * R * (IDFX_SCALE_BYTES + IDFX_Q8_QBYTES);
+    __global const half *sc = (__global const half *)tb;
+    __global const char *qs = (__global const char *)(tb + (size_t)ng * R * IDFX_SCALE_BYTES);
+    float acc[MM_NB];
+    for (int b = 0; b < nb; b++)
+        acc[b] = 0.0f;
+    for (uint g = lane; g < ng; g += lanes) {
+        const float d = vload_half(g * R + r, sc);
+        __global const char *q = qs + (size_t)(g * R + r) * IDFX_Q8_QBYTES;
+        float wq[32];
+        for (int j = 0; j < 32; j++)
+            wq[j] = (float)q[j];
+        for (int b = 0; b < nb; b++) {
+            if (i0 + b >= n)
+                break;
+            __global const float *xr = x + (size_t)(i0 + b) * k + g * IDFX_QK;
+            float s = 0.0f;
+            for (int j = 0; j < 32; j++)
+                s += wq[j] * xr[j];
+            acc[b] += d * s;
+        }
+    }
+    for (int b = 0; b < nb; b++)
+        red[lid * nb + b] = acc[b];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    if (lane == 0 && row < rows) {
+        const float bv = has_bias ? bias[row] : 0.0f;
+        for (int b = 0; b < nb; b++) {
+            if (i0 + b >= n)
+                break;
+            float s = 0.0f;
+            for (uint l = 0; l < lanes; l++)
+                s += red[(r + R * l) * nb + b];
+            y[(size_t)(i0 + b) * ldy + row] = s + bv;
+        }
+    }
+}
+
+__kernel void matmul_q8(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, uint n, uint k,
+                        __global const float *bias, uint has_bias, __global float *y, uint ldy, __local float *red) {
+    q8_tile(w, R, ng, rows, x, n, k, bias, has_bias, y, ldy, red, MM_NB);
+}
+
+__kernel void matmul_q8_nb1(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, uint n,
+                            uint k, __global const float *bias, uint has_bias, __global float *y, uint ldy,
+                            __local float *red) {
+    q8_tile(w, R, ng, rows, x, n, k, bias, has_bias, y, ldy, red, 1);
+}

@@ -1,0 +1,41 @@
+/*
+ * norm.cl - RMSNorm and LayerNorm over rows of dim floats.
+ *
+ * Data layout: x, y [n, dim] row-major fp32; w (and b) [dim]. y may be x.
+ * Work-item mapping: one work-group per row (group id = row), the work-items
+ * stride over the row (element t by work-item t % wg, adjacent work-items on
+ * adjacent floats) and reduce in local memory (red: wg floats, wg a power of
+ * two). Each work-item reads its own elements before writing them, so y == x
+ * is safe. LayerNorm takes two passes (mean, then variance about the mean),
+ * as torch does, rather than E[x^2] - mean^2, which cancels badly.
+ */
+__kernel void rmsnorm(__global const float *x, __global const float *w, float eps, uint dim, __global float *y,
+                      __local float *red) {
+    const uint lid = get_local_id(0), wg = get_local_size(0);
+    __global const float *xr = x + (size_t)get_group_id(0) * dim;
+    __global float *yr = y + (size_t)get_group_id(0) * dim;
+    float ss = 0.0f;
+    for (uint t = lid; t < dim; t += wg)
+        ss += xr[t] * xr[t];
+    ss = idf_wg_sum(ss, red);
+    const float inv = 1.0f / sqrt(ss / (float)dim + eps);
+    for (uint t = lid; t < dim; t += wg)
+        yr[t] = w[t] * (xr[t] * inv);
+}
+
+__kernel void layernorm(__global const float *x, __global const float *w, __global const float *b, uint has_bias,
+                        float eps, uint dim, __global float *y, __local float *red) {
+    const uint lid = get_local_id(0), wg = get_local_size(0);
+    __global const float *xr = x + (size_t)get_group_id(0) * dim;
+    __global float *yr = y + (size_t)get_group_id(0) * dim;
+    float s = 0.0f;
+    for (uint t = lid; t < dim; t += wg)
+        s += xr[t];
+    const float mean = idf_wg_sum(s, red) / (float)dim;
+    float v = 0.0f;
+    for (uint t = lid; t < dim; t += wg)
+        v += (xr[t] - mean) * (xr[t] - mean);
+    const float inv = 1.0f / sqrt(idf_wg_sum(v, red) / (float)dim + eps);
+    for (uint t = lid; t < dim; t += wg)
+        yr[t] = (xr[t] - mean) * inv * w[t] + (has_bias ? b[t] : 0.0f);
+}

@@ -1,0 +1,46 @@
+/*
+ * prelude.cl - prepended to every OpenCL program, before quant/quant.h and the
+ * op files. Valid OpenCL C 1.2.
+ *
+ * Conventions shared by the op files:
+ *   - arithmetic is fp32; fp16 data (F16 weights, the F16 KV cache, Q4/Q8 scales)
+ *     is read with vload_half, which needs no cl_khr_fp16 (PoCL has none);
+ *   - sizes and strides arrive as uint (every tensor the backend hands a kernel
+ *     is checked to have fewer than 2^31 elements) and index math is done in
+ *     size_t where a product can pass 2^32 bytes;
+ *   - tunables are -D build options chosen from boards/gpu/NAME.ini; each op file
+ *     gives defaults with #ifndef.
+ */
+#if defined(IDF_USE_FP16) && defined(cl_khr_fp16)
+#pragma OPENCL EXTENSION cl_khr_fp16 : enable
+#endif
+
+/* Sum of v over the work-group through red[] (get_local_size(0) floats, a
+ * power of two). Every work-item gets the total. */
+static inline float idf_wg_sum(float v, __local float *red) {
+    const uint lid = get_local_id(0), n = get_local_size(0);
+    red[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint s = n / 2; s > 0; s >>= 1) {
+        if (lid < s)
+            red[lid] += red[lid + s];
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float r = red[0];
+    barrier(CLK_LOCAL_MEM_FENCE); /* red[] is reused by the caller's next reduction */
+    return r;
+}
+
+static inline float idf_wg_max(float v, __local float *red) {
+    const uint lid = get_local_id(0), n = get_local_size(0);
+    red[lid] = v;
+    barrier(CLK_LOCAL_MEM_FENCE);
+    for (uint s = n / 2; s > 0; s >>= 1) {
+        if (lid < s)
+            red[lid] = fmax(red[lid], red[lid + s]);
+        barrier(CLK_LOCAL_MEM_FENCE);
+    }
+    const float r = red[0];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return r;
+}

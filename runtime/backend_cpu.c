@@ -1,0 +1,590 @@
+/*
+ * backend_cpu.c - the fast CPU backend (backend.h), complete: every op.
+ *
+ * Matmuls against Q4/Q8 ROWTILE weights quantize the activations once per
+ * call to int8 in groups of 32 (cpu/cpu_kernels.h idf_qact) and run integer
+ * dot products in a per-ISA tile kernel (cpu/q4_*.c), picked at creation from
+ * platform/cpu_features.h: AVX-512 VNNI, AVX2, NEON dotprod, NEON, or scalar.
+ * The environment variable IDEFICS_CPU_ISA (scalar|avx2|avx512|neon|
+ * neon-dotprod) caps the choice, and idf_backend_cpu_create_isa() asks for one
+ * level, so tests run every path a machine can execute.
+ *
+ * Work sharing: the weight's tiles are split into tasks of a few tiles each
+ * on the backend's persistent idf_pool; within a task, each tile is run
+ * against the activation rows in blocks of IDF_CPU_NX, so a tile read from
+ * memory once serves the whole prefill chunk from L1/L2 (cache blocking by
+ * weight tile; activations of a chunk stay in L2). fp32/fp16 weights use the
+ * same split with rows converted to fp32 in per-thread scratch.
+ * Scratch (quantized activations, per-thread rows) grows to the largest call
+ * and is reused; it lives in the backend context.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "cpu/cpu_kernels.h"
+#include "cpu_features.h"
+#include "quant.h"
+
+typedef struct cpu_ctx {
+    idf_alloc alloc;
+    idf_pool *pool;
+    int n_threads;
+    idf_cpu_kernels kern;
+    idf_cpu_kernels scalar; /* for tile sizes the SIMD kernel does not take */
+    /* quantized activations */
+    int8_t *aq;
+    float *ad;
+    int32_t *ac;
+    size_t aq_cap, ad_cap; /* elements of aq; of ad (ac has 8 per ad) */
+    /* per-thread fp32 scratch */
+    float *scratch;
+    size_t scratch_per;
+} cpu_ctx;
+
+/* ------------------------------------------------------------- scratch */
+
+static idefics_status ensure_scratch(cpu_ctx *c, size_t per) {
+    if (per <= c->scratch_per)
+        return IDEFICS_OK;
+    size_t total;
+    if (!idf_mul_size(per, (size_t)c->n_threads, &total))
+        return IDEFICS_ERR_OUT_OF_MEMORY;
+    float *p = idf_calloc(&c->alloc, total, sizeof(float));
+    if (!p)
+        return IDEFICS_ERR_OUT_OF_MEMORY;
+    idf_free(&c->alloc, c->scratch);
+    c->scratch = p;
+    c->scratch_per = per;
+    return IDEFICS_OK;
+}
+
+static idefics_status ensure_qact(cpu_ctx *c, int64_t n, int64_t k) {
+    size_t nq, nd, nc;
+    if (!idf_mul_size((size_t)n, (size_t)k, &nq))
+        return IDEFICS_ERR_OUT_OF_MEMORY;
+    nd = nq / IDFX_QK;
+    if (!idf_mul_size(nd, 8, &nc))
+        return IDEFICS_ERR_OUT_OF_MEMORY;
+    if (nq > c->aq_cap) {
+        int8_t *q = idf_malloc(&c->alloc, nq);
+        if (!q)
+            return IDEFICS_ERR_OUT_OF_MEMORY;
+        idf_free(&c->alloc, c->aq);
+        c->aq = q;
+        c->aq_cap = nq;
+    }
+    if (nd > c->ad_cap) {
+        float *d = idf_malloc(&c->alloc, nd * sizeof(float));
+        int32_t *cr = idf_malloc(&c->alloc, nc * sizeof(int32_t));
+        if (!d || !cr) {
+            idf_free(&c->alloc, d);
+            idf_free(&c->alloc, cr);
+            return IDEFICS_ERR_OUT_OF_MEMORY;
+        }
+        idf_free(&c->alloc, c->ad);
+        idf_free(&c->alloc, c->ac);
+        c->ad = d;
+        c->ac = cr;
+        c->ad_cap = nd;
+    }
+    return IDEFICS_OK;
+}
+
+static bool weight_ok(const idf_weight *w) {
+    if (!w || !w->data || w->rows <= 0 || w->cols <= 0)
+        return false;
+    if (w->layout == IDFX_LAYOUT_ROWMAJOR)
+        return w->type == IDFX_TYPE_F32 || w->type == IDFX_TYPE_F16;
+    if (w->layout == IDFX_LAYOUT_ROWTILE)
+        return (w->type == IDFX_TYPE_Q4 || w->type == IDFX_TYPE_Q8) && w->cols % IDFX_QK == 0 && w->tile_rows >= 1 &&
+               w->tile_rows <= IDFX_MAX_TILE_ROWS && (w->tile_rows & (w->tile_rows - 1)) == 0;
+    return false;
+}
+
+/* Below this many multiply-adds the pool's wake-up costs more than the work. */
+#define PARALLEL_MIN_MACS (1 << 15)
+
+static idf_pool *pool_for(const cpu_ctx *c, int64_t macs) {
+    return macs < PARALLEL_MIN_MACS ? NULL : c->pool;
+}
+
+/* ------------------------------------------------------- quantized matmul */
+
+typedef struct qmm_job {
+    cpu_ctx *c;
+    const idf_weight *w;
+    const float *bias, *x;
+    int64_t n, ldy;
+    float *y;
+    idf_qact act;
+    idf_cpu_tile_fn fn;
+    int64_t tiles_per_task, n_tiles;
+    uint64_t tile_bytes;
+} qmm_job;
+
+static void quant_task(void *ctx, int64_t i, int tid) {
+    (void)tid;
+    qmm_job *j = ctx;
+    j->c->kern.quant(j->x + i * j->w->cols, i, 1, &j->act);
+}
+
+static void qmm_task(void *ctx, int64_t task, int tid) {
+    (void)tid;
+    const qmm_job *j = ctx;
+    const int R = (int)j->w->tile_rows;
+    const int64_t t0 = task * j->tiles_per_task;
+    const int64_t t1 = t0 + j->tiles_per_task < j->n_tiles ? t0 + j->tiles_per_task : j->n_tiles;
+    for (int64_t t = t0; t < t1; t++) {
+        const uint8_t *tile = (const uint8_t *)j->w->data + (uint64_t)t * j->tile_bytes;
+        const int64_t r0 = t * R;
+        const int valid = (int)(j->w->rows - r0 < R ? j->w->rows - r0 : R);
+        for (int64_t i = 0; i < j->n; i += IDF_CPU_NX) {
+            const int nx = (int)(j->n - i < IDF_CPU_NX ? j->n - i : IDF_CPU_NX);
+            j->fn(tile, R, j->act.ng, &j->act, i, nx, j->y + i * j->ldy + r0, j->ldy, valid,
+                  j->bias ? j->bias + r0 : NULL);
+        }
+    }
+}
+
+static idefics_status matmul_q(cpu_ctx *c, const idf_weight *w, const float *bias, const float *x, int64_t n, float *y,
+                               int64_t ldy) {
+    const int64_t k = w->cols, R = w->tile_rows;
+    IDF_FORWARD(ensure_qact(c, n, k));
+    qmm_job j = {.c = c, .w = w, .bias = bias, .x = x, .n = n, .ldy = ldy, .y = y};
+    j.act = (idf_qact){.q = c->aq, .d = c->ad, .corr = c->ac, .k = k, .ng = k / IDFX_QK};
+    const bool q4 = w->type == IDFX_TYPE_Q4;
+    const int min_r = q4 ? c->kern.q4_min_r : c->kern.q8_min_r;
+    j.fn = R % min_r == 0 ? (q4 ? c->kern.q4_tile : c->kern.q8_tile) : (q4 ? c->scalar.q4_tile : c->scalar.q8_tile);
+    j.n_tiles = (w->rows + R - 1) / R;
+    j.tile_bytes = (uint64_t)j.act.ng * (uint64_t)R * (IDFX_SCALE_BYTES + (q4 ? IDFX_Q4_QBYTES : IDFX_Q8_QBYTES));
+    const int64_t macs = n * w->rows * k;
+    idf_pool *pool = pool_for(c, macs);
+    /* Quantizing x costs one pass over n*k floats: worth the pool only for chunks. */
+    idf_pool_run(n >= 4 ? pool : NULL, n, quant_task, &j);
+    /* About 8 tasks per thread balance the load without many tiny tasks. */
+    const int64_t want_tasks = pool ? 8 * (int64_t)c->n_threads : 1;
+    j.tiles_per_task = (j.n_tiles + want_tasks - 1) / want_tasks;
+    if (j.tiles_per_task < 1)
+        j.tiles_per_task = 1;
+    idf_pool_run(pool, (j.n_tiles + j.tiles_per_task - 1) / j.tiles_per_task, qmm_task, &j);
+    return IDEFICS_OK;
+}
+
+/* ---------------------------------------------------------- fp32 matmul */
+
+#define F_ROWS_PER_TASK 16
+
+typedef struct fmm_job {
+    cpu_ctx *c;
+    const idf_weight *w;
+    const float *bias, *x;
+    int64_t n, ldy;
+    float *y;
+} fmm_job;
+
+static void fp16_row(const uint8_t *p, int64_t k, float *out) {
+    for (int64_t j = 0; j < k; j++)
+        out[j] = idfx_fp16_to_fp32((uint16_t)(p[2 * j] | (p[2 * j + 1] << 8)));
+}
+
+static void fmm_task(void *ctx, int64_t task, int tid) {
+    const fmm_job *j = ctx;
+    const int64_t k = j->w->cols;
+    const int64_t r0 = task * F_ROWS_PER_TASK;
+    const int nr = (int)(j->w->rows - r0 < F_ROWS_PER_TASK ? j->w->rows - r0 : F_ROWS_PER_TASK);
+    const float *wr;
+    if (j->w->type == IDFX_TYPE_F32) {
+        wr = (const float *)j->w->data + r0 * k;
+    } else {
+        float *buf = j->c->scratch + (size_t)tid * j->c->scratch_per;
+        for (int r = 0; r < nr; r++)
+            fp16_row((const uint8_t *)j->w->data + (uint64_t)(r0 + r) * (uint64_t)k * 2u, k, buf + r * k);
+        wr = buf;
+    }
+    for (int64_t i = 0; i < j->n; i += IDF_CPU_NX) {
+        const int nx = (int)(j->n - i < IDF_CPU_NX ? j->n - i : IDF_CPU_NX);
+        j->c->kern.f32_block(wr, nr, j->x + i * k, nx, k, j->y + i * j->ldy + r0, j->ldy,
+                             j->bias ? j->bias + r0 : NULL);
+    }
+}
+
+static idefics_status cpu_matmul(void *vctx, const idf_weight *w, const float *bias, const float *x, int64_t n,
+                                 float *y, int64_t ldy) {
+    cpu_ctx *c = vctx;
+    if (!weight_ok(w) || !x || !y || n < 0 || ldy < w->rows)
+        return IDEFICS_ERR_INVALID_ARG;
+    if (n == 0)
+        return IDEFICS_OK;
+    if (w->layout == IDFX_LAYOUT_ROWTILE)
+        return matmul_q(c, w, bias, x, n, y, ldy);
+    size_t per;
+    if (!idf_mul_size((size_t)F_ROWS_PER_TASK, (size_t)w->cols, &per))
+        return IDEFICS_ERR_OUT_OF_MEMORY;
+    if (w->type == IDFX_TYPE_F16)
+        IDF_FORWARD(ensure_scratch(c, per));
+    fmm_job j = {c, w, bias, x, n, ldy, y};
+    idf_pool_run(pool_for(c, w->rows * n * w->cols), (w->rows + F_ROWS_PER_TASK - 1) / F_ROWS_PER_TASK, fmm_task,
+                 &j);
+    return IDEFICS_OK;
+}
+
+static idefics_status cpu_get_rows(void *vctx, const idf_weight *w, const int32_t *ids, int64_t n, float *y) {
+    (void)vctx;
+    if (!weight_ok(w) || (!ids && n > 0) || !y)
+        return IDEFICS_ERR_INVALID_ARG;
+    for (int64_t i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= w->rows)
+            return IDEFICS_ERR_INVALID_ARG;
+        float *dst = y + i * w->cols;
+        if (w->layout == IDFX_LAYOUT_ROWTILE)
+            idfx_dequant_row_ref(w->type, w->data, ids[i], w->cols, w->tile_rows, dst);
+        else if (w->type == IDFX_TYPE_F32)
+            memcpy(dst, (const float *)w->data + (int64_t)ids[i] * w->cols, (size_t)w->cols * sizeof(float));
+        else
+            fp16_row((const uint8_t *)w->data + (uint64_t)ids[i] * (uint64_t)w->cols * 2u, w->cols, dst);
+    }
+    return IDEFICS_OK;
+}
+
+/* ----------------------------------------------------------------- norms */
+
+static idefics_status cpu_rmsnorm(void *vctx, const float *x, const float *w, float eps, int64_t n, int64_t dim,
+                                  float *y) {
+    (void)vctx;
+    if (!x || !w || !y || dim <= 0)
+        return IDEFICS_ERR_INVALID_ARG;
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * dim;
+        float *yi = y + i * dim;
+        /* 8 partial sums in double: vectorizable and as accurate as the reference's. */
+        double ss[8] = {0};
+        int64_t t = 0;
+        for (; t + 8 <= dim; t += 8)
+            for (int e = 0; e < 8; e++)
+                ss[e] += (double)xi[t + e] * xi[t + e];
+        for (; t < dim; t++)
+            ss[0] += (double)xi[t] * xi[t];
+        const double s = ((ss[0] + ss[1]) + (ss[2] + ss[3])) + ((ss[4] + ss[5]) + (ss[6] + ss[7]));
+        const float inv = (float)(1.0 / sqrt(s / (double)dim + (double)eps));
+        for (t = 0; t < dim; t++)
+            yi[t] = w[t] * (xi[t] * inv);
+    }
+    return IDEFICS_OK;
+}
+
+static idefics_status cpu_layernorm(void *vctx, const float *x, const float *w, const float *b, float eps, int64_t n,
+                                    int64_t dim, float *y) {
+    (void)vctx;
+    if (!x || !w || !y || dim <= 0)
+        return IDEFICS_ERR_INVALID_ARG;
+    for (int64_t i = 0; i < n; i++) {
+        const float *xi = x + i * dim;
+        float *yi = y + i * dim;
+        double mean = 0.0, var = 0.0;
+        for (int64_t t = 0; t < dim; t++)
+            mean += xi[t];
+        mean /= (double)dim;
+        for (int64_t t = 0; t < dim; t++)
+            var += ((double)xi[t] - mean) * ((double)xi[t] - mean);
+        var /= (double)dim;
+        const float inv = (float)(1.0 / sqrt(var + (double)eps)), fm = (float)mean;
+        for (int64_t t = 0; t < dim; t++)
+            yi[t] = (xi[t] - fm) * inv * w[t] + (b ? b[t] : 0.0f);
+    }
+    return IDEFICS_OK;
+}
+
+/* ------------------------------------------------------------------ rope */
+
+static idefics_status cpu_rope(void *vctx, float *x, int64_t n, int64_t stride, int n_heads, int head_dim, int pos0,
+                               float theta) {
+    (void)vctx;
+    if (!x || head_dim <= 0 || head_dim % 2 || n_heads <= 0 || stride < (int64_t)n_heads * head_dim || pos0 < 0)
+        return IDEFICS_ERR_INVALID_ARG;
+    const int half = head_dim / 2;
+    for (int64_t i = 0; i < n; i++) {
+        const float pos = (float)(pos0 + i);
+        for (int d = 0; d < half; d++) {
+            /* The angle in fp32 exactly as HF forms it (spec §3.5). */
+            const float inv_freq = 1.0f / powf(theta, (float)(2 * d) / (float)head_dim);
+            const float ang = pos * inv_freq;
+            const float cs = cosf(ang), sn = sinf(ang);
+            for (int h = 0; h < n_heads; h++) {
+                float *xh = x + i * stride + (int64_t)h * head_dim;
+                const float a = xh[d], b = xh[d + half];
+                xh[d] = a * cs - b * sn;
+                xh[d + half] = b * cs + a * sn;
+            }
+        }
+    }
+    return IDEFICS_OK;
+}
+
+/* ------------------------------------------------------------- attention */
+
+typedef struct attn_job {
+    cpu_ctx *c;
+    const idf_attn *a;
+} attn_job;
+
+/* Row t of head h of a K or V cache as fp32 (a pointer into the cache for F32). */
+static const float *kv_row(const idf_attn *a, const void *base, int64_t t, int h, float *buf) {
+    const int64_t off = t * a->kv_stride + (int64_t)h * a->head_dim;
+    if (a->kv_type == IDEFICS_KV_F32)
+        return (const float *)base + off;
+    const uint16_t *p = (const uint16_t *)base + off;
+    for (int d = 0; d < a->head_dim; d++)
+        buf[d] = idfx_fp16_to_fp32(p[d]);
+    return buf;
+}
+
+static void attn_task(void *ctx, int64_t task, int tid) {
+    const attn_job *j = ctx;
+    const idf_attn *a = j->a;
+    const int i = (int)(task / a->n_heads), h = (int)(task % a->n_heads);
+    float *sc = j->c->scratch + (size_t)tid * j->c->scratch_per;
+    float *row = sc + (a->n_kv > 0 ? a->n_kv : 1);
+    float *acc = row + a->head_dim;
+    const float *q = a->q + i * a->q_stride + (int64_t)h * a->head_dim;
+    float *out = a->out + i * a->out_stride + (int64_t)h * a->head_dim;
+    int n_see = a->n_kv;
+    if (a->causal && a->q_pos0 + i + 1 < n_see)
+        n_see = a->q_pos0 + i + 1;
+    float mx = -INFINITY;
+    for (int t = 0; t < n_see; t++) {
+        const float *kr = kv_row(a, a->k, t, h, row);
+        float dot = 0.f;
+        for (int d = 0; d < a->head_dim; d++)
+            dot += q[d] * kr[d];
+        float s = dot * a->scale;
+        if (a->mask)
+            s += a->mask[(int64_t)i * a->n_kv + t];
+        sc[t] = s;
+        mx = s > mx ? s : mx;
+    }
+    if (n_see == 0 || mx == -INFINITY) {
+        memset(out, 0, (size_t)a->head_dim * sizeof(float));
+        return;
+    }
+    float sum = 0.f;
+    for (int t = 0; t < n_see; t++) {
+        sc[t] = expf(sc[t] - mx);
+        sum += sc[t];
+    }
+    memset(acc, 0, (size_t)a->head_dim * sizeof(float));
+    for (int t = 0; t < n_see; t++) {
+        const float p = sc[t];
+        if (p == 0.f)
+            continue;
+        const float *vr = kv_row(a, a->v, t, h, row);
+        for (int d = 0; d < a->head_dim; d++)
+            acc[d] += p * vr[d];
+    }
+    const float inv = 1.0f / sum;
+    for (int d = 0; d < a->head_dim; d++)
+        out[d] = acc[d] * inv;
+}
+
+static idefics_status cpu_attention(void *vctx, const idf_attn *a) {
+    cpu_ctx *c = vctx;
+    if (!a || !a->q || !a->k || !a->v || !a->out || a->n_q < 0 || a->n_kv < 0 || a->n_heads <= 0 || a->head_dim <= 0 ||
+        (a->kv_type != IDEFICS_KV_F32 && a->kv_type != IDEFICS_KV_F16) || (a->causal && a->q_pos0 < 0))
+        return IDEFICS_ERR_INVALID_ARG;
+    const int64_t row = (int64_t)a->n_heads * a->head_dim;
+    if (a->q_stride < row || a->kv_stride < row || a->out_stride < row)
+        return IDEFICS_ERR_INVALID_ARG;
+    if (a->n_q == 0)
+        return IDEFICS_OK;
+    IDF_FORWARD(ensure_scratch(c, (size_t)(a->n_kv > 0 ? a->n_kv : 1) + 2 * (size_t)a->head_dim));
+    attn_job j = {c, a};
+    idf_pool_run(pool_for(c, (int64_t)a->n_q * a->n_kv * row), (int64_t)a->n_q * a->n_heads, attn_task, &j);
+    return IDEFICS_OK;
+}
+
+/* ----------------------------------------------------------- elementwise */
+
+static idefics_status cpu_gelu(void *vctx, float *x, int64_t n) {
+    (void)vctx;
+    for (int64_t i = 0; i < n; i++)
+        x[i] = 0.5f * x[i] * (1.0f + erff(x[i] * 0.70710678118654752f));
+    return IDEFICS_OK;
+}
+
+static idefics_status cpu_quick_gelu(void *vctx, float *x, int64_t n) {
+    (void)vctx;
+    for (int64_t i = 0; i < n; i++)
+        x[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+    return IDEFICS_OK;
+}
+
+static idefics_status cpu_relu(void *vctx, float *x, int64_t n) {
+    (void)vctx;
+    for (int64_t i = 0; i < n; i++)
+        x[i] = x[i] > 0.0f ? x[i] : 0.0f;
+    return IDEFICS_OK;
+}
+
+static idefics_status cpu_silu_mul(void *vctx, float *g, const float *u, int64_t n) {
+    (void)vctx;
+    for (int64_t i = 0; i < n; i++)
+        g[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    return IDEFICS_OK;
+}
+
+static idefics_status cpu_add(void *vctx, float *y, const float *x, int64_t n) {
+    (void)vctx;
+    for (int64_t i = 0; i < n; i++)
+        y[i] += x[i];
+    return IDEFICS_OK;
+}
+
+static idefics_status cpu_scale(void *vctx, float *x, float s, int64_t n) {
+    (void)vctx;
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= s;
+    return IDEFICS_OK;
+}
+
+static idefics_status cpu_gated_add(void *vctx, float *h, const float *gate, const float *a, int64_t n, int64_t dim) {
+    (void)vctx;
+    for (int64_t i = 0; i < n; i++)
+        for (int64_t t = 0; t < dim; t++)
+            h[i * dim + t] += gate[t] * a[i * dim + t];
+    return IDEFICS_OK;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static void cpu_free(idf_backend *b) {
+    if (!b)
+        return;
+    cpu_ctx *c = b->ctx;
+    idf_alloc al = c->alloc;
+    idf_pool_free(c->pool);
+    idf_free(&al, c->scratch);
+    idf_free(&al, c->aq);
+    idf_free(&al, c->ad);
+    idf_free(&al, c->ac);
+    idf_free(&al, c);
+    idf_free(&al, b);
+}
+
+static const char *const isa_names[IDF_CPU_ISA_COUNT] = {"scalar", "avx2", "avx512", "neon", "neon-dotprod"};
+
+const char *idf_cpu_isa_name(idf_cpu_isa isa) {
+    return isa >= 0 && isa < IDF_CPU_ISA_COUNT ? isa_names[isa] : "?";
+}
+
+bool idf_cpu_isa_available(idf_cpu_isa isa) {
+    idf_cpu_features f;
+    idf_cpu_detect(&f);
+    switch (isa) {
+    case IDF_CPU_ISA_SCALAR:
+        return true;
+#if defined(__x86_64__)
+    case IDF_CPU_ISA_AVX2:
+        return f.avx2 && f.fma && f.f16c;
+    case IDF_CPU_ISA_AVX512:
+        return f.avx2 && f.fma && f.f16c && f.avx512f && f.avx512bw && f.avx512vl && f.avx512_vnni;
+#endif
+#if defined(__aarch64__)
+    case IDF_CPU_ISA_NEON:
+        return f.neon;
+    case IDF_CPU_ISA_NEON_DOTPROD:
+        return f.neon && f.dotprod;
+#endif
+    default:
+        return false;
+    }
+}
+
+/* The best level this CPU runs, capped by IDEFICS_CPU_ISA when set. */
+static idf_cpu_isa best_isa(void) {
+    const char *cap = getenv("IDEFICS_CPU_ISA");
+    idf_cpu_isa best = IDF_CPU_ISA_SCALAR;
+    for (int i = 0; i < IDF_CPU_ISA_COUNT; i++) {
+        if (idf_cpu_isa_available((idf_cpu_isa)i))
+            best = (idf_cpu_isa)i;
+        if (cap && !strcmp(cap, isa_names[i]))
+            break;
+    }
+    return best;
+}
+
+static void load_kernels(idf_cpu_isa isa, idf_cpu_kernels *k) {
+    switch (isa) {
+#if defined(__x86_64__)
+    case IDF_CPU_ISA_AVX2:
+        idf_cpu_kernels_avx2(k);
+        return;
+    case IDF_CPU_ISA_AVX512:
+        idf_cpu_kernels_avx512(k);
+        return;
+#endif
+#if defined(__aarch64__)
+    case IDF_CPU_ISA_NEON:
+        idf_cpu_kernels_neon(k);
+        return;
+    case IDF_CPU_ISA_NEON_DOTPROD:
+        idf_cpu_kernels_neon_dotprod(k);
+        return;
+#endif
+    default:
+        idf_cpu_kernels_scalar(k);
+        return;
+    }
+}
+
+idefics_status idf_backend_cpu_create_isa(idf_cpu_isa isa, int n_threads, const idf_alloc *alloc, idf_backend **out,
+                                          idf_err *err) {
+    *out = NULL;
+    if (!idf_cpu_isa_available(isa))
+        return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "cpu backend: this CPU cannot run the %s kernels",
+                        idf_cpu_isa_name(isa));
+    const idf_alloc al = alloc ? *alloc : (idf_alloc){0};
+    cpu_ctx *c = idf_calloc(&al, 1, sizeof *c);
+    idf_backend *b = idf_calloc(&al, 1, sizeof *b);
+    if (!c || !b) {
+        idf_free(&al, c);
+        idf_free(&al, b);
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "cpu backend: out of memory");
+    }
+    c->alloc = al;
+    c->pool = idf_pool_create(n_threads, idf_malloc_cb, idf_free_cb, &c->alloc);
+    if (!c->pool) {
+        idf_free(&al, c);
+        idf_free(&al, b);
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "cpu backend: cannot create a pool of %d threads", n_threads);
+    }
+    c->n_threads = idf_pool_size(c->pool);
+    load_kernels(isa, &c->kern);
+    idf_cpu_kernels_scalar(&c->scalar);
+    *b = (idf_backend){
+        .api_version = IDF_BACKEND_API_VERSION,
+        .name = c->kern.name,
+        .ctx = c,
+        .free = cpu_free,
+        .supports_op = NULL, /* complete */
+        .matmul = cpu_matmul,
+        .get_rows = cpu_get_rows,
+        .rmsnorm = cpu_rmsnorm,
+        .layernorm = cpu_layernorm,
+        .rope = cpu_rope,
+        .attention = cpu_attention,
+        .gelu = cpu_gelu,
+        .quick_gelu = cpu_quick_gelu,
+        .relu = cpu_relu,
+        .silu_mul = cpu_silu_mul,
+        .add = cpu_add,
+        .scale = cpu_scale,
+        .gated_add = cpu_gated_add,
+    };
+    *out = b;
+    return IDEFICS_OK;
+}
+
+idefics_status idf_backend_cpu_create(int n_threads, const idf_alloc *alloc, idf_backend **out, idf_err *err) {
+    return idf_backend_cpu_create_isa(best_isa(), n_threads, alloc, out, err);
+}

@@ -1,0 +1,854 @@
+/*
+ * backend_opencl.c - the OpenCL device a model runs on (backend_opencl.h):
+ * library loading, device choice, the capability probe, tuning data, program
+ * build with an on-disk binary cache, the start-up self-test and the model's
+ * weight buffers. The ops are in backend_opencl_ops.c.
+ *
+ * Program binary cache: $IDEFICS_CACHE_DIR, else $XDG_CACHE_HOME/idefics,
+ * else $HOME/.cache/idefics; one file per key, key = XXH64 of the cache
+ * format version, platform, device, driver, build options and the full program
+ * source. File: "IDFCLBN1", u64 key, u64 n, n bytes of program binary, u64
+ * XXH64 of those bytes (all little-endian). Written to a temp file and renamed,
+ * so readers never see half a file; an entry that fails any check (or that the
+ * driver refuses) is ignored and rebuilt from source.
+ */
+#include "backend_opencl.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "embedded.h"
+#include "model.h"
+#include "quant.h"
+
+#define CACHE_FORMAT_VERSION 1u
+
+/* The program: these files, in this order, after prelude.cl and quant.h. */
+static const char *const program_files[] = {"prelude.cl",  "quant.h",  "matmul_q4.cl",  "matmul_q8.cl", "matmul_f.cl",
+                                            "norm.cl",     "rope.cl",  "attention.cl",  "act.cl",       "get_rows.cl"};
+
+/* ============================================================ embedded files */
+
+static const idf_embedded_file *emb_find(const char *name) {
+    for (unsigned i = 0; i < idf_embedded_files_count; i++)
+        if (strcmp(idf_embedded_files[i].name, name) == 0)
+            return &idf_embedded_files[i];
+    return NULL;
+}
+
+/* Whole file into a NUL-terminated heap buffer (kernel development builds and
+ * IDEFICS_OPENCL_TUNING). */
+static char *read_text(const idf_alloc *al, const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *buf = NULL;
+    if (fseek(f, 0, SEEK_END) == 0) {
+        const long n = ftell(f);
+        if (n >= 0 && n < (1l << 26) && fseek(f, 0, SEEK_SET) == 0 && (buf = idf_malloc(al, (size_t)n + 1))) {
+            if (fread(buf, 1, (size_t)n, f) != (size_t)n) {
+                idf_free(al, buf);
+                buf = NULL;
+            } else {
+                buf[n] = '\0';
+                *len = (size_t)n;
+            }
+        }
+    }
+    fclose(f);
+    return buf;
+}
+
+/* ================================================================= tuning */
+
+static void tuning_defaults(idf_ocl_tuning *t) {
+    *t = (idf_ocl_tuning){.mm_lanes = 4, .mm_nb = 4, .f_lanes = 8, .f_rows = 8, .wg_norm = 64, .wg_attn = 64,
+                          .wg_elem = 64, .auto_select = true, .use_host_ptr = true};
+    snprintf(t->file, sizeof t->file, "built-in defaults");
+}
+
+static bool ci_contains(const char *hay, const char *needle) {
+    const size_t n = strlen(needle);
+    if (!n)
+        return true;
+    for (; *hay; hay++) {
+        size_t i = 0;
+        while (i < n && hay[i] && tolower((unsigned char)hay[i]) == tolower((unsigned char)needle[i]))
+            i++;
+        if (i == n)
+            return true;
+    }
+    return false;
+}
+
+static char *trim(char *s) {
+    while (isspace((unsigned char)*s))
+        s++;
+    char *e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    return s;
+}
+
+/* Parse an ini text. With p == NULL only the [tuning] values are applied; with
+ * p, returns whether every [match] key matches p (no keys: false, so the
+ * default file is only chosen explicitly). Unknown keys and malformed values
+ * are ignored: the file is data shipped with the library, and a bad line must
+ * not make a working device unusable. */
+static bool ini_apply(const char *text, size_t len, const idf_ocl_probe *p, idf_ocl_tuning *t) {
+    char line[256];
+    char section[32] = "";
+    bool any_match_key = false, all_match = true;
+    for (size_t pos = 0; pos < len;) {
+        size_t e = pos;
+        while (e < len && text[e] != '\n')
+            e++;
+        const size_t n = e - pos < sizeof line - 1 ? e - pos : sizeof line - 1;
+        memcpy(line, text + pos, n);
+        line[n] = '\0';
+        pos = e + 1;
+        char *hash = strchr(line, '#');
+        if (hash)
+            *hash = '\0';
+        char *s = trim(line);
+        if (!*s)
+            continue;
+        if (*s == '[') {
+            snprintf(section, sizeof section, "%s", s);
+            continue;
+        }
+        char *eq = strchr(s, '=');
+        if (!eq)
+            continue;
+        *eq = '\0';
+        const char *key = trim(s), *val = trim(eq + 1);
+        if (strcmp(section, "[match]") == 0 && p) {
+            any_match_key = true;
+            bool ok;
+            if (strcmp(key, "vendor") == 0)
+                ok = ci_contains(p->vendor, val);
+            else if (strcmp(key, "device") == 0)
+                ok = ci_contains(p->device, val);
+            else if (strcmp(key, "platform") == 0)
+                ok = ci_contains(p->platform, val);
+            else if (strcmp(key, "type") == 0)
+                ok = (strcmp(val, "gpu") == 0 && (p->type & CL_DEVICE_TYPE_GPU)) ||
+                     (strcmp(val, "cpu") == 0 && (p->type & CL_DEVICE_TYPE_CPU)) ||
+                     (strcmp(val, "accelerator") == 0 && (p->type & CL_DEVICE_TYPE_ACCELERATOR));
+            else
+                ok = false;
+            all_match = all_match && ok;
+        } else if (strcmp(section, "[tuning]") == 0 && !p) {
+            char *end;
+            const unsigned long v = strtoul(val, &end, 10);
+            if (end == val || *end || v > 1024)
+                continue;
+            const unsigned u = (unsigned)v;
+            /* work sizes must be powers of two for the tree reductions */
+            const bool pow2 = u && !(u & (u - 1));
+            if (strcmp(key, "mm_lanes") == 0 && pow2)
+                t->mm_lanes = u;
+            else if (strcmp(key, "mm_nb") == 0 && u >= 1 && u <= 16)
+                t->mm_nb = u;
+            else if (strcmp(key, "f_lanes") == 0 && pow2)
+                t->f_lanes = u;
+            else if (strcmp(key, "f_rows") == 0 && u >= 1)
+                t->f_rows = u;
+            else if (strcmp(key, "wg_norm") == 0 && pow2)
+                t->wg_norm = u;
+            else if (strcmp(key, "wg_attn") == 0 && pow2)
+                t->wg_attn = u;
+            else if (strcmp(key, "wg_elem") == 0 && u >= 1)
+                t->wg_elem = u;
+            else if (strcmp(key, "auto_select") == 0)
+                t->auto_select = u != 0;
+            else if (strcmp(key, "use_host_ptr") == 0)
+                t->use_host_ptr = u != 0;
+        }
+    }
+    return p ? any_match_key && all_match : true;
+}
+
+/* The tuning for probe p: IDEFICS_OPENCL_TUNING=path if set, else the first
+ * embedded gpu/NAME.ini whose [match] fits, else gpu/default.ini. */
+static void tuning_for(const idf_alloc *al, const idf_ocl_probe *p, idf_ocl_tuning *t) {
+    tuning_defaults(t);
+    const char *over = getenv("IDEFICS_OPENCL_TUNING");
+    if (over && over[0]) {
+        size_t len;
+        char *txt = read_text(al, over, &len);
+        if (txt) {
+            ini_apply(txt, len, NULL, t);
+            snprintf(t->file, sizeof t->file, "%.63s", over);
+            idf_free(al, txt);
+            return;
+        }
+    }
+    const idf_embedded_file *pick = NULL;
+    for (unsigned i = 0; i < idf_embedded_files_count && !pick; i++) {
+        const idf_embedded_file *f = &idf_embedded_files[i];
+        if (strncmp(f->name, "gpu/", 4) == 0 && f->bytes && ini_apply((const char *)f->bytes, f->len, p, NULL))
+            pick = f;
+    }
+    if (!pick)
+        pick = emb_find("gpu/default.ini");
+    if (pick && pick->bytes) {
+        ini_apply((const char *)pick->bytes, pick->len, NULL, t);
+        snprintf(t->file, sizeof t->file, "%s", pick->name);
+    }
+}
+
+/* ================================================================== probe */
+
+static void dev_str(const idf_cl_api *cl, cl_device_id d, cl_device_info what, char *buf, size_t size) {
+    size_t got = 0;
+    if (cl->clGetDeviceInfo(d, what, size - 1, buf, &got) != CL_SUCCESS)
+        got = 0;
+    buf[got < size ? got : size - 1] = '\0';
+    char *t = trim(buf);
+    memmove(buf, t, strlen(t) + 1);
+}
+
+static uint64_t dev_u64(const idf_cl_api *cl, cl_device_id d, cl_device_info what) {
+    cl_ulong v = 0;
+    return cl->clGetDeviceInfo(d, what, sizeof v, &v, NULL) == CL_SUCCESS ? v : 0;
+}
+static unsigned dev_uint(const idf_cl_api *cl, cl_device_id d, cl_device_info what) {
+    cl_uint v = 0;
+    return cl->clGetDeviceInfo(d, what, sizeof v, &v, NULL) == CL_SUCCESS ? v : 0;
+}
+
+static void probe_device(const idf_cl_api *cl, cl_platform_id pl, cl_device_id d, idf_ocl_probe *p) {
+    memset(p, 0, sizeof *p);
+    size_t got = 0;
+    if (cl->clGetPlatformInfo(pl, CL_PLATFORM_NAME, sizeof p->platform - 1, p->platform, &got) != CL_SUCCESS)
+        got = 0;
+    p->platform[got < sizeof p->platform ? got : sizeof p->platform - 1] = '\0';
+    dev_str(cl, d, CL_DEVICE_NAME, p->device, sizeof p->device);
+    dev_str(cl, d, CL_DEVICE_VENDOR, p->vendor, sizeof p->vendor);
+    dev_str(cl, d, CL_DRIVER_VERSION, p->driver, sizeof p->driver);
+    dev_str(cl, d, CL_DEVICE_VERSION, p->version, sizeof p->version);
+    dev_str(cl, d, CL_DEVICE_OPENCL_C_VERSION, p->c_version, sizeof p->c_version);
+    cl_device_type type = 0;
+    if (cl->clGetDeviceInfo(d, CL_DEVICE_TYPE, sizeof type, &type, NULL) == CL_SUCCESS)
+        p->type = type;
+    /* Extensions can be long (PoCL ~1 KB, Adreno ~2 KB): read into a sized buffer. */
+    char ext[8192];
+    dev_str(cl, d, CL_DEVICE_EXTENSIONS, ext, sizeof ext);
+    p->fp16 = strstr(ext, "cl_khr_fp16") != NULL;
+    const char *sg[] = {"cl_khr_subgroups", "cl_intel_subgroups", "cl_qcom_reqd_sub_group_size"};
+    for (size_t i = 0; i < 3 && !p->subgroups; i++)
+        if (strstr(ext, sg[i])) {
+            p->subgroups = true;
+            snprintf(p->subgroup_ext, sizeof p->subgroup_ext, "%s", sg[i]);
+        }
+    cl_bool b = CL_FALSE;
+    p->images = cl->clGetDeviceInfo(d, CL_DEVICE_IMAGE_SUPPORT, sizeof b, &b, NULL) == CL_SUCCESS && b;
+    b = CL_FALSE;
+    /* Deprecated in 2.0 but still answered by every driver we know; failure = not unified. */
+    p->unified_memory = cl->clGetDeviceInfo(d, CL_DEVICE_HOST_UNIFIED_MEMORY, sizeof b, &b, NULL) == CL_SUCCESS && b;
+    p->max_alloc = dev_u64(cl, d, CL_DEVICE_MAX_MEM_ALLOC_SIZE);
+    p->global_mem = dev_u64(cl, d, CL_DEVICE_GLOBAL_MEM_SIZE);
+    p->local_mem = dev_u64(cl, d, CL_DEVICE_LOCAL_MEM_SIZE);
+    p->compute_units = dev_uint(cl, d, CL_DEVICE_MAX_COMPUTE_UNITS);
+    p->base_align = dev_uint(cl, d, CL_DEVICE_MEM_BASE_ADDR_ALIGN) / 8;
+    size_t wg = 0;
+    if (cl->clGetDeviceInfo(d, CL_DEVICE_MAX_WORK_GROUP_SIZE, sizeof wg, &wg, NULL) == CL_SUCCESS)
+        p->max_wg = wg > 65536 ? 65536 : (unsigned)wg;
+    size_t ib = 0;
+    if (p->images && cl->clGetDeviceInfo(d, CL_DEVICE_IMAGE_MAX_BUFFER_SIZE, sizeof ib, &ib, NULL) == CL_SUCCESS)
+        p->image1d_buffer_max = ib;
+}
+
+/* Clamp work-group sizes to what the device allows (a power of two at most
+ * max_wg), whatever the tuning file says. */
+static void tuning_clamp(idf_ocl_tuning *t, const idf_ocl_probe *p) {
+    unsigned mx = 1;
+    while (mx * 2 <= (p->max_wg ? p->max_wg : 1))
+        mx *= 2;
+    unsigned *pw[] = {&t->wg_norm, &t->wg_attn, &t->wg_elem};
+    for (size_t i = 0; i < 3; i++)
+        if (*pw[i] > mx)
+            *pw[i] = mx;
+    while (t->f_lanes * t->f_rows > mx && t->f_rows > 1)
+        t->f_rows /= 2;
+    while (t->f_lanes > mx)
+        t->f_lanes /= 2;
+    /* Q4/Q8 groups are tile_rows * mm_lanes; lanes shrink per call when R is large (ops file). */
+    if (t->mm_lanes > mx)
+        t->mm_lanes = mx;
+}
+
+/* ======================================================= device enumeration */
+
+typedef struct dev_ref {
+    cl_platform_id pl;
+    cl_device_id dev;
+} dev_ref;
+
+/* All devices of all platforms, flat, in platform then device order (the
+ * index IDEFICS_DEVICE=N means). Caller frees *out. */
+static idefics_status enumerate(const idf_cl_api *cl, const idf_alloc *al, dev_ref **out, unsigned *n_out,
+                                idf_err *err) {
+    *out = NULL;
+    *n_out = 0;
+    cl_uint np = 0;
+    const cl_int e = cl->clGetPlatformIDs(0, NULL, &np);
+    if (e != CL_SUCCESS || np == 0) /* -1001 = CL_PLATFORM_NOT_FOUND_KHR: an ICD loader with no drivers */
+        return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "%s: no OpenCL platform (clGetPlatformIDs: %d)", cl->lib_path,
+                        (int)e);
+    if (np > 64)
+        np = 64;
+    cl_platform_id pls[64];
+    if (cl->clGetPlatformIDs(np, pls, NULL) != CL_SUCCESS)
+        return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "clGetPlatformIDs failed");
+    dev_ref *list = NULL;
+    unsigned n = 0, cap = 0;
+    for (cl_uint i = 0; i < np; i++) {
+        cl_uint nd = 0;
+        if (cl->clGetDeviceIDs(pls[i], CL_DEVICE_TYPE_ALL, 0, NULL, &nd) != CL_SUCCESS || nd == 0)
+            continue;
+        if (nd > 64)
+            nd = 64;
+        cl_device_id ds[64];
+        if (cl->clGetDeviceIDs(pls[i], CL_DEVICE_TYPE_ALL, nd, ds, NULL) != CL_SUCCESS)
+            continue;
+        for (cl_uint j = 0; j < nd; j++) {
+            if (n == cap) {
+                cap = cap ? cap * 2 : 8;
+                dev_ref *nl = idf_realloc(al, list, cap * sizeof *nl);
+                if (!nl) {
+                    idf_free(al, list);
+                    return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory listing OpenCL devices");
+                }
+                list = nl;
+            }
+            list[n++] = (dev_ref){pls[i], ds[j]};
+        }
+    }
+    if (!n) {
+        idf_free(al, list);
+        return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "%s: %u OpenCL platform(s) but no device", cl->lib_path,
+                        (unsigned)np);
+    }
+    *out = list;
+    *n_out = n;
+    return IDEFICS_OK;
+}
+
+idefics_status idf_ocl_list_devices(const idf_alloc *alloc, idf_ocl_list_fn fn, void *ud, idf_err *err) {
+    const idf_alloc al = alloc ? *alloc : (idf_alloc){0};
+    idf_cl_api cl;
+    char why[256];
+    if (!idf_cl_load(&cl, why, sizeof why))
+        return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "%s", why);
+    dev_ref *list;
+    unsigned n;
+    idefics_status st = enumerate(&cl, &al, &list, &n, err);
+    if (st == IDEFICS_OK) {
+        for (unsigned i = 0; i < n; i++) {
+            idf_ocl_probe p;
+            idf_ocl_tuning t;
+            probe_device(&cl, list[i].pl, list[i].dev, &p);
+            tuning_for(&al, &p, &t);
+            tuning_clamp(&t, &p);
+            fn(ud, (int)i, &p, &t);
+        }
+        idf_free(&al, list);
+    }
+    idf_cl_unload(&cl);
+    return st;
+}
+
+/* =========================================================== program build */
+
+static void put64(uint8_t *p, uint64_t v) {
+    idf_wr64(p, v);
+}
+
+/* The cache folder, created if needed; false when there is none to use. */
+static bool cache_dir(char *buf, size_t size) {
+    const char *d = getenv("IDEFICS_CACHE_DIR"), *x = getenv("XDG_CACHE_HOME"), *h = getenv("HOME");
+    if (d && d[0])
+        snprintf(buf, size, "%s", d);
+    else if (x && x[0])
+        snprintf(buf, size, "%s/idefics", x);
+    else if (h && h[0])
+        snprintf(buf, size, "%s/.cache/idefics", h);
+    else
+        return false;
+    /* mkdir -p: each prefix in turn; existing folders are fine */
+    for (char *s = buf + 1;; s++) {
+        if (*s == '/' || *s == '\0') {
+            const char c = *s;
+            *s = '\0';
+            mkdir(buf, 0755);
+            *s = c;
+            if (!c)
+                break;
+        }
+    }
+    struct stat st;
+    return stat(buf, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static bool cache_load(idf_ocl_device *dev, const char *path, uint64_t key, const char *opts) {
+    size_t len = 0;
+    char *b = read_text(&dev->alloc, path, &len);
+    if (!b)
+        return false;
+    const uint8_t *u = (const uint8_t *)b;
+    bool ok = len >= 32 && memcmp(u, "IDFCLBN1", 8) == 0 && idf_rd64(u + 8) == key;
+    uint64_t n = ok ? idf_rd64(u + 16) : 0;
+    ok = ok && n > 0 && n <= len - 32 && 32 + n == len && XXH64(u + 24, (size_t)n, 0) == idf_rd64(u + 24 + n);
+    if (ok) {
+        const unsigned char *bin = u + 24;
+        const size_t bl = (size_t)n;
+        cl_int bst = CL_SUCCESS, e = CL_SUCCESS;
+        cl_program p = dev->cl.clCreateProgramWithBinary(dev->ctx, 1, &dev->device, &bl, &bin, &bst, &e);
+        ok = p && e == CL_SUCCESS && bst == CL_SUCCESS &&
+             dev->cl.clBuildProgram(p, 1, &dev->device, opts, NULL, NULL) == CL_SUCCESS;
+        if (ok)
+            dev->prog = p;
+        else if (p)
+            dev->cl.clReleaseProgram(p);
+    }
+    idf_free(&dev->alloc, b);
+    return ok;
+}
+
+static void cache_store(idf_ocl_device *dev, const char *path, uint64_t key) {
+    size_t bl = 0;
+    if (dev->cl.clGetProgramInfo(dev->prog, CL_PROGRAM_BINARY_SIZES, sizeof bl, &bl, NULL) != CL_SUCCESS || !bl ||
+        bl > (1u << 30))
+        return;
+    uint8_t *buf = idf_malloc(&dev->alloc, bl + 32);
+    if (!buf)
+        return;
+    unsigned char *bin = buf + 24;
+    if (dev->cl.clGetProgramInfo(dev->prog, CL_PROGRAM_BINARIES, sizeof bin, &bin, NULL) == CL_SUCCESS) {
+        memcpy(buf, "IDFCLBN1", 8);
+        put64(buf + 8, key);
+        put64(buf + 16, bl);
+        put64(buf + 24 + bl, XXH64(bin, bl, 0));
+        char tmp[600];
+        snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+        FILE *f = fopen(tmp, "wb");
+        bool ok = f && fwrite(buf, 1, bl + 32, f) == bl + 32;
+        if (f)
+            ok = fclose(f) == 0 && ok;
+        if (!ok || rename(tmp, path) != 0)
+            remove(tmp); /* a cache that cannot be written only costs the next start a rebuild */
+    }
+    idf_free(&dev->alloc, buf);
+}
+
+static idefics_status build_program(idf_ocl_device *dev, idf_err *err) {
+    /* Source = the files concatenated, each after a #line so compiler messages name it. */
+    size_t total = 0;
+    const char *texts[sizeof program_files / sizeof program_files[0]];
+    size_t lens[sizeof program_files / sizeof program_files[0]];
+    char *owned[sizeof program_files / sizeof program_files[0]] = {0};
+    idefics_status st = IDEFICS_OK;
+    const size_t nf = sizeof program_files / sizeof program_files[0];
+    for (size_t i = 0; i < nf && st == IDEFICS_OK; i++) {
+        const idf_embedded_file *f = emb_find(program_files[i]);
+        if (!f) {
+            st = idf_errf(err, IDEFICS_ERR_INTERNAL, "OpenCL source %s is not in the build", program_files[i]);
+        } else if (f->bytes) {
+            texts[i] = (const char *)f->bytes;
+            lens[i] = f->len;
+        } else if (!(owned[i] = read_text(&dev->alloc, f->path, &lens[i]))) {
+            st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "cannot read OpenCL source %s (built with embed_kernels=false)",
+                          f->path);
+        } else {
+            texts[i] = owned[i];
+        }
+        if (st == IDEFICS_OK)
+            total += lens[i] + 64;
+    }
+    char *src = st == IDEFICS_OK ? idf_malloc(&dev->alloc, total + 1) : NULL;
+    if (st == IDEFICS_OK && !src)
+        st = idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the OpenCL source");
+    if (st == IDEFICS_OK) {
+        size_t o = 0;
+        for (size_t i = 0; i < nf; i++) {
+            o += (size_t)snprintf(src + o, total + 1 - o, "#line 1 \"%s\"\n", program_files[i]);
+            memcpy(src + o, texts[i], lens[i]);
+            o += lens[i];
+            src[o++] = '\n';
+        }
+        src[o] = '\0';
+    }
+    for (size_t i = 0; i < nf; i++)
+        idf_free(&dev->alloc, owned[i]);
+    if (st)
+        return st;
+
+    char opts[512];
+    snprintf(opts, sizeof opts,
+             "-cl-std=CL1.2 -DMM_NB=%u -DIDFX_TYPE_F32=%d -DIDFX_TYPE_F16=%d -DIDFX_TYPE_Q4=%d -DIDFX_TYPE_Q8=%d%s",
+             dev->tune.mm_nb, IDFX_TYPE_F32, IDFX_TYPE_F16, IDFX_TYPE_Q4, IDFX_TYPE_Q8,
+             dev->probe.fp16 ? " -DIDF_USE_FP16=1" : "");
+    /* the key: everything that changes the binary */
+    char head[1024];
+    const int hl = snprintf(head, sizeof head, "v%u|%s|%s|%s|%s|%s|", CACHE_FORMAT_VERSION, dev->probe.platform,
+                            dev->probe.device, dev->probe.driver, dev->probe.version, opts);
+    XXH64_state_t *xs = XXH64_createState();
+    uint64_t key = 0;
+    if (xs) {
+        XXH64_reset(xs, 0);
+        XXH64_update(xs, head, (size_t)(hl > 0 && hl < (int)sizeof head ? hl : 0));
+        XXH64_update(xs, src, strlen(src));
+        key = XXH64_digest(xs);
+        XXH64_freeState(xs);
+    }
+    char dir[400], path[512];
+    const bool have_cache = key && cache_dir(dir, sizeof dir);
+    if (have_cache)
+        snprintf(path, sizeof path, "%s/idefics-cl-%016llx.bin", dir, (unsigned long long)key);
+    const double t0 = idf_time_ms();
+    if (have_cache && cache_load(dev, path, key, opts)) {
+        dev->from_cache = true;
+    } else {
+        const char *s = src;
+        cl_int e = CL_SUCCESS;
+        dev->prog = dev->cl.clCreateProgramWithSource(dev->ctx, 1, &s, NULL, &e);
+        if (!dev->prog || e != CL_SUCCESS) {
+            idf_free(&dev->alloc, src);
+            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "clCreateProgramWithSource failed (%d)", (int)e);
+        }
+        e = dev->cl.clBuildProgram(dev->prog, 1, &dev->device, opts, NULL, NULL);
+        if (e != CL_SUCCESS) {
+            char blog[400] = "";
+            size_t got = 0;
+            dev->cl.clGetProgramBuildInfo(dev->prog, dev->device, CL_PROGRAM_BUILD_LOG, sizeof blog - 1, blog, &got);
+            blog[got < sizeof blog ? got : sizeof blog - 1] = '\0';
+            for (char *c = blog; *c; c++)
+                if (*c == '\n')
+                    *c = ' ';
+            idf_free(&dev->alloc, src);
+            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "the OpenCL program does not build on %s (%d): %.300s",
+                            dev->probe.device, (int)e, blog);
+        }
+        if (have_cache)
+            cache_store(dev, path, key);
+    }
+    dev->build_ms = idf_time_ms() - t0;
+    idf_free(&dev->alloc, src);
+    return IDEFICS_OK;
+}
+
+/* ============================================================== self-test */
+
+static double nmse(const float *got, const float *want, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        const double d = (double)got[i] - want[i];
+        num += d * d;
+        den += (double)want[i] * want[i];
+    }
+    if (!(num == num)) /* NaN */
+        return INFINITY;
+    return den > 0 ? num / den : num;
+}
+
+static float srand_f(uint64_t *s) {
+    *s = *s * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((*s >> 40) & 0xffffff) / 8388608.0f - 1.0f;
+}
+
+/* A Q4 GEMV (decode shape, odd row count), an RMSNorm and an F16-KV causal
+ * attention on this device against the reference backend. Drivers miscompile
+ * kernels (wrong results, not errors), so a device is only used after its
+ * answers are checked; a mismatch returns NO_DEVICE with what differed. */
+static idefics_status self_test(idf_ocl_device *dev, idf_err *err) {
+    const idf_alloc *al = &dev->alloc;
+    idf_backend *cl = NULL, *ref = NULL;
+    IDF_FORWARD(idf_backend_opencl_create(dev, al, &cl, err));
+    idefics_status st = idf_backend_ref_create(1, al, &ref, err);
+    if (st) {
+        cl->free(cl);
+        return st;
+    }
+    enum { M = 37, K = 256, N = 3, D = 300, NQ = 3, NKV = 20, H = 2, HD = 64 };
+    uint64_t sd = 42;
+    uint64_t qbytes = 0, unit;
+    const uint64_t dims[2] = {M, K};
+    idfx_tensor_nbytes(IDFX_TYPE_Q4, IDFX_LAYOUT_ROWTILE, 8, 2, dims, &qbytes, &unit);
+    const size_t nfl = M * K + 2 * K + 4 * M + 4 * N * D + D + NQ * H * HD * 3 + 2 * NKV * H * HD;
+    float *f = idf_calloc(al, nfl, sizeof(float));
+    uint8_t *q = idf_malloc(al, (size_t)qbytes);
+    uint16_t *kv = idf_malloc(al, 2 * NKV * H * HD * sizeof(uint16_t));
+    const char *what = NULL;
+    double e = 0;
+    if (!f || !q || !kv) {
+        st = idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the OpenCL self-test");
+        goto done;
+    }
+    float *wsrc = f, *x = wsrc + M * K, *y1 = x + 2 * K, *y2 = y1 + 2 * M, *nx = y2 + 2 * M, *n1 = nx + N * D,
+          *n2 = n1 + N * D, *ng = n2 + 2 * N * D, *aq = ng + D, *o1 = aq + NQ * H * HD, *o2 = o1 + NQ * H * HD;
+    for (size_t i = 0; i < (size_t)(M * K + 2 * K); i++)
+        f[i] = srand_f(&sd);
+    for (int i = 0; i < N * D; i++)
+        nx[i] = 3.0f * srand_f(&sd);
+    for (int i = 0; i < D; i++)
+        ng[i] = 1.0f + 0.5f * srand_f(&sd);
+    for (int i = 0; i < NQ * H * HD; i++)
+        aq[i] = srand_f(&sd);
+    for (int i = 0; i < 2 * NKV * H * HD; i++)
+        kv[i] = idfx_fp32_to_fp16(srand_f(&sd));
+    idfx_quantize_q4_ref(wsrc, M, K, 8, 0, q);
+    const idf_weight w = {.name = "self-test", .data = q, .type = IDFX_TYPE_Q4, .layout = IDFX_LAYOUT_ROWTILE,
+                          .tile_rows = 8, .rows = M, .cols = K};
+    if ((st = cl->matmul(cl->ctx, &w, NULL, x, 1, y1, M)) || (st = ref->matmul(ref->ctx, &w, NULL, x, 1, y2, M))) {
+        what = "q4 gemv";
+        goto failed;
+    }
+    if ((e = nmse(y1, y2, M)) > 1e-8) {
+        what = "q4 gemv";
+        goto mismatch;
+    }
+    if ((st = cl->rmsnorm(cl->ctx, nx, ng, 1e-6f, N, D, n1)) || (st = ref->rmsnorm(ref->ctx, nx, ng, 1e-6f, N, D, n2))) {
+        what = "rmsnorm";
+        goto failed;
+    }
+    if ((e = nmse(n1, n2, N * D)) > 1e-10) {
+        what = "rmsnorm";
+        goto mismatch;
+    }
+    idf_attn a = {.n_q = NQ, .n_kv = NKV, .n_heads = H, .head_dim = HD, .q = aq, .q_stride = H * HD, .k = kv,
+                  .v = kv + NKV * H * HD, .kv_stride = H * HD, .kv_type = IDEFICS_KV_F16, .scale = 0.125f,
+                  .causal = true, .q_pos0 = NKV - NQ, .out = o1, .out_stride = H * HD};
+    if ((st = cl->attention(cl->ctx, &a))) {
+        what = "attention";
+        goto failed;
+    }
+    a.out = o2;
+    if ((st = ref->attention(ref->ctx, &a))) {
+        what = "attention";
+        goto failed;
+    }
+    if ((e = nmse(o1, o2, NQ * H * HD)) > 1e-8) {
+        what = "attention (f16 kv, causal)";
+        goto mismatch;
+    }
+    goto done;
+failed:
+    st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "self-test %s failed on %s: %s", what, dev->probe.device,
+                  idefics_status_str(st));
+    goto done;
+mismatch:
+    st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "self-test %s on %s differs from the reference (nmse %.3g)", what,
+                  dev->probe.device, e);
+done:
+    idf_free(al, f);
+    idf_free(al, q);
+    idf_free(al, kv);
+    cl->free(cl);
+    ref->free(ref);
+    return st;
+}
+
+/* ============================================================ device open */
+
+const idf_ocl_probe *idf_ocl_device_probe(const idf_ocl_device *dev) {
+    return dev ? &dev->probe : NULL;
+}
+const idf_ocl_tuning *idf_ocl_device_tuning(const idf_ocl_device *dev) {
+    return dev ? &dev->tune : NULL;
+}
+
+void idf_ocl_device_free(idf_ocl_device *dev) {
+    if (!dev)
+        return;
+    const idf_alloc al = dev->alloc;
+    for (size_t i = 0; i < dev->n_wbufs; i++)
+        dev->cl.clReleaseMemObject(dev->wbufs[i]);
+    idf_free(&al, dev->wbufs);
+    if (dev->prog)
+        dev->cl.clReleaseProgram(dev->prog);
+    if (dev->ctx)
+        dev->cl.clReleaseContext(dev->ctx);
+    idf_cl_unload(&dev->cl);
+    idf_free(&al, dev);
+}
+
+static bool all_digits(const char *s) {
+    if (!*s)
+        return false;
+    for (; *s; s++)
+        if (!isdigit((unsigned char)*s))
+            return false;
+    return true;
+}
+
+idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_alloc *alloc, const idf_log *log,
+                                   idf_ocl_device **out, idf_err *err) {
+    *out = NULL;
+    const idf_alloc al = alloc ? *alloc : (idf_alloc){0};
+    idf_ocl_device *dev = idf_calloc(&al, 1, sizeof *dev);
+    if (!dev)
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the OpenCL device");
+    dev->alloc = al;
+    if (log)
+        dev->log = *log;
+    char why[256];
+    if (!idf_cl_load(&dev->cl, why, sizeof why)) {
+        idf_free(&al, dev);
+        return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "%s", why);
+    }
+    if (!want || !want[0])
+        want = getenv("IDEFICS_DEVICE");
+    if (want && !want[0])
+        want = NULL;
+
+    dev_ref *list = NULL;
+    unsigned n = 0;
+    idefics_status st = enumerate(&dev->cl, &al, &list, &n, err);
+    int chosen = -1;
+    if (st == IDEFICS_OK) {
+        /* named: index or name substring; else the first GPU, then any other
+         * device AUTO may use (explicit OPENCL: any device at all) */
+        for (int pass = 0; pass < 2 && chosen < 0; pass++)
+            for (unsigned i = 0; i < n && chosen < 0; i++) {
+                probe_device(&dev->cl, list[i].pl, list[i].dev, &dev->probe);
+                tuning_for(&al, &dev->probe, &dev->tune);
+                if (want) {
+                    if (all_digits(want) ? strtoul(want, NULL, 10) == i
+                                         : ci_contains(dev->probe.device, want) || ci_contains(dev->probe.platform, want))
+                        chosen = (int)i;
+                } else if (pass == 0 ? (dev->probe.type & CL_DEVICE_TYPE_GPU) && dev->tune.auto_select
+                                     : !auto_mode || dev->tune.auto_select) {
+                    chosen = (int)i;
+                }
+            }
+        if (chosen < 0)
+            st = want ? idf_errf(err, IDEFICS_ERR_NO_DEVICE, "no OpenCL device matches \"%s\" (%u device(s))", want, n)
+                      : idf_errf(err, IDEFICS_ERR_NO_DEVICE,
+                                 "no OpenCL device qualifies for AUTO (%u device(s); a CPU OpenCL device such as PoCL "
+                                 "is only used when named: IDEFICS_DEVICE or params.device)",
+                                 n);
+    }
+    if (st == IDEFICS_OK) {
+        dev->platform = list[chosen].pl;
+        dev->device = list[chosen].dev;
+        probe_device(&dev->cl, dev->platform, dev->device, &dev->probe);
+        tuning_for(&al, &dev->probe, &dev->tune);
+        tuning_clamp(&dev->tune, &dev->probe);
+        cl_int e = CL_SUCCESS;
+        const cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)dev->platform, 0};
+        dev->ctx = dev->cl.clCreateContext(props, 1, &dev->device, NULL, NULL, &e);
+        if (!dev->ctx || e != CL_SUCCESS)
+            st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "clCreateContext on %s failed (%d)", dev->probe.device, (int)e);
+    }
+    idf_free(&al, list);
+    if (st == IDEFICS_OK && dev->probe.max_wg < 16)
+        st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "%s allows work-groups of only %u work-items", dev->probe.device,
+                      dev->probe.max_wg);
+    if (st == IDEFICS_OK)
+        st = build_program(dev, err);
+    if (st == IDEFICS_OK)
+        st = self_test(dev, err);
+    if (st) {
+        idf_ocl_device_free(dev);
+        return st;
+    }
+    idf_logf(&dev->log, IDEFICS_LOG_DEBUG,
+             "opencl: %s (%s, driver %s), %u CUs, fp16 %s, subgroups %s, unified memory %s, max alloc %.0f MiB, "
+             "tuning %s, program %s in %.0f ms",
+             dev->probe.device, dev->probe.platform, dev->probe.driver, dev->probe.compute_units,
+             dev->probe.fp16 ? "yes" : "no", dev->probe.subgroups ? dev->probe.subgroup_ext : "no",
+             dev->probe.unified_memory ? "yes" : "no", (double)dev->probe.max_alloc / 1048576.0, dev->tune.file,
+             dev->from_cache ? "loaded from cache" : "built", dev->build_ms);
+    *out = dev;
+    return IDEFICS_OK;
+}
+
+/* ========================================================== model weights */
+
+static idefics_status bind_one(idf_ocl_device *dev, idf_weight *w, idf_err *err) {
+    if (!w->data || w->rows <= 0)
+        return IDEFICS_OK;
+    const uint64_t dims[2] = {(uint64_t)w->rows, (uint64_t)w->cols};
+    uint64_t bytes, unit;
+    if (!idfx_tensor_nbytes(w->type, w->layout, w->tile_rows, 2, dims, &bytes, &unit))
+        return idf_errf(err, IDEFICS_ERR_CORRUPT, "weight %s has an invalid type/layout for OpenCL", w->name);
+    if (bytes > dev->probe.max_alloc || bytes > SIZE_MAX) {
+        /* over the device's largest buffer: its ops stay on the CPU (supports_op declines) */
+        dev->w_declined += bytes;
+        return IDEFICS_OK;
+    }
+    if (dev->n_wbufs == dev->cap_wbufs) {
+        const size_t cap = dev->cap_wbufs ? 2 * dev->cap_wbufs : 256;
+        cl_mem *nb = idf_realloc(&dev->alloc, dev->wbufs, cap * sizeof *nb);
+        if (!nb)
+            return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for OpenCL weight handles");
+        dev->wbufs = nb;
+        dev->cap_wbufs = cap;
+    }
+    const bool aligned = dev->probe.base_align == 0 || (uintptr_t)w->data % dev->probe.base_align == 0;
+    const bool zero_copy = dev->tune.use_host_ptr && dev->probe.unified_memory && aligned;
+    cl_int e = CL_SUCCESS;
+    cl_mem m = dev->cl.clCreateBuffer(dev->ctx, CL_MEM_READ_ONLY | (zero_copy ? CL_MEM_USE_HOST_PTR : CL_MEM_COPY_HOST_PTR),
+                                      (size_t)bytes, (void *)(uintptr_t)w->data, &e);
+    if (!m || e != CL_SUCCESS)
+        return idf_errf(err, e == CL_MEM_OBJECT_ALLOCATION_FAILURE || e == CL_OUT_OF_RESOURCES
+                                 ? IDEFICS_ERR_OUT_OF_MEMORY
+                                 : IDEFICS_ERR_BACKEND,
+                        "cannot make an OpenCL buffer of %.1f MiB for weight %s (%d)", (double)bytes / 1048576.0,
+                        w->name, (int)e);
+    dev->wbufs[dev->n_wbufs++] = m;
+    w->backend_data = m;
+    if (zero_copy)
+        dev->w_zero_copy += bytes;
+    else
+        dev->w_uploaded += bytes;
+    return IDEFICS_OK;
+}
+
+idefics_status idf_ocl_bind_weights(idf_ocl_device *dev, idefics_model *m, idf_err *err) {
+    const idf_config *c = &m->cfg;
+    idf_weights *w = m->w;
+    IDF_FORWARD(bind_one(dev, &w->patch, err));
+    for (uint32_t l = 0; l < c->v_layers; l++) {
+        idf_vision_layer *L = &w->vl[l];
+        idf_weight *ws[] = {&L->q, &L->k, &L->v, &L->o, &L->fc1, &L->fc2};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            IDF_FORWARD(bind_one(dev, ws[i], err));
+    }
+    for (uint32_t b = 0; c->use_resampler && b < c->p_depth; b++) {
+        idf_perceiver_block *B = &w->pb[b];
+        idf_weight *ws[] = {&B->q, &B->k, &B->v, &B->o, &B->fc, &B->c_proj};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            IDF_FORWARD(bind_one(dev, ws[i], err));
+    }
+    IDF_FORWARD(bind_one(dev, &w->embed, err));
+    IDF_FORWARD(bind_one(dev, &w->lm_head, err));
+    if (c->additional_vocab) {
+        IDF_FORWARD(bind_one(dev, &w->embed_add, err));
+        IDF_FORWARD(bind_one(dev, &w->lm_add, err));
+    }
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        idf_decoder_layer *L = &w->dl[l];
+        idf_weight *ws[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            IDF_FORWARD(bind_one(dev, ws[i], err));
+    }
+    for (uint32_t j = 0; j < c->n_cross; j++) {
+        idf_cross_block *B = &w->xb[j];
+        idf_weight *ws[] = {&B->q, &B->k, &B->v, &B->o, &B->gate, &B->up, &B->down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            IDF_FORWARD(bind_one(dev, ws[i], err));
+    }
+    idf_logf(&dev->log, IDEFICS_LOG_DEBUG, "opencl: weights %.1f MiB zero-copy, %.1f MiB uploaded, %.1f MiB left to the CPU",
+             (double)dev->w_zero_copy / 1048576.0, (double)dev->w_uploaded / 1048576.0,
+             (double)dev->w_declined / 1048576.0);
+    return IDEFICS_OK;
+}

@@ -1,0 +1,110 @@
+/*
+ * backend_opencl.h - the OpenCL backend's shared pieces (runtime-internal).
+ *
+ * Two levels, matching the model/session split of the public API:
+ *   idf_ocl_device  made once per model at load (model.c pick_backend): the
+ *                   loaded OpenCL library, the chosen device, its probe and
+ *                   tuning, the context, the built program, and the device
+ *                   buffers of the model's weights (idf_weight.backend_data).
+ *                   Immutable after load, shared by every session.
+ *   idf_backend     one per session (backend.c): its own command queue,
+ *                   kernels (clSetKernelArg is not thread-safe) and scratch.
+ * backend_opencl.c has the device, backend_opencl_ops.c the ops.
+ */
+#ifndef IDF_BACKEND_OPENCL_H
+#define IDF_BACKEND_OPENCL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "opencl_loader.h"
+
+/* Per-device-family numbers from boards/gpu/NAME.ini (docs/OPENCL.md). */
+typedef struct idf_ocl_tuning {
+    unsigned mm_lanes, mm_nb;  /* Q4/Q8 matmul: lanes per row, input rows per work-item */
+    unsigned f_lanes, f_rows;  /* F16/F32 matmul: lanes per row, rows per work-group */
+    unsigned wg_norm, wg_attn, wg_elem;
+    bool auto_select;          /* AUTO may pick the device */
+    bool use_host_ptr;         /* wrap host memory with CL_MEM_USE_HOST_PTR */
+    char file[64];             /* the tuning file used, e.g. "gpu/pocl-cpu.ini" */
+} idf_ocl_tuning;
+
+/* What the start-up probe found out about a device. */
+typedef struct idf_ocl_probe {
+    char platform[128], device[128], vendor[128], driver[64], version[128], c_version[64];
+    cl_device_type type;
+    bool fp16;                 /* cl_khr_fp16: half arithmetic */
+    bool subgroups;            /* cl_khr_subgroups, cl_intel_subgroups or cl_qcom_reqd_sub_group_size */
+    char subgroup_ext[40];     /* which of those */
+    bool images;               /* CL_DEVICE_IMAGE_SUPPORT */
+    bool unified_memory;       /* CL_DEVICE_HOST_UNIFIED_MEMORY */
+    uint64_t max_alloc, global_mem, local_mem;
+    unsigned compute_units, max_wg, base_align; /* base_align in bytes */
+    uint64_t image1d_buffer_max; /* CL_DEVICE_IMAGE_MAX_BUFFER_SIZE, texels */
+} idf_ocl_probe;
+
+typedef struct idf_ocl_device idf_ocl_device;
+
+/* Open the device for a model: load the library, pick the device (want: index
+ * or name substring; NULL/"" = env IDEFICS_DEVICE, else the first device that
+ * qualifies), probe, build (or load the cached) program, run the self-test.
+ * auto_mode: skip devices whose tuning says auto_select = 0 unless named.
+ * Any failure returns IDEFICS_ERR_NO_DEVICE (or OUT_OF_MEMORY) with the reason. */
+idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_alloc *alloc, const idf_log *log,
+                                   idf_ocl_device **out, idf_err *err);
+void idf_ocl_device_free(idf_ocl_device *dev);
+const idf_ocl_probe *idf_ocl_device_probe(const idf_ocl_device *dev);
+const idf_ocl_tuning *idf_ocl_device_tuning(const idf_ocl_device *dev);
+
+/* Give every matrix weight of model m a device buffer (backend_data): zero-copy
+ * on unified memory where the data is aligned, else uploaded once. Weights
+ * over CL_DEVICE_MAX_MEM_ALLOC_SIZE keep backend_data NULL and their ops run
+ * on the CPU (supports_op declines them). */
+struct idefics_model;
+idefics_status idf_ocl_bind_weights(idf_ocl_device *dev, struct idefics_model *m, idf_err *err);
+
+/* A session's backend on dev (which must outlive it). */
+idefics_status idf_backend_opencl_create(idf_ocl_device *dev, const idf_alloc *alloc, idf_backend **out,
+                                         idf_err *err);
+/* A backend that owns its own device (op tests, benchmarks): explicit device
+ * choice (env IDEFICS_DEVICE), n_threads unused. */
+idefics_status idf_backend_opencl_create_standalone(int n_threads, const idf_alloc *alloc, idf_backend **out,
+                                                    idf_err *err);
+
+/* Every platform and device, probed, for `idefics devices`. fn gets the flat
+ * index (what IDEFICS_DEVICE=N selects) and whether AUTO would consider it. */
+typedef void (*idf_ocl_list_fn)(void *ud, int index, const idf_ocl_probe *p, const idf_ocl_tuning *t);
+idefics_status idf_ocl_list_devices(const idf_alloc *alloc, idf_ocl_list_fn fn, void *ud, idf_err *err);
+
+/* ---- inside the backend (backend_opencl.c <-> backend_opencl_ops.c) ---- */
+
+struct idf_ocl_device {
+    idf_alloc alloc;
+    idf_log log;
+    idf_cl_api cl;
+    cl_platform_id platform;
+    cl_device_id device;
+    cl_context ctx;
+    cl_program prog;
+    idf_ocl_probe probe;
+    idf_ocl_tuning tune;
+    cl_mem *wbufs; /* weight buffers made by idf_ocl_bind_weights, released with the device */
+    size_t n_wbufs, cap_wbufs;
+    uint64_t w_zero_copy, w_uploaded, w_declined; /* bytes */
+    double build_ms;
+    bool from_cache;
+};
+
+/* Per-op counters a session's backend keeps (benchmarks read them). */
+typedef struct idf_ocl_op_stats {
+    uint64_t calls;
+    double ms;          /* wall time of the op, enqueue to results visible on the host */
+    uint64_t bytes_rd;  /* buffer bytes the kernels read (weights, activations) */
+    uint64_t w_bytes;   /* of which weight bytes */
+} idf_ocl_op_stats;
+
+const idf_ocl_op_stats *idf_ocl_backend_stats(const idf_backend *b); /* [IDF_OP_COUNT] */
+void idf_ocl_backend_stats_reset(idf_backend *b);
+
+#endif /* IDF_BACKEND_OPENCL_H */

@@ -1,0 +1,636 @@
+/*
+ * backend_opencl_ops.c - the OpenCL backend's ops (backend.h vtable) for one
+ * session: its command queue, kernels and scratch on a shared idf_ocl_device.
+ *
+ * Memory: activations stay in host memory (backend.h). Each op wraps the host
+ * arrays it touches in buffers: CL_MEM_USE_HOST_PTR where the tuning says the
+ * device shares host memory (zero-copy; results are made visible by a blocking
+ * map/unmap), CL_MEM_COPY_HOST_PTR and a blocking read otherwise. Weights use
+ * the buffer the model made at load (idf_weight.backend_data); a weight
+ * without one (op tests, benchmarks) is wrapped for the call the same way.
+ * Every op is synchronous: when it returns, its outputs are in host memory, so
+ * the forward pass may mix OpenCL ops with CPU ones freely.
+ *
+ * Arithmetic is fp32 in every kernel (kernels/NAME.cl); fp16 data is read with
+ * vload_half, so devices without cl_khr_fp16 (PoCL) run the same code.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "backend_opencl.h"
+#include "quant.h"
+
+enum {
+    K_MM_Q4,
+    K_MM_Q4_NB1,
+    K_MM_Q8,
+    K_MM_Q8_NB1,
+    K_MM_F,
+    K_MM_F_NB1,
+    K_GET_ROWS,
+    K_RMSNORM,
+    K_LAYERNORM,
+    K_ROPE,
+    K_ATTN_F32,
+    K_ATTN_F16,
+    K_GELU,
+    K_QUICK_GELU,
+    K_RELU,
+    K_SILU_MUL,
+    K_ADD,
+    K_SCALE,
+    K_GATED_ADD,
+    K_COUNT
+};
+
+static const char *const kernel_names[K_COUNT] = {
+    "matmul_q4", "matmul_q4_nb1", "matmul_q8", "matmul_q8_nb1", "matmul_f",   "matmul_f_nb1", "get_rows",
+    "rmsnorm",   "layernorm",     "rope",      "attention_f32", "attention_f16", "gelu",     "quick_gelu",
+    "relu",      "silu_mul",      "add",       "scale",       "gated_add"};
+
+typedef struct ocl_ctx {
+    idf_alloc alloc;
+    idf_ocl_device *dev;
+    bool owns_dev; /* standalone backends (tests, benchmarks) */
+    const idf_cl_api *cl;
+    cl_command_queue q;
+    cl_kernel k[K_COUNT];
+    size_t kmax_wg[K_COUNT]; /* CL_KERNEL_WORK_GROUP_SIZE */
+    cl_mem dummy;            /* bound where an optional array (bias, mask) is absent */
+    cl_mem scores;           /* attention scratch */
+    size_t scores_bytes;
+    idf_ocl_op_stats stats[IDF_OP_COUNT];
+} ocl_ctx;
+
+/* ---------------------------------------------------------------- helpers */
+
+#define MAX_ELEMS ((int64_t)1 << 31) /* kernels index with uint; sizes are checked against this */
+
+/* A buffer over host memory: read-only input or read-write output. */
+static cl_mem host_buf(ocl_ctx *c, const void *p, size_t bytes, bool out) {
+    const bool zc = c->dev->tune.use_host_ptr;
+    cl_mem_flags fl = (out ? CL_MEM_READ_WRITE : CL_MEM_READ_ONLY) | (zc ? CL_MEM_USE_HOST_PTR : CL_MEM_COPY_HOST_PTR);
+    cl_int e = CL_SUCCESS;
+    cl_mem m = c->cl->clCreateBuffer(c->dev->ctx, fl, bytes ? bytes : 4, (void *)(uintptr_t)p, &e);
+    return e == CL_SUCCESS ? m : NULL;
+}
+
+/* Make an output's new contents visible at its host pointer. */
+static cl_int finish_out(ocl_ctx *c, cl_mem m, void *p, size_t bytes) {
+    if (c->dev->tune.use_host_ptr) {
+        cl_int e = CL_SUCCESS;
+        void *mp = c->cl->clEnqueueMapBuffer(c->q, m, CL_TRUE, CL_MAP_READ, 0, bytes, 0, NULL, NULL, &e);
+        if (e != CL_SUCCESS)
+            return e;
+        e = c->cl->clEnqueueUnmapMemObject(c->q, m, mp, 0, NULL, NULL);
+        return e == CL_SUCCESS ? c->cl->clFinish(c->q) : e;
+    }
+    return c->cl->clEnqueueReadBuffer(c->q, m, CL_TRUE, 0, bytes, p, 0, NULL, NULL);
+}
+
+static void rel(ocl_ctx *c, cl_mem m) {
+    if (m)
+        c->cl->clReleaseMemObject(m);
+}
+
+typedef struct karg {
+    size_t size;
+    const void *ptr; /* NULL: __local of size bytes */
+} karg;
+#define KA(v) ((karg){sizeof(v), &(v)})
+#define KL(bytes) ((karg){(bytes), NULL})
+
+static cl_int launch(ocl_ctx *c, int ki, const karg *a, int na, cl_uint dims, const size_t *gsz, const size_t *lsz) {
+    for (int i = 0; i < na; i++) {
+        const cl_int e = c->cl->clSetKernelArg(c->k[ki], (cl_uint)i, a[i].size, a[i].ptr);
+        if (e != CL_SUCCESS)
+            return e;
+    }
+    for (cl_uint d = 0; d < dims; d++)
+        if (gsz[d] == 0)
+            return CL_SUCCESS;
+    return c->cl->clEnqueueNDRangeKernel(c->q, c->k[ki], dims, NULL, gsz, lsz, 0, NULL, NULL);
+}
+
+static idefics_status cl_fail(cl_int e) {
+    return e == CL_MEM_OBJECT_ALLOCATION_FAILURE || e == CL_OUT_OF_HOST_MEMORY ? IDEFICS_ERR_OUT_OF_MEMORY
+                                                                               : IDEFICS_ERR_BACKEND;
+}
+
+static uint64_t weight_bytes(const idf_weight *w) {
+    const uint64_t dims[2] = {(uint64_t)w->rows, (uint64_t)w->cols};
+    uint64_t b = 0, unit;
+    return idfx_tensor_nbytes(w->type, w->layout, w->tile_rows, 2, dims, &b, &unit) ? b : 0;
+}
+
+static bool weight_ok(const idf_weight *w) {
+    if (!w || !w->data || w->rows <= 0 || w->cols <= 0 || w->rows >= MAX_ELEMS || w->cols >= MAX_ELEMS)
+        return false;
+    if (w->layout == IDFX_LAYOUT_ROWMAJOR)
+        return w->type == IDFX_TYPE_F32 || w->type == IDFX_TYPE_F16;
+    if (w->layout == IDFX_LAYOUT_ROWTILE)
+        return (w->type == IDFX_TYPE_Q4 || w->type == IDFX_TYPE_Q8) && w->cols % IDFX_QK == 0 && w->tile_rows >= 1 &&
+               w->tile_rows <= IDFX_MAX_TILE_ROWS;
+    return false;
+}
+
+/* The weight's device buffer: the model's, or one made for this call (*tmp). */
+static cl_mem weight_buf(ocl_ctx *c, const idf_weight *w, uint64_t bytes, cl_mem *tmp) {
+    *tmp = NULL;
+    if (w->backend_data)
+        return (cl_mem)w->backend_data;
+    if (bytes > c->dev->probe.max_alloc || bytes > SIZE_MAX)
+        return NULL;
+    *tmp = host_buf(c, w->data, (size_t)bytes, false);
+    return *tmp;
+}
+
+static void account(ocl_ctx *c, idf_op op, double t0, uint64_t rd, uint64_t wrd) {
+    idf_ocl_op_stats *s = &c->stats[op];
+    s->calls++;
+    s->ms += idf_time_ms() - t0;
+    s->bytes_rd += rd;
+    s->w_bytes += wrd;
+}
+
+/* ------------------------------------------------------------ supports_op */
+
+static bool ocl_supports(void *vctx, const idf_op_desc *d) {
+    ocl_ctx *c = vctx;
+    switch (d->op) {
+    case IDF_OP_MATMUL:
+    case IDF_OP_GET_ROWS: {
+        if (d->wlayout == IDFX_LAYOUT_ROWTILE) {
+            if ((d->wtype != IDFX_TYPE_Q4 && d->wtype != IDFX_TYPE_Q8) || d->k % IDFX_QK)
+                return false;
+        } else if (d->wlayout != IDFX_LAYOUT_ROWMAJOR || (d->wtype != IDFX_TYPE_F32 && d->wtype != IDFX_TYPE_F16)) {
+            return false;
+        }
+        /* A weight over the device's largest buffer stays on the CPU (bound
+         * conservatively: 4 bytes per weight, rows padded to the largest tile). */
+        const uint64_t rows = (uint64_t)(d->op == IDF_OP_MATMUL ? d->m : d->m) + IDFX_MAX_TILE_ROWS;
+        const uint64_t bpw = d->wtype == IDFX_TYPE_F32 ? 4 : 2;
+        if (d->m > 0 && rows * (uint64_t)d->k * bpw > c->dev->probe.max_alloc)
+            return false;
+        return (uint64_t)d->n * (uint64_t)d->k * 4 <= c->dev->probe.max_alloc;
+    }
+    case IDF_OP_ATTENTION:
+        return d->kv_type == IDEFICS_KV_F32 || d->kv_type == IDEFICS_KV_F16;
+    default:
+        return d->op < IDF_OP_COUNT;
+    }
+}
+
+/* ----------------------------------------------------------------- matmul */
+
+static idefics_status ocl_matmul(void *vctx, const idf_weight *w, const float *bias, const float *x, int64_t n,
+                                 float *y, int64_t ldy) {
+    ocl_ctx *c = vctx;
+    if (!weight_ok(w) || !x || !y || n < 0 || ldy < w->rows || n >= MAX_ELEMS || ldy >= MAX_ELEMS)
+        return IDEFICS_ERR_INVALID_ARG;
+    if (n == 0)
+        return IDEFICS_OK;
+    const double t0 = idf_time_ms();
+    const uint64_t wb = weight_bytes(w), xe = (uint64_t)n * (uint64_t)w->cols,
+                   ye = (uint64_t)(n - 1) * (uint64_t)ldy + (uint64_t)w->rows;
+    if (!wb || xe >= (uint64_t)MAX_ELEMS || ye >= (uint64_t)MAX_ELEMS)
+        return IDEFICS_ERR_UNSUPPORTED;
+    cl_mem tmpw, wm = weight_buf(c, w, wb, &tmpw);
+    cl_mem xm = host_buf(c, x, (size_t)xe * 4, false), ym = host_buf(c, y, (size_t)ye * 4, true);
+    cl_mem bm = bias ? host_buf(c, bias, (size_t)w->rows * 4, false) : c->dummy;
+    cl_int e = wm && xm && ym && bm ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    const cl_uint rows = (cl_uint)w->rows, k = (cl_uint)w->cols, nn = (cl_uint)n, ld = (cl_uint)ldy,
+                  hb = bias ? 1u : 0u;
+    const unsigned nb = n == 1 ? 1 : c->dev->tune.mm_nb;
+    uint64_t w_read = 0;
+    if (e == CL_SUCCESS && w->layout == IDFX_LAYOUT_ROWTILE) {
+        const bool q4 = w->type == IDFX_TYPE_Q4;
+        const int ki = q4 ? (nb == 1 ? K_MM_Q4_NB1 : K_MM_Q4) : (nb == 1 ? K_MM_Q8_NB1 : K_MM_Q8);
+        const cl_uint R = w->tile_rows, ng = k / IDFX_QK;
+        size_t lanes = c->dev->tune.mm_lanes;
+        while (lanes > 1 && R * lanes > c->kmax_wg[ki])
+            lanes /= 2;
+        if (R * lanes > c->kmax_wg[ki]) {
+            e = CL_INVALID_WORK_GROUP_SIZE;
+        } else {
+            const size_t ntiles = ((size_t)rows + R - 1) / R;
+            const size_t g[2] = {ntiles * R * lanes, ((size_t)n + nb - 1) / nb}, l[2] = {R * lanes, 1};
+            karg a[13] = {KA(wm), KA(R),  KA(ng), KA(rows), KA(xm), KA(nn), KA(k), KA(bm), KA(hb), KA(ym), KA(ld),
+                          KL(R * lanes * nb * sizeof(float)), KL(16 * sizeof(float))};
+            e = launch(c, ki, a, q4 ? 13 : 12, 2, g, l);
+            w_read = wb * g[1];
+        }
+    } else if (e == CL_SUCCESS) {
+        const int ki = nb == 1 ? K_MM_F_NB1 : K_MM_F;
+        size_t lanes = c->dev->tune.f_lanes, rw = c->dev->tune.f_rows;
+        while (lanes * rw > c->kmax_wg[ki] && rw > 1)
+            rw /= 2;
+        while (lanes * rw > c->kmax_wg[ki] && lanes > 1)
+            lanes /= 2;
+        const cl_uint f16 = w->type == IDFX_TYPE_F16;
+        const size_t g[3] = {lanes, ((size_t)rows + rw - 1) / rw * rw, ((size_t)n + nb - 1) / nb}, l[3] = {lanes, rw, 1};
+        karg a[11] = {KA(wm), KA(f16), KA(rows), KA(xm), KA(nn), KA(k), KA(bm), KA(hb), KA(ym), KA(ld),
+                      KL(lanes * rw * nb * sizeof(float))};
+        e = launch(c, ki, a, 11, 3, g, l);
+        w_read = wb * g[2];
+    }
+    if (e == CL_SUCCESS)
+        e = finish_out(c, ym, y, (size_t)ye * 4);
+    rel(c, tmpw);
+    rel(c, xm);
+    rel(c, ym);
+    if (bias)
+        rel(c, bm);
+    if (e != CL_SUCCESS)
+        return cl_fail(e);
+    account(c, IDF_OP_MATMUL, t0, w_read + xe * 4 + (bias ? (uint64_t)rows * 4 : 0), w_read);
+    return IDEFICS_OK;
+}
+
+static idefics_status ocl_get_rows(void *vctx, const idf_weight *w, const int32_t *ids, int64_t n, float *y) {
+    ocl_ctx *c = vctx;
+    if (!weight_ok(w) || (!ids && n > 0) || !y || n < 0 || n >= MAX_ELEMS)
+        return IDEFICS_ERR_INVALID_ARG;
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= w->rows)
+            return IDEFICS_ERR_INVALID_ARG;
+    if (n == 0)
+        return IDEFICS_OK;
+    if ((uint64_t)n * (uint64_t)w->cols >= (uint64_t)MAX_ELEMS)
+        return IDEFICS_ERR_UNSUPPORTED;
+    const double t0 = idf_time_ms();
+    const uint64_t wb = weight_bytes(w);
+    const size_t ybytes = (size_t)n * (size_t)w->cols * 4;
+    cl_mem tmpw, wm = weight_buf(c, w, wb, &tmpw);
+    cl_mem im = host_buf(c, ids, (size_t)n * 4, false), ym = host_buf(c, y, ybytes, true);
+    cl_int e = wm && im && ym ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    if (e == CL_SUCCESS) {
+        const cl_uint type = w->type, R = w->tile_rows ? w->tile_rows : 1, k = (cl_uint)w->cols;
+        const size_t g[2] = {k, (size_t)n};
+        karg a[6] = {KA(wm), KA(type), KA(R), KA(k), KA(im), KA(ym)};
+        e = launch(c, K_GET_ROWS, a, 6, 2, g, NULL);
+    }
+    if (e == CL_SUCCESS)
+        e = finish_out(c, ym, y, ybytes);
+    rel(c, tmpw);
+    rel(c, im);
+    rel(c, ym);
+    if (e != CL_SUCCESS)
+        return cl_fail(e);
+    const uint64_t row_bytes = wb / (uint64_t)w->rows; /* about one row's share, tiles included */
+    account(c, IDF_OP_GET_ROWS, t0, row_bytes * (uint64_t)n + (uint64_t)n * 4, row_bytes * (uint64_t)n);
+    return IDEFICS_OK;
+}
+
+/* ------------------------------------------------------------------ norms */
+
+static idefics_status norm(ocl_ctx *c, bool layer, const float *x, const float *w, const float *b, float eps,
+                           int64_t n, int64_t dim, float *y) {
+    if (!x || !w || !y || dim <= 0 || n < 0 || (uint64_t)n * (uint64_t)dim >= (uint64_t)MAX_ELEMS)
+        return IDEFICS_ERR_INVALID_ARG;
+    if (n == 0)
+        return IDEFICS_OK;
+    const double t0 = idf_time_ms();
+    const size_t bytes = (size_t)(n * dim) * 4;
+    const bool inplace = x == y;
+    cl_mem ym = host_buf(c, y, bytes, true), xm = inplace ? ym : host_buf(c, x, bytes, false);
+    cl_mem wm = host_buf(c, w, (size_t)dim * 4, false), bm = b ? host_buf(c, b, (size_t)dim * 4, false) : c->dummy;
+    cl_int e = ym && xm && wm && bm ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    if (e == CL_SUCCESS) {
+        size_t wg = c->dev->tune.wg_norm;
+        const int ki = layer ? K_LAYERNORM : K_RMSNORM;
+        while (wg > c->kmax_wg[ki])
+            wg /= 2;
+        const size_t g = (size_t)n * wg;
+        const cl_uint d = (cl_uint)dim, hb = b ? 1u : 0u;
+        if (layer) {
+            karg a[8] = {KA(xm), KA(wm), KA(bm), KA(hb), KA(eps), KA(d), KA(ym), KL(wg * sizeof(float))};
+            e = launch(c, ki, a, 8, 1, &g, &wg);
+        } else {
+            karg a[6] = {KA(xm), KA(wm), KA(eps), KA(d), KA(ym), KL(wg * sizeof(float))};
+            e = launch(c, ki, a, 6, 1, &g, &wg);
+        }
+    }
+    if (e == CL_SUCCESS)
+        e = finish_out(c, ym, y, bytes);
+    rel(c, ym);
+    if (!inplace)
+        rel(c, xm);
+    rel(c, wm);
+    if (b)
+        rel(c, bm);
+    if (e != CL_SUCCESS)
+        return cl_fail(e);
+    account(c, layer ? IDF_OP_LAYERNORM : IDF_OP_RMSNORM, t0, (uint64_t)bytes * (layer ? 3 : 2) + (uint64_t)dim * 4,
+            0);
+    return IDEFICS_OK;
+}
+
+static idefics_status ocl_rmsnorm(void *vctx, const float *x, const float *w, float eps, int64_t n, int64_t dim,
+                                  float *y) {
+    return norm(vctx, false, x, w, NULL, eps, n, dim, y);
+}
+
+static idefics_status ocl_layernorm(void *vctx, const float *x, const float *w, const float *b, float eps, int64_t n,
+                                    int64_t dim, float *y) {
+    return norm(vctx, true, x, w, b, eps, n, dim, y);
+}
+
+/* ------------------------------------------------------------------- rope */
+
+static idefics_status ocl_rope(void *vctx, float *x, int64_t n, int64_t stride, int n_heads, int head_dim, int pos0,
+                               float theta) {
+    ocl_ctx *c = vctx;
+    if (!x || head_dim <= 0 || head_dim % 2 || n_heads <= 0 || stride < (int64_t)n_heads * head_dim || pos0 < 0 ||
+        n < 0)
+        return IDEFICS_ERR_INVALID_ARG;
+    if (n == 0)
+        return IDEFICS_OK;
+    const uint64_t el = (uint64_t)(n - 1) * (uint64_t)stride + (uint64_t)n_heads * (uint64_t)head_dim;
+    if (el >= (uint64_t)MAX_ELEMS)
+        return IDEFICS_ERR_UNSUPPORTED;
+    const double t0 = idf_time_ms();
+    /* the frequency table on the host with powf, exactly as the reference and
+     * transformers form it (kernels/rope.cl says why) */
+    const int half = head_dim / 2;
+    float *inv = idf_malloc(&c->alloc, (size_t)half * sizeof(float));
+    if (!inv)
+        return IDEFICS_ERR_OUT_OF_MEMORY;
+    for (int d = 0; d < half; d++)
+        inv[d] = 1.0f / powf(theta, (float)(2 * d) / (float)head_dim);
+    cl_mem xm = host_buf(c, x, (size_t)el * 4, true), fm = host_buf(c, inv, (size_t)half * 4, false);
+    cl_int e = xm && fm ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    if (e == CL_SUCCESS) {
+        const cl_uint st = (cl_uint)stride, hd = (cl_uint)head_dim;
+        const cl_int p0 = pos0;
+        const size_t g[3] = {(size_t)half, (size_t)n_heads, (size_t)n};
+        karg a[5] = {KA(xm), KA(fm), KA(st), KA(hd), KA(p0)};
+        e = launch(c, K_ROPE, a, 5, 3, g, NULL);
+    }
+    if (e == CL_SUCCESS)
+        e = finish_out(c, xm, x, (size_t)el * 4);
+    rel(c, xm);
+    rel(c, fm);
+    idf_free(&c->alloc, inv);
+    if (e != CL_SUCCESS)
+        return cl_fail(e);
+    account(c, IDF_OP_ROPE, t0, (uint64_t)n * n_heads * head_dim * 4, 0);
+    return IDEFICS_OK;
+}
+
+/* -------------------------------------------------------------- attention */
+
+static idefics_status ocl_attention(void *vctx, const idf_attn *a) {
+    ocl_ctx *c = vctx;
+    if (!a || !a->q || !a->k || !a->v || !a->out || a->n_q < 0 || a->n_kv < 0 || a->n_heads <= 0 || a->head_dim <= 0 ||
+        (a->kv_type != IDEFICS_KV_F32 && a->kv_type != IDEFICS_KV_F16) || (a->causal && a->q_pos0 < 0))
+        return IDEFICS_ERR_INVALID_ARG;
+    const int64_t row = (int64_t)a->n_heads * a->head_dim;
+    if (a->q_stride < row || a->kv_stride < row || a->out_stride < row)
+        return IDEFICS_ERR_INVALID_ARG;
+    if (a->n_q == 0)
+        return IDEFICS_OK;
+    const uint64_t qe = (uint64_t)(a->n_q - 1) * (uint64_t)a->q_stride + (uint64_t)row,
+                   oe = (uint64_t)(a->n_q - 1) * (uint64_t)a->out_stride + (uint64_t)row,
+                   kve = a->n_kv ? (uint64_t)(a->n_kv - 1) * (uint64_t)a->kv_stride + (uint64_t)row : 0,
+                   se = (uint64_t)a->n_q * (uint64_t)a->n_heads * (uint64_t)(a->n_kv ? a->n_kv : 1);
+    const size_t kvel = a->kv_type == IDEFICS_KV_F32 ? 4 : 2;
+    if (qe >= (uint64_t)MAX_ELEMS || oe >= (uint64_t)MAX_ELEMS || kve >= (uint64_t)MAX_ELEMS ||
+        se >= (uint64_t)MAX_ELEMS || (uint64_t)a->n_q * a->n_kv >= (uint64_t)MAX_ELEMS)
+        return IDEFICS_ERR_UNSUPPORTED;
+    size_t wg = c->dev->tune.wg_attn;
+    const int ki = a->kv_type == IDEFICS_KV_F32 ? K_ATTN_F32 : K_ATTN_F16;
+    while (wg > c->kmax_wg[ki])
+        wg /= 2;
+    if ((uint64_t)(a->head_dim + wg) * 4 > c->dev->probe.local_mem)
+        return IDEFICS_ERR_UNSUPPORTED;
+    const double t0 = idf_time_ms();
+    if (se * 4 > c->scores_bytes) {
+        rel(c, c->scores);
+        cl_int e = CL_SUCCESS;
+        c->scores = c->cl->clCreateBuffer(c->dev->ctx, CL_MEM_READ_WRITE, (size_t)se * 4, NULL, &e);
+        c->scores_bytes = c->scores ? (size_t)se * 4 : 0;
+        if (!c->scores)
+            return cl_fail(e);
+    }
+    cl_mem qm = host_buf(c, a->q, (size_t)qe * 4, false), om = host_buf(c, a->out, (size_t)oe * 4, true);
+    cl_mem km = kve ? host_buf(c, a->k, (size_t)kve * kvel, false) : c->dummy;
+    cl_mem vm = kve ? host_buf(c, a->v, (size_t)kve * kvel, false) : c->dummy;
+    cl_mem mm = a->mask ? host_buf(c, a->mask, (size_t)a->n_q * (size_t)a->n_kv * 4, false) : c->dummy;
+    cl_int e = qm && om && km && vm && mm ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    if (e == CL_SUCCESS) {
+        const cl_uint qs = (cl_uint)a->q_stride, kvs = (cl_uint)a->kv_stride, nkv = (cl_uint)a->n_kv,
+                      hd = (cl_uint)a->head_dim, causal = a->causal, hm = a->mask != NULL, os = (cl_uint)a->out_stride;
+        const cl_int p0 = a->q_pos0;
+        const float scale = a->scale;
+        const size_t g[2] = {(size_t)a->n_heads * wg, (size_t)a->n_q}, l[2] = {wg, 1};
+        karg args[17] = {KA(qm),   KA(qs), KA(km),        KA(vm),        KA(kvs),  KA(nkv),
+                         KA(hd),   KA(scale), KA(causal), KA(p0),        KA(mm),   KA(hm),
+                         KA(om),   KA(os), KA(c->scores), KL(hd * sizeof(float)), KL(wg * sizeof(float))};
+        e = launch(c, ki, args, 17, 2, g, l);
+    }
+    if (e == CL_SUCCESS)
+        e = finish_out(c, om, a->out, (size_t)oe * 4);
+    rel(c, qm);
+    rel(c, om);
+    if (kve) {
+        rel(c, km);
+        rel(c, vm);
+    }
+    if (a->mask)
+        rel(c, mm);
+    if (e != CL_SUCCESS)
+        return cl_fail(e);
+    account(c, IDF_OP_ATTENTION, t0, (uint64_t)a->n_q * (uint64_t)row * 4 + 2 * (uint64_t)a->n_q * kve * kvel, 0);
+    return IDEFICS_OK;
+}
+
+/* ------------------------------------------------------------ elementwise */
+
+/* One launch over n elements: x (in/out), optional second input u and, for
+ * gated_add, a third. */
+static idefics_status elem(ocl_ctx *c, idf_op op, int ki, float *x, const float *u, const float *a3, const void *scal,
+                           int64_t n, int64_t dim) {
+    if (!x || n < 0 || n >= MAX_ELEMS)
+        return IDEFICS_ERR_INVALID_ARG;
+    if (n == 0)
+        return IDEFICS_OK;
+    const double t0 = idf_time_ms();
+    const size_t bytes = (size_t)n * 4;
+    cl_mem xm = host_buf(c, x, bytes, true);
+    cl_mem um = u ? host_buf(c, u, op == IDF_OP_GATED_ADD ? (size_t)dim * 4 : bytes, false) : NULL;
+    cl_mem am = a3 ? host_buf(c, a3, bytes, false) : NULL;
+    cl_int e = xm && (!u || um) && (!a3 || am) ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    if (e == CL_SUCCESS) {
+        size_t wg = c->dev->tune.wg_elem;
+        while (wg > c->kmax_wg[ki])
+            wg /= 2;
+        const size_t g = ((size_t)n + wg - 1) / wg * wg;
+        const cl_uint nn = (cl_uint)n, d = (cl_uint)dim;
+        karg a[5];
+        int na = 0;
+        a[na++] = KA(xm);
+        if (op == IDF_OP_SCALE)
+            a[na++] = (karg){sizeof(float), scal};
+        if (um)
+            a[na++] = KA(um);
+        if (am) {
+            a[na++] = KA(am);
+            a[na++] = KA(d);
+        }
+        a[na++] = KA(nn);
+        e = launch(c, ki, a, na, 1, &g, &wg);
+    }
+    if (e == CL_SUCCESS)
+        e = finish_out(c, xm, x, bytes);
+    rel(c, xm);
+    rel(c, um);
+    rel(c, am);
+    if (e != CL_SUCCESS)
+        return cl_fail(e);
+    account(c, op, t0, (uint64_t)bytes * (1 + (u != NULL) + (a3 != NULL)), 0);
+    return IDEFICS_OK;
+}
+
+static idefics_status ocl_gelu(void *v, float *x, int64_t n) {
+    return elem(v, IDF_OP_GELU, K_GELU, x, NULL, NULL, NULL, n, 0);
+}
+static idefics_status ocl_quick_gelu(void *v, float *x, int64_t n) {
+    return elem(v, IDF_OP_QUICK_GELU, K_QUICK_GELU, x, NULL, NULL, NULL, n, 0);
+}
+static idefics_status ocl_relu(void *v, float *x, int64_t n) {
+    return elem(v, IDF_OP_RELU, K_RELU, x, NULL, NULL, NULL, n, 0);
+}
+static idefics_status ocl_silu_mul(void *v, float *g, const float *u, int64_t n) {
+    return u ? elem(v, IDF_OP_SILU_MUL, K_SILU_MUL, g, u, NULL, NULL, n, 0) : IDEFICS_ERR_INVALID_ARG;
+}
+static idefics_status ocl_add(void *v, float *y, const float *x, int64_t n) {
+    return x ? elem(v, IDF_OP_ADD, K_ADD, y, x, NULL, NULL, n, 0) : IDEFICS_ERR_INVALID_ARG;
+}
+static idefics_status ocl_scale(void *v, float *x, float s, int64_t n) {
+    return elem(v, IDF_OP_SCALE, K_SCALE, x, NULL, NULL, &s, n, 0);
+}
+static idefics_status ocl_gated_add(void *v, float *h, const float *gate, const float *a, int64_t n, int64_t dim) {
+    if (!gate || !a || dim <= 0 || n < 0 || (uint64_t)n * (uint64_t)dim >= (uint64_t)MAX_ELEMS)
+        return IDEFICS_ERR_INVALID_ARG;
+    return elem(v, IDF_OP_GATED_ADD, K_GATED_ADD, h, gate, a, NULL, n * dim, dim);
+}
+
+/* -------------------------------------------------------------- lifecycle */
+
+const idf_ocl_op_stats *idf_ocl_backend_stats(const idf_backend *b) {
+    return b && b->ctx ? ((const ocl_ctx *)b->ctx)->stats : NULL;
+}
+
+void idf_ocl_backend_stats_reset(idf_backend *b) {
+    if (b && b->ctx)
+        memset(((ocl_ctx *)b->ctx)->stats, 0, sizeof ((ocl_ctx *)b->ctx)->stats);
+}
+
+static void ocl_free(idf_backend *b) {
+    if (!b)
+        return;
+    ocl_ctx *c = b->ctx;
+    const idf_alloc al = c->alloc;
+    if (c->cl) {
+        if (c->q)
+            c->cl->clFinish(c->q);
+        for (int i = 0; i < K_COUNT; i++)
+            if (c->k[i])
+                c->cl->clReleaseKernel(c->k[i]);
+        rel(c, c->dummy);
+        rel(c, c->scores);
+        if (c->q)
+            c->cl->clReleaseCommandQueue(c->q);
+    }
+    if (c->owns_dev)
+        idf_ocl_device_free(c->dev);
+    idf_free(&al, c);
+    idf_free(&al, b);
+}
+
+idefics_status idf_backend_opencl_create(idf_ocl_device *dev, const idf_alloc *alloc, idf_backend **out,
+                                         idf_err *err) {
+    *out = NULL;
+    const idf_alloc al = alloc ? *alloc : (idf_alloc){0};
+    ocl_ctx *c = idf_calloc(&al, 1, sizeof *c);
+    idf_backend *b = idf_calloc(&al, 1, sizeof *b);
+    if (!c || !b) {
+        idf_free(&al, c);
+        idf_free(&al, b);
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "opencl backend: out of memory");
+    }
+    c->alloc = al;
+    c->dev = dev;
+    c->cl = &dev->cl;
+    *b = (idf_backend){
+        .api_version = IDF_BACKEND_API_VERSION,
+        .name = "opencl",
+        .ctx = c,
+        .free = ocl_free,
+        .supports_op = ocl_supports,
+        .matmul = ocl_matmul,
+        .get_rows = ocl_get_rows,
+        .rmsnorm = ocl_rmsnorm,
+        .layernorm = ocl_layernorm,
+        .rope = ocl_rope,
+        .attention = ocl_attention,
+        .gelu = ocl_gelu,
+        .quick_gelu = ocl_quick_gelu,
+        .relu = ocl_relu,
+        .silu_mul = ocl_silu_mul,
+        .add = ocl_add,
+        .scale = ocl_scale,
+        .gated_add = ocl_gated_add,
+    };
+    cl_int e = CL_SUCCESS;
+    /* clCreateCommandQueue first: every 1.x/2.x/3.x driver has it, while the 2.0
+     * constructor exported by an ICD loader may front a 1.2 driver. */
+    if (c->cl->clCreateCommandQueue) {
+        c->q = c->cl->clCreateCommandQueue(dev->ctx, dev->device, 0, &e);
+    } else {
+        const cl_queue_properties props[] = {0};
+        c->q = c->cl->clCreateCommandQueueWithProperties(dev->ctx, dev->device, props, &e);
+    }
+    if (!c->q || e != CL_SUCCESS) {
+        ocl_free(b);
+        return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "cannot create an OpenCL queue on %s (%d)", dev->probe.device,
+                        (int)e);
+    }
+    for (int i = 0; i < K_COUNT; i++) {
+        c->k[i] = c->cl->clCreateKernel(dev->prog, kernel_names[i], &e);
+        if (!c->k[i] || e != CL_SUCCESS) {
+            ocl_free(b);
+            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "OpenCL kernel %s is missing from the program (%d)",
+                            kernel_names[i], (int)e);
+        }
+        size_t mx = 0;
+        if (c->cl->clGetKernelWorkGroupInfo(c->k[i], dev->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof mx, &mx, NULL) !=
+                CL_SUCCESS ||
+            mx == 0)
+            mx = dev->probe.max_wg;
+        c->kmax_wg[i] = mx;
+    }
+    c->dummy = c->cl->clCreateBuffer(dev->ctx, CL_MEM_READ_WRITE, 64, NULL, &e);
+    if (!c->dummy) {
+        ocl_free(b);
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "cannot create a small OpenCL buffer (%d)", (int)e);
+    }
+    *out = b;
+    return IDEFICS_OK;
+}
+
+idefics_status idf_backend_opencl_create_standalone(int n_threads, const idf_alloc *alloc, idf_backend **out,
+                                                    idf_err *err) {
+    (void)n_threads;
+    *out = NULL;
+    idf_ocl_device *dev = NULL;
+    IDF_FORWARD(idf_ocl_device_open(NULL, false, alloc, NULL, &dev, err));
+    const idefics_status st = idf_backend_opencl_create(dev, alloc, out, err);
+    if (st) {
+        idf_ocl_device_free(dev);
+        return st;
+    }
+    ((ocl_ctx *)(*out)->ctx)->owns_dev = true;
+    return IDEFICS_OK;
+}

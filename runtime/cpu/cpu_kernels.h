@@ -1,0 +1,71 @@
+/*
+ * cpu_kernels.h - the contract between the CPU backend (backend_cpu.c) and its
+ * per-ISA kernel files (q4_scalar.c, q4_avx2.c, q4_avx512.c, q4_neon.c). Each
+ * kernel file is compiled with its own target flags (runtime/meson.build), so
+ * one binary holds every level; backend_cpu.c picks one at run time from
+ * platform/cpu_features.h and calls it only on a CPU that has it.
+ *
+ * Quantized activations (idf_qact): the matmul input x[n, k] is quantized once
+ * per call to int8 in groups of 32 along k with one fp32 scale per group
+ * (x ~= d * q, q in [-127, 127]), so the inner loops are integer dot products
+ * against the int8 Q4 codebook values or Q8 weights. corr holds, per row and
+ * group, 8 int32: -128 * (q[4j] + q[4j+1] + q[4j+2] + q[4j+3]) for j = 0..7,
+ * the correction that lets an unsigned x signed byte dot product (x86 VNNI
+ * vpdpbusd) run on weights stored with a +128 bias: sum (w + 128) q - 128 sum q.
+ *
+ * A tile kernel computes, for one ROWTILE tile of R weight rows (quant.h) and
+ * nx <= IDF_CPU_NX activation rows,
+ *     y[i * ldy + r] = sum_g dw[g][r] * dx[i][g] * (int dot of group g)  (+ bias[r])
+ * for r < rows_valid (the last tile's padding rows are never written).
+ */
+#ifndef IDF_CPU_KERNELS_H
+#define IDF_CPU_KERNELS_H
+
+#include <stdint.h>
+
+#define IDF_CPU_NX 4 /* activation rows per kernel call (register blocking) */
+
+typedef struct idf_qact {
+    int8_t *q;     /* [n, k] */
+    float *d;      /* [n, ng] */
+    int32_t *corr; /* [n, ng, 8] */
+    int64_t k, ng;
+} idf_qact;
+
+/* One tile of a Q4 or Q8 ROWTILE weight against activation rows x0 .. x0+nx-1.
+ * tile: the tile's bytes; R: rows per tile; ng: groups per row. */
+typedef void (*idf_cpu_tile_fn)(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx,
+                                float *y, int64_t ldy, int rows_valid, const float *bias);
+
+/* fp32 block: y[i * ldy + r] = dot(x[i], w[r]) (+ bias[r]) for i < nx, r < nr,
+ * x rows k floats apart, w rows k floats apart (already fp32). */
+typedef void (*idf_cpu_f32_fn)(const float *w, int nr, const float *x, int nx, int64_t k, float *y, int64_t ldy,
+                               const float *bias);
+
+/* Quantize n rows of x[k] (k a multiple of 32) into a, rows r0 .. r0+n-1. */
+typedef void (*idf_cpu_quant_fn)(const float *x, int64_t r0, int64_t n, idf_qact *a);
+
+typedef struct idf_cpu_kernels {
+    const char *name; /* "scalar", "avx2", "avx512vnni", "neon", "neon-dotprod" */
+    idf_cpu_tile_fn q4_tile, q8_tile;
+    int q4_min_r, q8_min_r; /* the tile kernels need R % min_r == 0; else scalar runs */
+    idf_cpu_f32_fn f32_block;
+    idf_cpu_quant_fn quant;
+} idf_cpu_kernels;
+
+/* Each is defined in its kernel file; a file built for another architecture
+ * defines none (see meson.build). */
+void idf_cpu_kernels_scalar(idf_cpu_kernels *k);
+void idf_cpu_kernels_avx2(idf_cpu_kernels *k);
+void idf_cpu_kernels_avx512(idf_cpu_kernels *k);
+void idf_cpu_kernels_neon(idf_cpu_kernels *k);
+void idf_cpu_kernels_neon_dotprod(idf_cpu_kernels *k);
+
+/* Shared scalar pieces (q4_scalar.c) that SIMD files reuse for odd shapes. */
+void idf_cpu_q4_tile_scalar(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+                            int64_t ldy, int rows_valid, const float *bias);
+void idf_cpu_q8_tile_scalar(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+                            int64_t ldy, int rows_valid, const float *bias);
+void idf_cpu_quant_scalar(const float *x, int64_t r0, int64_t n, idf_qact *a);
+
+#endif /* IDF_CPU_KERNELS_H */

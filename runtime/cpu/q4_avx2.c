@@ -1,0 +1,172 @@
+/*
+ * q4_avx2.c - AVX2 + FMA + F16C kernels for the CPU backend (cpu_kernels.h),
+ * for x86-64 CPUs without AVX-512 VNNI. Built with -mavx2 -mfma -mf16c
+ * (runtime/meson.build), called only when platform/cpu_features.h reports them.
+ *
+ * Data layout (quant.h ROWTILE): for group g the R rows of a tile are adjacent,
+ * so one 32-byte ymm load holds group g of 2 rows (Q4, 16 bytes a row) or of
+ * 1 row (Q8). Q4 nibbles become signed int8 weights through vpshufb on the
+ * codebook. Signed x signed byte products use the abs/sign trick:
+ * vpmaddubsw(|w|, sign(x, w)) (|w|, |x| <= 127, so pairs fit int16 without
+ * saturating), then vpmaddwd with ones to int32. Work mapping: one call = one
+ * tile x nx <= 4 activation rows, rows in blocks of 2*NB (Q4) / NB (Q8); per
+ * group the int32 sums are scaled into fp32 accumulators, lanes summed once at
+ * the end of the tile.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "cpu_kernels.h"
+#include "quant.h"
+
+#include "f32_block.inc"
+
+#define AI static inline __attribute__((always_inline))
+
+AI __m256i dot_i8(__m256i w, __m256i x) {
+    const __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(x, w));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+AI float hsum8(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+/* Q4: NB ymm of 2 rows each (NB <= 4). */
+AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, const idf_qact *a, int64_t x0,
+                const int NX, float *y, int64_t ldy, int rows_valid, const float *bias) {
+    const uint8_t *sc = tile + rb * 2;
+    const uint8_t *qs = tile + ng * R * 2 + rb * 16;
+    const __m256i m4 = _mm256_set1_epi8(0x0f);
+    const __m256i tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IDFX_Q4_CODEBOOK));
+    __m256i sidx[4];
+    for (int b = 0; b < 4; b++)
+        sidx[b] = _mm256_set_epi32(2 * b + 1, 2 * b + 1, 2 * b + 1, 2 * b + 1, 2 * b, 2 * b, 2 * b, 2 * b);
+    __m256 acc[IDF_CPU_NX][4];
+    for (int i = 0; i < NX; i++)
+        for (int b = 0; b < NB; b++)
+            acc[i][b] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *sg = sc + g * R * 2;
+        __m128i h;
+        if (NB == 4)
+            h = _mm_loadu_si128((const __m128i *)sg);
+        else if (NB == 2)
+            h = _mm_loadl_epi64((const __m128i *)sg);
+        else
+            h = _mm_cvtsi32_si128(*(const int32_t *)(const void *)sg);
+        const __m256 f = _mm256_cvtph_ps(h);
+        __m256 s[4];
+        __m256i wl[4], wh[4];
+        for (int b = 0; b < NB; b++) {
+            s[b] = _mm256_permutevar8x32_ps(f, sidx[b]);
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + g * R * 16 + b * 32));
+            wl[b] = _mm256_shuffle_epi8(tbl, _mm256_and_si256(q, m4));
+            wh[b] = _mm256_shuffle_epi8(tbl, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
+        }
+        for (int i = 0; i < NX; i++) {
+            const int64_t row = x0 + i;
+            const int8_t *xg = a->q + row * a->k + g * 32;
+            const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)xg));
+            const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xg + 16)));
+            const __m256 dx = _mm256_set1_ps(a->d[row * a->ng + g]);
+            for (int b = 0; b < NB; b++) {
+                const __m256i t = _mm256_add_epi32(dot_i8(wl[b], xl), dot_i8(wh[b], xh));
+                acc[i][b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(s[b], dx), acc[i][b]);
+            }
+        }
+    }
+    for (int i = 0; i < NX; i++)
+        for (int b = 0; b < NB; b++) {
+            float t[8];
+            _mm256_storeu_ps(t, acc[i][b]);
+            for (int l = 0; l < 2; l++) {
+                const int r = rb + b * 2 + l;
+                if (r < rows_valid)
+                    y[i * ldy + r] = (t[4 * l] + t[4 * l + 1]) + (t[4 * l + 2] + t[4 * l + 3]) + (bias ? bias[r] : 0.f);
+            }
+        }
+}
+
+/* Q8: NB ymm of 1 row each (NB <= 4). */
+AI void q8_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, const idf_qact *a, int64_t x0,
+                const int NX, float *y, int64_t ldy, int rows_valid, const float *bias) {
+    const uint8_t *sc = tile + rb * 2;
+    const uint8_t *qs = tile + ng * R * 2 + rb * 32;
+    __m256 acc[IDF_CPU_NX][4];
+    for (int i = 0; i < NX; i++)
+        for (int b = 0; b < NB; b++)
+            acc[i][b] = _mm256_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *sg = sc + g * R * 2;
+        __m256 s[4];
+        __m256i w[4];
+        for (int b = 0; b < NB; b++) {
+            s[b] = _mm256_set1_ps(_cvtsh_ss((unsigned short)(sg[2 * b] | (sg[2 * b + 1] << 8))));
+            w[b] = _mm256_loadu_si256((const __m256i *)(qs + g * R * 32 + b * 32));
+        }
+        for (int i = 0; i < NX; i++) {
+            const int64_t row = x0 + i;
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(a->q + row * a->k + g * 32));
+            const __m256 dx = _mm256_set1_ps(a->d[row * a->ng + g]);
+            for (int b = 0; b < NB; b++)
+                acc[i][b] =
+                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(w[b], x)), _mm256_mul_ps(s[b], dx), acc[i][b]);
+        }
+    }
+    for (int i = 0; i < NX; i++)
+        for (int b = 0; b < NB; b++) {
+            const int r = rb + b;
+            if (r < rows_valid)
+                y[i * ldy + r] = hsum8(acc[i][b]) + (bias ? bias[r] : 0.f);
+        }
+}
+
+#define DISPATCH_NX(fn, NB)                                                                                            \
+    switch (nx) {                                                                                                      \
+    case 1: fn(tile, R, ng, rb, NB, a, x0, 1, y, ldy, rows_valid, bias); break;                                        \
+    case 2: fn(tile, R, ng, rb, NB, a, x0, 2, y, ldy, rows_valid, bias); break;                                        \
+    case 3: fn(tile, R, ng, rb, NB, a, x0, 3, y, ldy, rows_valid, bias); break;                                        \
+    default: fn(tile, R, ng, rb, NB, a, x0, 4, y, ldy, rows_valid, bias); break;                                       \
+    }
+
+static void q4_tile(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+                    int64_t ldy, int rows_valid, const float *bias) {
+    const int step = R % 8 == 0 ? 8 : R % 4 == 0 ? 4 : 2;
+    for (int rb = 0; rb < rows_valid; rb += step) {
+        if (step == 8) {
+            DISPATCH_NX(q4_rows, 4)
+        } else if (step == 4) {
+            DISPATCH_NX(q4_rows, 2)
+        } else {
+            DISPATCH_NX(q4_rows, 1)
+        }
+    }
+}
+
+static void q8_tile(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+                    int64_t ldy, int rows_valid, const float *bias) {
+    const int step = R % 4 == 0 ? 4 : 1;
+    for (int rb = 0; rb < rows_valid; rb += step) {
+        if (step == 4) {
+            DISPATCH_NX(q8_rows, 4)
+        } else {
+            DISPATCH_NX(q8_rows, 1)
+        }
+    }
+}
+
+void idf_cpu_kernels_avx2(idf_cpu_kernels *k) {
+    *k = (idf_cpu_kernels){
+        .name = "avx2",
+        .q4_tile = q4_tile,
+        .q8_tile = q8_tile,
+        .q4_min_r = 2,
+        .q8_min_r = 1,
+        .f32_block = f32_block,
+        .quant = idf_cpu_quant_scalar,
+    };
+}

@@ -1,0 +1,192 @@
+/*
+ * q4_avx512.c - AVX-512 (F, BW, VL) + VNNI kernels for the CPU backend
+ * (cpu_kernels.h). Built with -mavx512* flags (runtime/meson.build) and called
+ * only when platform/cpu_features.h reports all of them.
+ *
+ * Data layout (quant.h ROWTILE): for group g the R rows of a tile are adjacent,
+ * 16 quant bytes per row for Q4, 32 for Q8. So one 64-byte zmm load holds
+ * group g of 4 rows (Q4) or 2 rows (Q8), and NB loads cover 4*NB / 2*NB rows.
+ * Q4: nibbles -> bytes with and/shift, codebook lookup with vpshufb from a
+ *     table of (codebook + 128) (unsigned); vpdpbusd multiplies those by the
+ *     int8 activations; each row's 128-bit lane starts from the activation's
+ *     -128 * sum correction (idf_qact.corr), so the int32 sums are exact.
+ * Q8: weights xor 0x80 (= w + 128, unsigned), same correction per 256-bit lane.
+ * Work mapping: one call = one tile x nx <= 4 activation rows, rows in blocks
+ * of 4*NB (Q4) / 2*NB (Q8); per group the int32 dot is scaled into fp32
+ * accumulators (dw * dx), lanes are summed once at the end of the tile.
+ */
+#include <immintrin.h>
+#include <string.h>
+
+#include "cpu_kernels.h"
+#include "quant.h"
+
+#include "f32_block.inc"
+
+#define AI static inline __attribute__((always_inline))
+
+/* The codebook + 128 as unsigned bytes, in every 128-bit lane. */
+AI __m512i cb_table(void) {
+    uint8_t t[16];
+    for (int j = 0; j < 16; j++)
+        t[j] = (uint8_t)(IDFX_Q4_CODEBOOK[j] + 128);
+    return _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)t));
+}
+
+/* Q4: NB zmm of 4 rows each, NX activation rows. */
+AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, const idf_qact *a, int64_t x0,
+                const int NX, float *y, int64_t ldy, int rows_valid, const float *bias) {
+    const uint8_t *sc = tile + rb * 2;
+    const uint8_t *qs = tile + ng * R * 2 + rb * 16;
+    const __m512i m4 = _mm512_set1_epi8(0x0f), tbl = cb_table();
+    const __m512i sidx0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i sidx1 = _mm512_add_epi32(sidx0, _mm512_set1_epi32(4));
+    __m512 acc[IDF_CPU_NX][2];
+    for (int i = 0; i < NX; i++)
+        for (int b = 0; b < NB; b++)
+            acc[i][b] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *sg = sc + g * R * 2;
+        const __m128i h = NB == 2 ? _mm_loadu_si128((const __m128i *)sg) : _mm_loadl_epi64((const __m128i *)sg);
+        const __m512 f = _mm512_castps256_ps512(_mm256_cvtph_ps(h));
+        __m512 s[2];
+        s[0] = _mm512_permutexvar_ps(sidx0, f);
+        if (NB == 2)
+            s[1] = _mm512_permutexvar_ps(sidx1, f);
+        __m512i wl[2], wh[2];
+        for (int b = 0; b < NB; b++) {
+            const __m512i q = _mm512_loadu_si512((const void *)(qs + g * R * 16 + b * 64));
+            wl[b] = _mm512_shuffle_epi8(tbl, _mm512_and_si512(q, m4));
+            wh[b] = _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(q, 4), m4));
+        }
+        for (int i = 0; i < NX; i++) {
+            const int64_t row = x0 + i;
+            const int8_t *xg = a->q + row * a->k + g * 32;
+            const int32_t *cg = a->corr + (row * a->ng + g) * 8;
+            const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)xg));
+            const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xg + 16)));
+            const __m512i c = _mm512_broadcast_i32x4(
+                _mm_add_epi32(_mm_loadu_si128((const __m128i *)cg), _mm_loadu_si128((const __m128i *)(cg + 4))));
+            const __m512 dx = _mm512_set1_ps(a->d[row * a->ng + g]);
+            for (int b = 0; b < NB; b++) {
+                __m512i t = _mm512_dpbusd_epi32(c, wl[b], xl);
+                t = _mm512_dpbusd_epi32(t, wh[b], xh);
+                acc[i][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t), _mm512_mul_ps(s[b], dx), acc[i][b]);
+            }
+        }
+    }
+    for (int i = 0; i < NX; i++)
+        for (int b = 0; b < NB; b++) {
+            float t[16];
+            _mm512_storeu_ps(t, acc[i][b]);
+            for (int l = 0; l < 4; l++) {
+                const int r = rb + b * 4 + l;
+                if (r < rows_valid)
+                    y[i * ldy + r] = (t[4 * l] + t[4 * l + 1]) + (t[4 * l + 2] + t[4 * l + 3]) + (bias ? bias[r] : 0.f);
+            }
+        }
+}
+
+/* Q8: NB zmm of 2 rows each. */
+AI void q8_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, const idf_qact *a, int64_t x0,
+                const int NX, float *y, int64_t ldy, int rows_valid, const float *bias) {
+    const uint8_t *sc = tile + rb * 2;
+    const uint8_t *qs = tile + ng * R * 2 + rb * 32;
+    const __m512i bias80 = _mm512_set1_epi8((char)0x80);
+    __m512i sidx[4];
+    for (int b = 0; b < 4; b++)
+        sidx[b] = _mm512_set_epi32(2 * b + 1, 2 * b + 1, 2 * b + 1, 2 * b + 1, 2 * b + 1, 2 * b + 1, 2 * b + 1,
+                                   2 * b + 1, 2 * b, 2 * b, 2 * b, 2 * b, 2 * b, 2 * b, 2 * b, 2 * b);
+    __m512 acc[IDF_CPU_NX][4];
+    for (int i = 0; i < NX; i++)
+        for (int b = 0; b < NB; b++)
+            acc[i][b] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *sg = sc + g * R * 2;
+        __m128i h;
+        if (NB == 4)
+            h = _mm_loadu_si128((const __m128i *)sg);
+        else if (NB == 2)
+            h = _mm_loadl_epi64((const __m128i *)sg);
+        else
+            h = _mm_cvtsi32_si128(*(const int32_t *)(const void *)sg);
+        const __m512 f = _mm512_castps256_ps512(_mm256_cvtph_ps(h));
+        __m512 s[4];
+        __m512i w[4];
+        for (int b = 0; b < NB; b++) {
+            s[b] = _mm512_permutexvar_ps(sidx[b], f);
+            w[b] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(qs + g * R * 32 + b * 64)), bias80);
+        }
+        for (int i = 0; i < NX; i++) {
+            const int64_t row = x0 + i;
+            const int8_t *xg = a->q + row * a->k + g * 32;
+            const __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)xg));
+            const __m512i c =
+                _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(a->corr + (row * a->ng + g) * 8)));
+            const __m512 dx = _mm512_set1_ps(a->d[row * a->ng + g]);
+            for (int b = 0; b < NB; b++)
+                acc[i][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, w[b], x)),
+                                            _mm512_mul_ps(s[b], dx), acc[i][b]);
+        }
+    }
+    for (int i = 0; i < NX; i++)
+        for (int b = 0; b < NB; b++) {
+            float t[16];
+            _mm512_storeu_ps(t, acc[i][b]);
+            for (int l = 0; l < 2; l++) {
+                const int r = rb + b * 2 + l;
+                if (r >= rows_valid)
+                    continue;
+                float s = 0.f;
+                for (int e = 0; e < 8; e++)
+                    s += t[8 * l + e];
+                y[i * ldy + r] = s + (bias ? bias[r] : 0.f);
+            }
+        }
+}
+
+#define DISPATCH_NX(fn, NB, ...)                                                                                       \
+    switch (nx) {                                                                                                      \
+    case 1: fn(tile, R, ng, rb, NB, a, x0, 1, y, ldy, rows_valid, bias); break;                                        \
+    case 2: fn(tile, R, ng, rb, NB, a, x0, 2, y, ldy, rows_valid, bias); break;                                        \
+    case 3: fn(tile, R, ng, rb, NB, a, x0, 3, y, ldy, rows_valid, bias); break;                                        \
+    default: fn(tile, R, ng, rb, NB, a, x0, 4, y, ldy, rows_valid, bias); break;                                       \
+    }
+
+static void q4_tile(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+                    int64_t ldy, int rows_valid, const float *bias) {
+    const int step = R % 8 == 0 ? 8 : 4;
+    for (int rb = 0; rb < rows_valid; rb += step) {
+        if (step == 8) {
+            DISPATCH_NX(q4_rows, 2)
+        } else {
+            DISPATCH_NX(q4_rows, 1)
+        }
+    }
+}
+
+static void q8_tile(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+                    int64_t ldy, int rows_valid, const float *bias) {
+    const int step = R % 8 == 0 ? 8 : R % 4 == 0 ? 4 : 2;
+    for (int rb = 0; rb < rows_valid; rb += step) {
+        if (step == 8) {
+            DISPATCH_NX(q8_rows, 4)
+        } else if (step == 4) {
+            DISPATCH_NX(q8_rows, 2)
+        } else {
+            DISPATCH_NX(q8_rows, 1)
+        }
+    }
+}
+
+void idf_cpu_kernels_avx512(idf_cpu_kernels *k) {
+    *k = (idf_cpu_kernels){
+        .name = "avx512vnni",
+        .q4_tile = q4_tile,
+        .q8_tile = q8_tile,
+        .q4_min_r = 4,
+        .q8_min_r = 2,
+        .f32_block = f32_block,
+        .quant = idf_cpu_quant_scalar,
+    };
+}

@@ -1,0 +1,94 @@
+/*
+ * q4_scalar.c - portable C kernels for the CPU backend (cpu_kernels.h): the
+ * fallback on any CPU and the reference the SIMD kernel files reuse for odd
+ * tile sizes. Data layout: ROWTILE tiles (quant.h), R rows per tile; scales of
+ * (group g, row r) at (g*R + r)*2, quants at ng*R*2 + (g*R + r)*QB. Work
+ * mapping: one call = one tile x nx activation rows; the caller (backend_cpu.c)
+ * spreads tiles over the thread pool. Dot products are exact in int32 per
+ * group and scaled into an fp32 accumulator per (row, activation row).
+ */
+#include <math.h>
+#include <string.h>
+
+#include "cpu_kernels.h"
+#include "quant.h"
+
+#include "f32_block.inc"
+
+static inline float h2f(const uint8_t *p) {
+    return idfx_fp16_to_fp32((uint16_t)(p[0] | (p[1] << 8)));
+}
+
+void idf_cpu_q4_tile_scalar(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+                            int64_t ldy, int rows_valid, const float *bias) {
+    const uint8_t *qs = tile + ng * R * 2;
+    for (int i = 0; i < nx; i++) {
+        const int8_t *xq = a->q + (x0 + i) * a->k;
+        const float *xd = a->d + (x0 + i) * a->ng;
+        for (int r = 0; r < rows_valid; r++) {
+            float acc = 0.f;
+            for (int64_t g = 0; g < ng; g++) {
+                const uint8_t *q = qs + (g * R + r) * 16;
+                const int8_t *xg = xq + g * 32;
+                int32_t s = 0;
+                for (int j = 0; j < 16; j++)
+                    s += IDFX_Q4_CODEBOOK[q[j] & 15] * xg[j] + IDFX_Q4_CODEBOOK[q[j] >> 4] * xg[j + 16];
+                acc += h2f(tile + (g * R + r) * 2) * xd[g] * (float)s;
+            }
+            y[i * ldy + r] = acc + (bias ? bias[r] : 0.f);
+        }
+    }
+}
+
+void idf_cpu_q8_tile_scalar(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+                            int64_t ldy, int rows_valid, const float *bias) {
+    const uint8_t *qs = tile + ng * R * 2;
+    for (int i = 0; i < nx; i++) {
+        const int8_t *xq = a->q + (x0 + i) * a->k;
+        const float *xd = a->d + (x0 + i) * a->ng;
+        for (int r = 0; r < rows_valid; r++) {
+            float acc = 0.f;
+            for (int64_t g = 0; g < ng; g++) {
+                const int8_t *q = (const int8_t *)(qs + (g * R + r) * 32);
+                const int8_t *xg = xq + g * 32;
+                int32_t s = 0;
+                for (int j = 0; j < 32; j++)
+                    s += q[j] * xg[j];
+                acc += h2f(tile + (g * R + r) * 2) * xd[g] * (float)s;
+            }
+            y[i * ldy + r] = acc + (bias ? bias[r] : 0.f);
+        }
+    }
+}
+
+void idf_cpu_quant_scalar(const float *x, int64_t r0, int64_t n, idf_qact *a) {
+    for (int64_t i = r0; i < r0 + n; i++) {
+        const float *xi = x + (i - r0) * a->k;
+        for (int64_t g = 0; g < a->ng; g++) {
+            const float *xg = xi + g * 32;
+            float amax = 0.f;
+            for (int j = 0; j < 32; j++)
+                amax = fmaxf(amax, fabsf(xg[j]));
+            const float d = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+            int8_t *q = a->q + i * a->k + g * 32;
+            for (int j = 0; j < 32; j++)
+                q[j] = (int8_t)lrintf(xg[j] * inv);
+            a->d[i * a->ng + g] = d;
+            int32_t *c = a->corr + (i * a->ng + g) * 8;
+            for (int j = 0; j < 8; j++)
+                c[j] = -128 * (q[4 * j] + q[4 * j + 1] + q[4 * j + 2] + q[4 * j + 3]);
+        }
+    }
+}
+
+void idf_cpu_kernels_scalar(idf_cpu_kernels *k) {
+    *k = (idf_cpu_kernels){
+        .name = "scalar",
+        .q4_tile = idf_cpu_q4_tile_scalar,
+        .q8_tile = idf_cpu_q8_tile_scalar,
+        .q4_min_r = 1,
+        .q8_min_r = 1,
+        .f32_block = f32_block,
+        .quant = idf_cpu_quant_scalar,
+    };
+}
