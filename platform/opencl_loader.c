@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "platform.h"
 
@@ -83,4 +85,48 @@ void idf_cl_unload(idf_cl_api *api) {
         return;
     idf_dlclose(api->lib);
     memset(api, 0, sizeof *api);
+}
+
+bool idf_cl_cache_dir(char *buf, size_t size) {
+    const char *d = getenv("IDEFICS_CACHE_DIR"), *x = getenv("XDG_CACHE_HOME"), *h = getenv("HOME");
+    int n;
+    if (d && d[0])
+        n = snprintf(buf, size, "%s", d);
+    else if (x && x[0])
+        n = snprintf(buf, size, "%s/idefics", x);
+    else if (h && h[0])
+        n = snprintf(buf, size, "%s/.cache/idefics", h);
+    else
+        return false;
+    if (n <= 0 || (size_t)n >= size)
+        return false;
+    /* mkdir -p: each prefix in turn; folders that exist are fine */
+    for (char *s = buf + 1;; s++) {
+        if (*s == '/' || *s == '\0') {
+            const char c = *s;
+            *s = '\0';
+            mkdir(buf, 0755);
+            *s = c;
+            if (!c)
+                break;
+        }
+    }
+    struct stat st;
+    return stat(buf, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool idf_cl_cache_write(const char *path, const void *data, size_t len) {
+    char tmp[1024];
+    const int n = snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+    if (n <= 0 || (size_t)n >= sizeof tmp)
+        return false;
+    FILE *f = fopen(tmp, "wb");
+    bool ok = f && fwrite(data, 1, len, f) == len;
+    if (f)
+        ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        remove(tmp);
+        return false;
+    }
+    return true;
 }

@@ -53,4 +53,13 @@ typedef struct idf_cl_api {
 bool idf_cl_load(idf_cl_api *api, char *why, size_t why_size);
 void idf_cl_unload(idf_cl_api *api); /* zeroed or loaded api; idempotent */
 
+/* ---- the program binary cache's file system side ---- */
+
+/* The cache folder ($IDEFICS_CACHE_DIR, else $XDG_CACHE_HOME/idefics, else
+ * $HOME/.cache/idefics), created if missing; false when there is none. */
+bool idf_cl_cache_dir(char *buf, size_t size);
+/* Write a whole file atomically: a temp file in the same folder, then rename,
+ * so a concurrent reader sees the old file or the new one, never a part. */
+bool idf_cl_cache_write(const char *path, const void *data, size_t len);
+
 #endif /* IDF_OPENCL_LOADER_H */

@@ -9,7 +9,8 @@
 #define IDFX_KEYS_H
 
 /* ---- general ---- */
-#define IDFX_KEY_ARCH               "general.architecture"   /* STR, required: "idefics" */
+#define IDFX_KEY_ARCH               "general.architecture"   /* STR, required: "idefics" or "llama" (text only:
+                                                                the decoder keys below, no cross/vision/perceiver) */
 #define IDFX_KEY_NAME               "general.name"           /* STR */
 #define IDFX_KEY_CONVERTER_VERSION  "converter.version"      /* STR */
 #define IDFX_KEY_CONVERTER_OPTIONS  "converter.options"      /* STR: the command line preset/options */

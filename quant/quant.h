@@ -33,6 +33,17 @@
  *   R neighbouring GPU work-items) reads R rows' quants as one contiguous run, and
  *   all scales of the tile come before its quants.
  *   tile bytes = ng * R * (2 + QB); tensor bytes = ceil(rows / R) * tile bytes.
+ *
+ * Q8 KV cache (IDEFICS_KV_Q8), 8.5 bits/element; in memory only, never in a file
+ *   A cache row (one token's K or V, hidden elements, hidden a multiple of 32) is
+ *   cut into blocks of 32 consecutive elements, stored back to back, 34 bytes each:
+ *     byte 0..1   fp16 scale d (little-endian), d = fp16(max|x| / 127)
+ *     byte 2..33  int8 q[j] = clamp(round_half_even(x[j] / d), -127, 127)  (0 when d = 0)
+ *   element e of the row is d(block e/32) * q[e % 32]. Blocks follow the row, not
+ *   the heads: a head narrower than 32 shares a block with its neighbour (a
+ *   per-row view keeps store_kv one pass and every offset a multiple of 34).
+ *   Declared here next to the weight layouts so every backend reads one layout;
+ *   idfx_kvq8_quantize_ref / idfx_kvq8_at_ref are the truth.
  */
 #ifndef IDFX_QUANT_H
 #define IDFX_QUANT_H
@@ -42,6 +53,8 @@
 #define IDFX_Q8_QBYTES 32        /* quant bytes per group, Q8 */
 #define IDFX_SCALE_BYTES 2       /* fp16 scale per group */
 #define IDFX_MAX_TILE_ROWS 64
+#define IDFX_KVQ8_BLOCK 32       /* elements per Q8 KV block */
+#define IDFX_KVQ8_BYTES 34       /* bytes per Q8 KV block: fp16 scale + 32 int8 */
 
 /* The 16 Q4 levels, ascending. Pinned by format version 1. */
 #define IDFX_Q4_CODEBOOK_INIT \
@@ -99,6 +112,14 @@ void idfx_dequant_row_ref(int type, const void *tensor, int64_t row, int64_t k,
  * Reference GEMV in fp32; data is the tensor's decoded bytes. */
 void idfx_gemv_ref(int type, int layout, uint32_t tile_rows, const void *data,
                    int64_t rows, int64_t k, const float *x, float *y);
+
+/* Q8 KV cache (layout above): quantize n floats (n a multiple of 32) into
+ * n / 32 blocks at dst; read element idx of a run of blocks. */
+void idfx_kvq8_quantize_ref(const float *x, int64_t n, void *dst);
+static inline float idfx_kvq8_at_ref(const void *blocks, int64_t idx) {
+    const uint8_t *b = (const uint8_t *)blocks + (idx / IDFX_KVQ8_BLOCK) * IDFX_KVQ8_BYTES;
+    return idfx_fp16_to_fp32((uint16_t)(b[0] | (b[1] << 8))) * (float)(int8_t)b[2 + idx % IDFX_KVQ8_BLOCK];
+}
 
 /* Plain absmax Q4_0 (groups of 32, fp16 scale d = max/-8, q in [0,15] - 8), the
  * baseline that the converter's --bench-quant compares our Q4 against. Writes the

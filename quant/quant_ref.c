@@ -338,6 +338,25 @@ void idfx_gemv_ref(int type, int layout, uint32_t r, const void *data, int64_t r
     }
 }
 
+void idfx_kvq8_quantize_ref(const float *x, int64_t n, void *dst) {
+    uint8_t *o = dst;
+    for (int64_t b = 0; b + IDFX_KVQ8_BLOCK <= n; b += IDFX_KVQ8_BLOCK, o += IDFX_KVQ8_BYTES) {
+        float amax = 0.f;
+        for (int j = 0; j < IDFX_KVQ8_BLOCK; j++)
+            amax = fmaxf(amax, fabsf(x[b + j]));
+        const uint16_t dh = idfx_fp32_to_fp16(amax / 127.f);
+        /* divide by the stored (rounded) scale, so dequantization sees the q it expects */
+        const float d = idfx_fp16_to_fp32(dh), inv = d > 0.f ? 1.f / d : 0.f;
+        o[0] = (uint8_t)(dh & 0xff);
+        o[1] = (uint8_t)(dh >> 8);
+        for (int j = 0; j < IDFX_KVQ8_BLOCK; j++) {
+            float q = rintf(x[b + j] * inv);
+            q = q > 127.f ? 127.f : q < -127.f ? -127.f : q;
+            o[2 + j] = (uint8_t)(int8_t)q;
+        }
+    }
+}
+
 void idfx_q4_0_absmax_roundtrip(const float *w, int64_t n, float *out) {
     for (int64_t i0 = 0; i0 + IDFX_QK <= n; i0 += IDFX_QK) {
         const float *x = w + i0;

@@ -78,7 +78,7 @@ typedef struct idf_attn {
     int64_t q_stride;
     const void *k, *v; /* [n_kv] rows of kv_type elements, kv_stride elements apart */
     int64_t kv_stride;
-    int kv_type; /* IDEFICS_KV_F32 or IDEFICS_KV_F16 */
+    int kv_type; /* IDEFICS_KV_F32, _F16, or _Q8 (quant.h blocks; kv_stride a multiple of 32) */
     float scale; /* usually head_dim^-0.5 */
     bool causal;
     int q_pos0;        /* causal only */

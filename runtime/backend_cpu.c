@@ -184,11 +184,6 @@ typedef struct fmm_job {
     float *y;
 } fmm_job;
 
-static void fp16_row(const uint8_t *p, int64_t k, float *out) {
-    for (int64_t j = 0; j < k; j++)
-        out[j] = idfx_fp16_to_fp32((uint16_t)(p[2 * j] | (p[2 * j + 1] << 8)));
-}
-
 static void fmm_task(void *ctx, int64_t task, int tid) {
     const fmm_job *j = ctx;
     const int64_t k = j->w->cols;
@@ -200,7 +195,7 @@ static void fmm_task(void *ctx, int64_t task, int tid) {
     } else {
         float *buf = j->c->scratch + (size_t)tid * j->c->scratch_per;
         for (int r = 0; r < nr; r++)
-            fp16_row((const uint8_t *)j->w->data + (uint64_t)(r0 + r) * (uint64_t)k * 2u, k, buf + r * k);
+            j->c->kern.fp16_row((const uint8_t *)j->w->data + (uint64_t)(r0 + r) * (uint64_t)k * 2u, k, buf + r * k);
         wr = buf;
     }
     for (int64_t i = 0; i < j->n; i += IDF_CPU_NX) {
@@ -231,7 +226,7 @@ static idefics_status cpu_matmul(void *vctx, const idf_weight *w, const float *b
 }
 
 static idefics_status cpu_get_rows(void *vctx, const idf_weight *w, const int32_t *ids, int64_t n, float *y) {
-    (void)vctx;
+    const cpu_ctx *c = vctx;
     if (!weight_ok(w) || (!ids && n > 0) || !y)
         return IDEFICS_ERR_INVALID_ARG;
     for (int64_t i = 0; i < n; i++) {
@@ -243,7 +238,7 @@ static idefics_status cpu_get_rows(void *vctx, const idf_weight *w, const int32_
         else if (w->type == IDFX_TYPE_F32)
             memcpy(dst, (const float *)w->data + (int64_t)ids[i] * w->cols, (size_t)w->cols * sizeof(float));
         else
-            fp16_row((const uint8_t *)w->data + (uint64_t)ids[i] * (uint64_t)w->cols * 2u, w->cols, dst);
+            c->kern.fp16_row((const uint8_t *)w->data + (uint64_t)ids[i] * (uint64_t)w->cols * 2u, w->cols, dst);
     }
     return IDEFICS_OK;
 }
@@ -324,82 +319,116 @@ static idefics_status cpu_rope(void *vctx, float *x, int64_t n, int64_t stride, 
 
 /* ------------------------------------------------------------- attention */
 
+/* Query rows per task: each K/V row is read (and converted from F16/Q8) once
+ * per block of this many query rows instead of once per row. Decode (one
+ * query row) still has n_heads tasks to share. */
+#define ATT_QB 8
+
 typedef struct attn_job {
     cpu_ctx *c;
     const idf_attn *a;
+    int n_qb; /* query blocks */
+    size_t per_sc; /* floats of scores per query row */
 } attn_job;
 
+/* Elements [off, off + n) of a Q8 KV run (quant.h) as fp32. */
+static void kvq8_range(const uint8_t *base, int64_t off, int n, float *out) {
+    for (int e = 0; e < n;) {
+        const int64_t idx = off + e;
+        const uint8_t *b = base + (idx / IDFX_KVQ8_BLOCK) * IDFX_KVQ8_BYTES;
+        const float d = idfx_fp16_to_fp32((uint16_t)(b[0] | (b[1] << 8)));
+        const int j0 = (int)(idx % IDFX_KVQ8_BLOCK);
+        const int cnt = IDFX_KVQ8_BLOCK - j0 < n - e ? IDFX_KVQ8_BLOCK - j0 : n - e;
+        const int8_t *q = (const int8_t *)(b + 2 + j0);
+        for (int j = 0; j < cnt; j++)
+            out[e + j] = d * (float)q[j];
+        e += cnt;
+    }
+}
+
 /* Row t of head h of a K or V cache as fp32 (a pointer into the cache for F32). */
-static const float *kv_row(const idf_attn *a, const void *base, int64_t t, int h, float *buf) {
+static const float *kv_row(const cpu_ctx *c, const idf_attn *a, const void *base, int64_t t, int h, float *buf) {
     const int64_t off = t * a->kv_stride + (int64_t)h * a->head_dim;
     if (a->kv_type == IDEFICS_KV_F32)
         return (const float *)base + off;
-    const uint16_t *p = (const uint16_t *)base + off;
-    for (int d = 0; d < a->head_dim; d++)
-        buf[d] = idfx_fp16_to_fp32(p[d]);
+    if (a->kv_type == IDEFICS_KV_F16)
+        c->kern.fp16_row((const uint16_t *)base + off, a->head_dim, buf);
+    else
+        kvq8_range(base, off, a->head_dim, buf);
     return buf;
 }
 
+/* One head x one block of up to ATT_QB query rows: scores for the block, a
+ * softmax per row, then the probability-weighted V sum, each K and V row
+ * converted once for the whole block. Rows of a causal block see different
+ * numbers of keys; scores past a row's last key are set to 0 weight. */
 static void attn_task(void *ctx, int64_t task, int tid) {
     const attn_job *j = ctx;
     const idf_attn *a = j->a;
-    const int i = (int)(task / a->n_heads), h = (int)(task % a->n_heads);
-    float *sc = j->c->scratch + (size_t)tid * j->c->scratch_per;
-    float *row = sc + (a->n_kv > 0 ? a->n_kv : 1);
-    float *acc = row + a->head_dim;
-    const float *q = a->q + i * a->q_stride + (int64_t)h * a->head_dim;
-    float *out = a->out + i * a->out_stride + (int64_t)h * a->head_dim;
-    int n_see = a->n_kv;
-    if (a->causal && a->q_pos0 + i + 1 < n_see)
-        n_see = a->q_pos0 + i + 1;
-    float mx = -INFINITY;
-    for (int t = 0; t < n_see; t++) {
-        const float *kr = kv_row(a, a->k, t, h, row);
-        float dot = 0.f;
-        for (int d = 0; d < a->head_dim; d++)
-            dot += q[d] * kr[d];
-        float s = dot * a->scale;
-        if (a->mask)
-            s += a->mask[(int64_t)i * a->n_kv + t];
-        sc[t] = s;
-        mx = s > mx ? s : mx;
+    const cpu_ctx *c = j->c;
+    const int hd = a->head_dim;
+    const int h = (int)(task / j->n_qb), i0 = (int)(task % j->n_qb) * ATT_QB;
+    const int nq = a->n_q - i0 < ATT_QB ? a->n_q - i0 : ATT_QB;
+    float *sc = c->scratch + (size_t)tid * c->scratch_per; /* [ATT_QB][per_sc] */
+    float *buf = sc + ATT_QB * j->per_sc;                   /* [hd] */
+    float *acc = buf + hd;                                  /* [ATT_QB][hd] */
+    int see[ATT_QB], max_see = 0;
+    for (int i = 0; i < nq; i++) {
+        see[i] = a->n_kv;
+        if (a->causal && a->q_pos0 + i0 + i + 1 < see[i])
+            see[i] = a->q_pos0 + i0 + i + 1;
+        max_see = see[i] > max_see ? see[i] : max_see;
     }
-    if (n_see == 0 || mx == -INFINITY) {
-        memset(out, 0, (size_t)a->head_dim * sizeof(float));
-        return;
-    }
-    float sum = 0.f;
-    for (int t = 0; t < n_see; t++) {
-        sc[t] = expf(sc[t] - mx);
-        sum += sc[t];
-    }
-    memset(acc, 0, (size_t)a->head_dim * sizeof(float));
-    for (int t = 0; t < n_see; t++) {
-        const float p = sc[t];
-        if (p == 0.f)
+    const float *q = a->q + (int64_t)i0 * a->q_stride + (int64_t)h * hd;
+    for (int t = 0; t < max_see; t++)
+        c->kern.attn_dots(kv_row(c, a, a->k, t, h, buf), q, a->q_stride, nq, hd, a->scale, sc + t,
+                          (int64_t)j->per_sc);
+    float inv[ATT_QB];
+    for (int i = 0; i < nq; i++) {
+        float *si = sc + (size_t)i * j->per_sc;
+        if (a->mask) {
+            const float *mi = a->mask + (int64_t)(i0 + i) * a->n_kv;
+            for (int t = 0; t < see[i]; t++)
+                si[t] += mi[t];
+        }
+        float mx = -INFINITY;
+        for (int t = 0; t < see[i]; t++)
+            mx = si[t] > mx ? si[t] : mx;
+        if (see[i] == 0 || mx == -INFINITY) { /* nothing visible: a zero output, like the reference */
+            memset(si, 0, (size_t)max_see * sizeof(float));
+            inv[i] = 0.f;
             continue;
-        const float *vr = kv_row(a, a->v, t, h, row);
-        for (int d = 0; d < a->head_dim; d++)
-            acc[d] += p * vr[d];
+        }
+        inv[i] = 1.0f / c->kern.softmax_exp(si, see[i], mx);
+        for (int t = see[i]; t < max_see; t++)
+            si[t] = 0.f;
     }
-    const float inv = 1.0f / sum;
-    for (int d = 0; d < a->head_dim; d++)
-        out[d] = acc[d] * inv;
+    memset(acc, 0, (size_t)nq * (size_t)hd * sizeof(float));
+    for (int t = 0; t < max_see; t++)
+        c->kern.attn_axpy(kv_row(c, a, a->v, t, h, buf), sc + t, (int64_t)j->per_sc, nq, hd, acc);
+    for (int i = 0; i < nq; i++) {
+        float *out = a->out + (int64_t)(i0 + i) * a->out_stride + (int64_t)h * hd;
+        for (int d = 0; d < hd; d++)
+            out[d] = acc[i * hd + d] * inv[i];
+    }
 }
 
 static idefics_status cpu_attention(void *vctx, const idf_attn *a) {
     cpu_ctx *c = vctx;
     if (!a || !a->q || !a->k || !a->v || !a->out || a->n_q < 0 || a->n_kv < 0 || a->n_heads <= 0 || a->head_dim <= 0 ||
-        (a->kv_type != IDEFICS_KV_F32 && a->kv_type != IDEFICS_KV_F16) || (a->causal && a->q_pos0 < 0))
+        (a->kv_type != IDEFICS_KV_F32 && a->kv_type != IDEFICS_KV_F16 && a->kv_type != IDEFICS_KV_Q8) ||
+        (a->causal && a->q_pos0 < 0))
         return IDEFICS_ERR_INVALID_ARG;
     const int64_t row = (int64_t)a->n_heads * a->head_dim;
     if (a->q_stride < row || a->kv_stride < row || a->out_stride < row)
         return IDEFICS_ERR_INVALID_ARG;
+    if (a->kv_type == IDEFICS_KV_Q8 && a->kv_stride % IDFX_KVQ8_BLOCK)
+        return IDEFICS_ERR_INVALID_ARG;
     if (a->n_q == 0)
         return IDEFICS_OK;
-    IDF_FORWARD(ensure_scratch(c, (size_t)(a->n_kv > 0 ? a->n_kv : 1) + 2 * (size_t)a->head_dim));
-    attn_job j = {c, a};
-    idf_pool_run(pool_for(c, (int64_t)a->n_q * a->n_kv * row), (int64_t)a->n_q * a->n_heads, attn_task, &j);
+    attn_job j = {c, a, (a->n_q + ATT_QB - 1) / ATT_QB, (size_t)(a->n_kv > 0 ? a->n_kv : 1)};
+    IDF_FORWARD(ensure_scratch(c, ATT_QB * j.per_sc + (1 + ATT_QB) * (size_t)a->head_dim));
+    idf_pool_run(pool_for(c, (int64_t)a->n_q * a->n_kv * row), (int64_t)a->n_heads * j.n_qb, attn_task, &j);
     return IDEFICS_OK;
 }
 

@@ -19,8 +19,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <unistd.h>
 #include <xxhash.h>
 
 #include "embedded.h"
@@ -69,7 +67,8 @@ static char *read_text(const idf_alloc *al, const char *path, size_t *len) {
 
 static void tuning_defaults(idf_ocl_tuning *t) {
     *t = (idf_ocl_tuning){.mm_lanes = 4, .mm_nb = 4, .f_lanes = 8, .f_rows = 8, .wg_norm = 64, .wg_attn = 64,
-                          .wg_elem = 64, .auto_select = true, .use_host_ptr = true};
+                          .wg_elem = 64, .auto_select = true, .use_host_ptr = true,
+                          .clblast_min_n = 64};
     snprintf(t->file, sizeof t->file, "built-in defaults");
 }
 
@@ -147,29 +146,35 @@ static bool ini_apply(const char *text, size_t len, const idf_ocl_probe *p, idf_
         } else if (strcmp(section, "[tuning]") == 0 && !p) {
             char *end;
             const unsigned long v = strtoul(val, &end, 10);
-            if (end == val || *end || v > 1024)
+            if (end == val || *end || v > (1ul << 30))
                 continue;
             const unsigned u = (unsigned)v;
             /* work sizes must be powers of two for the tree reductions */
-            const bool pow2 = u && !(u & (u - 1));
+            const bool pow2 = u && u <= 1024 && !(u & (u - 1));
             if (strcmp(key, "mm_lanes") == 0 && pow2)
                 t->mm_lanes = u;
             else if (strcmp(key, "mm_nb") == 0 && u >= 1 && u <= 16)
                 t->mm_nb = u;
             else if (strcmp(key, "f_lanes") == 0 && pow2)
                 t->f_lanes = u;
-            else if (strcmp(key, "f_rows") == 0 && u >= 1)
+            else if (strcmp(key, "f_rows") == 0 && u >= 1 && u <= 1024)
                 t->f_rows = u;
             else if (strcmp(key, "wg_norm") == 0 && pow2)
                 t->wg_norm = u;
             else if (strcmp(key, "wg_attn") == 0 && pow2)
                 t->wg_attn = u;
-            else if (strcmp(key, "wg_elem") == 0 && u >= 1)
+            else if (strcmp(key, "wg_elem") == 0 && u >= 1 && u <= 1024)
                 t->wg_elem = u;
             else if (strcmp(key, "auto_select") == 0)
                 t->auto_select = u != 0;
             else if (strcmp(key, "use_host_ptr") == 0)
                 t->use_host_ptr = u != 0;
+            else if (strcmp(key, "max_alloc_kb") == 0)
+                t->max_alloc_kb = u;
+            else if (strcmp(key, "clblast") == 0)
+                t->clblast = u != 0;
+            else if (strcmp(key, "clblast_min_n") == 0 && u >= 1)
+                t->clblast_min_n = u;
         }
     }
     return p ? any_match_key && all_match : true;
@@ -268,7 +273,9 @@ static void probe_device(const idf_cl_api *cl, cl_platform_id pl, cl_device_id d
 
 /* Clamp work-group sizes to what the device allows (a power of two at most
  * max_wg), whatever the tuning file says. */
-static void tuning_clamp(idf_ocl_tuning *t, const idf_ocl_probe *p) {
+static void tuning_clamp(idf_ocl_tuning *t, idf_ocl_probe *p) {
+    if (t->max_alloc_kb && t->max_alloc_kb * 1024 < p->max_alloc)
+        p->max_alloc = t->max_alloc_kb * 1024;
     unsigned mx = 1;
     while (mx * 2 <= (p->max_wg ? p->max_wg : 1))
         mx *= 2;
@@ -372,32 +379,6 @@ static void put64(uint8_t *p, uint64_t v) {
     idf_wr64(p, v);
 }
 
-/* The cache folder, created if needed; false when there is none to use. */
-static bool cache_dir(char *buf, size_t size) {
-    const char *d = getenv("IDEFICS_CACHE_DIR"), *x = getenv("XDG_CACHE_HOME"), *h = getenv("HOME");
-    if (d && d[0])
-        snprintf(buf, size, "%s", d);
-    else if (x && x[0])
-        snprintf(buf, size, "%s/idefics", x);
-    else if (h && h[0])
-        snprintf(buf, size, "%s/.cache/idefics", h);
-    else
-        return false;
-    /* mkdir -p: each prefix in turn; existing folders are fine */
-    for (char *s = buf + 1;; s++) {
-        if (*s == '/' || *s == '\0') {
-            const char c = *s;
-            *s = '\0';
-            mkdir(buf, 0755);
-            *s = c;
-            if (!c)
-                break;
-        }
-    }
-    struct stat st;
-    return stat(buf, &st) == 0 && S_ISDIR(st.st_mode);
-}
-
 static bool cache_load(idf_ocl_device *dev, const char *path, uint64_t key, const char *opts) {
     size_t len = 0;
     char *b = read_text(&dev->alloc, path, &len);
@@ -437,14 +418,7 @@ static void cache_store(idf_ocl_device *dev, const char *path, uint64_t key) {
         put64(buf + 8, key);
         put64(buf + 16, bl);
         put64(buf + 24 + bl, XXH64(bin, bl, 0));
-        char tmp[600];
-        snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
-        FILE *f = fopen(tmp, "wb");
-        bool ok = f && fwrite(buf, 1, bl + 32, f) == bl + 32;
-        if (f)
-            ok = fclose(f) == 0 && ok;
-        if (!ok || rename(tmp, path) != 0)
-            remove(tmp); /* a cache that cannot be written only costs the next start a rebuild */
+        idf_cl_cache_write(path, buf, bl + 32); /* a cache that cannot be written only costs a rebuild */
     }
     idf_free(&dev->alloc, buf);
 }
@@ -510,7 +484,7 @@ static idefics_status build_program(idf_ocl_device *dev, idf_err *err) {
         XXH64_freeState(xs);
     }
     char dir[400], path[512];
-    const bool have_cache = key && cache_dir(dir, sizeof dir);
+    const bool have_cache = key && idf_cl_cache_dir(dir, sizeof dir);
     if (have_cache)
         snprintf(path, sizeof path, "%s/idefics-cl-%016llx.bin", dir, (unsigned long long)key);
     const double t0 = idf_time_ms();
@@ -669,9 +643,14 @@ void idf_ocl_device_free(idf_ocl_device *dev) {
     if (!dev)
         return;
     const idf_alloc al = dev->alloc;
-    for (size_t i = 0; i < dev->n_wbufs; i++)
-        dev->cl.clReleaseMemObject(dev->wbufs[i]);
+    for (size_t i = 0; i < dev->n_wbufs; i++) {
+        for (uint32_t j = 0; j < dev->wbufs[i]->n; j++)
+            if (dev->wbufs[i]->mem[j])
+                dev->cl.clReleaseMemObject(dev->wbufs[i]->mem[j]);
+        idf_free(&al, dev->wbufs[i]);
+    }
     idf_free(&al, dev->wbufs);
+    idf_dlclose(dev->clblast_lib);
     if (dev->prog)
         dev->cl.clReleaseProgram(dev->prog);
     if (dev->ctx)
@@ -714,7 +693,8 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
     idefics_status st = enumerate(&dev->cl, &al, &list, &n, err);
     int chosen = -1;
     if (st == IDEFICS_OK) {
-        /* named: index or name substring; else the first GPU, then any other
+        /* named: index, or a substring of the device name, platform, vendor or
+         * version ("pocl", "adreno", "mali"); else the first GPU, then any other
          * device AUTO may use (explicit OPENCL: any device at all) */
         for (int pass = 0; pass < 2 && chosen < 0; pass++)
             for (unsigned i = 0; i < n && chosen < 0; i++) {
@@ -722,7 +702,8 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
                 tuning_for(&al, &dev->probe, &dev->tune);
                 if (want) {
                     if (all_digits(want) ? strtoul(want, NULL, 10) == i
-                                         : ci_contains(dev->probe.device, want) || ci_contains(dev->probe.platform, want))
+                                         : ci_contains(dev->probe.device, want) || ci_contains(dev->probe.platform, want) ||
+                                               ci_contains(dev->probe.vendor, want) || ci_contains(dev->probe.version, want))
                         chosen = (int)i;
                 } else if (pass == 0 ? (dev->probe.type & CL_DEVICE_TYPE_GPU) && dev->tune.auto_select
                                      : !auto_mode || dev->tune.auto_select) {
@@ -754,6 +735,14 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
                       dev->probe.max_wg);
     if (st == IDEFICS_OK)
         st = build_program(dev, err);
+    if (st == IDEFICS_OK && dev->tune.clblast) {
+        /* optional: without the library the matmuls stay on our kernels */
+        dev->clblast_lib = idf_dlopen("libclblast.so.1");
+        if (!dev->clblast_lib)
+            dev->clblast_lib = idf_dlopen("libclblast.so");
+        dev->clblast_sgemm = (__typeof__(dev->clblast_sgemm))idf_dlsym(dev->clblast_lib, "CLBlastSgemm");
+        idf_logf(&dev->log, IDEFICS_LOG_DEBUG, "opencl: CLBlast %s", dev->clblast_sgemm ? "loaded" : "not found");
+    }
     if (st == IDEFICS_OK)
         st = self_test(dev, err);
     if (st) {
@@ -773,6 +762,30 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
 
 /* ========================================================== model weights */
 
+int64_t idf_ocl_rows_per_chunk(const idf_weight *w, uint64_t limit) {
+    if (w->layout == IDFX_LAYOUT_ROWTILE) {
+        const uint64_t qb = w->type == IDFX_TYPE_Q4 ? IDFX_Q4_QBYTES : IDFX_Q8_QBYTES;
+        const uint64_t tile = (uint64_t)w->cols / IDFX_QK * w->tile_rows * (IDFX_SCALE_BYTES + qb);
+        return tile ? (int64_t)(limit / tile) * (int64_t)w->tile_rows : 0;
+    }
+    const uint64_t row = (uint64_t)w->cols * (w->type == IDFX_TYPE_F32 ? 4 : 2);
+    return row ? (int64_t)(limit / row) : 0;
+}
+
+/* Byte offset and size of rows [r0, r1) of w (r0 on a tile boundary). */
+static void chunk_range(const idf_weight *w, int64_t r0, int64_t r1, uint64_t *off, uint64_t *len) {
+    if (w->layout == IDFX_LAYOUT_ROWTILE) {
+        const uint64_t qb = w->type == IDFX_TYPE_Q4 ? IDFX_Q4_QBYTES : IDFX_Q8_QBYTES;
+        const uint64_t tile = (uint64_t)w->cols / IDFX_QK * w->tile_rows * (IDFX_SCALE_BYTES + qb);
+        *off = (uint64_t)(r0 / w->tile_rows) * tile;
+        *len = (uint64_t)((r1 - r0 + w->tile_rows - 1) / w->tile_rows) * tile;
+    } else {
+        const uint64_t row = (uint64_t)w->cols * (w->type == IDFX_TYPE_F32 ? 4 : 2);
+        *off = (uint64_t)r0 * row;
+        *len = (uint64_t)(r1 - r0) * row;
+    }
+}
+
 static idefics_status bind_one(idf_ocl_device *dev, idf_weight *w, idf_err *err) {
     if (!w->data || w->rows <= 0)
         return IDEFICS_OK;
@@ -780,36 +793,52 @@ static idefics_status bind_one(idf_ocl_device *dev, idf_weight *w, idf_err *err)
     uint64_t bytes, unit;
     if (!idfx_tensor_nbytes(w->type, w->layout, w->tile_rows, 2, dims, &bytes, &unit))
         return idf_errf(err, IDEFICS_ERR_CORRUPT, "weight %s has an invalid type/layout for OpenCL", w->name);
-    if (bytes > dev->probe.max_alloc || bytes > SIZE_MAX) {
-        /* over the device's largest buffer: its ops stay on the CPU (supports_op declines) */
+    /* Over the largest buffer: split along rows at tile boundaries. */
+    const int64_t per = bytes > dev->probe.max_alloc ? idf_ocl_rows_per_chunk(w, dev->probe.max_alloc) : w->rows;
+    if (per <= 0 || bytes > SIZE_MAX) { /* not even one tile fits: its ops stay on the CPU */
         dev->w_declined += bytes;
         return IDEFICS_OK;
     }
+    const uint32_t n = (uint32_t)((w->rows + per - 1) / per);
     if (dev->n_wbufs == dev->cap_wbufs) {
         const size_t cap = dev->cap_wbufs ? 2 * dev->cap_wbufs : 256;
-        cl_mem *nb = idf_realloc(&dev->alloc, dev->wbufs, cap * sizeof *nb);
+        idf_ocl_weight **nb = idf_realloc(&dev->alloc, dev->wbufs, cap * sizeof *nb);
         if (!nb)
             return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for OpenCL weight handles");
         dev->wbufs = nb;
         dev->cap_wbufs = cap;
     }
-    const bool aligned = dev->probe.base_align == 0 || (uintptr_t)w->data % dev->probe.base_align == 0;
-    const bool zero_copy = dev->tune.use_host_ptr && dev->probe.unified_memory && aligned;
-    cl_int e = CL_SUCCESS;
-    cl_mem m = dev->cl.clCreateBuffer(dev->ctx, CL_MEM_READ_ONLY | (zero_copy ? CL_MEM_USE_HOST_PTR : CL_MEM_COPY_HOST_PTR),
-                                      (size_t)bytes, (void *)(uintptr_t)w->data, &e);
-    if (!m || e != CL_SUCCESS)
-        return idf_errf(err, e == CL_MEM_OBJECT_ALLOCATION_FAILURE || e == CL_OUT_OF_RESOURCES
-                                 ? IDEFICS_ERR_OUT_OF_MEMORY
-                                 : IDEFICS_ERR_BACKEND,
-                        "cannot make an OpenCL buffer of %.1f MiB for weight %s (%d)", (double)bytes / 1048576.0,
-                        w->name, (int)e);
-    dev->wbufs[dev->n_wbufs++] = m;
-    w->backend_data = m;
-    if (zero_copy)
-        dev->w_zero_copy += bytes;
-    else
-        dev->w_uploaded += bytes;
+    idf_ocl_weight *ow = idf_calloc(&dev->alloc, 1, sizeof *ow + n * sizeof(cl_mem));
+    if (!ow)
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for OpenCL weight handles");
+    ow->rows_per = per;
+    ow->n = n;
+    dev->wbufs[dev->n_wbufs++] = ow; /* registered first, so a failure below is freed with the device */
+    for (uint32_t c = 0; c < n; c++) {
+        const int64_t r0 = (int64_t)c * per, r1 = r0 + per < w->rows ? r0 + per : w->rows;
+        uint64_t off, len;
+        chunk_range(w, r0, r1, &off, &len);
+        const uint8_t *p = (const uint8_t *)w->data + off;
+        const bool aligned = dev->probe.base_align == 0 || (uintptr_t)p % dev->probe.base_align == 0;
+        const bool zero_copy = dev->tune.use_host_ptr && dev->probe.unified_memory && aligned;
+        cl_int e = CL_SUCCESS;
+        ow->mem[c] = dev->cl.clCreateBuffer(
+            dev->ctx, CL_MEM_READ_ONLY | (zero_copy ? CL_MEM_USE_HOST_PTR : CL_MEM_COPY_HOST_PTR), (size_t)len,
+            (void *)(uintptr_t)p, &e);
+        if (!ow->mem[c] || e != CL_SUCCESS)
+            return idf_errf(err,
+                            e == CL_MEM_OBJECT_ALLOCATION_FAILURE || e == CL_OUT_OF_RESOURCES ? IDEFICS_ERR_OUT_OF_MEMORY
+                                                                                               : IDEFICS_ERR_BACKEND,
+                            "cannot make an OpenCL buffer of %.1f MiB for weight %s (%d)", (double)len / 1048576.0,
+                            w->name, (int)e);
+        if (zero_copy)
+            dev->w_zero_copy += len;
+        else
+            dev->w_uploaded += len;
+    }
+    if (n > 1)
+        dev->w_split++;
+    w->backend_data = ow;
     return IDEFICS_OK;
 }
 
@@ -847,8 +876,10 @@ idefics_status idf_ocl_bind_weights(idf_ocl_device *dev, idefics_model *m, idf_e
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
             IDF_FORWARD(bind_one(dev, ws[i], err));
     }
-    idf_logf(&dev->log, IDEFICS_LOG_DEBUG, "opencl: weights %.1f MiB zero-copy, %.1f MiB uploaded, %.1f MiB left to the CPU",
-             (double)dev->w_zero_copy / 1048576.0, (double)dev->w_uploaded / 1048576.0,
-             (double)dev->w_declined / 1048576.0);
+    idf_logf(&dev->log, IDEFICS_LOG_DEBUG,
+             "opencl: weights %.1f MiB zero-copy, %.1f MiB uploaded (%u split over the %.0f MiB max alloc), %.1f MiB "
+             "left to the CPU",
+             (double)dev->w_zero_copy / 1048576.0, (double)dev->w_uploaded / 1048576.0, dev->w_split,
+             (double)dev->probe.max_alloc / 1048576.0, (double)dev->w_declined / 1048576.0);
     return IDEFICS_OK;
 }

@@ -27,6 +27,9 @@ typedef struct idf_ocl_tuning {
     unsigned wg_norm, wg_attn, wg_elem;
     bool auto_select;          /* AUTO may pick the device */
     bool use_host_ptr;         /* wrap host memory with CL_MEM_USE_HOST_PTR */
+    bool clblast;              /* F32-weight matmuls with n >= clblast_min_n through CLBlast, when it loads */
+    unsigned clblast_min_n;
+    uint64_t max_alloc_kb;     /* 0, or a lower buffer-size limit than the driver reports (quirk; tests) */
     char file[64];             /* the tuning file used, e.g. "gpu/pocl-cpu.ini" */
 } idf_ocl_tuning;
 
@@ -39,7 +42,7 @@ typedef struct idf_ocl_probe {
     char subgroup_ext[40];     /* which of those */
     bool images;               /* CL_DEVICE_IMAGE_SUPPORT */
     bool unified_memory;       /* CL_DEVICE_HOST_UNIFIED_MEMORY */
-    uint64_t max_alloc, global_mem, local_mem;
+    uint64_t max_alloc, global_mem, local_mem; /* max_alloc: the driver's value, lowered by tuning max_alloc_kb */
     unsigned compute_units, max_wg, base_align; /* base_align in bytes */
     uint64_t image1d_buffer_max; /* CL_DEVICE_IMAGE_MAX_BUFFER_SIZE, texels */
 } idf_ocl_probe;
@@ -57,10 +60,22 @@ void idf_ocl_device_free(idf_ocl_device *dev);
 const idf_ocl_probe *idf_ocl_device_probe(const idf_ocl_device *dev);
 const idf_ocl_tuning *idf_ocl_device_tuning(const idf_ocl_device *dev);
 
-/* Give every matrix weight of model m a device buffer (backend_data): zero-copy
- * on unified memory where the data is aligned, else uploaded once. Weights
- * over CL_DEVICE_MAX_MEM_ALLOC_SIZE keep backend_data NULL and their ops run
- * on the CPU (supports_op declines them). */
+/* A model weight on the device (idf_weight.backend_data): one buffer, or, for
+ * a weight over CL_DEVICE_MAX_MEM_ALLOC_SIZE, n buffers of rows_per rows each
+ * (whole ROWTILE tiles), which matmul runs one after another. */
+typedef struct idf_ocl_weight {
+    int64_t rows_per; /* rows per chunk (all but the last) */
+    uint32_t n;
+    cl_mem mem[];
+} idf_ocl_weight;
+
+/* Rows per chunk so that a chunk of w fits in limit bytes (whole tiles for
+ * ROWTILE); 0 when not even one tile or row fits. */
+int64_t idf_ocl_rows_per_chunk(const idf_weight *w, uint64_t limit);
+
+/* Give every matrix weight of model m its device buffers (backend_data):
+ * zero-copy on unified memory where the data is aligned, else uploaded once;
+ * split along rows at tile boundaries when over the device's max alloc. */
 struct idefics_model;
 idefics_status idf_ocl_bind_weights(idf_ocl_device *dev, struct idefics_model *m, idf_err *err);
 
@@ -89,11 +104,18 @@ struct idf_ocl_device {
     cl_program prog;
     idf_ocl_probe probe;
     idf_ocl_tuning tune;
-    cl_mem *wbufs; /* weight buffers made by idf_ocl_bind_weights, released with the device */
+    idf_ocl_weight **wbufs; /* made by idf_ocl_bind_weights, released with the device */
     size_t n_wbufs, cap_wbufs;
     uint64_t w_zero_copy, w_uploaded, w_declined; /* bytes */
+    unsigned w_split;                             /* weights stored as several buffers */
     double build_ms;
     bool from_cache;
+    /* CLBlast (optional, tuning clblast = 1): dlopen'ed libclblast.so.1; it
+     * links libOpenCL itself, so its entry takes our (ICD) objects. */
+    void *clblast_lib;
+    int (*clblast_sgemm)(int layout, int a_trans, int b_trans, size_t m, size_t n, size_t k, float alpha, cl_mem a,
+                         size_t a_off, size_t a_ld, cl_mem b, size_t b_off, size_t b_ld, float beta, cl_mem c,
+                         size_t c_off, size_t c_ld, cl_command_queue *queue, cl_event *event);
 };
 
 /* Per-op counters a session's backend keeps (benchmarks read them). */
@@ -102,6 +124,7 @@ typedef struct idf_ocl_op_stats {
     double ms;          /* wall time of the op, enqueue to results visible on the host */
     uint64_t bytes_rd;  /* buffer bytes the kernels read (weights, activations) */
     uint64_t w_bytes;   /* of which weight bytes */
+    uint64_t lib_calls; /* calls that ran in CLBlast rather than our kernels */
 } idf_ocl_op_stats;
 
 const idf_ocl_op_stats *idf_ocl_backend_stats(const idf_backend *b); /* [IDF_OP_COUNT] */

@@ -6,8 +6,10 @@
  * arrays it touches in buffers: CL_MEM_USE_HOST_PTR where the tuning says the
  * device shares host memory (zero-copy; results are made visible by a blocking
  * map/unmap), CL_MEM_COPY_HOST_PTR and a blocking read otherwise. Weights use
- * the buffer the model made at load (idf_weight.backend_data); a weight
- * without one (op tests, benchmarks) is wrapped for the call the same way.
+ * the buffers the model made at load (idf_weight.backend_data: one, or row
+ * chunks at tile boundaries when the weight is over the device's max alloc);
+ * a weight without them (op tests, benchmarks) is wrapped, chunked the same
+ * way, for the call.
  * Every op is synchronous: when it returns, its outputs are in host memory, so
  * the forward pass may mix OpenCL ops with CPU ones freely.
  *
@@ -134,14 +136,35 @@ static bool weight_ok(const idf_weight *w) {
     return false;
 }
 
-/* The weight's device buffer: the model's, or one made for this call (*tmp). */
-static cl_mem weight_buf(ocl_ctx *c, const idf_weight *w, uint64_t bytes, cl_mem *tmp) {
-    *tmp = NULL;
+/* Rows per chunk of w on this device: the model's split (backend_data), else
+ * what fits the max alloc (op tests, benchmarks: buffers made per call). */
+static int64_t chunk_rows(const ocl_ctx *c, const idf_weight *w, uint64_t bytes) {
     if (w->backend_data)
-        return (cl_mem)w->backend_data;
-    if (bytes > c->dev->probe.max_alloc || bytes > SIZE_MAX)
+        return ((const idf_ocl_weight *)w->backend_data)->rows_per;
+    return bytes <= c->dev->probe.max_alloc ? w->rows : idf_ocl_rows_per_chunk(w, c->dev->probe.max_alloc);
+}
+
+/* Chunk ci of w (rows [r0, r1)): the model's buffer, or one made for this call (*tmp). */
+static cl_mem weight_buf(ocl_ctx *c, const idf_weight *w, uint32_t ci, int64_t r0, int64_t r1, cl_mem *tmp) {
+    *tmp = NULL;
+    if (w->backend_data) {
+        const idf_ocl_weight *ow = w->backend_data;
+        return ci < ow->n ? ow->mem[ci] : NULL;
+    }
+    uint64_t off, len;
+    if (w->layout == IDFX_LAYOUT_ROWTILE) {
+        const uint64_t qb = w->type == IDFX_TYPE_Q4 ? IDFX_Q4_QBYTES : IDFX_Q8_QBYTES;
+        const uint64_t tile = (uint64_t)w->cols / IDFX_QK * w->tile_rows * (IDFX_SCALE_BYTES + qb);
+        off = (uint64_t)(r0 / w->tile_rows) * tile;
+        len = (uint64_t)((r1 - r0 + w->tile_rows - 1) / w->tile_rows) * tile;
+    } else {
+        const uint64_t row = (uint64_t)w->cols * (w->type == IDFX_TYPE_F32 ? 4 : 2);
+        off = (uint64_t)r0 * row;
+        len = (uint64_t)(r1 - r0) * row;
+    }
+    if (len > c->dev->probe.max_alloc || len > SIZE_MAX)
         return NULL;
-    *tmp = host_buf(c, w->data, (size_t)bytes, false);
+    *tmp = host_buf(c, (const uint8_t *)w->data + off, (size_t)len, false);
     return *tmp;
 }
 
@@ -166,11 +189,14 @@ static bool ocl_supports(void *vctx, const idf_op_desc *d) {
         } else if (d->wlayout != IDFX_LAYOUT_ROWMAJOR || (d->wtype != IDFX_TYPE_F32 && d->wtype != IDFX_TYPE_F16)) {
             return false;
         }
-        /* A weight over the device's largest buffer stays on the CPU (bound
-         * conservatively: 4 bytes per weight, rows padded to the largest tile). */
-        const uint64_t rows = (uint64_t)(d->op == IDF_OP_MATMUL ? d->m : d->m) + IDFX_MAX_TILE_ROWS;
-        const uint64_t bpw = d->wtype == IDFX_TYPE_F32 ? 4 : 2;
-        if (d->m > 0 && rows * (uint64_t)d->k * bpw > c->dev->probe.max_alloc)
+        /* A weight over the device's largest buffer is split along rows (at
+         * tile boundaries); one chunk unit must fit: the largest tile (64
+         * rows), or one row. */
+        const uint64_t unit = d->wlayout == IDFX_LAYOUT_ROWTILE
+                                  ? (uint64_t)IDFX_MAX_TILE_ROWS * (uint64_t)(d->k / IDFX_QK) *
+                                        (IDFX_SCALE_BYTES + (d->wtype == IDFX_TYPE_Q4 ? IDFX_Q4_QBYTES : IDFX_Q8_QBYTES))
+                                  : (uint64_t)d->k * (d->wtype == IDFX_TYPE_F32 ? 4 : 2);
+        if (unit > c->dev->probe.max_alloc)
             return false;
         return (uint64_t)d->n * (uint64_t)d->k * 4 <= c->dev->probe.max_alloc;
     }
@@ -183,26 +209,24 @@ static bool ocl_supports(void *vctx, const idf_op_desc *d) {
 
 /* ----------------------------------------------------------------- matmul */
 
-static idefics_status ocl_matmul(void *vctx, const idf_weight *w, const float *bias, const float *x, int64_t n,
-                                 float *y, int64_t ldy) {
-    ocl_ctx *c = vctx;
-    if (!weight_ok(w) || !x || !y || n < 0 || ldy < w->rows || n >= MAX_ELEMS || ldy >= MAX_ELEMS)
-        return IDEFICS_ERR_INVALID_ARG;
-    if (n == 0)
-        return IDEFICS_OK;
-    const double t0 = idf_time_ms();
-    const uint64_t wb = weight_bytes(w), xe = (uint64_t)n * (uint64_t)w->cols,
-                   ye = (uint64_t)(n - 1) * (uint64_t)ldy + (uint64_t)w->rows;
-    if (!wb || xe >= (uint64_t)MAX_ELEMS || ye >= (uint64_t)MAX_ELEMS)
-        return IDEFICS_ERR_UNSUPPORTED;
-    cl_mem tmpw, wm = weight_buf(c, w, wb, &tmpw);
-    cl_mem xm = host_buf(c, x, (size_t)xe * 4, false), ym = host_buf(c, y, (size_t)ye * 4, true);
-    cl_mem bm = bias ? host_buf(c, bias, (size_t)w->rows * 4, false) : c->dummy;
-    cl_int e = wm && xm && ym && bm ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
-    const cl_uint rows = (cl_uint)w->rows, k = (cl_uint)w->cols, nn = (cl_uint)n, ld = (cl_uint)ldy,
+/* Rows [r0, r1) of w (one chunk, its buffer wm) into y's columns r0.. */
+static cl_int matmul_chunk(ocl_ctx *c, const idf_weight *w, cl_mem wm, int64_t r0, int64_t r1, const float *bias,
+                           cl_mem xm, int64_t n, float *y, int64_t ldy, uint64_t *w_read) {
+    const uint64_t ye = (uint64_t)(n - 1) * (uint64_t)ldy + (uint64_t)(r1 - r0);
+    cl_mem ym = host_buf(c, y + r0, (size_t)ye * 4, true);
+    cl_mem bm = bias ? host_buf(c, bias + r0, (size_t)(r1 - r0) * 4, false) : c->dummy;
+    cl_int e = ym && bm ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    const cl_uint rows = (cl_uint)(r1 - r0), k = (cl_uint)w->cols, nn = (cl_uint)n, ld = (cl_uint)ldy,
                   hb = bias ? 1u : 0u;
     const unsigned nb = n == 1 ? 1 : c->dev->tune.mm_nb;
-    uint64_t w_read = 0;
+    uint64_t len; /* this chunk's bytes */
+    if (w->layout == IDFX_LAYOUT_ROWTILE) {
+        const uint64_t qb = w->type == IDFX_TYPE_Q4 ? IDFX_Q4_QBYTES : IDFX_Q8_QBYTES;
+        len = (uint64_t)((r1 - r0 + w->tile_rows - 1) / w->tile_rows) * ((uint64_t)w->cols / IDFX_QK) *
+              w->tile_rows * (IDFX_SCALE_BYTES + qb);
+    } else {
+        len = (uint64_t)(r1 - r0) * (uint64_t)w->cols * (w->type == IDFX_TYPE_F32 ? 4 : 2);
+    }
     if (e == CL_SUCCESS && w->layout == IDFX_LAYOUT_ROWTILE) {
         const bool q4 = w->type == IDFX_TYPE_Q4;
         const int ki = q4 ? (nb == 1 ? K_MM_Q4_NB1 : K_MM_Q4) : (nb == 1 ? K_MM_Q8_NB1 : K_MM_Q8);
@@ -218,7 +242,7 @@ static idefics_status ocl_matmul(void *vctx, const idf_weight *w, const float *b
             karg a[13] = {KA(wm), KA(R),  KA(ng), KA(rows), KA(xm), KA(nn), KA(k), KA(bm), KA(hb), KA(ym), KA(ld),
                           KL(R * lanes * nb * sizeof(float)), KL(16 * sizeof(float))};
             e = launch(c, ki, a, q4 ? 13 : 12, 2, g, l);
-            w_read = wb * g[1];
+            *w_read += len * g[1];
         }
     } else if (e == CL_SUCCESS) {
         const int ki = nb == 1 ? K_MM_F_NB1 : K_MM_F;
@@ -232,19 +256,88 @@ static idefics_status ocl_matmul(void *vctx, const idf_weight *w, const float *b
         karg a[11] = {KA(wm), KA(f16), KA(rows), KA(xm), KA(nn), KA(k), KA(bm), KA(hb), KA(ym), KA(ld),
                       KL(lanes * rw * nb * sizeof(float))};
         e = launch(c, ki, a, 11, 3, g, l);
-        w_read = wb * g[2];
+        *w_read += len * g[2];
     }
     if (e == CL_SUCCESS)
-        e = finish_out(c, ym, y, (size_t)ye * 4);
-    rel(c, tmpw);
-    rel(c, xm);
+        e = finish_out(c, ym, y + r0, (size_t)ye * 4);
     rel(c, ym);
     if (bias)
         rel(c, bm);
+    return e;
+}
+
+static idefics_status ocl_matmul(void *vctx, const idf_weight *w, const float *bias, const float *x, int64_t n,
+                                 float *y, int64_t ldy) {
+    ocl_ctx *c = vctx;
+    if (!weight_ok(w) || !x || !y || n < 0 || ldy < w->rows || n >= MAX_ELEMS || ldy >= MAX_ELEMS)
+        return IDEFICS_ERR_INVALID_ARG;
+    if (n == 0)
+        return IDEFICS_OK;
+    const double t0 = idf_time_ms();
+    const uint64_t wb = weight_bytes(w), xe = (uint64_t)n * (uint64_t)w->cols,
+                   ye = (uint64_t)(n - 1) * (uint64_t)ldy + (uint64_t)w->rows;
+    const int64_t per = wb ? chunk_rows(c, w, wb) : 0;
+    if (per <= 0 || xe >= (uint64_t)MAX_ELEMS || ye >= (uint64_t)MAX_ELEMS)
+        return IDEFICS_ERR_UNSUPPORTED;
+    cl_mem xm = host_buf(c, x, (size_t)xe * 4, false);
+    cl_int e = xm ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    uint64_t w_read = 0;
+    if (e == CL_SUCCESS && c->dev->clblast_sgemm && w->type == IDFX_TYPE_F32 && per >= w->rows &&
+        n >= (int64_t)c->dev->tune.clblast_min_n) {
+        /* CLBlast SGEMM, row-major: y[n, m] = 1 * x[n, k] W[m, k]^T + 1 * y, with y
+         * first set to the bias (or 0) on the host: C is read even when beta = 0
+         * in some builds, and y may hold anything */
+        for (int64_t i = 0; i < n; i++)
+            for (int64_t r = 0; r < w->rows; r++)
+                y[i * ldy + r] = bias ? bias[r] : 0.0f;
+        cl_mem tmpw, wm = weight_buf(c, w, 0, 0, w->rows, &tmpw);
+        cl_mem ym = host_buf(c, y, (size_t)ye * 4, true);
+        const int st = wm && ym ? c->dev->clblast_sgemm(101 /* row-major */, 111 /* A: no transpose */,
+                                                        112 /* B: transpose */, (size_t)n, (size_t)w->rows,
+                                                        (size_t)w->cols, 1.0f, xm, 0, (size_t)w->cols, wm, 0,
+                                                        (size_t)w->cols, 1.0f, ym, 0, (size_t)ldy, &c->q, NULL)
+                                : -1;
+        e = st == 0 ? finish_out(c, ym, y, (size_t)ye * 4) : CL_OUT_OF_RESOURCES;
+        rel(c, tmpw);
+        rel(c, ym);
+        rel(c, xm);
+        if (e != CL_SUCCESS)
+            return cl_fail(e);
+        c->stats[IDF_OP_MATMUL].lib_calls++;
+        account(c, IDF_OP_MATMUL, t0, wb + xe * 4, wb);
+        return IDEFICS_OK;
+    }
+    /* a weight over the max alloc runs chunk by chunk (rows at tile boundaries) */
+    uint32_t ci = 0;
+    for (int64_t r0 = 0; r0 < w->rows && e == CL_SUCCESS; r0 += per, ci++) {
+        const int64_t r1 = r0 + per < w->rows ? r0 + per : w->rows;
+        cl_mem tmpw, wm = weight_buf(c, w, ci, r0, r1, &tmpw);
+        e = wm ? matmul_chunk(c, w, wm, r0, r1, bias, xm, n, y, ldy, &w_read) : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+        rel(c, tmpw);
+    }
+    rel(c, xm);
     if (e != CL_SUCCESS)
         return cl_fail(e);
-    account(c, IDF_OP_MATMUL, t0, w_read + xe * 4 + (bias ? (uint64_t)rows * 4 : 0), w_read);
+    account(c, IDF_OP_MATMUL, t0, w_read + xe * 4 + (bias ? (uint64_t)w->rows * 4 : 0), w_read);
     return IDEFICS_OK;
+}
+
+/* n ids (all inside the chunk wm holds, relative to its first row) -> y. */
+static cl_int get_rows_run(ocl_ctx *c, const idf_weight *w, cl_mem wm, const int32_t *ids, int64_t n, float *y) {
+    const size_t ybytes = (size_t)n * (size_t)w->cols * 4;
+    cl_mem im = host_buf(c, ids, (size_t)n * 4, false), ym = host_buf(c, y, ybytes, true);
+    cl_int e = im && ym ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    if (e == CL_SUCCESS) {
+        const cl_uint type = w->type, R = w->tile_rows ? w->tile_rows : 1, k = (cl_uint)w->cols;
+        const size_t g[2] = {k, (size_t)n};
+        karg a[6] = {KA(wm), KA(type), KA(R), KA(k), KA(im), KA(ym)};
+        e = launch(c, K_GET_ROWS, a, 6, 2, g, NULL);
+    }
+    if (e == CL_SUCCESS)
+        e = finish_out(c, ym, y, ybytes);
+    rel(c, im);
+    rel(c, ym);
+    return e;
 }
 
 static idefics_status ocl_get_rows(void *vctx, const idf_weight *w, const int32_t *ids, int64_t n, float *y) {
@@ -260,21 +353,24 @@ static idefics_status ocl_get_rows(void *vctx, const idf_weight *w, const int32_
         return IDEFICS_ERR_UNSUPPORTED;
     const double t0 = idf_time_ms();
     const uint64_t wb = weight_bytes(w);
-    const size_t ybytes = (size_t)n * (size_t)w->cols * 4;
-    cl_mem tmpw, wm = weight_buf(c, w, wb, &tmpw);
-    cl_mem im = host_buf(c, ids, (size_t)n * 4, false), ym = host_buf(c, y, ybytes, true);
-    cl_int e = wm && im && ym ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
-    if (e == CL_SUCCESS) {
-        const cl_uint type = w->type, R = w->tile_rows ? w->tile_rows : 1, k = (cl_uint)w->cols;
-        const size_t g[2] = {k, (size_t)n};
-        karg a[6] = {KA(wm), KA(type), KA(R), KA(k), KA(im), KA(ym)};
-        e = launch(c, K_GET_ROWS, a, 6, 2, g, NULL);
+    const int64_t per = wb ? chunk_rows(c, w, wb) : 0;
+    if (per <= 0)
+        return IDEFICS_ERR_UNSUPPORTED;
+    cl_int e = CL_SUCCESS;
+    if (per >= w->rows) {
+        cl_mem tmpw, wm = weight_buf(c, w, 0, 0, w->rows, &tmpw);
+        e = wm ? get_rows_run(c, w, wm, ids, n, y) : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+        rel(c, tmpw);
+    } else { /* a table split over the max alloc: each id from its own chunk */
+        for (int64_t i = 0; i < n && e == CL_SUCCESS; i++) {
+            const uint32_t ci = (uint32_t)(ids[i] / per);
+            const int64_t r0 = (int64_t)ci * per, r1 = r0 + per < w->rows ? r0 + per : w->rows;
+            const int32_t local = (int32_t)(ids[i] - r0);
+            cl_mem tmpw, wm = weight_buf(c, w, ci, r0, r1, &tmpw);
+            e = wm ? get_rows_run(c, w, wm, &local, 1, y + i * w->cols) : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+            rel(c, tmpw);
+        }
     }
-    if (e == CL_SUCCESS)
-        e = finish_out(c, ym, y, ybytes);
-    rel(c, tmpw);
-    rel(c, im);
-    rel(c, ym);
     if (e != CL_SUCCESS)
         return cl_fail(e);
     const uint64_t row_bytes = wb / (uint64_t)w->rows; /* about one row's share, tiles included */

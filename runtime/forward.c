@@ -38,7 +38,7 @@ struct idf_state {
     idf_backend *ref; /* fallback for ops `be` declines (== be when be is the reference) */
     int n_ctx, n_past, n_batch;
     idefics_kv_type kv_type;
-    size_t kv_elem; /* bytes per cached element */
+    size_t kv_elem; /* bytes per cached element; Q8: per block of IDFX_KVQ8_BLOCK (kv_bytes) */
     void *kc, *vc;  /* [n_layers, n_ctx, hidden] */
     bool low_mem;   /* model loaded with low_memory: page weights per layer (page_weight) */
     const volatile int *cancel;
@@ -191,7 +191,7 @@ static void page_decoder_layer(const idf_state *s, uint32_t l, bool need) {
     const idf_weight *ws[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
     for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
         page_weight(s, ws[i], need);
-    if (l % c->cross_interval == 0) {
+    if (c->n_cross && l % c->cross_interval == 0) {
         /* k and v of the cross blocks are used only when an image is added. */
         const idf_cross_block *B = &s->m->w->xb[l / c->cross_interval];
         const idf_weight *xs[] = {&B->q, &B->o, &B->gate, &B->up, &B->down};
@@ -233,9 +233,20 @@ static bool cancelled(const idf_state *s) {
     return s->cancel && *s->cancel;
 }
 
+/* Bytes of n cached elements. Every count passed here is a multiple of hidden,
+ * which a Q8 cache requires to be a multiple of IDFX_KVQ8_BLOCK (checked at
+ * create), so Q8 rows are whole blocks. */
+static size_t kv_bytes(const idf_state *s, size_t n_elems) {
+    if (s->kv_type == IDEFICS_KV_Q8)
+        return n_elems / IDFX_KVQ8_BLOCK * IDFX_KVQ8_BYTES;
+    return n_elems * s->kv_elem;
+}
+
 /* Store n rows of `dim` floats as kv_type elements at dst. */
 static void store_kv(const idf_state *s, void *dst, const float *src, int64_t n_elems) {
-    if (s->kv_type == IDEFICS_KV_F32) {
+    if (s->kv_type == IDEFICS_KV_Q8) {
+        idfx_kvq8_quantize_ref(src, n_elems, dst);
+    } else if (s->kv_type == IDEFICS_KV_F32) {
         memcpy(dst, src, (size_t)n_elems * sizeof(float));
     } else {
         uint16_t *d = dst;
@@ -289,8 +300,12 @@ idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_k
     if (n_ctx <= 0 || (uint32_t)n_ctx > c->max_pos)
         return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "n_ctx = %d is out of range [1, %u] (max_position_embeddings)",
                         n_ctx, c->max_pos);
-    if (kv_type != IDEFICS_KV_F32 && kv_type != IDEFICS_KV_F16)
-        return idf_errf(err, IDEFICS_ERR_UNSUPPORTED, "kv_type %d is not supported (F32 and F16 are)", (int)kv_type);
+    if (kv_type != IDEFICS_KV_F32 && kv_type != IDEFICS_KV_F16 && kv_type != IDEFICS_KV_Q8)
+        return idf_errf(err, IDEFICS_ERR_UNSUPPORTED, "kv_type %d is not supported (F32, F16 and Q8 are)",
+                        (int)kv_type);
+    if (kv_type == IDEFICS_KV_Q8 && c->hidden % IDFX_KVQ8_BLOCK)
+        return idf_errf(err, IDEFICS_ERR_UNSUPPORTED, "a Q8 KV cache needs hidden_size %u to be a multiple of %d",
+                        c->hidden, IDFX_KVQ8_BLOCK);
 
     idf_state *s = idf_calloc(&model->alloc, 1, sizeof *s);
     if (!s)
@@ -299,7 +314,7 @@ idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_k
     s->alloc = model->alloc;
     s->n_ctx = n_ctx;
     s->kv_type = kv_type;
-    s->kv_elem = kv_type == IDEFICS_KV_F32 ? 4 : 2;
+    s->kv_elem = kv_type == IDEFICS_KV_F32 ? 4 : kv_type == IDEFICS_KV_F16 ? 2 : IDFX_KVQ8_BYTES;
     s->n_batch = n_ctx < IDF_EVAL_BATCH ? n_ctx : IDF_EVAL_BATCH;
     s->low_mem = model->low_memory;
 
@@ -322,13 +337,13 @@ idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_k
      * for 32-bit hosts. */
     uint64_t total = 0;
     const uint64_t H = c->hidden, B = (uint64_t)s->n_batch;
-    size_t kv_bytes;
     const uint64_t kv_elems = (uint64_t)c->n_layers * (uint64_t)n_ctx * H;
-    bool ok = kv_elems <= SIZE_MAX && idf_mul_size((size_t)kv_elems, s->kv_elem, &kv_bytes);
+    bool ok = kv_elems <= SIZE_MAX / IDFX_KVQ8_BYTES; /* bounds every kv_bytes() below */
+    size_t kv_bytes_all = ok ? kv_bytes(s, (size_t)kv_elems) : 0;
     if (ok) {
-        s->kc = idf_malloc(&s->alloc, kv_bytes);
-        s->vc = idf_malloc(&s->alloc, kv_bytes);
-        total += 2 * (uint64_t)kv_bytes;
+        s->kc = idf_malloc(&s->alloc, kv_bytes_all);
+        s->vc = idf_malloc(&s->alloc, kv_bytes_all);
+        total += 2 * (uint64_t)kv_bytes_all;
         ok = s->kc && s->vc;
     }
     s->h = alloc_f(s, B * H, &total);
@@ -341,6 +356,8 @@ idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_k
     s->u = alloc_f(s, B * c->intermediate, &total);
 
     const uint64_t T = (uint64_t)c->v_n_patches + 1, D = c->v_dim;
+    if (c->text_only) /* no image path: no vision scratch */
+        goto allocated;
     s->patches = alloc_f(s, (uint64_t)c->v_n_patches * c->v_channels * c->v_patch * c->v_patch, &total);
     s->vx = alloc_f(s, T * D, &total);
     s->vy = alloc_f(s, T * D, &total);
@@ -364,13 +381,15 @@ idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_k
         s->pm = alloc_f(s, L * 4 * D, &total);
         ok = ok && s->pz && s->py && s->pkv && s->pq && s->pa && s->pk && s->pv && s->pm;
     }
+allocated:
+    ok = ok && s->h && s->x && s->q && s->k && s->v && s->att && s->g && s->u;
     if (!ok) {
         idf_state_free(s);
         return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the session state (%.1f MiB, n_ctx %d)",
                         (double)total / (1024.0 * 1024.0), n_ctx);
     }
     idf_logf(&model->log, IDEFICS_LOG_DEBUG, "state: n_ctx %d, kv %s, %.1f MiB, backend %s", n_ctx,
-             kv_type == IDEFICS_KV_F32 ? "f32" : "f16", (double)total / (1024.0 * 1024.0), s->be->name);
+             kv_type == IDEFICS_KV_F32 ? "f32" : kv_type == IDEFICS_KV_F16 ? "f16" : "q8", (double)total / (1024.0 * 1024.0), s->be->name);
     *out = s;
     return IDEFICS_OK;
 }
@@ -387,6 +406,9 @@ int idf_state_n_past(const idf_state *s) {
 }
 const char *idf_state_backend_name(const idf_state *s) {
     return s && s->be && s->be->name ? s->be->name : "?";
+}
+idf_backend *idf_state_backend(idf_state *s) {
+    return s ? s->be : NULL;
 }
 int idf_state_n_ctx(const idf_state *s) {
     return s ? s->n_ctx : 0;
@@ -554,7 +576,8 @@ static idefics_status take_slot(idf_state *s, img_slot **out, idf_err *err) {
          * hidden and v_dim <= 2^16, so these products fit in 64 bits; a 32-bit
          * host may still not be able to address them. */
         const uint64_t nl = s->m->n_img_tokens;
-        const uint64_t xs = (uint64_t)c->n_cross * nl * c->hidden * s->kv_elem;
+        const uint64_t xe = (uint64_t)c->n_cross * nl * c->hidden;
+        const uint64_t xs = xe <= SIZE_MAX / IDFX_KVQ8_BYTES ? kv_bytes(s, (size_t)xe) : UINT64_MAX;
         const uint64_t ls = nl * c->v_dim * sizeof(float);
         if (xs > SIZE_MAX || ls > SIZE_MAX)
             return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "an image slot does not fit in the address space");
@@ -576,6 +599,8 @@ idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot,
     if (!s || !pixels)
         return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_image: NULL argument");
     const idf_config *c = &s->m->cfg;
+    if (c->text_only)
+        return idf_errf(err, IDEFICS_ERR_UNSUPPORTED, "this model is text-only (llama): it takes no images");
     const idf_weights *w = s->m->w;
     img_slot *sl = NULL;
     IDF_FORWARD(take_slot(s, &sl, err));
@@ -591,7 +616,7 @@ idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot,
      * caching them; HF recomputes them every step with identical results). */
     for (uint32_t j = 0; j < c->n_cross; j++) {
         const idf_cross_block *B = &w->xb[j];
-        const size_t off = (size_t)j * (size_t)(nl * H) * s->kv_elem;
+        const size_t off = kv_bytes(s, (size_t)j * (size_t)(nl * H));
         IDF_FORWARD(mm(s, &B->k, NULL, sl->latents, nl, s->xtmp, H, err));
         if (B->k_norm)
             IDF_FORWARD(rms(s, s->xtmp, B->k_norm, c->rms_eps, nl * c->n_heads, c->head_dim, s->xtmp, err));
@@ -637,7 +662,7 @@ static idefics_status cross_block(idf_state *s, uint32_t j, const int32_t *img, 
                 memset(s->att + i0 * H, 0, (size_t)((i1 - i0) * H) * sizeof(float));
             } else {
                 const img_slot *sl = &s->img[img[i0]];
-                const size_t off = (size_t)j * (size_t)(nl * H) * s->kv_elem;
+                const size_t off = kv_bytes(s, (size_t)j * (size_t)(nl * H));
                 const idf_attn a = {
                     .n_q = i1 - i0,
                     .n_kv = (int)nl,
@@ -680,8 +705,8 @@ static idefics_status decoder_layer(idf_state *s, uint32_t l, int pos, int n, id
     IDF_FORWARD(mm(s, &L->v, NULL, s->x, n, s->v, H, err));
     IDF_FORWARD(rope(s, s->q, n, pos, err));
     IDF_FORWARD(rope(s, s->k, n, pos, err)); /* the cache stores rotated keys */
-    const size_t layer_off = (size_t)l * (size_t)s->n_ctx * (size_t)H * s->kv_elem;
-    const size_t pos_off = (size_t)pos * (size_t)H * s->kv_elem;
+    const size_t layer_off = kv_bytes(s, (size_t)l * (size_t)s->n_ctx * (size_t)H);
+    const size_t pos_off = kv_bytes(s, (size_t)pos * (size_t)H);
     uint8_t *kc = (uint8_t *)s->kc + layer_off, *vc = (uint8_t *)s->vc + layer_off;
     store_kv(s, kc + pos_off, s->k, n * H);
     store_kv(s, vc + pos_off, s->v, n * H);
@@ -732,7 +757,7 @@ static idefics_status eval_chunk(idf_state *s, const int32_t *ids, const int32_t
         if (cancelled(s))
             return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled at decoder layer %u", l);
         page_decoder_layer(s, l + 1, true);
-        if (l % c->cross_interval == 0)
+        if (c->n_cross && l % c->cross_interval == 0)
             IDF_FORWARD(cross_block(s, l / c->cross_interval, img, n, err));
         IDF_FORWARD(decoder_layer(s, l, pos, n, err));
         page_decoder_layer(s, l, false);

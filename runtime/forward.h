@@ -46,6 +46,8 @@ idefics_status idf_state_eval(idf_state *s, const int32_t *ids, const int32_t *i
 int idf_state_n_past(const idf_state *s);
 /* The name of the backend this state computes with (e.g. "avx512vnni", "cpu-ref"). */
 const char *idf_state_backend_name(const idf_state *s);
+/* The state's own backend (benchmarks read a backend's counters through it). */
+struct idf_backend *idf_state_backend(idf_state *s);
 int idf_state_n_ctx(const idf_state *s);
 /* Drop cached positions >= n_past (e.g. to undo a failed turn). */
 void idf_state_truncate(idf_state *s, int n_past);

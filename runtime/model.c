@@ -50,9 +50,11 @@ static idefics_status read_config(idefics_model *m, idf_err *err) {
     uint32_t len;
 
     IDF_FORWARD(idfx_get_str(f, IDFX_KEY_ARCH, &s, &len, err));
-    if (!str_is(s, len, "idefics"))
-        return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "metadata %s is \"%.*s\", expected \"idefics\"", IDFX_KEY_ARCH,
-                        (int)(len > 64 ? 64 : len), s);
+    /* "llama": the text-only LLaMA decoder (for comparisons on the same decoder) */
+    c->text_only = str_is(s, len, "llama");
+    if (!c->text_only && !str_is(s, len, "idefics"))
+        return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "metadata %s is \"%.*s\", expected \"idefics\" or \"llama\"",
+                        IDFX_KEY_ARCH, (int)(len > 64 ? 64 : len), s);
     if (idfx_get_str(f, IDFX_KEY_NAME, &s, &len, NULL) == IDEFICS_OK)
         snprintf(m->name, sizeof m->name, "%.*s", (int)(len < sizeof m->name ? len : sizeof m->name - 1), s);
 
@@ -77,6 +79,18 @@ static idefics_status read_config(idefics_model *m, idf_err *err) {
     if (idfx_find_kv(f, IDFX_KEY_ROPE_THETA))
         IDF_FORWARD(cfg_f32(f, IDFX_KEY_ROPE_THETA, 1.0f, 1e9f, &c->rope_theta, err));
     IDF_FORWARD(cfg_u32(f, IDFX_KEY_MAX_POS, 1, 1u << 20, &c->max_pos, err));
+    if (c->text_only) {
+        if (c->additional_vocab)
+            return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "metadata %s must be 0 for a llama model",
+                            IDFX_KEY_ADDITIONAL_VOCAB);
+        IDF_FORWARD(idfx_get_str(f, IDFX_KEY_HIDDEN_ACT, &s, &len, err));
+        if (!str_is(s, len, "silu"))
+            return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "metadata %s is \"%.*s\", only \"silu\" is supported",
+                            IDFX_KEY_HIDDEN_ACT, (int)(len > 64 ? 64 : len), s);
+        c->cross_interval = c->n_cross = 0; /* no vision keys are read: everything image-related stays 0 */
+        m->n_img_tokens = 0;
+        return IDEFICS_OK;
+    }
     IDF_FORWARD(cfg_u32(f, IDFX_KEY_CROSS_INTERVAL, 1, c->n_layers, &c->cross_interval, err));
     c->n_cross = (c->n_layers + c->cross_interval - 1) / c->cross_interval;
     IDF_FORWARD(idfx_get_bool(f, IDFX_KEY_QK_LAYER_NORMS, &c->qk_layer_norms, err));
@@ -444,8 +458,8 @@ static idefics_status bind_text(idefics_model *m, idf_err *err) {
     IDF_FORWARD(bind_vec(m, NM("model.norm.weight"), H, &w->norm, err));
 
     w->dl = idf_calloc(&m->alloc, c->n_layers, sizeof *w->dl);
-    w->xb = idf_calloc(&m->alloc, c->n_cross, sizeof *w->xb);
-    if (!w->dl || !w->xb)
+    w->xb = c->n_cross ? idf_calloc(&m->alloc, c->n_cross, sizeof *w->xb) : NULL;
+    if (!w->dl || (c->n_cross && !w->xb))
         return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for decoder layers");
     for (uint32_t l = 0; l < c->n_layers; l++) {
         idf_decoder_layer *L = &w->dl[l];
@@ -505,6 +519,8 @@ static idefics_status bind_weights(idefics_model *m, idf_err *err) {
     m->w = idf_calloc(&m->alloc, 1, sizeof *m->w);
     if (!m->w)
         return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the weight table");
+    if (m->cfg.text_only)
+        return bind_text(m, err);
     IDF_FORWARD(bind_vision(m, err));
     if (m->cfg.use_resampler)
         IDF_FORWARD(bind_perceiver(m, err));

@@ -27,8 +27,9 @@ typedef struct idf_config {
     float rms_eps;                /* 1e-6 */
     float rope_theta;             /* 10000 */
     uint32_t max_pos;             /* 2048 */
-    uint32_t cross_interval;      /* 4 */
-    uint32_t n_cross;             /* ceil(n_layers / cross_interval) */
+    uint32_t cross_interval;      /* 4; 0 when text_only */
+    uint32_t n_cross;             /* ceil(n_layers / cross_interval); 0 when text_only */
+    bool text_only;               /* general.architecture "llama": decoder only, no vision/perceiver/cross */
     bool qk_layer_norms;
     bool use_resampler;
     /* vision */

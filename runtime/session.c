@@ -147,19 +147,22 @@ static idefics_status check_special(idefics_session *s, const char *text, int32_
 static idefics_status session_init(idefics_session *s, idefics_model *model, const idefics_session_params *p) {
     const idf_config *c = &model->cfg;
     if (!model->tok) return idf_errf(&s->err, IDEFICS_ERR_BAD_CONFIG, "session: the model has no tokenizer");
-    if (c->tok_image < 0 || c->tok_fake_image < 0 || c->tok_bos < 0)
+    /* A text-only (llama) model needs no image tokens: its prompts never hold images. */
+    if (c->tok_bos < 0 || (!c->text_only && (c->tok_image < 0 || c->tok_fake_image < 0)))
         return idf_errf(&s->err, IDEFICS_ERR_BAD_CONFIG,
                         "session: the model lacks a special token id (bos %d, <image> %d, "
                         "<fake_token_around_image> %d)",
                         c->tok_bos, c->tok_image, c->tok_fake_image);
-    if (c->n_vocab == 0 || c->n_vocab > (1u << 24) || c->v_image_size == 0 || c->v_image_size > 4096 ||
-        c->v_channels != 3)
+    if (c->n_vocab == 0 || c->n_vocab > (1u << 24) ||
+        (!c->text_only && (c->v_image_size == 0 || c->v_image_size > 4096 || c->v_channels != 3)))
         return idf_errf(&s->err, IDEFICS_ERR_BAD_CONFIG,
                         "session: unsupported config (n_vocab %u, vision.image_size %u, vision.num_channels %u)",
                         c->n_vocab, c->v_image_size, c->v_channels);
     IDF_FORWARD(check_special(s, IDF_PROMPT_BOS, c->tok_bos, "bos token id"));
-    IDF_FORWARD(check_special(s, IDF_PROMPT_IMAGE, c->tok_image, "<image> id"));
-    IDF_FORWARD(check_special(s, IDF_PROMPT_FAKE, c->tok_fake_image, "<fake_token_around_image> id"));
+    if (!c->text_only) {
+        IDF_FORWARD(check_special(s, IDF_PROMPT_IMAGE, c->tok_image, "<image> id"));
+        IDF_FORWARD(check_special(s, IDF_PROMPT_FAKE, c->tok_fake_image, "<fake_token_around_image> id"));
+    }
     if (c->is_instruct) {
         if (c->tok_end_of_utterance < 0)
             return idf_errf(&s->err, IDEFICS_ERR_BAD_CONFIG, "session: instruct model without <end_of_utterance>");
@@ -315,9 +318,17 @@ static idefics_status add_decoded_image(idefics_session *s, idf_image *im, const
     return IDEFICS_OK;
 }
 
+/* Images on a text-only model: refused before any decoding work. */
+static idefics_status refuse_text_only(idefics_session *s, const char *what) {
+    if (!cfg_of(s)->text_only) return IDEFICS_OK;
+    return idf_errf(&s->err, IDEFICS_ERR_UNSUPPORTED,
+                    "%s: this model is text-only (general.architecture \"llama\") and takes no images", what);
+}
+
 idefics_status idefics_add_image_file(idefics_session *s, const char *path) {
     if (!s) return IDEFICS_ERR_INVALID_ARG;
     idf_err_clear(&s->err);
+    IDF_FORWARD(refuse_text_only(s, "add_image_file"));
     if (!path) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_image_file: path is NULL");
     idf_image im = {0};
     idefics_status st = idf_image_load_file(path, &s->lim, s->al, &im, &s->err);
@@ -328,6 +339,7 @@ idefics_status idefics_add_image_file(idefics_session *s, const char *path) {
 idefics_status idefics_add_image_memory(idefics_session *s, const void *data, size_t size) {
     if (!s) return IDEFICS_ERR_INVALID_ARG;
     idf_err_clear(&s->err);
+    IDF_FORWARD(refuse_text_only(s, "add_image_memory"));
     if (!data || size == 0) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_image_memory: no data");
     idf_image im = {0};
     idefics_status st = idf_image_load_memory(data, size, &s->lim, s->al, &im, &s->err);
@@ -339,6 +351,7 @@ idefics_status idefics_add_image_pixels(idefics_session *s, const uint8_t *pixel
                                         int channels, size_t stride_bytes) {
     if (!s) return IDEFICS_ERR_INVALID_ARG;
     idf_err_clear(&s->err);
+    IDF_FORWARD(refuse_text_only(s, "add_image_pixels"));
     if (!pixels || width <= 0 || height <= 0 || channels < 1 || channels > 4)
         return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG,
                         "add_image_pixels: need pixels, width > 0, height > 0 and 1..4 channels (got %dx%d, %d)",

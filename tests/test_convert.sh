@@ -64,8 +64,9 @@ bad_case() { # name expected-exit-status-name expected-text sed-script [file-to-
     grep -qF -- "$status" "$tmp/bad.log" || fail "$name: message lacks $status: $(cat "$tmp/bad.log")"
     [ -e "$tmp/bad.idfx" ] && fail "$name: an output file was left behind"
 }
-bad_case "unknown architecture" IDEFICS_ERR_UNSUPPORTED "architecture [LlamaForCausalLM] with model_type 'llama'" \
-    's/"IdeficsForVisionText2Text"/"LlamaForCausalLM"/; s/"model_type": "idefics",$/"model_type": "llama",/'
+# (LlamaForCausalLM is accepted as a text-only model: tests/test_llama.c)
+bad_case "unknown architecture" IDEFICS_ERR_UNSUPPORTED "architecture [MistralForCausalLM] with model_type 'mistral'" \
+    's/"IdeficsForVisionText2Text"/"MistralForCausalLM"/; s/"model_type": "idefics",$/"model_type": "mistral",/'
 bad_case "missing tensor" IDEFICS_ERR_MISSING_TENSOR \
     "tensor 'model.gated_cross_attn_layers.2.alpha_cross_attn' [1] is missing" \
     's/"num_hidden_layers": 4/"num_hidden_layers": 6/'

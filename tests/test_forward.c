@@ -16,8 +16,11 @@
  *     case's input_ids, image mask (as per-token image slots) and pixel_values
  *     straight into the forward pass (no tokenizer, no image preprocessing) and
  *     compares the logits at every position (max|diff| <= 1e-3 max|logit|), the
- *     perceiver output, and the 32-token greedy continuation. Then converts at Q4
- *     and requires top-1 agreement with the F32 logits at >= 95% of positions.
+ *     perceiver output, and the 32-token greedy continuation. Then converts at Q8
+ *     and Q4, requires each to equal an F32 model holding its dequantised weights,
+ *     and measures top-1 agreement with the F32 logits over every recorded position:
+ *     Q8 >= 85% for all models; Q4 >= 95% for the trained model (tiny-trained),
+ *     reported only for the random ones (near-tie logits, see variants[]).
  *     Prints a table of the differences and the reference path's speed.
  *     Skips (77) when the fixtures or the converter are absent.
  */
@@ -623,8 +626,21 @@ static int run_synth(const char *dir) {
     idf_state *g = NULL;
     st = idf_state_create(m, S_MAXPOS + 1, IDEFICS_KV_F32, 1, &g, &err);
     check(st == IDEFICS_ERR_INVALID_ARG && !g, "n_ctx above max_position_embeddings refused: %s", err.msg);
-    st = idf_state_create(m, 16, IDEFICS_KV_Q8, 1, &g, &err);
-    check(st == IDEFICS_ERR_UNSUPPORTED && !g, "Q8 KV cache refused: %s", err.msg);
+
+    /* Q8 KV cache (self-attention and image K/V): close to F32, same top-1.
+     * int8 with a scale per 32 elements adds relative noise of about 0.5% per
+     * element on K and V (F16: 0.03%), compounded through random layers;
+     * measured rel 0.016 here, held to 0.04. */
+    idf_state *q8 = new_state(m, S_MAXPOS, IDEFICS_KV_Q8, xy, 2);
+    st = q8 ? idf_state_eval(q8, ids, img, N, tmp, true, &err) : IDEFICS_ERR_BACKEND;
+    {
+        int agree = 0;
+        for (int i = 0; i < N; i++)
+            agree += argmax(tmp + i * V, (int)V, NULL, 0) == argmax(full + i * V, (int)V, NULL, 0);
+        check(st == IDEFICS_OK && rel_diff(tmp, full, N * V) < 0.04 && agree == N,
+              "Q8 KV cache vs F32: rel %.2g, top-1 agreement %d/%d", rel_diff(tmp, full, N * V), agree, N);
+    }
+    idf_state_free(q8);
 
     /* Q8 matrices: close to F32 */
     o = base;
@@ -684,8 +700,8 @@ typedef struct case_run {
 
 /* Feeds the case's prompt to a fresh state: images, then every real token
  * (left padding skipped) with its visible image slot from the processor mask. */
-static idefics_status run_prompt(const idefics_model *m, const idf_fixture_case *fc, int extra_ctx, idf_state **out,
-                                 int32_t **img_out, case_run *cr, idf_err *err) {
+static idefics_status run_prompt(const idefics_model *m, const idf_fixture_case *fc, int extra_ctx,
+                                 idefics_kv_type kv, idf_state **out, int32_t **img_out, case_run *cr, idf_err *err) {
     int p0 = 0;
     while (p0 < fc->seq_len && fc->attention_mask[p0] == 0)
         p0++;
@@ -694,7 +710,7 @@ static idefics_status run_prompt(const idefics_model *m, const idf_fixture_case 
     if ((uint32_t)n_ctx > m->cfg.max_pos)
         n_ctx = (int)m->cfg.max_pos;
     idf_state *s = NULL;
-    IDF_FORWARD(idf_state_create(m, n_ctx, IDEFICS_KV_F32, 2, &s, err));
+    IDF_FORWARD(idf_state_create(m, n_ctx, kv, 2, &s, err));
     const size_t img_elems = (size_t)3 * fc->image_size * fc->image_size;
     double t0 = idf_time_ms();
     idefics_status st = IDEFICS_OK;
@@ -801,6 +817,21 @@ static const struct {
 };
 #define N_VARIANTS ((int)(sizeof variants / sizeof variants[0]))
 
+/* Fixture models trained on a toy task (tools/reference/train_tiny_fixture.py): their
+ * logits are confident like a real model's, so the issue's Q4 requirement applies to
+ * them as a hard gate: top-1 agreement with the F32 logits at >= 95% of all recorded
+ * positions of all cases. The model must be present: losing it fails the test. */
+static const char *const q4_gated_models[] = {"tiny-trained"};
+#define N_Q4_GATED ((int)(sizeof q4_gated_models / sizeof q4_gated_models[0]))
+#define Q4_GATE_MIN_TOP1 95.0
+
+static bool q4_gated(const char *name) {
+    for (int i = 0; i < N_Q4_GATED; i++)
+        if (!strcmp(name, q4_gated_models[i]))
+            return true;
+    return false;
+}
+
 static int run_fixtures(const char *converter, const char *dir) {
     char root[1024], err[IDF_FIXTURE_ERR_LEN];
     idf_fixture_models_root(root, sizeof root);
@@ -858,7 +889,7 @@ static int run_fixtures(const char *converter, const char *dir) {
             int32_t *img = NULL;
             case_run cr = {0};
             idf_err e;
-            st = run_prompt(m, &fc, fc.n_new + 4, &s, &img, &cr, &e);
+            st = run_prompt(m, &fc, fc.n_new + 4, IDEFICS_KV_F32, &s, &img, &cr, &e);
             if (st != IDEFICS_OK) {
                 check(false, "%s/%s: %s %s", fm->name, fc.case_name, idefics_status_str(st), e.msg);
                 free(cr.logits);
@@ -915,6 +946,54 @@ static int run_fixtures(const char *converter, const char *dir) {
                 check(match == fc.n_new, "%s/%s: greedy %d/%d tokens match", fm->name, fc.case_name, match, fc.n_new);
             }
 
+            /* Q8 KV cache on the same F32 model: logits close to the F32
+             * cache's (int8 per 32 elements, compounded through untrained
+             * random layers: measured up to 0.063 x max|logit| on these
+             * fixtures, held to 0.1) and the same greedy tokens where the gaps
+             * allow: a different token fails only when the fixture's token
+             * trails it by more than twice the logit tolerance (a closer call
+             * is within the noise, and the continuations diverge there). */
+            {
+                idf_state *s8 = NULL;
+                int32_t *i8 = NULL;
+                case_run r8 = {0};
+                if (run_prompt(m, &fc, fc.n_new + 4, IDEFICS_KV_Q8, &s8, &i8, &r8, &e) != IDEFICS_OK) {
+                    check(false, "%s/%s: Q8 KV cache: %s", fm->name, fc.case_name, e.msg);
+                } else {
+                    double r;
+                    const double d = max_diff(r8.logits, cr.logits, (size_t)cr.n * V, &r);
+                    check(d <= 0.1 * r, "%s/%s: Q8 KV cache logits vs F32 cache, max|diff| %.3g <= 0.1 * %.3g",
+                          fm->name, fc.case_name, d, r);
+                    int m8 = 0;
+                    bool close_call = false;
+                    if (fc.gen_tokens) {
+                        const float *last = r8.logits + (size_t)(r8.n - 1) * V;
+                        float *step = xmalloc((size_t)V * sizeof(float));
+                        const int32_t vis = i8[fc.seq_len - 1];
+                        for (int k = 0; k < fc.n_new; k++) {
+                            const int32_t tok = argmax(last, V, fc.suppressed, fc.n_suppressed);
+                            if (tok != fc.gen_tokens[k]) {
+                                close_call = last[tok] - last[fc.gen_tokens[k]] <= 2 * 0.1 * r;
+                                break;
+                            }
+                            m8++;
+                            if (k + 1 < fc.n_new) {
+                                if (idf_state_eval(s8, &tok, &vis, 1, step, false, &e) != IDEFICS_OK)
+                                    break;
+                                last = step;
+                            }
+                        }
+                        free(step);
+                        check(m8 == fc.n_new || close_call,
+                              "%s/%s: Q8 KV cache greedy %d/%d tokens match%s", fm->name, fc.case_name, m8,
+                              fc.n_new, m8 < fc.n_new ? " (then a close call)" : "");
+                    }
+                }
+                idf_state_free(s8);
+                free(i8);
+                free(r8.logits);
+            }
+
             /* quantised: equal to the dequantised F32 model; top-1 vs the F32 run */
             int agree[N_VARIANTS] = {0};
             double qdeq = 0;
@@ -922,8 +1001,8 @@ static int run_fixtures(const char *converter, const char *dir) {
                 idf_state *sq = NULL, *sd = NULL;
                 int32_t *iq = NULL, *id = NULL;
                 case_run rq = {0}, rd = {0};
-                if (run_prompt(mq[v], &fc, 1, &sq, &iq, &rq, &e) != IDEFICS_OK ||
-                    run_prompt(md[v], &fc, 1, &sd, &id, &rd, &e) != IDEFICS_OK) {
+                if (run_prompt(mq[v], &fc, 1, IDEFICS_KV_F32, &sq, &iq, &rq, &e) != IDEFICS_OK ||
+                    run_prompt(md[v], &fc, 1, IDEFICS_KV_F32, &sd, &id, &rd, &e) != IDEFICS_OK) {
                     check(false, "%s/%s %s: %s", fm->name, fc.case_name, variants[v].quant, e.msg);
                 } else {
                     double r;
@@ -960,7 +1039,11 @@ static int run_fixtures(const char *converter, const char *dir) {
                          dec_ms > 0 ? 1000.0 * gen_tokens / dec_ms : 0.0);
         for (int v = 0; v < N_VARIANTS; v++) {
             const double pct = n_pos ? 100.0 * agree_sum[v] / n_pos : 0.0;
-            if (variants[v].min_top1 > 0)
+            if (!strcmp(variants[v].quant, "q4") && q4_gated(fm->name))
+                check(n_pos > 0 && pct >= Q4_GATE_MIN_TOP1,
+                      "%s: q4 top-1 agreement with F32 %d/%d = %.1f%% >= %.0f%% (trained model: gated)", fm->name,
+                      agree_sum[v], n_pos, pct, Q4_GATE_MIN_TOP1);
+            else if (variants[v].min_top1 > 0)
                 check(pct >= variants[v].min_top1, "%s: %s top-1 agreement with F32 %d/%d = %.1f%% >= %.0f%%", fm->name,
                       variants[v].quant, agree_sum[v], n_pos, pct, variants[v].min_top1);
             else
@@ -977,6 +1060,9 @@ static int run_fixtures(const char *converter, const char *dir) {
             idefics_model_free(md[v]);
         }
     }
+    for (int g = 0; g < N_Q4_GATED; g++)
+        check(idf_fixture_find_model(&man, q4_gated_models[g]) != NULL,
+              "trained fixture model %s is in the manifest (its Q4 gate ran)", q4_gated_models[g]);
     printf("\nreference backend (cpu-ref, 2 threads):\n%s", summary);
     idf_fixture_manifest_free(&man);
     return 0;

@@ -120,6 +120,37 @@ static const op_case cases[] = {
     {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F16, .n = 9, .m = 70, .k = 80, .heads = 2}, /* big enough to run on
                                                                                                   the pool */
     {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F32, .n = 4, .m = 13, .k = 6, .heads = 2, .flags = F_MASK},
+    /* the CPU backend's query blocks (8 rows): blocks past the first, causal
+     * blocks whose rows see different key counts, a vision-sized head */
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F32, .n = 19, .m = 19, .k = 80, .heads = 3},
+    {.op = IDF_OP_ATTENTION,
+     .kv_type = IDEFICS_KV_F16,
+     .n = 17,
+     .m = 30,
+     .k = 128,
+     .heads = 2,
+     .pos0 = 13,
+     .flags = F_CAUSAL | F_STRIDE},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F32, .n = 11, .m = 7, .k = 33, .heads = 1, .flags = F_MASK},
+    /* Q8 KV cache (quant.h blocks of 32 along the row): heads of 32, heads of
+     * 16 sharing a block, a strided cache, one decode row on a long cache */
+    {.op = IDF_OP_ATTENTION,
+     .kv_type = IDEFICS_KV_Q8,
+     .n = 3,
+     .m = 10,
+     .k = 32,
+     .heads = 2,
+     .pos0 = 7,
+     .flags = F_CAUSAL},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_Q8, .n = 9, .m = 40, .k = 16, .heads = 4, .flags = F_STRIDE},
+    {.op = IDF_OP_ATTENTION,
+     .kv_type = IDEFICS_KV_Q8,
+     .n = 1,
+     .m = 70,
+     .k = 128,
+     .heads = 2,
+     .pos0 = 69,
+     .flags = F_CAUSAL},
     /* elementwise */
     {.op = IDF_OP_GELU, .n = 1, .k = 1000},
     {.op = IDF_OP_QUICK_GELU, .n = 1, .k = 37},
@@ -181,6 +212,28 @@ static bool guards_ok(const gbuf *g) {
 
 static float f16_round(float x) {
     return idfx_fp16_to_fp32(idfx_fp32_to_fp16(x));
+}
+
+/* Q8 KV blocks (quant.h): per 32 elements an fp16 scale fp16(max|x| / 127) and
+ * int8 round-half-even(x / scale); x is replaced by the value the cache holds. */
+static void kq8_encode(float *x, size_t n, uint8_t *out) {
+    for (size_t b = 0; b < n / 32; b++) {
+        float *xb = x + b * 32;
+        uint8_t *ob = out + b * 34;
+        double amax = 0.0;
+        for (int j = 0; j < 32; j++)
+            amax = fabs(xb[j]) > amax ? fabs(xb[j]) : amax;
+        const uint16_t dh = idfx_fp32_to_fp16((float)amax / 127.f);
+        const float d = idfx_fp16_to_fp32(dh);
+        ob[0] = (uint8_t)dh;
+        ob[1] = (uint8_t)(dh >> 8);
+        for (int j = 0; j < 32; j++) {
+            double qv = d > 0 ? nearbyint(xb[j] * (1.0f / d)) : 0.0;
+            qv = qv > 127 ? 127 : qv < -127 ? -127 : qv;
+            ob[2 + j] = (uint8_t)(int8_t)qv;
+            xb[j] = d * (float)qv;
+        }
+    }
 }
 
 /* Decode element (r, j) of a ROWTILE Q4/Q8 tensor, from the layout comment in
@@ -403,7 +456,9 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
         break;
     }
     case IDF_OP_ATTENTION: {
-        const int row = c->heads * k, stride = c->flags & F_STRIDE ? row + 3 : row;
+        const int row = c->heads * k;
+        /* a Q8 cache's rows start on a 32-element block (quant.h) */
+        const int stride = !(c->flags & F_STRIDE) ? row : c->kv_type == IDEFICS_KV_Q8 ? (row + 31) / 32 * 32 + 32 : row + 3;
         float *q = xmalloc((size_t)n * stride * sizeof(float));
         float *kf = xmalloc((size_t)m * stride * sizeof(float)), *vf = xmalloc((size_t)m * stride * sizeof(float));
         fill(q, (size_t)n * stride, 1.0);
@@ -420,6 +475,14 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
                 kf[e] = f16_round(kf[e]);
                 vf[e] = f16_round(vf[e]);
             }
+            kb = kh;
+            vb = vh;
+        }
+        if (c->kv_type == IDEFICS_KV_Q8) { /* blocks of 32 written here from the quant.h comment */
+            kh = xmalloc((size_t)m * stride / 32 * 34);
+            vh = xmalloc((size_t)m * stride / 32 * 34);
+            kq8_encode(kf, (size_t)m * stride, (uint8_t *)kh);
+            kq8_encode(vf, (size_t)m * stride, (uint8_t *)vh);
             kb = kh;
             vb = vh;
         }

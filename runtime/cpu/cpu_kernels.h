@@ -42,8 +42,23 @@ typedef void (*idf_cpu_tile_fn)(const uint8_t *tile, int R, int64_t ng, const id
 typedef void (*idf_cpu_f32_fn)(const float *w, int nr, const float *x, int nx, int64_t k, float *y, int64_t ldy,
                                const float *bias);
 
-/* Quantize n rows of x[k] (k a multiple of 32) into a, rows r0 .. r0+n-1. */
+/* Quantize n rows of x[k] (k a multiple of 32) into a, rows r0 .. r0+n-1.
+ * Every ISA gives the same bytes as idf_cpu_quant_scalar (same fp32 products,
+ * round to nearest even), so the integer sums stay identical across ISAs. */
 typedef void (*idf_cpu_quant_fn)(const float *x, int64_t r0, int64_t n, idf_qact *a);
+
+/* n IEEE fp16 values (little-endian, any alignment) to fp32: exact. */
+typedef void (*idf_cpu_fp16_fn)(const void *src, int64_t n, float *dst);
+
+/* Attention inner loops (vec_f32.inc), one key or value row against a block of
+ * nq query rows of one head (d floats each):
+ *   dots: s[i * s_stride] = scale * dot(q + i * q_stride, k)
+ *   axpy: acc[i * d + e] += p[i * p_stride] * v[e]
+ *   softmax_exp: s[t] = exp(s[t] - mx) for t < n (mx >= every s[t]); returns the sum */
+typedef void (*idf_cpu_dots_fn)(const float *k, const float *q, int64_t q_stride, int nq, int d, float scale, float *s,
+                                int64_t s_stride);
+typedef void (*idf_cpu_axpy_fn)(const float *v, const float *p, int64_t p_stride, int nq, int d, float *acc);
+typedef float (*idf_cpu_softmax_fn)(float *s, int n, float mx);
 
 typedef struct idf_cpu_kernels {
     const char *name; /* "scalar", "avx2", "avx512vnni", "neon", "neon-dotprod" */
@@ -51,6 +66,10 @@ typedef struct idf_cpu_kernels {
     int q4_min_r, q8_min_r; /* the tile kernels need R % min_r == 0; else scalar runs */
     idf_cpu_f32_fn f32_block;
     idf_cpu_quant_fn quant;
+    idf_cpu_fp16_fn fp16_row;
+    idf_cpu_dots_fn attn_dots;
+    idf_cpu_axpy_fn attn_axpy;
+    idf_cpu_softmax_fn softmax_exp;
 } idf_cpu_kernels;
 
 /* Each is defined in its kernel file; a file built for another architecture
@@ -67,5 +86,6 @@ void idf_cpu_q4_tile_scalar(const uint8_t *tile, int R, int64_t ng, const idf_qa
 void idf_cpu_q8_tile_scalar(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
                             int64_t ldy, int rows_valid, const float *bias);
 void idf_cpu_quant_scalar(const float *x, int64_t r0, int64_t n, idf_qact *a);
+void idf_cpu_fp16_row_scalar(const void *src, int64_t n, float *dst);
 
 #endif /* IDF_CPU_KERNELS_H */

@@ -20,6 +20,7 @@
 #include "quant.h"
 
 #include "f32_block.inc"
+#include "vec_f32.inc"
 
 #define AI static inline __attribute__((always_inline))
 
@@ -159,6 +160,53 @@ static void q8_tile(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, i
     }
 }
 
+/* F16C: 8 fp16 -> fp32 per vcvtph2ps. */
+static void fp16_row(const void *src, int64_t n, float *dst) {
+    const uint8_t *p = src;
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8)
+        _mm256_storeu_ps(dst + j, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + 2 * j))));
+    if (j < n)
+        idf_cpu_fp16_row_scalar(p + 2 * j, n - j, dst + j);
+}
+
+/* Activation quantization (cpu_kernels.h): the same fp32 products and
+ * round-to-nearest-even as idf_cpu_quant_scalar, so the same bytes. */
+static void quant(const float *x, int64_t r0, int64_t n, idf_qact *a) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    const __m256i perm = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+    for (int64_t i = r0; i < r0 + n; i++) {
+        const float *xi = x + (i - r0) * a->k;
+        for (int64_t g = 0; g < a->ng; g++) {
+            const float *xg = xi + g * 32;
+            __m256 v[4];
+            for (int b = 0; b < 4; b++)
+                v[b] = _mm256_loadu_ps(xg + 8 * b);
+            __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_andnot_ps(sign, v[0]), _mm256_andnot_ps(sign, v[1])),
+                                     _mm256_max_ps(_mm256_andnot_ps(sign, v[2]), _mm256_andnot_ps(sign, v[3])));
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            h = _mm_max_ss(h, _mm_movehdup_ps(h));
+            const float amax = _mm_cvtss_f32(h);
+            const float d = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+            const __m256 vi = _mm256_set1_ps(inv);
+            __m256i q[4];
+            for (int b = 0; b < 4; b++)
+                q[b] = _mm256_cvtps_epi32(_mm256_mul_ps(v[b], vi));
+            /* packs interleave 128-bit lanes; the permute restores element order */
+            const __m256i p01 = _mm256_packs_epi32(q[0], q[1]), p23 = _mm256_packs_epi32(q[2], q[3]);
+            const __m256i qb = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23), perm);
+            _mm256_storeu_si256((__m256i *)(a->q + i * a->k + g * 32), qb);
+            a->d[i * a->ng + g] = d;
+            /* sums of 4 neighbours: ones (unsigned) x q (signed), then pairs */
+            const __m256i s4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, qb), ones16);
+            _mm256_storeu_si256((__m256i *)(a->corr + (i * a->ng + g) * 8),
+                                _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s4, 7)));
+        }
+    }
+}
+
 void idf_cpu_kernels_avx2(idf_cpu_kernels *k) {
     *k = (idf_cpu_kernels){
         .name = "avx2",
@@ -167,6 +215,10 @@ void idf_cpu_kernels_avx2(idf_cpu_kernels *k) {
         .q4_min_r = 2,
         .q8_min_r = 1,
         .f32_block = f32_block,
-        .quant = idf_cpu_quant_scalar,
+        .quant = quant,
+        .fp16_row = fp16_row,
+        .attn_dots = attn_dots,
+        .attn_axpy = attn_axpy,
+        .softmax_exp = softmax_exp,
     };
 }

@@ -22,6 +22,7 @@
 #include "quant.h"
 
 #include "f32_block.inc"
+#include "vec_f32.inc"
 
 #define AI static inline __attribute__((always_inline))
 
@@ -179,6 +180,42 @@ static void q8_tile(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, i
     }
 }
 
+/* 16 fp16 -> fp32 per vcvtph2ps zmm. */
+static void fp16_row(const void *src, int64_t n, float *dst) {
+    const uint8_t *p = src;
+    int64_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        _mm512_storeu_ps(dst + j, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(p + 2 * j))));
+    if (j < n)
+        idf_cpu_fp16_row_scalar(p + 2 * j, n - j, dst + j);
+}
+
+/* Activation quantization (cpu_kernels.h): the same fp32 products and
+ * round-to-nearest-even as idf_cpu_quant_scalar, so the same bytes; the
+ * correction sums come from vpdpbusd of ones (unsigned) by q (signed). */
+static void quant(const float *x, int64_t r0, int64_t n, idf_qact *a) {
+    const __m256i ones8 = _mm256_set1_epi8(1);
+    for (int64_t i = r0; i < r0 + n; i++) {
+        const float *xi = x + (i - r0) * a->k;
+        for (int64_t g = 0; g < a->ng; g++) {
+            const float *xg = xi + g * 32;
+            const __m512 v0 = _mm512_loadu_ps(xg), v1 = _mm512_loadu_ps(xg + 16);
+            const float amax =
+                _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+            const float d = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
+            const __m512 vi = _mm512_set1_ps(inv);
+            const __m128i b0 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, vi)));
+            const __m128i b1 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, vi)));
+            const __m256i qb = _mm256_inserti128_si256(_mm256_castsi128_si256(b0), b1, 1);
+            _mm256_storeu_si256((__m256i *)(a->q + i * a->k + g * 32), qb);
+            a->d[i * a->ng + g] = d;
+            const __m256i s4 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones8, qb);
+            _mm256_storeu_si256((__m256i *)(a->corr + (i * a->ng + g) * 8),
+                                _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s4, 7)));
+        }
+    }
+}
+
 void idf_cpu_kernels_avx512(idf_cpu_kernels *k) {
     *k = (idf_cpu_kernels){
         .name = "avx512vnni",
@@ -187,6 +224,10 @@ void idf_cpu_kernels_avx512(idf_cpu_kernels *k) {
         .q4_min_r = 4,
         .q8_min_r = 2,
         .f32_block = f32_block,
-        .quant = idf_cpu_quant_scalar,
+        .quant = quant,
+        .fp16_row = fp16_row,
+        .attn_dots = attn_dots,
+        .attn_axpy = attn_axpy,
+        .softmax_exp = softmax_exp,
     };
 }

@@ -14,6 +14,7 @@
 #include "quant.h"
 
 #include "f32_block.inc"
+#include "vec_f32.inc"
 
 static inline float h2f(const uint8_t *p) {
     return idfx_fp16_to_fp32((uint16_t)(p[0] | (p[1] << 8)));
@@ -81,6 +82,12 @@ void idf_cpu_quant_scalar(const float *x, int64_t r0, int64_t n, idf_qact *a) {
     }
 }
 
+void idf_cpu_fp16_row_scalar(const void *src, int64_t n, float *dst) {
+    const uint8_t *p = src;
+    for (int64_t j = 0; j < n; j++)
+        dst[j] = idfx_fp16_to_fp32((uint16_t)(p[2 * j] | (p[2 * j + 1] << 8)));
+}
+
 void idf_cpu_kernels_scalar(idf_cpu_kernels *k) {
     *k = (idf_cpu_kernels){
         .name = "scalar",
@@ -90,5 +97,9 @@ void idf_cpu_kernels_scalar(idf_cpu_kernels *k) {
         .q8_min_r = 1,
         .f32_block = f32_block,
         .quant = idf_cpu_quant_scalar,
+        .fp16_row = idf_cpu_fp16_row_scalar,
+        .attn_dots = attn_dots,
+        .attn_axpy = attn_axpy,
+        .softmax_exp = softmax_exp,
     };
 }

@@ -33,7 +33,7 @@ typedef struct opts {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: idefics-bench -m MODEL.idfx [-t THREADS] [--backend cpu|cpu-ref|auto] [--ctx N]\n"
-               "                     [-p 64,512] [-n 64] [-r REPS] [--kv f16|f32] [--json]\n");
+               "                     [-p 64,512] [-n 64] [-r REPS] [--kv f16|f32|q8] [--json]\n");
 }
 
 static int cmp_d(const void *a, const void *b) {

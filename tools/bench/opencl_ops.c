@@ -8,6 +8,10 @@
  *
  *   idefics-opencl-ops [-r REPS] [--quick] [--no-cpu] [--no-clblast] [--filter TEXT]
  *   (--filter: only the cases whose name contains TEXT)
+ *   idefics-opencl-ops --model FILE.idfx [--prompt N]
+ *   (one N-token prefill, then one decode token on a real model with --backend
+ *   opencl: per-op time and the bytes the kernels read for that token, against
+ *   the bytes of the matrices a decode step uses)
  *
  * Weights and activations are random (speed does not depend on values); Q4/Q8
  * are quantised with the reference quantiser at the converter's default tile of
@@ -22,6 +26,9 @@
 
 #include "backend.h"
 #include "backend_opencl.h"
+#include "forward.h"
+#include "idefics.h"
+#include "model.h"
 #include "quant.h"
 
 static int reps = 5;
@@ -182,7 +189,105 @@ static void clblast_vs_ours(idf_ocl_device *dev, idf_backend *ob) {
     dlclose(lib);
 }
 
+/* Bytes of the matrices one decode token multiplies by: every decoder layer,
+ * every gated cross block's q/o/MLP (their K/V were applied at image time),
+ * lm_head and additional_fc. */
+static uint64_t wbytes(const idf_weight *w) {
+    const uint64_t dims[2] = {(uint64_t)w->rows, (uint64_t)w->cols};
+    uint64_t b = 0, u;
+    return w->data && idfx_tensor_nbytes(w->type, w->layout, w->tile_rows, 2, dims, &b, &u) ? b : 0;
+}
+
+static int model_mode(const char *path, int n_prompt) {
+    idefics_model_params mp = idefics_model_default_params();
+    mp.backend = IDEFICS_BACKEND_OPENCL;
+    idefics_model *m = NULL;
+    char errbuf[512];
+    double t0 = idf_time_ms();
+    if (idefics_model_load(path, &mp, &m, errbuf, sizeof errbuf) != IDEFICS_OK) {
+        printf("cannot load %s with --backend opencl: %s\n", path, errbuf);
+        return 1;
+    }
+    printf("model %s: loaded in %.0f ms; weights %.1f MiB zero-copy, %.1f MiB uploaded, %.1f MiB left to the CPU\n",
+           path, idf_time_ms() - t0, (double)m->ocl->w_zero_copy / 1048576.0, (double)m->ocl->w_uploaded / 1048576.0,
+           (double)m->ocl->w_declined / 1048576.0);
+    const idf_config *c = &m->cfg;
+    uint64_t dec = wbytes(&m->w->lm_head) + (c->additional_vocab ? wbytes(&m->w->lm_add) : 0);
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        const idf_decoder_layer *L = &m->w->dl[l];
+        dec += wbytes(&L->q) + wbytes(&L->k) + wbytes(&L->v) + wbytes(&L->o) + wbytes(&L->gate) + wbytes(&L->up) +
+               wbytes(&L->down);
+    }
+    uint64_t xdense = 0, xattn = 0;
+    for (uint32_t j = 0; j < c->n_cross; j++) {
+        const idf_cross_block *B = &m->w->xb[j];
+        xdense += wbytes(&B->gate) + wbytes(&B->up) + wbytes(&B->down);
+        xattn += wbytes(&B->q) + wbytes(&B->o);
+    }
+    idf_err err;
+    idf_state *st = NULL;
+    if (idf_state_create(m, n_prompt + 8, IDEFICS_KV_F16, 0, &st, &err) != IDEFICS_OK) {
+        printf("state: %s\n", err.msg);
+        idefics_model_free(m);
+        return 1;
+    }
+    int32_t *ids = calloc((size_t)n_prompt + 1, sizeof(int32_t));
+    float *logits = malloc((size_t)c->n_vocab * sizeof(float));
+    for (int i = 0; i <= n_prompt; i++)
+        ids[i] = (int32_t)(1 + (i * 7919) % (c->vocab_size - 1));
+    idf_backend *b = idf_state_backend(st);
+    t0 = idf_time_ms();
+    idefics_status s1 = idf_state_eval(st, ids, NULL, n_prompt, logits, false, &err);
+    const double t_pp = idf_time_ms() - t0;
+    idf_ocl_backend_stats_reset(b);
+    t0 = idf_time_ms();
+    if (s1 == IDEFICS_OK)
+        s1 = idf_state_eval(st, ids + n_prompt, NULL, 1, logits, false, &err);
+    const double t_tg = idf_time_ms() - t0;
+    if (s1 != IDEFICS_OK) {
+        printf("eval: %s\n", err.msg);
+    } else {
+        const idf_ocl_op_stats *os = idf_ocl_backend_stats(b);
+        printf("prefill %d tokens: %.0f ms; one decode token: %.0f ms (text only: the cross blocks' attention is "
+               "skipped without an image)\n",
+               n_prompt, t_pp, t_tg);
+        static const char *names[IDF_OP_COUNT] = {"matmul", "get_rows", "rmsnorm", "layernorm", "rope",
+                                                  "attention", "gelu", "quick_gelu", "silu_mul", "relu",
+                                                  "add", "scale", "gated_add"};
+        uint64_t w_rd = 0, all_rd = 0;
+        printf("%-10s %6s %10s %12s\n", "op", "calls", "ms", "MiB read");
+        for (int o = 0; o < IDF_OP_COUNT; o++) {
+            if (!os[o].calls)
+                continue;
+            printf("%-10s %6llu %10.1f %12.2f\n", names[o], (unsigned long long)os[o].calls, os[o].ms,
+                   (double)os[o].bytes_rd / 1048576.0);
+            w_rd += os[o].w_bytes;
+            all_rd += os[o].bytes_rd;
+        }
+        const uint64_t used = dec + xdense;
+        printf("decode token: weight bytes the kernels read %.1f MiB; matrices a text token uses %.1f MiB "
+               "(decoder + lm_head %.1f, cross MLP %.1f; cross q/o %.1f only with an image): ratio %.3f; all "
+               "buffer reads %.1f MiB (%.3fx)\n",
+               (double)w_rd / 1048576.0, (double)used / 1048576.0, (double)dec / 1048576.0,
+               (double)xdense / 1048576.0, (double)xattn / 1048576.0, (double)w_rd / (double)used,
+               (double)all_rd / 1048576.0, (double)all_rd / (double)used);
+    }
+    free(ids);
+    free(logits);
+    idf_state_free(st);
+    idefics_model_free(m);
+    return s1 == IDEFICS_OK ? 0 : 1;
+}
+
 int main(int argc, char **argv) {
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--model")) {
+            int np = 16;
+            for (int j = 1; j + 1 < argc; j++)
+                if (!strcmp(argv[j], "--prompt"))
+                    np = atoi(argv[j + 1]) > 0 ? atoi(argv[j + 1]) : 16;
+            return model_mode(argv[i + 1], np);
+        }
     bool quick = false, cpu = true, clblast = true;
     const char *filter = NULL;
     for (int i = 1; i < argc; i++) {

@@ -193,7 +193,8 @@ static void *scratch_get(scratch *s, uint64_t bytes) {
 static int write_metadata(idfx_writer *w, const idf_hf_config *c, const char *config_text,
                           size_t config_len, const char *name, const char *opts_str) {
     int r = 0;
-    r |= idfx_writer_kv_str(w, IDFX_KEY_ARCH, "idefics", 7);
+    const char *arch = c->text_only ? "llama" : "idefics";
+    r |= idfx_writer_kv_str(w, IDFX_KEY_ARCH, arch, (uint32_t)strlen(arch));
     r |= idfx_writer_kv_str(w, IDFX_KEY_NAME, name, (uint32_t)strlen(name));
     r |= idfx_writer_kv_str(w, IDFX_KEY_CONVERTER_VERSION, CONVERTER_VERSION, (uint32_t)strlen(CONVERTER_VERSION));
     r |= idfx_writer_kv_str(w, IDFX_KEY_CONVERTER_OPTIONS, opts_str, (uint32_t)strlen(opts_str));
@@ -206,8 +207,12 @@ static int write_metadata(idfx_writer *w, const idf_hf_config *c, const char *co
     r |= idfx_writer_kv_u32(w, IDFX_KEY_N_LAYERS, c->num_hidden_layers);
     r |= idfx_writer_kv_u32(w, IDFX_KEY_N_HEADS, c->num_attention_heads);
     r |= idfx_writer_kv_f32(w, IDFX_KEY_RMS_EPS, c->rms_norm_eps);
-    r |= idfx_writer_kv_f32(w, IDFX_KEY_ROPE_THETA, 10000.f); /* hard-coded in transformers' rotary module */
+    r |= idfx_writer_kv_f32(w, IDFX_KEY_ROPE_THETA, c->rope_theta); /* IDEFICS: 10000, fixed in transformers */
     r |= idfx_writer_kv_u32(w, IDFX_KEY_MAX_POS, c->max_position_embeddings);
+    if (c->text_only) { /* "llama": the decoder keys only (docs/FORMAT.md) */
+        r |= idfx_writer_kv_str(w, IDFX_KEY_HIDDEN_ACT, c->hidden_act, (uint32_t)strlen(c->hidden_act));
+        return r ? -1 : 0;
+    }
     r |= idfx_writer_kv_u32(w, IDFX_KEY_CROSS_INTERVAL, c->cross_layer_interval);
     r |= idfx_writer_kv_bool(w, IDFX_KEY_QK_LAYER_NORMS, c->qk_layer_norms);
     r |= idfx_writer_kv_bool(w, IDFX_KEY_USE_RESAMPLER, c->use_resampler);

@@ -135,6 +135,12 @@ static int check_arch(const cJSON *root, idf_hf_config *c, char *err, size_t err
             snprintf(c->arch, sizeof c->arch, "%s", a->valuestring);
             return 0;
         }
+        /* the text-only LLaMA, for comparisons with other runtimes on the same decoder */
+        if (cJSON_IsString(a) && !strcmp(a->valuestring, "LlamaForCausalLM")) {
+            snprintf(c->arch, sizeof c->arch, "%s", a->valuestring);
+            c->text_only = true;
+            return 0;
+        }
     }
     if (cJSON_IsString(mt) && !strcmp(mt->valuestring, "idefics")) {
         snprintf(c->arch, sizeof c->arch, "idefics");
@@ -148,7 +154,7 @@ static int check_arch(const cJSON *root, idf_hf_config *c, char *err, size_t err
     }
     return fail(err, errsz, IDEFICS_ERR_UNSUPPORTED,
                 "config.json: architecture [%s] with model_type '%s' is not IDEFICS "
-                "(need IdeficsForVisionText2Text or model_type \"idefics\")",
+                "(need IdeficsForVisionText2Text, LlamaForCausalLM or model_type \"idefics\")",
                 found, cJSON_IsString(mt) ? mt->valuestring : "(none)");
 }
 
@@ -246,6 +252,32 @@ int idf_hf_config_parse(const char *config_json, size_t len, const char *preproc
     c->p_n_heads = get_u32(&r, "resampler_n_heads", 16, 1);
     c->p_head_dim = get_u32(&r, "resampler_head_dim", 96, 1);
     c->p_qk_layer_norms = get_bool(&r, "qk_layer_norms_perceiver", false);
+    c->rope_theta = 10000.f;
+    if (c->text_only) {
+        /* LLaMA: no vision, perceiver or cross blocks; a few decoder options
+         * IDEFICS does not have, accepted only where they mean the same model */
+        r.obj = root;
+        r.prefix = "";
+        const cJSON *rt = cJSON_GetObjectItemCaseSensitive(root, "rope_theta"); /* get_f32 is for eps in (0, 1) */
+        if (cJSON_IsNumber(rt))
+            c->rope_theta = (float)rt->valuedouble;
+        else if (rt && !cJSON_IsNull(rt) && !r.st)
+            r.st = fail(err, errsz, IDEFICS_ERR_BAD_CONFIG, "config.json: rope_theta must be a number");
+        const uint32_t kvh = get_u32(&r, "num_key_value_heads", c->num_attention_heads, 1);
+        if (!r.st && kvh != c->num_attention_heads)
+            r.st = fail(err, errsz, IDEFICS_ERR_UNSUPPORTED, "config.json: num_key_value_heads %u != "
+                        "num_attention_heads %u (grouped-query attention is not supported)", kvh,
+                        c->num_attention_heads);
+        if (!r.st && get_bool(&r, "tie_word_embeddings", false))
+            r.st = fail(err, errsz, IDEFICS_ERR_UNSUPPORTED, "config.json: tie_word_embeddings is not supported");
+        if (!r.st && !(c->rope_theta >= 1.f && c->rope_theta <= 1e9f))
+            r.st = fail(err, errsz, IDEFICS_ERR_BAD_CONFIG, "config.json: rope_theta %g is out of range",
+                        (double)c->rope_theta);
+        c->cross_layer_interval = 1; /* unused; keeps the divisibility check below trivially true */
+        c->additional_vocab_size = 0;
+        c->use_resampler = false;
+        c->qk_layer_norms = false;
+    }
     cJSON_Delete(root);
     st = r.st;
 
@@ -343,6 +375,8 @@ int idf_hf_expected_tensors(const idf_hf_config *c, idf_expected_tensor **out, u
 
     ADD2(&l, IDF_ROLE_EMBED, c->vocab_size, H, "model.embed_tokens.weight");
     if (A) ADD2(&l, IDF_ROLE_EMBED, A, H, "model.embed_tokens.additional_embedding.weight");
+    if (c->text_only)
+        goto decoder;
 
     /* vision tower */
     ADD1(&l, IDF_ROLE_SMALL, VE, "model.vision_model.embeddings.class_embedding");
@@ -396,8 +430,9 @@ int idf_hf_expected_tensors(const idf_hf_config *c, idf_expected_tensor **out, u
         add_ln(&l, false, VE, "model.perceiver_resampler.layer_norm");
     }
 
+decoder:
     for (uint32_t i = 0; i < c->num_hidden_layers; i++) {
-        if (i % c->cross_layer_interval == 0) {
+        if (!c->text_only && i % c->cross_layer_interval == 0) {
             uint32_t j = i / c->cross_layer_interval;
             snprintf(b, sizeof b, "model.gated_cross_attn_layers.%u", j);
             ADD1(&l, IDF_ROLE_SMALL, 1, "%s.alpha_cross_attn", b);

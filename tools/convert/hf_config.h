@@ -16,6 +16,8 @@
 
 typedef struct idf_hf_config {
     char arch[128];            /* architectures[0] or model_type, for messages */
+    bool text_only;            /* LlamaForCausalLM: decoder only, written as general.architecture "llama" */
+    float rope_theta;          /* text_only: config rope_theta (IDEFICS: 10000, fixed in transformers) */
     /* text (IdeficsConfig) */
     uint32_t vocab_size, additional_vocab_size, hidden_size, intermediate_size;
     uint32_t num_hidden_layers, num_attention_heads, max_position_embeddings, cross_layer_interval;

@@ -59,7 +59,7 @@ ANSWER_WEIGHT = 4.0  # loss weight of the answer tokens (the image-dependent par
 
 TRAIN = dict(
     seed=5000,        # attempt seed: weights init = seed, data = seed + 2
-    steps=2000,
+    steps=1200,
     batch=24,
     lr=3e-3,
     warmup=100,

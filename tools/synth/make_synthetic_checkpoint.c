@@ -28,7 +28,7 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: " PROG " [options] {tiny|9b|llama7b} OUT_DIR\n"
+            "usage: " PROG " [options] {tiny|9b|llama7b|llama-tiny} OUT_DIR\n"
             "\n"
             "Writes config.json, tokenizer files and safetensors weights with the real\n"
             "IDEFICS-9B (instruct) / LLaMA-7B tensor names, seeded random values.\n"
@@ -475,7 +475,7 @@ int main(int argc, char **argv) {
     }
     sy_config cfg;
     if (!sy_config_get(pos[0], &cfg)) {
-        fprintf(stderr, PROG ": unknown flavour '%s' (tiny, 9b or llama7b)\n", pos[0]);
+        fprintf(stderr, PROG ": unknown flavour '%s' (tiny, 9b, llama7b or llama-tiny)\n", pos[0]);
         return 2;
     }
     const char *dir = pos[1];

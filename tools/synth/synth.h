@@ -62,7 +62,7 @@ typedef struct sy_config {
 
 /* ---- synth_plan.c ---- */
 
-/* Fills *cfg for "tiny", "9b" or "llama7b"; false for an unknown name. */
+/* Fills *cfg for "tiny", "9b", "llama7b" or "llama-tiny"; false for an unknown name. */
 bool sy_config_get(const char *flavour, sy_config *cfg);
 /* Appends every tensor of the flavour in module order. legacy adds the old
  * buffers some Hub shards carry (vision position_ids, rotary inv_freq). */

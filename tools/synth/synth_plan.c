@@ -35,6 +35,10 @@ static const sy_config flavours[] = {
     {.flavour = "llama7b", .idefics = false, .vocab = 32000, .add_vocab = 0,
      .hidden = 4096, .inter = 11008, .layers = 32, .heads = 32, .cross_interval = 0,
      .max_pos = 2048, .rms_eps = 1e-6, .lin_std = 0.02f},
+    /* llama7b's shape at tiny's width: the text-only path's end-to-end test */
+    {.flavour = "llama-tiny", .idefics = false, .vocab = 512, .add_vocab = 0,
+     .hidden = 64, .inter = 160, .layers = 2, .heads = 4, .cross_interval = 0,
+     .max_pos = 256, .rms_eps = 1e-6, .lin_std = 0.1f},
 };
 
 bool sy_config_get(const char *flavour, sy_config *cfg) {
