@@ -75,7 +75,7 @@ static int parse_prec(const char *s) {
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: idefics-convert MODEL_DIR -o OUT.idfx [options]\n"
+            "usage: idefics-convert MODEL_DIR [-o] OUT.idfx [options]\n"
             "       idefics-convert --repack IN.idfx OUT.idfx [--compress ...] [-j N]\n"
             "\n"
             "MODEL_DIR holds config.json, model.safetensors (or shards with\n"
@@ -633,6 +633,8 @@ int main(int argc, char **argv) {
             die_usage("unknown option '%s'", a);
         } else if (!o.model_dir) {
             o.model_dir = a;
+        } else if (!o.out) { /* idefics-convert IN_DIR OUT.idfx, as well as -o */
+            o.out = a;
         } else {
             die_usage("unexpected argument '%s'", a);
         }
