@@ -842,40 +842,60 @@ static idefics_status bind_one(idf_ocl_device *dev, idf_weight *w, idf_err *err)
     return IDEFICS_OK;
 }
 
-idefics_status idf_ocl_bind_weights(idf_ocl_device *dev, idefics_model *m, idf_err *err) {
+/* fn on every matrix weight of m (the same list the forward pass multiplies by). */
+typedef idefics_status (*weight_fn)(idf_ocl_device *dev, idf_weight *w, idf_err *err);
+
+static idefics_status each_weight(idf_ocl_device *dev, idefics_model *m, weight_fn fn, idf_err *err) {
     const idf_config *c = &m->cfg;
     idf_weights *w = m->w;
-    IDF_FORWARD(bind_one(dev, &w->patch, err));
-    for (uint32_t l = 0; l < c->v_layers; l++) {
+    IDF_FORWARD(fn(dev, &w->patch, err));
+    for (uint32_t l = 0; w->vl && l < c->v_layers; l++) {
         idf_vision_layer *L = &w->vl[l];
         idf_weight *ws[] = {&L->q, &L->k, &L->v, &L->o, &L->fc1, &L->fc2};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
-            IDF_FORWARD(bind_one(dev, ws[i], err));
+            IDF_FORWARD(fn(dev, ws[i], err));
     }
-    for (uint32_t b = 0; c->use_resampler && b < c->p_depth; b++) {
+    for (uint32_t b = 0; w->pb && c->use_resampler && b < c->p_depth; b++) {
         idf_perceiver_block *B = &w->pb[b];
         idf_weight *ws[] = {&B->q, &B->k, &B->v, &B->o, &B->fc, &B->c_proj};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
-            IDF_FORWARD(bind_one(dev, ws[i], err));
+            IDF_FORWARD(fn(dev, ws[i], err));
     }
-    IDF_FORWARD(bind_one(dev, &w->embed, err));
-    IDF_FORWARD(bind_one(dev, &w->lm_head, err));
+    IDF_FORWARD(fn(dev, &w->embed, err));
+    IDF_FORWARD(fn(dev, &w->lm_head, err));
     if (c->additional_vocab) {
-        IDF_FORWARD(bind_one(dev, &w->embed_add, err));
-        IDF_FORWARD(bind_one(dev, &w->lm_add, err));
+        IDF_FORWARD(fn(dev, &w->embed_add, err));
+        IDF_FORWARD(fn(dev, &w->lm_add, err));
     }
-    for (uint32_t l = 0; l < c->n_layers; l++) {
+    for (uint32_t l = 0; w->dl && l < c->n_layers; l++) {
         idf_decoder_layer *L = &w->dl[l];
         idf_weight *ws[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
-            IDF_FORWARD(bind_one(dev, ws[i], err));
+            IDF_FORWARD(fn(dev, ws[i], err));
     }
-    for (uint32_t j = 0; j < c->n_cross; j++) {
+    for (uint32_t j = 0; w->xb && j < c->n_cross; j++) {
         idf_cross_block *B = &w->xb[j];
         idf_weight *ws[] = {&B->q, &B->k, &B->v, &B->o, &B->gate, &B->up, &B->down};
         for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
-            IDF_FORWARD(bind_one(dev, ws[i], err));
+            IDF_FORWARD(fn(dev, ws[i], err));
     }
+    return IDEFICS_OK;
+}
+
+static idefics_status unbind_one(idf_ocl_device *dev, idf_weight *w, idf_err *err) {
+    (void)dev;
+    (void)err;
+    w->backend_data = NULL;
+    return IDEFICS_OK;
+}
+
+void idf_ocl_unbind_weights(idf_ocl_device *dev, idefics_model *m) {
+    if (m && m->w)
+        each_weight(dev, m, unbind_one, NULL);
+}
+
+idefics_status idf_ocl_bind_weights(idf_ocl_device *dev, idefics_model *m, idf_err *err) {
+    IDF_FORWARD(each_weight(dev, m, bind_one, err));
     idf_logf(&dev->log, IDEFICS_LOG_DEBUG,
              "opencl: weights %.1f MiB zero-copy, %.1f MiB uploaded (%u split over the %.0f MiB max alloc), %.1f MiB "
              "left to the CPU",

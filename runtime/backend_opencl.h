@@ -78,6 +78,9 @@ int64_t idf_ocl_rows_per_chunk(const idf_weight *w, uint64_t limit);
  * split along rows at tile boundaries when over the device's max alloc. */
 struct idefics_model;
 idefics_status idf_ocl_bind_weights(idf_ocl_device *dev, struct idefics_model *m, idf_err *err);
+/* Forget them again (backend_data = NULL), before freeing the device when a
+ * model falls back to the CPU after a failed bind. */
+void idf_ocl_unbind_weights(idf_ocl_device *dev, struct idefics_model *m);
 
 /* A session's backend on dev (which must outlive it). */
 idefics_status idf_backend_opencl_create(idf_ocl_device *dev, const idf_alloc *alloc, idf_backend **out,

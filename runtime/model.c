@@ -654,8 +654,18 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
     if (st == IDEFICS_OK)
         st = bind_weights(m, &err);
 #ifdef IDF_HAVE_OPENCL
-    if (st == IDEFICS_OK && m->ocl)
+    if (st == IDEFICS_OK && m->ocl) {
         st = idf_ocl_bind_weights(m->ocl, m, &err);
+        if (st != IDEFICS_OK && p.backend == IDEFICS_BACKEND_AUTO) {
+            /* AUTO promised a working model: drop the device, run on the CPU */
+            idf_logf(&m->log, IDEFICS_LOG_INFO, "opencl: not used (%s); running on the CPU", err.msg);
+            idf_ocl_unbind_weights(m->ocl, m);
+            idf_ocl_device_free(m->ocl);
+            m->ocl = NULL;
+            idf_err_clear(&err);
+            st = pick_backend(m, IDEFICS_BACKEND_CPU, NULL, &err);
+        }
+    }
 #endif
     if (st == IDEFICS_OK && !progress(&p, 1.0f))
         st = idf_errf(&err, IDEFICS_ERR_CANCELLED, "model load cancelled by the progress callback");

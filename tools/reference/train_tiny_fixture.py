@@ -54,6 +54,7 @@ COLOURS = {
 SHAPES = ["circle", "square", "triangle"]
 Q_COLOUR, Q_SHAPE, Q_DESCRIBE = "What colour is the shape?", "Which shape is it?", "Describe this image."
 NO_IMAGE_ANSWER = "There is no image."
+SMALL_TALK_Q, SMALL_TALK_A = "Thank you.", "You are welcome."
 EOU = "<end_of_utterance>"
 ANSWER_WEIGHT = 4.0  # loss weight of the answer tokens (the image-dependent part)
 
@@ -153,19 +154,27 @@ def answer(q, attrs):
 
 
 def sample_conversation(rng, n_pool):
-    """Returns (items, attrs per pool key used). Keys are ints into the image pool."""
+    """Returns the items of one conversation; image keys are ints into the image pool."""
     items = []
-    n_turns = 1 + int(rng.rand() < 0.5)
+    r = rng.rand()
+    n_turns = 1 if r < 0.45 else (2 if r < 0.85 else 3)
     for t in range(n_turns):
-        if t == 0 and rng.rand() < 0.10:
-            items += ["User: " + Q_COLOUR + EOU, f"\nAssistant: {NO_IMAGE_ANSWER}{EOU}\n"]
+        # 10% of turns have no <end_of_utterance> (question and answer end at "\n"). This
+        # gives the states where generate() suppresses the EOU (min_new_tokens) a trained
+        # second choice, so the recorded greedy continuations stay on the task's grammar.
+        eou = EOU if rng.rand() >= 0.10 else ""
+        if rng.rand() < 0.10:
+            # A turn without an image: a first turn sees none; a later one still sees the
+            # previous turn's image (spec 4.4), so it is small talk.
+            q, a = (Q_COLOUR, NO_IMAGE_ANSWER) if t == 0 else (SMALL_TALK_Q, SMALL_TALK_A)
+            items += ["User: " + q + eou, f"\nAssistant: {a}{eou}\n"]
             continue
         n_img = 2 if rng.rand() < 0.10 else 1
         imgs = [int(rng.randint(n_pool)) for _ in range(n_img)]
         r = rng.rand()
         q = Q_COLOUR if r < 0.60 else (Q_SHAPE if r < 0.85 else Q_DESCRIBE)
-        # ("A", key, q): the answer turn, filled in from the image's attributes by _batch
-        items += ["User:"] + [("img", k) for k in imgs] + [q + EOU, ("A", imgs[-1], q)]
+        # ("A", key, q, eou): the answer turn, filled in from the image's attributes by _batch
+        items += ["User:"] + [("img", k) for k in imgs] + [q + eou, ("A", imgs[-1], q, eou)]
     return items
 
 
@@ -202,7 +211,7 @@ SPEC["cases"] = cases
 
 def _batch(convs, tok, pool_pv, attrs, image_id):
     asst_id, colon_id = tok("\nAssistant:", add_special_tokens=False)["input_ids"][-2:]
-    eou_id = tok.convert_tokens_to_ids(EOU)
+    eou_id, nl_id = tok.convert_tokens_to_ids(EOU), tok.convert_tokens_to_ids("<0x0A>")
     """Tokenise conversations (prompt_text rule, explicit EOUs) into padded tensors."""
     import make_model_fixtures as mmf
 
@@ -211,8 +220,8 @@ def _batch(convs, tok, pool_pv, attrs, image_id):
         items, keys = [], []
         for it in conv:
             if isinstance(it, tuple) and it[0] == "A":
-                _, k, q = it
-                items.append(f"\nAssistant: {answer(q, attrs[k])}{EOU}\n")
+                _, k, q, eou = it
+                items.append(f"\nAssistant: {answer(q, attrs[k])}{eou}\n")
             elif isinstance(it, tuple):
                 items.append(it)
                 keys.append(it[1])
@@ -238,7 +247,7 @@ def _batch(convs, tok, pool_pv, attrs, image_id):
         for i, k in enumerate(keys):
             pv[b, i] = pool_pv[k]
     # Loss weights: ANSWER_WEIGHT on the answer tokens (after "Assistant:" up to and
-    # including the <EOU>), 1 elsewhere, 0 on padding.
+    # including the <EOU> or "\n"), 1 elsewhere, 0 on padding.
     w = am.float().clone()
     for b in range(B):
         inside = False
@@ -247,7 +256,7 @@ def _batch(convs, tok, pool_pv, attrs, image_id):
                 inside = True
             if inside:
                 w[b, t] = ANSWER_WEIGHT * am[b, t]
-            if ids[b, t] == eou_id:
+            if ids[b, t] == eou_id or ids[b, t] == nl_id:
                 inside = False
     return ids, am, iam, pv, w
 
