@@ -175,6 +175,8 @@ static bool ini_apply(const char *text, size_t len, const idf_ocl_probe *p, idf_
                 t->clblast = u != 0;
             else if (strcmp(key, "clblast_min_n") == 0 && u >= 1)
                 t->clblast_min_n = u;
+            else if (strcmp(key, "selftest_exp") == 0 && u <= 40)
+                t->selftest_exp = u;
         }
     }
     return p ? any_match_key && all_match : true;
@@ -585,7 +587,11 @@ static idefics_status self_test(idf_ocl_device *dev, idf_err *err) {
         what = "q4 gemv";
         goto failed;
     }
-    if ((e = nmse(y1, y2, M)) > 1e-8) {
+    /* limits: fp32 device sums against double ones are far below them; a
+     * tuning file may set its own (selftest_exp) */
+    const double lim_mm = dev->tune.selftest_exp ? pow(10.0, -(double)dev->tune.selftest_exp) : 1e-8;
+    const double lim_norm = dev->tune.selftest_exp ? lim_mm : 1e-10;
+    if ((e = nmse(y1, y2, M)) > lim_mm) {
         what = "q4 gemv";
         goto mismatch;
     }
@@ -593,7 +599,7 @@ static idefics_status self_test(idf_ocl_device *dev, idf_err *err) {
         what = "rmsnorm";
         goto failed;
     }
-    if ((e = nmse(n1, n2, N * D)) > 1e-10) {
+    if ((e = nmse(n1, n2, N * D)) > lim_norm) {
         what = "rmsnorm";
         goto mismatch;
     }
@@ -609,7 +615,7 @@ static idefics_status self_test(idf_ocl_device *dev, idf_err *err) {
         what = "attention";
         goto failed;
     }
-    if ((e = nmse(o1, o2, NQ * H * HD)) > 1e-8) {
+    if ((e = nmse(o1, o2, NQ * H * HD)) > lim_mm) {
         what = "attention (f16 kv, causal)";
         goto mismatch;
     }

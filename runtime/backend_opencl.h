@@ -28,6 +28,7 @@ typedef struct idf_ocl_tuning {
     bool auto_select;          /* AUTO may pick the device */
     bool use_host_ptr;         /* wrap host memory with CL_MEM_USE_HOST_PTR */
     bool clblast;              /* F32-weight matmuls with n >= clblast_min_n through CLBlast, when it loads */
+    unsigned selftest_exp;     /* 0, or N: the self-test allows NMSE 10^-N in every check (quirk; tests) */
     unsigned clblast_min_n;
     uint64_t max_alloc_kb;     /* 0, or a lower buffer-size limit than the driver reports (quirk; tests) */
     char file[64];             /* the tuning file used, e.g. "gpu/pocl-cpu.ini" */

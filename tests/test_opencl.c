@@ -24,6 +24,10 @@
  *     With a tuning file that turns CLBlast on: an F32 matmul (bias, strided
  *     output) goes through CLBlast (counted) and matches the reference backend,
  *     leaving the row gaps untouched. Skips (77) without libclblast.so.1.
+ *   test_opencl selftest TUNING.ini MODEL.idfx
+ *     With a tuning file that makes the start-up self-test unpassable: AUTO
+ *     falls back to the CPU with one INFO line naming the self-test, and
+ *     --backend opencl fails with NO_DEVICE. Skips (77) without a device.
  *   test_opencl noicd MODEL.idfx
  *     Run with OCL_ICD_VENDORS=an empty folder (the ICD loader finds no
  *     driver): the same two checks.
@@ -309,6 +313,8 @@ static int run_e2e(const char *converter, const char *models, const char *out_di
 
 /* ------------------------------------------------------------- fallbacks */
 
+static char last_err[512]; /* run_fallback's --backend opencl message */
+
 static int run_fallback(const char *model, const char *what) {
     char err[512];
     log_rec rec = {0};
@@ -341,6 +347,7 @@ static int run_fallback(const char *model, const char *what) {
     m = load(model, IDEFICS_BACKEND_OPENCL, NULL, &rec, &st, err, sizeof err);
     check(!m && st == IDEFICS_ERR_NO_DEVICE && err[0], "%s: --backend opencl gives IDEFICS_ERR_NO_DEVICE: \"%s\"",
           what, err);
+    snprintf(last_err, sizeof last_err, "%s", err);
     idefics_model_free(m);
     return n_fail ? 1 : 0;
 }
@@ -482,6 +489,19 @@ int main(int argc, char **argv) {
         rc = run_cache(argv[2]);
     } else if (argc == 3 && strcmp(argv[1], "clblast") == 0) {
         rc = run_clblast(argv[2]);
+    } else if (argc == 4 && strcmp(argv[1], "selftest") == 0) {
+        setenv("IDEFICS_OPENCL_TUNING", argv[2], 1);
+        char err[512];
+        log_rec rec = {0};
+        idefics_status st;
+        idefics_model *m = load(argv[3], IDEFICS_BACKEND_OPENCL, NULL, &rec, &st, err, sizeof err);
+        if (!m && !strstr(err, "self-test")) {
+            printf("SKIP: no usable OpenCL device here: %s\n", err);
+            return 77;
+        }
+        idefics_model_free(m);
+        rc = run_fallback(argv[3], "self-test mismatch");
+        check(strstr(last_err, "self-test") != NULL, "the NO_DEVICE message names the self-test");
     } else if (argc == 3 && strcmp(argv[1], "nolib") == 0) {
         setenv("IDEFICS_OPENCL_LIB", "/nonexistent/libOpenCL-missing.so", 1);
         rc = run_fallback(argv[2], "missing library");
@@ -495,7 +515,7 @@ int main(int argc, char **argv) {
         unsetenv("IDEFICS_OPENCL_LIB");
         rc = run_fallback(argv[2], "ICD loader without drivers");
     } else {
-        fprintf(stderr, "usage: test_opencl e2e CONVERTER MODELS_DIR OUT_DIR | cache DIR | clblast INI | nolib MODEL | noicd MODEL\n");
+        fprintf(stderr, "usage: test_opencl e2e CONVERTER MODELS_DIR OUT_DIR | cache DIR | clblast INI | selftest INI MODEL | nolib MODEL | noicd MODEL\n");
         return 2;
     }
     if (rc == 77)
