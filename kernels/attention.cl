@@ -7,7 +7,7 @@
  * k, v [n_kv] rows kv_stride elements apart, fp32 (attention_f32) or fp16
  * (attention_f16, read with vload_half: no cl_khr_fp16 needed); optional mask
  * [n_q, n_kv] additive; out like q with out_stride. sc is scratch, n_kv floats
- * per (row, head).
+ * per (row, head). Every array arrives as (buffer, byte offset), prelude.cl.
  * Work-item mapping: one work-group per (head, query row) = group ids (0, 1).
  * The query head is staged in local memory; pass 1: work-item t % wg scores
  * key t (a dot product along the key row) into sc; pass 2: max and sum of
@@ -70,18 +70,30 @@ static inline void attend(__global const float *q, uint q_stride, __global const
     }
 }
 
-__kernel void attention_f32(__global const float *q, uint q_stride, __global const void *k, __global const void *v,
-                            uint kv_stride, uint n_kv, uint head_dim, float scale, uint causal, int q_pos0,
-                            __global const float *mask, uint has_mask, __global float *out, uint out_stride,
-                            __global float *sc, __local float *qs, __local float *red) {
+__kernel void attention_f32(__global const float *q, ulong qo, uint q_stride, __global const void *k, ulong ko,
+                            __global const void *v, ulong vo, uint kv_stride, uint n_kv, uint head_dim, float scale,
+                            uint causal, int q_pos0, __global const float *mask, ulong mo, uint has_mask,
+                            __global float *out, ulong oo, uint out_stride, __global float *sc, __local float *qs,
+                            __local float *red) {
+    q = IDF_AT(__global const float *, q, qo);
+    k = IDF_AT(__global const void *, k, ko);
+    v = IDF_AT(__global const void *, v, vo);
+    mask = IDF_AT(__global const float *, mask, mo);
+    out = IDF_AT(__global float *, out, oo);
     attend(q, q_stride, k, v, kv_stride, n_kv, head_dim, scale, causal, q_pos0, mask, has_mask, out, out_stride, sc,
            qs, red, 0);
 }
 
-__kernel void attention_f16(__global const float *q, uint q_stride, __global const void *k, __global const void *v,
-                            uint kv_stride, uint n_kv, uint head_dim, float scale, uint causal, int q_pos0,
-                            __global const float *mask, uint has_mask, __global float *out, uint out_stride,
-                            __global float *sc, __local float *qs, __local float *red) {
+__kernel void attention_f16(__global const float *q, ulong qo, uint q_stride, __global const void *k, ulong ko,
+                            __global const void *v, ulong vo, uint kv_stride, uint n_kv, uint head_dim, float scale,
+                            uint causal, int q_pos0, __global const float *mask, ulong mo, uint has_mask,
+                            __global float *out, ulong oo, uint out_stride, __global float *sc, __local float *qs,
+                            __local float *red) {
+    q = IDF_AT(__global const float *, q, qo);
+    k = IDF_AT(__global const void *, k, ko);
+    v = IDF_AT(__global const void *, v, vo);
+    mask = IDF_AT(__global const float *, mask, mo);
+    out = IDF_AT(__global float *, out, oo);
     attend(q, q_stride, k, v, kv_stride, n_kv, head_dim, scale, causal, q_pos0, mask, has_mask, out, out_stride, sc,
            qs, red, 1);
 }

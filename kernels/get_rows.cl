@@ -8,8 +8,10 @@
  * Work-item mapping: global (k, n), one work-item per output element,
  * dimension 0 along the row.
  */
-__kernel void get_rows(__global const uchar *w, uint type, uint R, uint k, __global const int *ids,
-                       __global float *y) {
+__kernel void get_rows(__global const uchar *w, uint type, uint R, uint k, __global const int *ids, ulong io,
+                       __global float *y, ulong yo) {
+    ids = IDF_AT(__global const int *, ids, io);
+    y = IDF_AT(__global float *, y, yo);
     const uint j = get_global_id(0), i = get_global_id(1);
     const size_t r = (size_t)ids[i];
     float v;

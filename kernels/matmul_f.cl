@@ -10,7 +10,9 @@
  * per row, lane-fastest so the lanes of one row read adjacent 4-element chunks
  * (coalesced); chunk c goes to lane c % lanes, the tail (k % 4) to lane 0; the
  * lanes' sums meet in local memory. Dimension 2 takes NB input rows per
- * work-item, reusing each loaded weight chunk NB times.
+ * work-item, reusing each loaded weight chunk NB times (prefill with n >=
+ * gm_min_n uses gemm_tiled.cl). x, bias and y are (buffer, byte offset)
+ * pairs. Arithmetic is float: an F16/F32 row dot is one long reduction.
  */
 #ifndef MM_NB
 #define MM_NB 4 /* input rows per work-item in the prefill kernel */
@@ -67,13 +69,16 @@ static inline void f_rows(__global const void *w, int is_f16, uint rows, __globa
     }
 }
 
-__kernel void matmul_f(__global const void *w, uint is_f16, uint rows, __global const float *x, uint n, uint k,
-                       __global const float *bias, uint has_bias, __global float *y, uint ldy, __local float *red) {
-    f_rows(w, (int)is_f16, rows, x, n, k, bias, has_bias, y, ldy, red, MM_NB);
+__kernel void matmul_f(__global const void *w, uint is_f16, uint rows, __global const float *x, ulong xo, uint n,
+                       uint k, __global const float *bias, ulong bo, uint has_bias, __global float *y, ulong yo,
+                       uint ldy, __local float *red) {
+    f_rows(w, (int)is_f16, rows, IDF_AT(__global const float *, x, xo), n, k, IDF_AT(__global const float *, bias, bo),
+           has_bias, IDF_AT(__global float *, y, yo), ldy, red, MM_NB);
 }
 
-__kernel void matmul_f_nb1(__global const void *w, uint is_f16, uint rows, __global const float *x, uint n, uint k,
-                           __global const float *bias, uint has_bias, __global float *y, uint ldy,
-                           __local float *red) {
-    f_rows(w, (int)is_f16, rows, x, n, k, bias, has_bias, y, ldy, red, 1);
+__kernel void matmul_f_nb1(__global const void *w, uint is_f16, uint rows, __global const float *x, ulong xo, uint n,
+                           uint k, __global const float *bias, ulong bo, uint has_bias, __global float *y, ulong yo,
+                           uint ldy, __local float *red) {
+    f_rows(w, (int)is_f16, rows, IDF_AT(__global const float *, x, xo), n, k, IDF_AT(__global const float *, bias, bo),
+           has_bias, IDF_AT(__global float *, y, yo), ldy, red, 1);
 }

@@ -13,7 +13,11 @@
  * ...; the lanes' partial sums meet in local memory. Dimension 1 walks the
  * input rows NB at a time: each work-item dequantises a group once and uses it
  * for NB rows of x (decode uses the NB = 1 kernel, so nothing is wasted).
- * Every weight byte is read once per NB input rows.
+ * Every weight byte is read once per NB input rows (prefill with n >= the
+ * tuning's gm_min_n uses gemm_tiled.cl instead, which reads it once per
+ * GM_TN rows). x, bias and y are (buffer, byte offset) pairs (prelude.cl).
+ * Compute type: the 16 dequantised pairs and the group's dot product are
+ * IDF_CT (half on fp16 builds); the sum over groups is float.
  */
 #ifndef MM_NB
 #define MM_NB 4 /* input rows per work-item in the prefill kernel: more = fewer weight reads, more registers */
@@ -21,12 +25,12 @@
 
 static inline void q4_tile(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, uint n, uint k,
                     __global const float *bias, uint has_bias, __global float *y, uint ldy, __local float *red,
-                    __local float *cb, const int nb) {
+                    __local IDF_CT *cb, const int nb) {
     const uint lid = get_local_id(0), lanes = get_local_size(0) / R;
     const uint r = lid % R, lane = lid / R, tile = get_group_id(0), row = tile * R + r;
     const uint i0 = get_global_id(1) * nb;
     for (uint i = lid; i < 16; i += get_local_size(0)) /* groups can be smaller than 16 (R = 1) */
-        cb[i] = (float)IDFX_Q4_CODEBOOK[i]; /* local copy: divergent constant reads serialise on mobile GPUs */
+        cb[i] = (IDF_CT)IDFX_Q4_CODEBOOK[i]; /* local copy: divergent constant reads serialise on mobile GPUs */
     barrier(CLK_LOCAL_MEM_FENCE);
 
     __global const uchar *tb = w + (size_t)tile * ng * R * (IDFX_SCALE_BYTES + IDFX_Q4_QBYTES);
@@ -38,7 +42,7 @@ static inline void q4_tile(__global const uchar *w, uint R, uint ng, uint rows, 
     for (uint g = lane; g < ng; g += lanes) {
         const float d = vload_half(g * R + r, sc);
         __global const uchar *q = qs + (size_t)(g * R + r) * IDFX_Q4_QBYTES;
-        float wl[16], wh[16];
+        IDF_CT wl[16], wh[16];
         for (int j = 0; j < 16; j++) {
             const uchar v = q[j];
             wl[j] = cb[v & 15];
@@ -48,10 +52,10 @@ static inline void q4_tile(__global const uchar *w, uint R, uint ng, uint rows, 
             if (i0 + b >= n)
                 break;
             __global const float *xr = x + (size_t)(i0 + b) * k + g * IDFX_QK;
-            float s = 0.0f;
+            IDF_CT s = 0;
             for (int j = 0; j < 16; j++)
-                s += wl[j] * xr[j] + wh[j] * xr[j + 16];
-            acc[b] += d * s;
+                s += wl[j] * (IDF_CT)xr[j] + wh[j] * (IDF_CT)xr[j + 16];
+            acc[b] += d * (float)s;
         }
     }
     for (int b = 0; b < nb; b++)
@@ -70,15 +74,17 @@ static inline void q4_tile(__global const uchar *w, uint R, uint ng, uint rows, 
     }
 }
 
-/* red: R * lanes * NB floats; cb: 16 floats (local, sized by the host). */
-__kernel void matmul_q4(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, uint n, uint k,
-                        __global const float *bias, uint has_bias, __global float *y, uint ldy, __local float *red,
-                        __local float *cb) {
-    q4_tile(w, R, ng, rows, x, n, k, bias, has_bias, y, ldy, red, cb, MM_NB);
+/* red: R * lanes * NB floats; cb: 16 IDF_CT (local, sized by the host). */
+__kernel void matmul_q4(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, ulong xo, uint n,
+                        uint k, __global const float *bias, ulong bo, uint has_bias, __global float *y, ulong yo,
+                        uint ldy, __local float *red, __local IDF_CT *cb) {
+    q4_tile(w, R, ng, rows, IDF_AT(__global const float *, x, xo), n, k, IDF_AT(__global const float *, bias, bo),
+            has_bias, IDF_AT(__global float *, y, yo), ldy, red, cb, MM_NB);
 }
 
-__kernel void matmul_q4_nb1(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, uint n,
-                            uint k, __global const float *bias, uint has_bias, __global float *y, uint ldy,
-                            __local float *red, __local float *cb) {
-    q4_tile(w, R, ng, rows, x, n, k, bias, has_bias, y, ldy, red, cb, 1);
+__kernel void matmul_q4_nb1(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, ulong xo,
+                            uint n, uint k, __global const float *bias, ulong bo, uint has_bias, __global float *y,
+                            ulong yo, uint ldy, __local float *red, __local IDF_CT *cb) {
+    q4_tile(w, R, ng, rows, IDF_AT(__global const float *, x, xo), n, k, IDF_AT(__global const float *, bias, bo),
+            has_bias, IDF_AT(__global float *, y, yo), ldy, red, cb, 1);
 }

@@ -8,7 +8,9 @@
  * Work-item mapping: as matmul_q4.cl: one work-group per tile of R * lanes
  * work-items, local id = r + R * lane (neighbouring work-items read
  * neighbouring rows' 32-byte runs), lanes split the groups, local-memory
- * reduction; dimension 1 takes NB input rows per work-item.
+ * reduction; dimension 1 takes NB input rows per work-item. x, bias and y
+ * are (buffer, byte offset) pairs. Compute type: a group's 32 products are
+ * IDF_CT (half on fp16 builds), the sum over groups float.
  */
 #ifndef MM_NB
 #define MM_NB 4 /* input rows per work-item in the prefill kernel */
@@ -29,17 +31,17 @@ static inline void q8_tile(__global const uchar *w, uint R, uint ng, uint rows, 
     for (uint g = lane; g < ng; g += lanes) {
         const float d = vload_half(g * R + r, sc);
         __global const char *q = qs + (size_t)(g * R + r) * IDFX_Q8_QBYTES;
-        float wq[32];
+        IDF_CT wq[32];
         for (int j = 0; j < 32; j++)
-            wq[j] = (float)q[j];
+            wq[j] = (IDF_CT)q[j];
         for (int b = 0; b < nb; b++) {
             if (i0 + b >= n)
                 break;
             __global const float *xr = x + (size_t)(i0 + b) * k + g * IDFX_QK;
-            float s = 0.0f;
+            IDF_CT s = 0;
             for (int j = 0; j < 32; j++)
-                s += wq[j] * xr[j];
-            acc[b] += d * s;
+                s += wq[j] * (IDF_CT)xr[j];
+            acc[b] += d * (float)s;
         }
     }
     for (int b = 0; b < nb; b++)
@@ -58,13 +60,16 @@ static inline void q8_tile(__global const uchar *w, uint R, uint ng, uint rows, 
     }
 }
 
-__kernel void matmul_q8(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, uint n, uint k,
-                        __global const float *bias, uint has_bias, __global float *y, uint ldy, __local float *red) {
-    q8_tile(w, R, ng, rows, x, n, k, bias, has_bias, y, ldy, red, MM_NB);
+__kernel void matmul_q8(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, ulong xo, uint n,
+                        uint k, __global const float *bias, ulong bo, uint has_bias, __global float *y, ulong yo,
+                        uint ldy, __local float *red) {
+    q8_tile(w, R, ng, rows, IDF_AT(__global const float *, x, xo), n, k, IDF_AT(__global const float *, bias, bo),
+            has_bias, IDF_AT(__global float *, y, yo), ldy, red, MM_NB);
 }
 
-__kernel void matmul_q8_nb1(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, uint n,
-                            uint k, __global const float *bias, uint has_bias, __global float *y, uint ldy,
-                            __local float *red) {
-    q8_tile(w, R, ng, rows, x, n, k, bias, has_bias, y, ldy, red, 1);
+__kernel void matmul_q8_nb1(__global const uchar *w, uint R, uint ng, uint rows, __global const float *x, ulong xo,
+                            uint n, uint k, __global const float *bias, ulong bo, uint has_bias, __global float *y,
+                            ulong yo, uint ldy, __local float *red) {
+    q8_tile(w, R, ng, rows, IDF_AT(__global const float *, x, xo), n, k, IDF_AT(__global const float *, bias, bo),
+            has_bias, IDF_AT(__global float *, y, yo), ldy, red, 1);
 }

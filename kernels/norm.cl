@@ -2,6 +2,7 @@
  * norm.cl - RMSNorm and LayerNorm over rows of dim floats.
  *
  * Data layout: x, y [n, dim] row-major fp32; w (and b) [dim]. y may be x.
+ * Every array is a (buffer, byte offset) pair (prelude.cl IDF_AT).
  * Work-item mapping: one work-group per row (group id = row), the work-items
  * stride over the row (element t by work-item t % wg, adjacent work-items on
  * adjacent floats) and reduce in local memory (red: wg floats, wg a power of
@@ -9,8 +10,11 @@
  * is safe. LayerNorm takes two passes (mean, then variance about the mean),
  * as torch does, rather than E[x^2] - mean^2, which cancels badly.
  */
-__kernel void rmsnorm(__global const float *x, __global const float *w, float eps, uint dim, __global float *y,
-                      __local float *red) {
+__kernel void rmsnorm(__global const float *x, ulong xo, __global const float *w, ulong wo, float eps, uint dim,
+                      __global float *y, ulong yo, __local float *red) {
+    x = IDF_AT(__global const float *, x, xo);
+    w = IDF_AT(__global const float *, w, wo);
+    y = IDF_AT(__global float *, y, yo);
     const uint lid = get_local_id(0), wg = get_local_size(0);
     __global const float *xr = x + (size_t)get_group_id(0) * dim;
     __global float *yr = y + (size_t)get_group_id(0) * dim;
@@ -23,8 +27,13 @@ __kernel void rmsnorm(__global const float *x, __global const float *w, float ep
         yr[t] = w[t] * (xr[t] * inv);
 }
 
-__kernel void layernorm(__global const float *x, __global const float *w, __global const float *b, uint has_bias,
-                        float eps, uint dim, __global float *y, __local float *red) {
+__kernel void layernorm(__global const float *x, ulong xo, __global const float *w, ulong wo,
+                        __global const float *b, ulong bo, uint has_bias, float eps, uint dim, __global float *y,
+                        ulong yo, __local float *red) {
+    x = IDF_AT(__global const float *, x, xo);
+    w = IDF_AT(__global const float *, w, wo);
+    b = IDF_AT(__global const float *, b, bo);
+    y = IDF_AT(__global float *, y, yo);
     const uint lid = get_local_id(0), wg = get_local_size(0);
     __global const float *xr = x + (size_t)get_group_id(0) * dim;
     __global float *yr = y + (size_t)get_group_id(0) * dim;

@@ -15,6 +15,27 @@
 #pragma OPENCL EXTENSION cl_khr_fp16 : enable
 #endif
 
+/* IDF_CT: the compute type of short inner products (one quant group, one
+ * local-memory tile step: at most 32 products) and of dequantised weight
+ * tiles. The backend builds the program with -DIDF_CT_HALF=1 only when the
+ * tuning file says fp16 = 1 AND the device has cl_khr_fp16, and rebuilds with
+ * float if the start-up self-test of that build fails. Long reductions (over
+ * K, over keys, norms) always accumulate in float. PoCL (CI) has no
+ * cl_khr_fp16, so only the float build is tested there. */
+#if defined(IDF_CT_HALF) && defined(cl_khr_fp16)
+#define IDF_CT half
+#define IDF_CT4 half4
+#else
+#define IDF_CT float
+#define IDF_CT4 float4
+#endif
+
+/* Buffers arrive as (cl_mem, byte offset) pairs: the backend keeps a
+ * session's activations in a few long-lived buffers (device-resident
+ * scratch), and an op's array is a range inside one. IDF_AT moves a kernel's
+ * pointer argument to its range. */
+#define IDF_AT(T, p, off) ((T)((__global const uchar *)(p) + (off)))
+
 /* Sum of v over the work-group through red[] (get_local_size(0) floats, a
  * power of two). Every work-item gets the total. */
 static inline float idf_wg_sum(float v, __local float *red) {

@@ -1,7 +1,7 @@
 /*
  * rope.cl - rotate-half RoPE, in place.
  *
- * Data layout: x [n] rows, stride floats apart, each n_heads heads of
+ * Data layout: x [n] rows (at byte offset xo), stride floats apart, each n_heads heads of
  * head_dim floats; row i is at position pos0 + i; pair (d, d + head_dim/2)
  * rotates by angle pos * theta^(-2d/head_dim).
  * Work-item mapping: global (head_dim/2, n_heads, n): one work-item per pair,
@@ -11,7 +11,8 @@
  * position 2000 one ulp of inv_freq is a visible angle error. The angle is
  * pos * inv_freq in fp32, as in transformers.
  */
-__kernel void rope(__global float *x, __global const float *inv_freq, uint stride, uint head_dim, int pos0) {
+__kernel void rope(__global float *x, ulong xo, __global const float *inv_freq, uint stride, uint head_dim, int pos0) {
+    x = IDF_AT(__global float *, x, xo);
     const uint d = get_global_id(0), h = get_global_id(1), i = get_global_id(2), half_dim = head_dim / 2;
     const float ang = (float)(pos0 + (int)i) * inv_freq[d];
     const float cs = cos(ang), sn = sin(ang);

@@ -29,7 +29,7 @@
 #include "internal.h"
 
 /* Bumped whenever a slot's signature or meaning changes. */
-#define IDF_BACKEND_API_VERSION 1
+#define IDF_BACKEND_API_VERSION 2 /* 2: register_host, host_access */
 
 typedef enum idf_op {
     IDF_OP_MATMUL = 0, /* y[n, m] = x[n, k] W[m, k]^T (+ bias[m]) */
@@ -122,6 +122,18 @@ struct idf_backend {
     idefics_status (*scale)(void *ctx, float *x, float s, int64_t n);
     /* h[n, dim] += gate[dim] (broadcast over rows) * a[n, dim] */
     idefics_status (*gated_add)(void *ctx, float *h, const float *gate, const float *a, int64_t n, int64_t dim);
+
+    /* Device-resident host memory (both optional, for device backends; NULL on
+     * the CPU). register_host: [p, p + bytes) is memory the caller will pass to
+     * ops again and again (activation scratch, KV cache, image slots) and keeps
+     * allocated until the backend is freed. The backend may then keep a device
+     * view of it, and ops whose arguments lie in registered memory may return
+     * before their results reach host memory. The caller must call
+     * host_access on a range before the host reads or writes it itself (memcpy,
+     * a CPU op, returning it to the user); p == NULL means all registered
+     * memory. Ops on unregistered memory stay synchronous, as above. */
+    idefics_status (*register_host)(void *ctx, void *p, size_t bytes);
+    idefics_status (*host_access)(void *ctx, const void *p, size_t bytes);
 };
 
 /* The scalar fp32 reference backend (backend_ref.c). n_threads <= 0 = all cores. */

@@ -28,8 +28,9 @@
 #define CACHE_FORMAT_VERSION 1u
 
 /* The program: these files, in this order, after prelude.cl and quant.h. */
-static const char *const program_files[] = {"prelude.cl",  "quant.h",  "matmul_q4.cl",  "matmul_q8.cl", "matmul_f.cl",
-                                            "norm.cl",     "rope.cl",  "attention.cl",  "act.cl",       "get_rows.cl"};
+static const char *const program_files[] = {"prelude.cl", "quant.h",      "matmul_q4.cl", "matmul_q8.cl",
+                                            "matmul_f.cl", "gemm_tiled.cl", "norm.cl",     "rope.cl",
+                                            "attention.cl", "act.cl",       "get_rows.cl"};
 
 /* ============================================================ embedded files */
 
@@ -67,8 +68,8 @@ static char *read_text(const idf_alloc *al, const char *path, size_t *len) {
 
 static void tuning_defaults(idf_ocl_tuning *t) {
     *t = (idf_ocl_tuning){.mm_lanes = 4, .mm_nb = 4, .f_lanes = 8, .f_rows = 8, .wg_norm = 64, .wg_attn = 64,
-                          .wg_elem = 64, .auto_select = true, .use_host_ptr = true,
-                          .clblast_min_n = 64};
+                          .wg_elem = 64, .gm_tm = 32, .gm_tn = 32, .gm_wm = 4, .gm_wn = 4, .gm_min_n = 16,
+                          .auto_select = true, .use_host_ptr = true, .clblast_min_n = 64};
     snprintf(t->file, sizeof t->file, "built-in defaults");
 }
 
@@ -165,6 +166,18 @@ static bool ini_apply(const char *text, size_t len, const idf_ocl_probe *p, idf_
                 t->wg_attn = u;
             else if (strcmp(key, "wg_elem") == 0 && u >= 1 && u <= 1024)
                 t->wg_elem = u;
+            else if (strcmp(key, "gm_tm") == 0 && pow2 && u >= 4 && u <= 128)
+                t->gm_tm = u;
+            else if (strcmp(key, "gm_tn") == 0 && pow2 && u >= 4 && u <= 128)
+                t->gm_tn = u;
+            else if (strcmp(key, "gm_wm") == 0 && pow2 && u <= 8)
+                t->gm_wm = u;
+            else if (strcmp(key, "gm_wn") == 0 && pow2 && u <= 8)
+                t->gm_wn = u;
+            else if (strcmp(key, "gm_min_n") == 0 && u >= 2)
+                t->gm_min_n = u;
+            else if (strcmp(key, "fp16") == 0)
+                t->fp16 = u != 0;
             else if (strcmp(key, "auto_select") == 0)
                 t->auto_select = u != 0;
             else if (strcmp(key, "use_host_ptr") == 0)
@@ -289,6 +302,17 @@ static void tuning_clamp(idf_ocl_tuning *t, idf_ocl_probe *p) {
         t->f_rows /= 2;
     while (t->f_lanes > mx)
         t->f_lanes /= 2;
+    /* tiled GEMM: the register block divides the tile, and the group fits */
+    if (t->gm_wm > t->gm_tm)
+        t->gm_wm = t->gm_tm;
+    if (t->gm_wn > t->gm_tn)
+        t->gm_wn = t->gm_tn;
+    while ((t->gm_tm / t->gm_wm) * (t->gm_tn / t->gm_wn) > mx && (t->gm_tm > t->gm_wm || t->gm_tn > t->gm_wn)) {
+        if (t->gm_tn > t->gm_wn)
+            t->gm_tn /= 2;
+        else
+            t->gm_tm /= 2;
+    }
     /* Q4/Q8 groups are tile_rows * mm_lanes; lanes shrink per call when R is large (ops file). */
     if (t->mm_lanes > mx)
         t->mm_lanes = mx;
@@ -469,9 +493,11 @@ static idefics_status build_program(idf_ocl_device *dev, idf_err *err) {
 
     char opts[512];
     snprintf(opts, sizeof opts,
-             "-cl-std=CL1.2 -DMM_NB=%u -DIDFX_TYPE_F32=%d -DIDFX_TYPE_F16=%d -DIDFX_TYPE_Q4=%d -DIDFX_TYPE_Q8=%d%s",
-             dev->tune.mm_nb, IDFX_TYPE_F32, IDFX_TYPE_F16, IDFX_TYPE_Q4, IDFX_TYPE_Q8,
-             dev->probe.fp16 ? " -DIDF_USE_FP16=1" : "");
+             "-cl-std=CL1.2 -DMM_NB=%u -DGM_TM=%u -DGM_TN=%u -DGM_WM=%u -DGM_WN=%u -DIDFX_TYPE_F32=%d "
+             "-DIDFX_TYPE_F16=%d -DIDFX_TYPE_Q4=%d -DIDFX_TYPE_Q8=%d%s%s",
+             dev->tune.mm_nb, dev->tune.gm_tm, dev->tune.gm_tn, dev->tune.gm_wm, dev->tune.gm_wn, IDFX_TYPE_F32,
+             IDFX_TYPE_F16, IDFX_TYPE_Q4, IDFX_TYPE_Q8, dev->probe.fp16 ? " -DIDF_USE_FP16=1" : "",
+             dev->fp16_math ? " -DIDF_CT_HALF=1" : "");
     /* the key: everything that changes the binary */
     char head[1024];
     const int hl = snprintf(head, sizeof head, "v%u|%s|%s|%s|%s|%s|", CACHE_FORMAT_VERSION, dev->probe.platform,
@@ -564,6 +590,7 @@ static idefics_status self_test(idf_ocl_device *dev, idf_err *err) {
     uint16_t *kv = idf_malloc(al, 2 * NKV * H * HD * sizeof(uint16_t));
     const char *what = NULL;
     double e = 0;
+    float *gx = NULL;
     if (!f || !q || !kv) {
         st = idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the OpenCL self-test");
         goto done;
@@ -589,10 +616,33 @@ static idefics_status self_test(idf_ocl_device *dev, idf_err *err) {
     }
     /* limits: fp32 device sums against double ones are far below them; a
      * tuning file may set its own (selftest_exp) */
-    const double lim_mm = dev->tune.selftest_exp ? pow(10.0, -(double)dev->tune.selftest_exp) : 1e-8;
+    /* a half build (IDF_CT) rounds each product to 11 bits: 1e-4 still catches
+     * a miscompiled kernel, whose error is of order 1 */
+    const double lim_mm = dev->tune.selftest_exp ? pow(10.0, -(double)dev->tune.selftest_exp)
+                          : dev->fp16_math      ? 1e-4
+                                                : 1e-8;
     const double lim_norm = dev->tune.selftest_exp ? lim_mm : 1e-10;
     if ((e = nmse(y1, y2, M)) > lim_mm) {
         what = "q4 gemv";
+        goto mismatch;
+    }
+    /* the tiled GEMM (prefill shapes): gm_min_n + 3 input rows, so the last
+     * row and column blocks are partial */
+    const int64_t GN = dev->tune.gm_min_n + 3;
+    gx = idf_malloc(al, (size_t)GN * (K + 2 * M) * sizeof(float));
+    if (!gx) {
+        st = idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the OpenCL self-test");
+        goto done;
+    }
+    for (int64_t i = 0; i < GN * K; i++)
+        gx[i] = srand_f(&sd);
+    float *gy1 = gx + GN * K, *gy2 = gy1 + GN * M;
+    if ((st = cl->matmul(cl->ctx, &w, NULL, gx, GN, gy1, M)) || (st = ref->matmul(ref->ctx, &w, NULL, gx, GN, gy2, M))) {
+        what = "q4 tiled gemm";
+        goto failed;
+    }
+    if ((e = nmse(gy1, gy2, (size_t)(GN * M))) > lim_mm) {
+        what = "q4 tiled gemm";
         goto mismatch;
     }
     if ((st = cl->rmsnorm(cl->ctx, nx, ng, 1e-6f, N, D, n1)) || (st = ref->rmsnorm(ref->ctx, nx, ng, 1e-6f, N, D, n2))) {
@@ -628,6 +678,7 @@ mismatch:
     st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "self-test %s on %s differs from the reference (nmse %.3g)", what,
                   dev->probe.device, e);
 done:
+    idf_free(al, gx);
     idf_free(al, f);
     idf_free(al, q);
     idf_free(al, kv);
@@ -656,6 +707,9 @@ void idf_ocl_device_free(idf_ocl_device *dev) {
         idf_free(&al, dev->wbufs[i]);
     }
     idf_free(&al, dev->wbufs);
+    for (size_t i = 0; i < dev->n_consts; i++)
+        dev->cl.clReleaseMemObject(dev->consts[i].mem);
+    idf_free(&al, dev->consts);
     idf_dlclose(dev->clblast_lib);
     if (dev->prog)
         dev->cl.clReleaseProgram(dev->prog);
@@ -739,8 +793,18 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
     if (st == IDEFICS_OK && dev->probe.max_wg < 16)
         st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "%s allows work-groups of only %u work-items", dev->probe.device,
                       dev->probe.max_wg);
+    /* half arithmetic only where the tuning asks for it and the device has it;
+     * a half build that fails its self-test is replaced by the float one */
+    dev->fp16_math = st == IDEFICS_OK && dev->tune.fp16 && dev->probe.fp16;
     if (st == IDEFICS_OK)
         st = build_program(dev, err);
+    if (st == IDEFICS_OK && dev->fp16_math && (st = self_test(dev, err)) != IDEFICS_OK) {
+        snprintf(dev->fp16_note, sizeof dev->fp16_note, "fp16 build dropped: %.140s", err ? err->msg : "self-test");
+        dev->cl.clReleaseProgram(dev->prog);
+        dev->prog = NULL;
+        dev->fp16_math = false;
+        st = build_program(dev, err);
+    }
     if (st == IDEFICS_OK && dev->tune.clblast) {
         /* optional: without the library the matmuls stay on our kernels */
         dev->clblast_lib = idf_dlopen("libclblast.so.1");
@@ -749,17 +813,19 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
         dev->clblast_sgemm = (__typeof__(dev->clblast_sgemm))idf_dlsym(dev->clblast_lib, "CLBlastSgemm");
         idf_logf(&dev->log, IDEFICS_LOG_DEBUG, "opencl: CLBlast %s", dev->clblast_sgemm ? "loaded" : "not found");
     }
-    if (st == IDEFICS_OK)
-        st = self_test(dev, err);
+    if (st == IDEFICS_OK && !dev->fp16_math)
+        st = self_test(dev, err); /* the float build (a half build was tested above) */
+    if (st == IDEFICS_OK && dev->fp16_note[0])
+        idf_logf(&dev->log, IDEFICS_LOG_INFO, "opencl: %s", dev->fp16_note);
     if (st) {
         idf_ocl_device_free(dev);
         return st;
     }
     idf_logf(&dev->log, IDEFICS_LOG_DEBUG,
-             "opencl: %s (%s, driver %s), %u CUs, fp16 %s, subgroups %s, unified memory %s, max alloc %.0f MiB, "
+             "opencl: %s (%s, driver %s), %u CUs, fp16 %s (compute %s), subgroups %s, unified memory %s, max alloc %.0f MiB, "
              "tuning %s, program %s in %.0f ms",
              dev->probe.device, dev->probe.platform, dev->probe.driver, dev->probe.compute_units,
-             dev->probe.fp16 ? "yes" : "no", dev->probe.subgroups ? dev->probe.subgroup_ext : "no",
+             dev->probe.fp16 ? "yes" : "no", dev->fp16_math ? "half" : "float", dev->probe.subgroups ? dev->probe.subgroup_ext : "no",
              dev->probe.unified_memory ? "yes" : "no", (double)dev->probe.max_alloc / 1048576.0, dev->tune.file,
              dev->from_cache ? "loaded from cache" : "built", dev->build_ms);
     *out = dev;
@@ -888,6 +954,106 @@ static idefics_status each_weight(idf_ocl_device *dev, idefics_model *m, weight_
     return IDEFICS_OK;
 }
 
+/* ---- the model's fp32 vectors */
+
+static idefics_status const_add(idf_ocl_device *dev, const float *p, uint64_t n, idf_err *err) {
+    if (!p || !n || n * 4 > dev->probe.max_alloc || n * 4 > SIZE_MAX)
+        return IDEFICS_OK;
+    const size_t bytes = (size_t)n * 4;
+    for (size_t i = 0; i < dev->n_consts; i++) /* shared vectors (a scalar gate broadcast) are bound once */
+        if (dev->consts[i].p == (const uint8_t *)p && dev->consts[i].bytes >= bytes)
+            return IDEFICS_OK;
+    if (dev->n_consts == dev->cap_consts) {
+        const size_t cap = dev->cap_consts ? 2 * dev->cap_consts : 256;
+        idf_ocl_const *nc = idf_realloc(&dev->alloc, dev->consts, cap * sizeof *nc);
+        if (!nc)
+            return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for OpenCL vector handles");
+        dev->consts = nc;
+        dev->cap_consts = cap;
+    }
+    const bool aligned = dev->probe.base_align == 0 || (uintptr_t)p % dev->probe.base_align == 0;
+    const bool zero_copy = dev->tune.use_host_ptr && dev->probe.unified_memory && aligned;
+    cl_int e = CL_SUCCESS;
+    cl_mem m = dev->cl.clCreateBuffer(dev->ctx, CL_MEM_READ_ONLY | (zero_copy ? CL_MEM_USE_HOST_PTR : CL_MEM_COPY_HOST_PTR),
+                                      bytes, (void *)(uintptr_t)p, &e);
+    if (!m || e != CL_SUCCESS)
+        return idf_errf(err, IDEFICS_ERR_BACKEND, "cannot make an OpenCL buffer for a model vector (%d)", (int)e);
+    dev->consts[dev->n_consts++] = (idf_ocl_const){(const uint8_t *)p, bytes, m};
+    return IDEFICS_OK;
+}
+
+static int const_cmp(const void *a, const void *b) {
+    const uintptr_t x = (uintptr_t)((const idf_ocl_const *)a)->p, y = (uintptr_t)((const idf_ocl_const *)b)->p;
+    return x < y ? -1 : x > y;
+}
+
+/* Every fp32 vector an op reads from the model (model.h), so no op wraps one per call. */
+static idefics_status bind_consts(idf_ocl_device *dev, idefics_model *m, idf_err *err) {
+    const idf_config *c = &m->cfg;
+    const idf_weights *w = m->w;
+    const uint64_t D = c->v_dim, H = c->hidden, T = (uint64_t)c->v_n_patches + 1;
+#define CADD(ptr, n) IDF_FORWARD(const_add(dev, (ptr), (n), err))
+    CADD(w->class_emb, D);
+    CADD(w->pos_emb, T * D);
+    CADD(w->pre_ln_w, D);
+    CADD(w->pre_ln_b, D);
+    CADD(w->latents, (uint64_t)c->p_latents * D);
+    CADD(w->p_ln_w, D);
+    CADD(w->p_ln_b, D);
+    CADD(w->norm, H);
+    for (uint32_t l = 0; w->vl && l < c->v_layers; l++) {
+        const idf_vision_layer *L = &w->vl[l];
+        const float *vd[] = {L->q_b, L->k_b, L->v_b, L->o_b, L->fc2_b, L->ln1_w, L->ln1_b, L->ln2_w, L->ln2_b};
+        for (size_t i = 0; i < sizeof vd / sizeof vd[0]; i++)
+            CADD(vd[i], D);
+        CADD(L->fc1_b, c->v_intermediate);
+    }
+    for (uint32_t b = 0; w->pb && c->use_resampler && b < c->p_depth; b++) {
+        const idf_perceiver_block *B = &w->pb[b];
+        const float *vd[] = {B->ctx_ln_w, B->ctx_ln_b, B->lat_ln_w, B->lat_ln_b, B->mlp_ln_w, B->mlp_ln_b};
+        for (size_t i = 0; i < sizeof vd / sizeof vd[0]; i++)
+            CADD(vd[i], D);
+        const float *hd[] = {B->q_ln_w, B->q_ln_b, B->k_ln_w, B->k_ln_b};
+        for (size_t i = 0; i < sizeof hd / sizeof hd[0]; i++)
+            CADD(hd[i], c->p_head_dim);
+    }
+    for (uint32_t l = 0; w->dl && l < c->n_layers; l++) {
+        CADD(w->dl[l].ln_in, H);
+        CADD(w->dl[l].ln_post, H);
+    }
+    for (uint32_t j = 0; w->xb && j < c->n_cross; j++) {
+        const idf_cross_block *B = &w->xb[j];
+        const float *hv[] = {B->gate_attn, B->gate_dense, B->ln_in, B->ln_post};
+        for (size_t i = 0; i < sizeof hv / sizeof hv[0]; i++)
+            CADD(hv[i], H);
+        CADD(B->q_norm, c->head_dim);
+        CADD(B->k_norm, c->head_dim);
+    }
+#undef CADD
+    if (dev->n_consts)
+        qsort(dev->consts, dev->n_consts, sizeof *dev->consts, const_cmp);
+    return IDEFICS_OK;
+}
+
+cl_mem idf_ocl_const_find(const idf_ocl_device *dev, const void *p, size_t bytes, size_t *off) {
+    const uintptr_t a = (uintptr_t)p;
+    size_t lo = 0, hi = dev->n_consts; /* the last entry starting at or before p */
+    while (lo < hi) {
+        const size_t mid = lo + (hi - lo) / 2;
+        if ((uintptr_t)dev->consts[mid].p <= a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (!lo)
+        return NULL;
+    const idf_ocl_const *k = &dev->consts[lo - 1];
+    if (a - (uintptr_t)k->p > k->bytes || bytes > k->bytes - (a - (uintptr_t)k->p))
+        return NULL;
+    *off = (size_t)(a - (uintptr_t)k->p);
+    return k->mem;
+}
+
 static idefics_status unbind_one(idf_ocl_device *dev, idf_weight *w, idf_err *err) {
     (void)dev;
     (void)err;
@@ -902,6 +1068,7 @@ void idf_ocl_unbind_weights(idf_ocl_device *dev, idefics_model *m) {
 
 idefics_status idf_ocl_bind_weights(idf_ocl_device *dev, idefics_model *m, idf_err *err) {
     IDF_FORWARD(each_weight(dev, m, bind_one, err));
+    IDF_FORWARD(bind_consts(dev, m, err));
     idf_logf(&dev->log, IDEFICS_LOG_DEBUG,
              "opencl: weights %.1f MiB zero-copy, %.1f MiB uploaded (%u split over the %.0f MiB max alloc), %.1f MiB "
              "left to the CPU",

@@ -25,6 +25,9 @@ typedef struct idf_ocl_tuning {
     unsigned mm_lanes, mm_nb;  /* Q4/Q8 matmul: lanes per row, input rows per work-item */
     unsigned f_lanes, f_rows;  /* F16/F32 matmul: lanes per row, rows per work-group */
     unsigned wg_norm, wg_attn, wg_elem;
+    unsigned gm_tm, gm_tn, gm_wm, gm_wn; /* tiled GEMM: block of y per work-group, per work-item */
+    unsigned gm_min_n;         /* input rows from which matmuls use the tiled GEMM */
+    bool fp16;                 /* half compute type (IDF_CT) where the device has cl_khr_fp16 */
     bool auto_select;          /* AUTO may pick the device */
     bool use_host_ptr;         /* wrap host memory with CL_MEM_USE_HOST_PTR */
     bool clblast;              /* F32-weight matmuls with n >= clblast_min_n through CLBlast, when it loads */
@@ -110,10 +113,17 @@ struct idf_ocl_device {
     idf_ocl_tuning tune;
     idf_ocl_weight **wbufs; /* made by idf_ocl_bind_weights, released with the device */
     size_t n_wbufs, cap_wbufs;
+    /* The model's fp32 vectors (norm weights, biases, gates, embeddings), by
+     * address: read-only device buffers made with the weights, so ops find them
+     * instead of wrapping them per call (idf_ocl_const_find). */
+    struct idf_ocl_const *consts; /* sorted by p */
+    size_t n_consts, cap_consts;
     uint64_t w_zero_copy, w_uploaded, w_declined; /* bytes */
     unsigned w_split;                             /* weights stored as several buffers */
     double build_ms;
     bool from_cache;
+    bool fp16_math; /* the program was built with IDF_CT = half (tuning fp16 and cl_khr_fp16), self-tested */
+    char fp16_note[192]; /* why a half build was dropped, for the log */
     /* CLBlast (optional, tuning clblast = 1): dlopen'ed libclblast.so.1; it
      * links libOpenCL itself, so its entry takes our (ICD) objects. */
     void *clblast_lib;
@@ -121,6 +131,15 @@ struct idf_ocl_device {
                          size_t a_off, size_t a_ld, cl_mem b, size_t b_off, size_t b_ld, float beta, cl_mem c,
                          size_t c_off, size_t c_ld, cl_command_queue *queue, cl_event *event);
 };
+
+typedef struct idf_ocl_const {
+    const uint8_t *p;
+    size_t bytes;
+    cl_mem mem;
+} idf_ocl_const;
+
+/* The model buffer holding [p, p + bytes) and the byte offset of p in it; NULL if none. */
+cl_mem idf_ocl_const_find(const idf_ocl_device *dev, const void *p, size_t bytes, size_t *off);
 
 /* Per-op counters a session's backend keeps (benchmarks read them). */
 typedef struct idf_ocl_op_stats {

@@ -2,19 +2,29 @@
  * backend_opencl_ops.c - the OpenCL backend's ops (backend.h vtable) for one
  * session: its command queue, kernels and scratch on a shared idf_ocl_device.
  *
- * Memory: activations stay in host memory (backend.h). Each op wraps the host
- * arrays it touches in buffers: CL_MEM_USE_HOST_PTR where the tuning says the
- * device shares host memory (zero-copy; results are made visible by a blocking
- * map/unmap), CL_MEM_COPY_HOST_PTR and a blocking read otherwise. Weights use
- * the buffers the model made at load (idf_weight.backend_data: one, or row
- * chunks at tile boundaries when the weight is over the device's max alloc);
- * a weight without them (op tests, benchmarks) is wrapped, chunked the same
- * way, for the call.
- * Every op is synchronous: when it returns, its outputs are in host memory, so
- * the forward pass may mix OpenCL ops with CPU ones freely.
+ * Memory. Every array an op touches is bound as a (cl_mem, byte offset) pair,
+ * found in this order:
+ *   1. a registered range (backend.h register_host: forward.c registers the
+ *      session's scratch, KV cache and image slots once). Each is one buffer for
+ *      the session: CL_MEM_USE_HOST_PTR where the tuning allows host pointers
+ *      (zero-copy on unified memory), else a device buffer. Ownership moves by
+ *      ranges: host_access maps a range for the host (a blocking map, or a read
+ *      for device buffers), and the next op using the buffer unmaps every
+ *      mapped range of it (or writes it back). Ops on registered memory only
+ *      enqueue: results stay on the device until the host asks for them, so a
+ *      decode step runs without a create, map or finish per op;
+ *   2. a model vector (norm weights, biases, gates: idf_ocl_const_find) or a
+ *      weight (idf_weight.backend_data), read-only device buffers made at load;
+ *   3. anything else (op tests, benchmarks, the caller's logits) is wrapped for
+ *      the call as before: USE_HOST_PTR or COPY_HOST_PTR, outputs published by
+ *      a blocking map/unmap or read, and the op ends with clFinish, so ops on
+ *      unregistered memory are synchronous.
+ * Weights without model buffers (op tests, benchmarks) are wrapped per call,
+ * chunked at tile boundaries when over the device's max alloc.
  *
- * Arithmetic is fp32 in every kernel (kernels/NAME.cl); fp16 data is read with
- * vload_half, so devices without cl_khr_fp16 (PoCL) run the same code.
+ * Arithmetic: fp32, with IDF_CT (prelude.cl) for short inner products, which
+ * is half only on builds the device chose at load (tuning fp16 = 1 and
+ * cl_khr_fp16, self-tested).
  */
 #include <math.h>
 #include <string.h>
@@ -29,6 +39,7 @@ enum {
     K_MM_Q8_NB1,
     K_MM_F,
     K_MM_F_NB1,
+    K_GEMM,
     K_GET_ROWS,
     K_RMSNORM,
     K_LAYERNORM,
@@ -46,9 +57,26 @@ enum {
 };
 
 static const char *const kernel_names[K_COUNT] = {
-    "matmul_q4", "matmul_q4_nb1", "matmul_q8", "matmul_q8_nb1", "matmul_f",   "matmul_f_nb1", "get_rows",
-    "rmsnorm",   "layernorm",     "rope",      "attention_f32", "attention_f16", "gelu",     "quick_gelu",
-    "relu",      "silu_mul",      "add",       "scale",       "gated_add"};
+    "matmul_q4", "matmul_q4_nb1", "matmul_q8",  "matmul_q8_nb1", "matmul_f",      "matmul_f_nb1", "gemm_tiled",
+    "get_rows",  "rmsnorm",       "layernorm",  "rope",          "attention_f32", "attention_f16", "gelu",
+    "quick_gelu", "relu",         "silu_mul",   "add",           "scale",         "gated_add"};
+
+#define MAX_PIECES 8 /* mapped ranges per registered buffer; more: the buffer is mapped whole */
+
+typedef struct ocl_piece {
+    size_t off, len;
+    void *mp; /* clEnqueueMapBuffer's pointer (USE_HOST_PTR), else NULL */
+} ocl_piece;
+
+/* A registered host range (register_host). Mapped pieces belong to the host. */
+typedef struct ocl_region {
+    uint8_t *base;
+    size_t bytes;
+    cl_mem mem;
+    bool host_ptr; /* USE_HOST_PTR: pieces are maps; else a device buffer: pieces are host copies */
+    unsigned n_pc;
+    ocl_piece pc[MAX_PIECES];
+} ocl_region;
 
 typedef struct ocl_ctx {
     idf_alloc alloc;
@@ -61,6 +89,11 @@ typedef struct ocl_ctx {
     cl_mem dummy;            /* bound where an optional array (bias, mask) is absent */
     cl_mem scores;           /* attention scratch */
     size_t scores_bytes;
+    cl_mem rope_inv; /* inv_freq for (rope_theta, rope_hd) */
+    float rope_theta;
+    int rope_hd;
+    ocl_region *reg;
+    size_t n_reg, cap_reg;
     idf_ocl_op_stats stats[IDF_OP_COUNT];
 } ocl_ctx;
 
@@ -95,12 +128,206 @@ static void rel(ocl_ctx *c, cl_mem m) {
         c->cl->clReleaseMemObject(m);
 }
 
+/* ------------------------------------------------- registered host ranges */
+
+static ocl_region *region_of(ocl_ctx *c, const void *p, size_t bytes) {
+    const uintptr_t a = (uintptr_t)p;
+    for (size_t i = 0; i < c->n_reg; i++) {
+        ocl_region *r = &c->reg[i];
+        const uintptr_t b = (uintptr_t)r->base;
+        if (a >= b && a - b <= r->bytes && bytes <= r->bytes - (a - b))
+            return r;
+    }
+    return NULL;
+}
+
+/* Piece i of r back to the device (unmap, or write the host copy). */
+static cl_int piece_release(ocl_ctx *c, ocl_region *r, unsigned i) {
+    const ocl_piece *p = &r->pc[i];
+    const cl_int e = r->host_ptr ? c->cl->clEnqueueUnmapMemObject(c->q, r->mem, p->mp, 0, NULL, NULL)
+                                  : c->cl->clEnqueueWriteBuffer(c->q, r->mem, CL_FALSE, p->off, p->len,
+                                                                r->base + p->off, 0, NULL, NULL);
+    r->pc[i] = r->pc[--r->n_pc];
+    return e;
+}
+
+/* Every mapped piece of r back to the device: before a kernel uses r. */
+static cl_int region_to_device(ocl_ctx *c, ocl_region *r) {
+    cl_int e = CL_SUCCESS;
+    while (r->n_pc && e == CL_SUCCESS)
+        e = piece_release(c, r, r->n_pc - 1);
+    return e;
+}
+
+/* [off, off + len) of r to the host (blocking: earlier kernels have finished). */
+static cl_int region_to_host(ocl_ctx *c, ocl_region *r, size_t off, size_t len) {
+    for (unsigned i = 0; i < r->n_pc; i++)
+        if (r->pc[i].off <= off && off + len <= r->pc[i].off + r->pc[i].len)
+            return CL_SUCCESS; /* the host has it already */
+    /* pieces overlapping the range merge with it (two maps of one byte for
+     * writing are undefined); with no room left, the whole buffer */
+    cl_int e = CL_SUCCESS;
+    size_t lo = off, hi = off + len;
+    for (unsigned i = 0; i < r->n_pc && e == CL_SUCCESS;) {
+        const ocl_piece *p = &r->pc[i];
+        if (p->off < hi && off < p->off + p->len) {
+            lo = p->off < lo ? p->off : lo;
+            hi = p->off + p->len > hi ? p->off + p->len : hi;
+            e = piece_release(c, r, i);
+        } else {
+            i++;
+        }
+    }
+    if (e == CL_SUCCESS && r->n_pc == MAX_PIECES) {
+        e = region_to_device(c, r);
+        lo = 0;
+        hi = r->bytes;
+    }
+    if (e != CL_SUCCESS)
+        return e;
+    ocl_piece *p = &r->pc[r->n_pc];
+    *p = (ocl_piece){lo, hi - lo, NULL};
+    if (r->host_ptr)
+        p->mp = c->cl->clEnqueueMapBuffer(c->q, r->mem, CL_TRUE, CL_MAP_READ | CL_MAP_WRITE, lo, hi - lo, 0, NULL,
+                                          NULL, &e);
+    else
+        e = c->cl->clEnqueueReadBuffer(c->q, r->mem, CL_TRUE, lo, hi - lo, r->base + lo, 0, NULL, NULL);
+    if (e == CL_SUCCESS)
+        r->n_pc++;
+    return e;
+}
+
+static idefics_status cl_fail(cl_int e) {
+    return e == CL_MEM_OBJECT_ALLOCATION_FAILURE || e == CL_OUT_OF_HOST_MEMORY ? IDEFICS_ERR_OUT_OF_MEMORY
+                                                                               : IDEFICS_ERR_BACKEND;
+}
+
+static idefics_status ocl_register_host(void *vctx, void *p, size_t bytes) {
+    ocl_ctx *c = vctx;
+    if (!p || !bytes)
+        return IDEFICS_OK;
+    /* a range over the device's largest buffer stays unregistered (its ops are
+     * wrapped per call, as before) */
+    if (bytes > c->dev->probe.max_alloc || region_of(c, p, 1) || region_of(c, (uint8_t *)p + bytes - 1, 1))
+        return IDEFICS_OK;
+    if (c->n_reg == c->cap_reg) {
+        const size_t cap = c->cap_reg ? 2 * c->cap_reg : 32;
+        ocl_region *nr = idf_realloc(&c->alloc, c->reg, cap * sizeof *nr);
+        if (!nr)
+            return IDEFICS_ERR_OUT_OF_MEMORY;
+        c->reg = nr;
+        c->cap_reg = cap;
+    }
+    const bool hp = c->dev->tune.use_host_ptr;
+    cl_int e = CL_SUCCESS;
+    cl_mem m = c->cl->clCreateBuffer(c->dev->ctx, CL_MEM_READ_WRITE | (hp ? CL_MEM_USE_HOST_PTR : 0), bytes,
+                                     hp ? p : NULL, &e);
+    if (!m || e != CL_SUCCESS)
+        return cl_fail(e);
+    ocl_region *r = &c->reg[c->n_reg];
+    *r = (ocl_region){.base = p, .bytes = bytes, .mem = m, .host_ptr = hp};
+    /* the host owns it at first: mapped (a map of fresh memory costs nothing
+     * on unified memory), or, for a device buffer, the host copy is current */
+    if (hp) {
+        if ((e = region_to_host(c, r, 0, bytes)) != CL_SUCCESS) {
+            rel(c, m);
+            return cl_fail(e);
+        }
+    } else {
+        r->pc[r->n_pc++] = (ocl_piece){0, bytes, NULL};
+    }
+    c->n_reg++;
+    return IDEFICS_OK;
+}
+
+static idefics_status ocl_host_access(void *vctx, const void *p, size_t bytes) {
+    ocl_ctx *c = vctx;
+    cl_int e = CL_SUCCESS;
+    if (!p) {
+        for (size_t i = 0; i < c->n_reg && e == CL_SUCCESS; i++)
+            e = region_to_host(c, &c->reg[i], 0, c->reg[i].bytes);
+    } else if (bytes) {
+        ocl_region *r = region_of(c, p, bytes);
+        if (r) /* unregistered memory is the host's already: ops on it are synchronous */
+            e = region_to_host(c, r, (size_t)((const uint8_t *)p - r->base), bytes);
+    }
+    return e == CL_SUCCESS ? IDEFICS_OK : cl_fail(e);
+}
+
+/* --------------------------------------------------- binding op arguments */
+
+#define MAX_TMP 8
+
+/* The buffers one op call made (unregistered host memory) and must publish
+ * and release when it ends. */
+typedef struct opmem {
+    unsigned n;
+    cl_mem m[MAX_TMP];
+    void *out[MAX_TMP]; /* host pointer of an output, else NULL */
+    size_t bytes[MAX_TMP];
+} opmem;
+
+/* A kernel argument: (buffer, byte offset). */
+typedef struct barg {
+    cl_mem m;
+    cl_ulong off;
+} barg;
+
+/* Bind [p, p + bytes) for a kernel; out: the kernel writes it. */
+static cl_int bind(ocl_ctx *c, opmem *om, const void *p, size_t bytes, bool out, barg *b) {
+    ocl_region *r = region_of(c, p, bytes);
+    if (r) {
+        b->m = r->mem;
+        b->off = (cl_ulong)((const uint8_t *)p - r->base);
+        return region_to_device(c, r);
+    }
+    size_t off = 0;
+    cl_mem km = out ? NULL : idf_ocl_const_find(c->dev, p, bytes, &off);
+    if (km) {
+        *b = (barg){km, off};
+        return CL_SUCCESS;
+    }
+    for (unsigned i = 0; i < om->n; i++) /* the same range twice in one op (in-place): one buffer */
+        if (om->m[i] && (const void *)om->out[i] == p && om->bytes[i] == bytes) {
+            *b = (barg){om->m[i], 0};
+            return CL_SUCCESS;
+        }
+    if (om->n == MAX_TMP)
+        return CL_OUT_OF_RESOURCES;
+    cl_mem m = host_buf(c, p, bytes, out);
+    if (!m)
+        return CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    om->m[om->n] = m;
+    om->out[om->n] = out ? (void *)(uintptr_t)p : NULL;
+    om->bytes[om->n] = bytes;
+    om->n++;
+    *b = (barg){m, 0};
+    return CL_SUCCESS;
+}
+
+/* End of an op: publish wrapped outputs, wait if the op touched unregistered
+ * host memory (the caller may free it once we return), release the wraps. */
+static cl_int op_end(ocl_ctx *c, opmem *om, cl_int e) {
+    for (unsigned i = 0; i < om->n && e == CL_SUCCESS; i++)
+        if (om->out[i])
+            e = finish_out(c, om->m[i], om->out[i], om->bytes[i]);
+    if (om->n && e == CL_SUCCESS)
+        e = c->cl->clFinish(c->q);
+    if (e != CL_SUCCESS && om->n)
+        c->cl->clFinish(c->q); /* nothing may still read a wrapped host range */
+    for (unsigned i = 0; i < om->n; i++)
+        rel(c, om->m[i]);
+    om->n = 0;
+    return e;
+}
+
 typedef struct karg {
     size_t size;
     const void *ptr; /* NULL: __local of size bytes */
 } karg;
 #define KA(v) ((karg){sizeof(v), &(v)})
 #define KL(bytes) ((karg){(bytes), NULL})
+#define KB(b) KA((b).m), KA((b).off) /* a (buffer, byte offset) pair: two arguments */
 
 static cl_int launch(ocl_ctx *c, int ki, const karg *a, int na, cl_uint dims, const size_t *gsz, const size_t *lsz) {
     for (int i = 0; i < na; i++) {
@@ -112,11 +339,6 @@ static cl_int launch(ocl_ctx *c, int ki, const karg *a, int na, cl_uint dims, co
         if (gsz[d] == 0)
             return CL_SUCCESS;
     return c->cl->clEnqueueNDRangeKernel(c->q, c->k[ki], dims, NULL, gsz, lsz, 0, NULL, NULL);
-}
-
-static idefics_status cl_fail(cl_int e) {
-    return e == CL_MEM_OBJECT_ALLOCATION_FAILURE || e == CL_OUT_OF_HOST_MEMORY ? IDEFICS_ERR_OUT_OF_MEMORY
-                                                                               : IDEFICS_ERR_BACKEND;
 }
 
 static uint64_t weight_bytes(const idf_weight *w) {
@@ -211,14 +433,17 @@ static bool ocl_supports(void *vctx, const idf_op_desc *d) {
 
 /* Rows [r0, r1) of w (one chunk, its buffer wm) into y's columns r0.. */
 static cl_int matmul_chunk(ocl_ctx *c, const idf_weight *w, cl_mem wm, int64_t r0, int64_t r1, const float *bias,
-                           cl_mem xm, int64_t n, float *y, int64_t ldy, uint64_t *w_read) {
+                           barg xb, int64_t n, float *y, int64_t ldy, uint64_t *w_read) {
+    opmem om = {0};
     const uint64_t ye = (uint64_t)(n - 1) * (uint64_t)ldy + (uint64_t)(r1 - r0);
-    cl_mem ym = host_buf(c, y + r0, (size_t)ye * 4, true);
-    cl_mem bm = bias ? host_buf(c, bias + r0, (size_t)(r1 - r0) * 4, false) : c->dummy;
-    cl_int e = ym && bm ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    barg yb, bb = {c->dummy, 0};
+    cl_int e = bind(c, &om, y + r0, (size_t)ye * 4, true, &yb);
+    if (e == CL_SUCCESS && bias)
+        e = bind(c, &om, bias + r0, (size_t)(r1 - r0) * 4, false, &bb);
     const cl_uint rows = (cl_uint)(r1 - r0), k = (cl_uint)w->cols, nn = (cl_uint)n, ld = (cl_uint)ldy,
                   hb = bias ? 1u : 0u;
-    const unsigned nb = n == 1 ? 1 : c->dev->tune.mm_nb;
+    const idf_ocl_tuning *t = &c->dev->tune;
+    const unsigned nb = n == 1 ? 1 : t->mm_nb;
     uint64_t len; /* this chunk's bytes */
     if (w->layout == IDFX_LAYOUT_ROWTILE) {
         const uint64_t qb = w->type == IDFX_TYPE_Q4 ? IDFX_Q4_QBYTES : IDFX_Q8_QBYTES;
@@ -227,11 +452,20 @@ static cl_int matmul_chunk(ocl_ctx *c, const idf_weight *w, cl_mem wm, int64_t r
     } else {
         len = (uint64_t)(r1 - r0) * (uint64_t)w->cols * (w->type == IDFX_TYPE_F32 ? 4 : 2);
     }
-    if (e == CL_SUCCESS && w->layout == IDFX_LAYOUT_ROWTILE) {
+    /* many input rows: the tiled GEMM (each weight byte read once per gm_tn rows) */
+    const size_t glx = t->gm_tm / t->gm_wm, gly = t->gm_tn / t->gm_wn;
+    if (e == CL_SUCCESS && n >= (int64_t)t->gm_min_n && glx * gly <= c->kmax_wg[K_GEMM]) {
+        const cl_uint type = w->type, R = w->tile_rows ? w->tile_rows : 1;
+        const size_t g[2] = {((size_t)rows + t->gm_tm - 1) / t->gm_tm * glx, ((size_t)n + t->gm_tn - 1) / t->gm_tn * gly},
+                     l[2] = {glx, gly};
+        karg a[14] = {KA(wm), KA(type), KA(R), KA(rows), KB(xb), KA(nn), KA(k), KB(bb), KA(hb), KB(yb), KA(ld)};
+        e = launch(c, K_GEMM, a, 14, 2, g, l);
+        *w_read += len * (g[1] / gly);
+    } else if (e == CL_SUCCESS && w->layout == IDFX_LAYOUT_ROWTILE) {
         const bool q4 = w->type == IDFX_TYPE_Q4;
         const int ki = q4 ? (nb == 1 ? K_MM_Q4_NB1 : K_MM_Q4) : (nb == 1 ? K_MM_Q8_NB1 : K_MM_Q8);
         const cl_uint R = w->tile_rows, ng = k / IDFX_QK;
-        size_t lanes = c->dev->tune.mm_lanes;
+        size_t lanes = t->mm_lanes;
         while (lanes > 1 && R * lanes > c->kmax_wg[ki])
             lanes /= 2;
         if (R * lanes > c->kmax_wg[ki]) {
@@ -239,31 +473,28 @@ static cl_int matmul_chunk(ocl_ctx *c, const idf_weight *w, cl_mem wm, int64_t r
         } else {
             const size_t ntiles = ((size_t)rows + R - 1) / R;
             const size_t g[2] = {ntiles * R * lanes, ((size_t)n + nb - 1) / nb}, l[2] = {R * lanes, 1};
-            karg a[13] = {KA(wm), KA(R),  KA(ng), KA(rows), KA(xm), KA(nn), KA(k), KA(bm), KA(hb), KA(ym), KA(ld),
-                          KL(R * lanes * nb * sizeof(float)), KL(16 * sizeof(float))};
-            e = launch(c, ki, a, q4 ? 13 : 12, 2, g, l);
+            karg a[16] = {KA(wm), KA(R),  KA(ng),  KA(rows),
+                          KB(xb), KA(nn), KA(k),   KB(bb),
+                          KA(hb), KB(yb), KA(ld),  KL(R * lanes * nb * sizeof(float)),
+                          KL(16 * sizeof(float))};
+            e = launch(c, ki, a, q4 ? 16 : 15, 2, g, l);
             *w_read += len * g[1];
         }
     } else if (e == CL_SUCCESS) {
         const int ki = nb == 1 ? K_MM_F_NB1 : K_MM_F;
-        size_t lanes = c->dev->tune.f_lanes, rw = c->dev->tune.f_rows;
+        size_t lanes = t->f_lanes, rw = t->f_rows;
         while (lanes * rw > c->kmax_wg[ki] && rw > 1)
             rw /= 2;
         while (lanes * rw > c->kmax_wg[ki] && lanes > 1)
             lanes /= 2;
         const cl_uint f16 = w->type == IDFX_TYPE_F16;
         const size_t g[3] = {lanes, ((size_t)rows + rw - 1) / rw * rw, ((size_t)n + nb - 1) / nb}, l[3] = {lanes, rw, 1};
-        karg a[11] = {KA(wm), KA(f16), KA(rows), KA(xm), KA(nn), KA(k), KA(bm), KA(hb), KA(ym), KA(ld),
+        karg a[14] = {KA(wm), KA(f16), KA(rows), KB(xb), KA(nn), KA(k), KB(bb), KA(hb), KB(yb), KA(ld),
                       KL(lanes * rw * nb * sizeof(float))};
-        e = launch(c, ki, a, 11, 3, g, l);
+        e = launch(c, ki, a, 14, 3, g, l);
         *w_read += len * g[2];
     }
-    if (e == CL_SUCCESS)
-        e = finish_out(c, ym, y + r0, (size_t)ye * 4);
-    rel(c, ym);
-    if (bias)
-        rel(c, bm);
-    return e;
+    return op_end(c, &om, e);
 }
 
 static idefics_status ocl_matmul(void *vctx, const idf_weight *w, const float *bias, const float *x, int64_t n,
@@ -279,28 +510,35 @@ static idefics_status ocl_matmul(void *vctx, const idf_weight *w, const float *b
     const int64_t per = wb ? chunk_rows(c, w, wb) : 0;
     if (per <= 0 || xe >= (uint64_t)MAX_ELEMS || ye >= (uint64_t)MAX_ELEMS)
         return IDEFICS_ERR_UNSUPPORTED;
-    cl_mem xm = host_buf(c, x, (size_t)xe * 4, false);
-    cl_int e = xm ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    opmem om = {0};
+    barg xb;
+    cl_int e = bind(c, &om, x, (size_t)xe * 4, false, &xb);
     uint64_t w_read = 0;
     if (e == CL_SUCCESS && c->dev->clblast_sgemm && w->type == IDFX_TYPE_F32 && per >= w->rows &&
         n >= (int64_t)c->dev->tune.clblast_min_n) {
         /* CLBlast SGEMM, row-major: y[n, m] = 1 * x[n, k] W[m, k]^T + 1 * y, with y
          * first set to the bias (or 0) on the host: C is read even when beta = 0
          * in some builds, and y may hold anything */
-        for (int64_t i = 0; i < n; i++)
+        if (e == CL_SUCCESS && region_of(c, y, (size_t)ye * 4))
+            e = ocl_host_access(c, y, (size_t)ye * 4) ? CL_OUT_OF_RESOURCES : CL_SUCCESS;
+        for (int64_t i = 0; e == CL_SUCCESS && i < n; i++)
             for (int64_t r = 0; r < w->rows; r++)
                 y[i * ldy + r] = bias ? bias[r] : 0.0f;
+        barg yb = {NULL, 0};
         cl_mem tmpw, wm = weight_buf(c, w, 0, 0, w->rows, &tmpw);
-        cl_mem ym = host_buf(c, y, (size_t)ye * 4, true);
-        const int st = wm && ym ? c->dev->clblast_sgemm(101 /* row-major */, 111 /* A: no transpose */,
-                                                        112 /* B: transpose */, (size_t)n, (size_t)w->rows,
-                                                        (size_t)w->cols, 1.0f, xm, 0, (size_t)w->cols, wm, 0,
-                                                        (size_t)w->cols, 1.0f, ym, 0, (size_t)ldy, &c->q, NULL)
-                                : -1;
-        e = st == 0 ? finish_out(c, ym, y, (size_t)ye * 4) : CL_OUT_OF_RESOURCES;
-        rel(c, tmpw);
-        rel(c, ym);
-        rel(c, xm);
+        if (e == CL_SUCCESS)
+            e = bind(c, &om, y, (size_t)ye * 4, true, &yb);
+        const int st = e == CL_SUCCESS && wm
+                           ? c->dev->clblast_sgemm(101 /* row-major */, 111 /* A: no transpose */, 112 /* B: transpose */,
+                                                   (size_t)n, (size_t)w->rows, (size_t)w->cols, 1.0f, xb.m,
+                                                   (size_t)xb.off / 4, (size_t)w->cols, wm, 0, (size_t)w->cols, 1.0f,
+                                                   yb.m, (size_t)yb.off / 4, (size_t)ldy, &c->q, NULL)
+                           : -1;
+        e = op_end(c, &om, st == 0 ? CL_SUCCESS : CL_OUT_OF_RESOURCES);
+        if (tmpw) { /* the call is finished when op_end returns (a wrapped weight is unregistered memory) */
+            c->cl->clFinish(c->q);
+            rel(c, tmpw);
+        }
         if (e != CL_SUCCESS)
             return cl_fail(e);
         c->stats[IDF_OP_MATMUL].lib_calls++;
@@ -312,10 +550,13 @@ static idefics_status ocl_matmul(void *vctx, const idf_weight *w, const float *b
     for (int64_t r0 = 0; r0 < w->rows && e == CL_SUCCESS; r0 += per, ci++) {
         const int64_t r1 = r0 + per < w->rows ? r0 + per : w->rows;
         cl_mem tmpw, wm = weight_buf(c, w, ci, r0, r1, &tmpw);
-        e = wm ? matmul_chunk(c, w, wm, r0, r1, bias, xm, n, y, ldy, &w_read) : CL_MEM_OBJECT_ALLOCATION_FAILURE;
-        rel(c, tmpw);
+        e = wm ? matmul_chunk(c, w, wm, r0, r1, bias, xb, n, y, ldy, &w_read) : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+        if (tmpw) { /* a weight wrapped for this call: its kernel must finish before the caller may free it */
+            c->cl->clFinish(c->q);
+            rel(c, tmpw);
+        }
     }
-    rel(c, xm);
+    e = op_end(c, &om, e);
     if (e != CL_SUCCESS)
         return cl_fail(e);
     account(c, IDF_OP_MATMUL, t0, w_read + xe * 4 + (bias ? (uint64_t)w->rows * 4 : 0), w_read);
@@ -325,21 +566,19 @@ static idefics_status ocl_matmul(void *vctx, const idf_weight *w, const float *b
 /* n ids (all inside the chunk wm holds, relative to its first row) -> y. */
 static cl_int get_rows_run(ocl_ctx *c, const idf_weight *w, cl_mem wm, const int32_t *ids, int64_t n, float *y) {
     const size_t ybytes = (size_t)n * (size_t)w->cols * 4;
-    cl_mem im = host_buf(c, ids, (size_t)n * 4, false), ym = host_buf(c, y, ybytes, true);
-    cl_int e = im && ym ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    opmem om = {0};
+    barg ib, yb;
+    cl_int e = bind(c, &om, y, ybytes, true, &yb);
+    if (e == CL_SUCCESS)
+        e = bind(c, &om, ids, (size_t)n * 4, false, &ib);
     if (e == CL_SUCCESS) {
         const cl_uint type = w->type, R = w->tile_rows ? w->tile_rows : 1, k = (cl_uint)w->cols;
         const size_t g[2] = {k, (size_t)n};
-        karg a[6] = {KA(wm), KA(type), KA(R), KA(k), KA(im), KA(ym)};
-        e = launch(c, K_GET_ROWS, a, 6, 2, g, NULL);
+        karg a[8] = {KA(wm), KA(type), KA(R), KA(k), KB(ib), KB(yb)};
+        e = launch(c, K_GET_ROWS, a, 8, 2, g, NULL);
     }
-    if (e == CL_SUCCESS)
-        e = finish_out(c, ym, y, ybytes);
-    rel(c, im);
-    rel(c, ym);
-    return e;
+    return op_end(c, &om, e);
 }
-
 static idefics_status ocl_get_rows(void *vctx, const idf_weight *w, const int32_t *ids, int64_t n, float *y) {
     ocl_ctx *c = vctx;
     if (!weight_ok(w) || (!ids && n > 0) || !y || n < 0 || n >= MAX_ELEMS)
@@ -360,7 +599,10 @@ static idefics_status ocl_get_rows(void *vctx, const idf_weight *w, const int32_
     if (per >= w->rows) {
         cl_mem tmpw, wm = weight_buf(c, w, 0, 0, w->rows, &tmpw);
         e = wm ? get_rows_run(c, w, wm, ids, n, y) : CL_MEM_OBJECT_ALLOCATION_FAILURE;
-        rel(c, tmpw);
+        if (tmpw) {
+            c->cl->clFinish(c->q);
+            rel(c, tmpw);
+        }
     } else { /* a table split over the max alloc: each id from its own chunk */
         for (int64_t i = 0; i < n && e == CL_SUCCESS; i++) {
             const uint32_t ci = (uint32_t)(ids[i] / per);
@@ -368,7 +610,10 @@ static idefics_status ocl_get_rows(void *vctx, const idf_weight *w, const int32_
             const int32_t local = (int32_t)(ids[i] - r0);
             cl_mem tmpw, wm = weight_buf(c, w, ci, r0, r1, &tmpw);
             e = wm ? get_rows_run(c, w, wm, &local, 1, y + i * w->cols) : CL_MEM_OBJECT_ALLOCATION_FAILURE;
-            rel(c, tmpw);
+            if (tmpw) {
+                c->cl->clFinish(c->q);
+                rel(c, tmpw);
+            }
         }
     }
     if (e != CL_SUCCESS)
@@ -388,10 +633,15 @@ static idefics_status norm(ocl_ctx *c, bool layer, const float *x, const float *
         return IDEFICS_OK;
     const double t0 = idf_time_ms();
     const size_t bytes = (size_t)(n * dim) * 4;
-    const bool inplace = x == y;
-    cl_mem ym = host_buf(c, y, bytes, true), xm = inplace ? ym : host_buf(c, x, bytes, false);
-    cl_mem wm = host_buf(c, w, (size_t)dim * 4, false), bm = b ? host_buf(c, b, (size_t)dim * 4, false) : c->dummy;
-    cl_int e = ym && xm && wm && bm ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    opmem om = {0};
+    barg yb, xb, wb, bb = {c->dummy, 0};
+    cl_int e = bind(c, &om, y, bytes, true, &yb); /* the output first: x == y then shares its buffer */
+    if (e == CL_SUCCESS)
+        e = bind(c, &om, x, bytes, false, &xb);
+    if (e == CL_SUCCESS)
+        e = bind(c, &om, w, (size_t)dim * 4, false, &wb);
+    if (e == CL_SUCCESS && b)
+        e = bind(c, &om, b, (size_t)dim * 4, false, &bb);
     if (e == CL_SUCCESS) {
         size_t wg = c->dev->tune.wg_norm;
         const int ki = layer ? K_LAYERNORM : K_RMSNORM;
@@ -400,22 +650,14 @@ static idefics_status norm(ocl_ctx *c, bool layer, const float *x, const float *
         const size_t g = (size_t)n * wg;
         const cl_uint d = (cl_uint)dim, hb = b ? 1u : 0u;
         if (layer) {
-            karg a[8] = {KA(xm), KA(wm), KA(bm), KA(hb), KA(eps), KA(d), KA(ym), KL(wg * sizeof(float))};
-            e = launch(c, ki, a, 8, 1, &g, &wg);
+            karg a[12] = {KB(xb), KB(wb), KB(bb), KA(hb), KA(eps), KA(d), KB(yb), KL(wg * sizeof(float))};
+            e = launch(c, ki, a, 12, 1, &g, &wg);
         } else {
-            karg a[6] = {KA(xm), KA(wm), KA(eps), KA(d), KA(ym), KL(wg * sizeof(float))};
-            e = launch(c, ki, a, 6, 1, &g, &wg);
+            karg a[9] = {KB(xb), KB(wb), KA(eps), KA(d), KB(yb), KL(wg * sizeof(float))};
+            e = launch(c, ki, a, 9, 1, &g, &wg);
         }
     }
-    if (e == CL_SUCCESS)
-        e = finish_out(c, ym, y, bytes);
-    rel(c, ym);
-    if (!inplace)
-        rel(c, xm);
-    rel(c, wm);
-    if (b)
-        rel(c, bm);
-    if (e != CL_SUCCESS)
+    if ((e = op_end(c, &om, e)) != CL_SUCCESS)
         return cl_fail(e);
     account(c, layer ? IDF_OP_LAYERNORM : IDF_OP_RMSNORM, t0, (uint64_t)bytes * (layer ? 3 : 2) + (uint64_t)dim * 4,
             0);
@@ -434,6 +676,31 @@ static idefics_status ocl_layernorm(void *vctx, const float *x, const float *w, 
 
 /* ------------------------------------------------------------------- rope */
 
+/* The inv_freq table for (theta, head_dim), kept on the device: built on the
+ * host with powf, exactly as the reference and transformers form it
+ * (kernels/rope.cl says why). */
+static cl_int rope_table(ocl_ctx *c, float theta, int head_dim) {
+    if (c->rope_inv && c->rope_theta == theta && c->rope_hd == head_dim)
+        return CL_SUCCESS;
+    const int half = head_dim / 2;
+    float *inv = idf_malloc(&c->alloc, (size_t)half * sizeof(float));
+    if (!inv)
+        return CL_OUT_OF_HOST_MEMORY;
+    for (int d = 0; d < half; d++)
+        inv[d] = 1.0f / powf(theta, (float)(2 * d) / (float)head_dim);
+    rel(c, c->rope_inv);
+    cl_int e = CL_SUCCESS;
+    c->rope_inv = c->cl->clCreateBuffer(c->dev->ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, (size_t)half * 4, inv, &e);
+    idf_free(&c->alloc, inv);
+    if (!c->rope_inv || e != CL_SUCCESS) {
+        c->rope_inv = NULL;
+        return e != CL_SUCCESS ? e : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    }
+    c->rope_theta = theta;
+    c->rope_hd = head_dim;
+    return CL_SUCCESS;
+}
+
 static idefics_status ocl_rope(void *vctx, float *x, int64_t n, int64_t stride, int n_heads, int head_dim, int pos0,
                                float theta) {
     ocl_ctx *c = vctx;
@@ -446,29 +713,19 @@ static idefics_status ocl_rope(void *vctx, float *x, int64_t n, int64_t stride, 
     if (el >= (uint64_t)MAX_ELEMS)
         return IDEFICS_ERR_UNSUPPORTED;
     const double t0 = idf_time_ms();
-    /* the frequency table on the host with powf, exactly as the reference and
-     * transformers form it (kernels/rope.cl says why) */
-    const int half = head_dim / 2;
-    float *inv = idf_malloc(&c->alloc, (size_t)half * sizeof(float));
-    if (!inv)
-        return IDEFICS_ERR_OUT_OF_MEMORY;
-    for (int d = 0; d < half; d++)
-        inv[d] = 1.0f / powf(theta, (float)(2 * d) / (float)head_dim);
-    cl_mem xm = host_buf(c, x, (size_t)el * 4, true), fm = host_buf(c, inv, (size_t)half * 4, false);
-    cl_int e = xm && fm ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    opmem om = {0};
+    barg xb;
+    cl_int e = rope_table(c, theta, head_dim);
+    if (e == CL_SUCCESS)
+        e = bind(c, &om, x, (size_t)el * 4, true, &xb);
     if (e == CL_SUCCESS) {
         const cl_uint st = (cl_uint)stride, hd = (cl_uint)head_dim;
         const cl_int p0 = pos0;
-        const size_t g[3] = {(size_t)half, (size_t)n_heads, (size_t)n};
-        karg a[5] = {KA(xm), KA(fm), KA(st), KA(hd), KA(p0)};
-        e = launch(c, K_ROPE, a, 5, 3, g, NULL);
+        const size_t g[3] = {(size_t)(head_dim / 2), (size_t)n_heads, (size_t)n};
+        karg a[6] = {KB(xb), KA(c->rope_inv), KA(st), KA(hd), KA(p0)};
+        e = launch(c, K_ROPE, a, 6, 3, g, NULL);
     }
-    if (e == CL_SUCCESS)
-        e = finish_out(c, xm, x, (size_t)el * 4);
-    rel(c, xm);
-    rel(c, fm);
-    idf_free(&c->alloc, inv);
-    if (e != CL_SUCCESS)
+    if ((e = op_end(c, &om, e)) != CL_SUCCESS)
         return cl_fail(e);
     account(c, IDF_OP_ROPE, t0, (uint64_t)n * n_heads * head_dim * 4, 0);
     return IDEFICS_OK;
@@ -502,6 +759,8 @@ static idefics_status ocl_attention(void *vctx, const idf_attn *a) {
         return IDEFICS_ERR_UNSUPPORTED;
     const double t0 = idf_time_ms();
     if (se * 4 > c->scores_bytes) {
+        /* the old scratch may still be in use by an enqueued kernel: released
+         * (deferred by the driver) and replaced */
         rel(c, c->scores);
         cl_int e = CL_SUCCESS;
         c->scores = c->cl->clCreateBuffer(c->dev->ctx, CL_MEM_READ_WRITE, (size_t)se * 4, NULL, &e);
@@ -509,33 +768,29 @@ static idefics_status ocl_attention(void *vctx, const idf_attn *a) {
         if (!c->scores)
             return cl_fail(e);
     }
-    cl_mem qm = host_buf(c, a->q, (size_t)qe * 4, false), om = host_buf(c, a->out, (size_t)oe * 4, true);
-    cl_mem km = kve ? host_buf(c, a->k, (size_t)kve * kvel, false) : c->dummy;
-    cl_mem vm = kve ? host_buf(c, a->v, (size_t)kve * kvel, false) : c->dummy;
-    cl_mem mm = a->mask ? host_buf(c, a->mask, (size_t)a->n_q * (size_t)a->n_kv * 4, false) : c->dummy;
-    cl_int e = qm && om && km && vm && mm ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    opmem om = {0};
+    barg qb, ob, kb = {c->dummy, 0}, vb = {c->dummy, 0}, mb = {c->dummy, 0};
+    cl_int e = bind(c, &om, a->out, (size_t)oe * 4, true, &ob);
+    if (e == CL_SUCCESS)
+        e = bind(c, &om, a->q, (size_t)qe * 4, false, &qb);
+    if (e == CL_SUCCESS && kve)
+        e = bind(c, &om, a->k, (size_t)kve * kvel, false, &kb);
+    if (e == CL_SUCCESS && kve)
+        e = bind(c, &om, a->v, (size_t)kve * kvel, false, &vb);
+    if (e == CL_SUCCESS && a->mask)
+        e = bind(c, &om, a->mask, (size_t)a->n_q * (size_t)a->n_kv * 4, false, &mb);
     if (e == CL_SUCCESS) {
         const cl_uint qs = (cl_uint)a->q_stride, kvs = (cl_uint)a->kv_stride, nkv = (cl_uint)a->n_kv,
                       hd = (cl_uint)a->head_dim, causal = a->causal, hm = a->mask != NULL, os = (cl_uint)a->out_stride;
         const cl_int p0 = a->q_pos0;
         const float scale = a->scale;
         const size_t g[2] = {(size_t)a->n_heads * wg, (size_t)a->n_q}, l[2] = {wg, 1};
-        karg args[17] = {KA(qm),   KA(qs), KA(km),        KA(vm),        KA(kvs),  KA(nkv),
-                         KA(hd),   KA(scale), KA(causal), KA(p0),        KA(mm),   KA(hm),
-                         KA(om),   KA(os), KA(c->scores), KL(hd * sizeof(float)), KL(wg * sizeof(float))};
-        e = launch(c, ki, args, 17, 2, g, l);
+        karg args[22] = {KB(qb),     KA(qs), KB(kb),        KB(vb),   KA(kvs), KA(nkv),
+                         KA(hd),     KA(scale), KA(causal), KA(p0),   KB(mb),  KA(hm),
+                         KB(ob),     KA(os), KA(c->scores), KL(hd * sizeof(float)), KL(wg * sizeof(float))};
+        e = launch(c, ki, args, 22, 2, g, l);
     }
-    if (e == CL_SUCCESS)
-        e = finish_out(c, om, a->out, (size_t)oe * 4);
-    rel(c, qm);
-    rel(c, om);
-    if (kve) {
-        rel(c, km);
-        rel(c, vm);
-    }
-    if (a->mask)
-        rel(c, mm);
-    if (e != CL_SUCCESS)
+    if ((e = op_end(c, &om, e)) != CL_SUCCESS)
         return cl_fail(e);
     account(c, IDF_OP_ATTENTION, t0, (uint64_t)a->n_q * (uint64_t)row * 4 + 2 * (uint64_t)a->n_q * kve * kvel, 0);
     return IDEFICS_OK;
@@ -553,36 +808,38 @@ static idefics_status elem(ocl_ctx *c, idf_op op, int ki, float *x, const float 
         return IDEFICS_OK;
     const double t0 = idf_time_ms();
     const size_t bytes = (size_t)n * 4;
-    cl_mem xm = host_buf(c, x, bytes, true);
-    cl_mem um = u ? host_buf(c, u, op == IDF_OP_GATED_ADD ? (size_t)dim * 4 : bytes, false) : NULL;
-    cl_mem am = a3 ? host_buf(c, a3, bytes, false) : NULL;
-    cl_int e = xm && (!u || um) && (!a3 || am) ? CL_SUCCESS : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+    opmem om = {0};
+    barg xb, ub, ab;
+    cl_int e = bind(c, &om, x, bytes, true, &xb);
+    if (e == CL_SUCCESS && u)
+        e = bind(c, &om, u, op == IDF_OP_GATED_ADD ? (size_t)dim * 4 : bytes, false, &ub);
+    if (e == CL_SUCCESS && a3)
+        e = bind(c, &om, a3, bytes, false, &ab);
     if (e == CL_SUCCESS) {
         size_t wg = c->dev->tune.wg_elem;
         while (wg > c->kmax_wg[ki])
             wg /= 2;
         const size_t g = ((size_t)n + wg - 1) / wg * wg;
         const cl_uint nn = (cl_uint)n, d = (cl_uint)dim;
-        karg a[5];
+        karg a[8];
         int na = 0;
-        a[na++] = KA(xm);
+        a[na++] = KA(xb.m);
+        a[na++] = KA(xb.off);
         if (op == IDF_OP_SCALE)
             a[na++] = (karg){sizeof(float), scal};
-        if (um)
-            a[na++] = KA(um);
-        if (am) {
-            a[na++] = KA(am);
+        if (u) {
+            a[na++] = KA(ub.m);
+            a[na++] = KA(ub.off);
+        }
+        if (a3) {
+            a[na++] = KA(ab.m);
+            a[na++] = KA(ab.off);
             a[na++] = KA(d);
         }
         a[na++] = KA(nn);
         e = launch(c, ki, a, na, 1, &g, &wg);
     }
-    if (e == CL_SUCCESS)
-        e = finish_out(c, xm, x, bytes);
-    rel(c, xm);
-    rel(c, um);
-    rel(c, am);
-    if (e != CL_SUCCESS)
+    if ((e = op_end(c, &om, e)) != CL_SUCCESS)
         return cl_fail(e);
     account(c, op, t0, (uint64_t)bytes * (1 + (u != NULL) + (a3 != NULL)), 0);
     return IDEFICS_OK;
@@ -634,11 +891,26 @@ static void ocl_free(idf_backend *b) {
         for (int i = 0; i < K_COUNT; i++)
             if (c->k[i])
                 c->cl->clReleaseKernel(c->k[i]);
+        for (size_t i = 0; i < c->n_reg; i++) {
+            if (c->q) /* mapped pieces are unmapped before release; nothing is written back */
+                while (c->reg[i].n_pc) {
+                    ocl_region *r = &c->reg[i];
+                    if (r->host_ptr)
+                        c->cl->clEnqueueUnmapMemObject(c->q, r->mem, r->pc[r->n_pc - 1].mp, 0, NULL, NULL);
+                    r->n_pc--;
+                }
+        }
+        if (c->q)
+            c->cl->clFinish(c->q);
+        for (size_t i = 0; i < c->n_reg; i++)
+            rel(c, c->reg[i].mem);
         rel(c, c->dummy);
         rel(c, c->scores);
+        rel(c, c->rope_inv);
         if (c->q)
             c->cl->clReleaseCommandQueue(c->q);
     }
+    idf_free(&al, c->reg);
     if (c->owns_dev)
         idf_ocl_device_free(c->dev);
     idf_free(&al, c);
@@ -678,6 +950,8 @@ idefics_status idf_backend_opencl_create(idf_ocl_device *dev, const idf_alloc *a
         .add = ocl_add,
         .scale = ocl_scale,
         .gated_add = ocl_gated_add,
+        .register_host = ocl_register_host,
+        .host_access = ocl_host_access,
     };
     cl_int e = CL_SUCCESS;
     /* clCreateCommandQueue first: every 1.x/2.x/3.x driver has it, while the 2.0

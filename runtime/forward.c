@@ -65,13 +65,24 @@ struct idf_state {
 
 /* ============================================================ op dispatch */
 
-/* The backend to run op d: the session's own, unless it declines. */
-static const idf_backend *pick(const idf_state *s, const idf_op_desc *d) {
-    return idf_backend_supports(s->be, d) ? s->be : s->ref;
-}
-
 static idefics_status op_fail(idf_err *err, idefics_status st, const char *op, const char *what) {
     return idf_errf(err, st, "op %s on %s failed: %s", op, what, idefics_status_str(st));
+}
+
+/* A device backend may keep the registered scratch on the device between ops
+ * (backend.h register_host): the host reads or writes it only after this. */
+static idefics_status host_access(const idf_state *s, const void *p, size_t bytes, idf_err *err) {
+    if (!s->be->host_access)
+        return IDEFICS_OK;
+    const idefics_status st = s->be->host_access(s->be->ctx, p, bytes);
+    return st ? op_fail(err, st, "host_access", "activations") : IDEFICS_OK;
+}
+
+/* The backend to run op d: the session's own, unless it declines (then the
+ * reference backend, after the session's results reach host memory). */
+static idefics_status pick(const idf_state *s, const idf_op_desc *d, const idf_backend **b, idf_err *err) {
+    *b = idf_backend_supports(s->be, d) ? s->be : s->ref;
+    return *b == s->be ? IDEFICS_OK : host_access(s, NULL, 0, err);
 }
 
 #define SIMPLE_DESC(o) (&(idf_op_desc){.op = (o)})
@@ -80,35 +91,40 @@ static idefics_status mm(idf_state *s, const idf_weight *w, const float *bias, c
                          int64_t ldy, idf_err *err) {
     const idf_op_desc d = {
         .op = IDF_OP_MATMUL, .wtype = w->type, .wlayout = w->layout, .n = n, .m = w->rows, .k = w->cols};
-    const idf_backend *b = pick(s, &d);
+    const idf_backend *b;
+    IDF_FORWARD(pick(s, &d, &b, err));
     const idefics_status st = b->matmul(b->ctx, w, bias, x, n, y, ldy);
     return st ? op_fail(err, st, "matmul", w->name) : IDEFICS_OK;
 }
 
 static idefics_status rows_of(idf_state *s, const idf_weight *w, int32_t id, float *y, idf_err *err) {
     const idf_op_desc d = {.op = IDF_OP_GET_ROWS, .wtype = w->type, .wlayout = w->layout, .n = 1, .k = w->cols};
-    const idf_backend *b = pick(s, &d);
+    const idf_backend *b;
+    IDF_FORWARD(pick(s, &d, &b, err));
     const idefics_status st = b->get_rows(b->ctx, w, &id, 1, y);
     return st ? op_fail(err, st, "get_rows", w->name) : IDEFICS_OK;
 }
 
 static idefics_status rms(idf_state *s, const float *x, const float *w, float eps, int64_t n, int64_t dim, float *y,
                           idf_err *err) {
-    const idf_backend *b = pick(s, SIMPLE_DESC(IDF_OP_RMSNORM));
+    const idf_backend *b;
+    IDF_FORWARD(pick(s, SIMPLE_DESC(IDF_OP_RMSNORM), &b, err));
     const idefics_status st = b->rmsnorm(b->ctx, x, w, eps, n, dim, y);
     return st ? op_fail(err, st, "rmsnorm", "activations") : IDEFICS_OK;
 }
 
 static idefics_status ln(idf_state *s, const float *x, const float *w, const float *bias, float eps, int64_t n,
                          int64_t dim, float *y, idf_err *err) {
-    const idf_backend *b = pick(s, SIMPLE_DESC(IDF_OP_LAYERNORM));
+    const idf_backend *b;
+    IDF_FORWARD(pick(s, SIMPLE_DESC(IDF_OP_LAYERNORM), &b, err));
     const idefics_status st = b->layernorm(b->ctx, x, w, bias, eps, n, dim, y);
     return st ? op_fail(err, st, "layernorm", "activations") : IDEFICS_OK;
 }
 
 static idefics_status attend(idf_state *s, const idf_attn *a, idf_err *err) {
     const idf_op_desc d = {.op = IDF_OP_ATTENTION, .kv_type = a->kv_type, .n = a->n_q, .m = a->n_kv, .k = a->head_dim};
-    const idf_backend *b = pick(s, &d);
+    const idf_backend *b;
+    IDF_FORWARD(pick(s, &d, &b, err));
     const idefics_status st = b->attention(b->ctx, a);
     return st ? op_fail(err, st, "attention", "activations") : IDEFICS_OK;
 }
@@ -117,7 +133,8 @@ typedef enum { ACT_GELU, ACT_QUICK_GELU, ACT_RELU } act_kind;
 
 static idefics_status act(idf_state *s, act_kind k, float *x, int64_t n, idf_err *err) {
     static const idf_op kind_op[] = {IDF_OP_GELU, IDF_OP_QUICK_GELU, IDF_OP_RELU};
-    const idf_backend *b = pick(s, SIMPLE_DESC(kind_op[k]));
+    const idf_backend *b;
+    IDF_FORWARD(pick(s, SIMPLE_DESC(kind_op[k]), &b, err));
     const idefics_status st = k == ACT_GELU         ? b->gelu(b->ctx, x, n)
                               : k == ACT_QUICK_GELU ? b->quick_gelu(b->ctx, x, n)
                                                     : b->relu(b->ctx, x, n);
@@ -125,27 +142,31 @@ static idefics_status act(idf_state *s, act_kind k, float *x, int64_t n, idf_err
 }
 
 static idefics_status silu_mul(idf_state *s, float *g, const float *u, int64_t n, idf_err *err) {
-    const idf_backend *b = pick(s, SIMPLE_DESC(IDF_OP_SILU_MUL));
+    const idf_backend *b;
+    IDF_FORWARD(pick(s, SIMPLE_DESC(IDF_OP_SILU_MUL), &b, err));
     const idefics_status st = b->silu_mul(b->ctx, g, u, n);
     return st ? op_fail(err, st, "silu_mul", "activations") : IDEFICS_OK;
 }
 
 static idefics_status add(idf_state *s, float *y, const float *x, int64_t n, idf_err *err) {
-    const idf_backend *b = pick(s, SIMPLE_DESC(IDF_OP_ADD));
+    const idf_backend *b;
+    IDF_FORWARD(pick(s, SIMPLE_DESC(IDF_OP_ADD), &b, err));
     const idefics_status st = b->add(b->ctx, y, x, n);
     return st ? op_fail(err, st, "add", "activations") : IDEFICS_OK;
 }
 
 static idefics_status gated_add(idf_state *s, float *h, const float *gate, const float *a, int64_t n, int64_t dim,
                                 idf_err *err) {
-    const idf_backend *b = pick(s, SIMPLE_DESC(IDF_OP_GATED_ADD));
+    const idf_backend *b;
+    IDF_FORWARD(pick(s, SIMPLE_DESC(IDF_OP_GATED_ADD), &b, err));
     const idefics_status st = b->gated_add(b->ctx, h, gate, a, n, dim);
     return st ? op_fail(err, st, "gated_add", "activations") : IDEFICS_OK;
 }
 
 static idefics_status rope(idf_state *s, float *x, int64_t n, int pos0, idf_err *err) {
     const idf_config *c = &s->m->cfg;
-    const idf_backend *b = pick(s, SIMPLE_DESC(IDF_OP_ROPE));
+    const idf_backend *b;
+    IDF_FORWARD(pick(s, SIMPLE_DESC(IDF_OP_ROPE), &b, err));
     const idefics_status st = b->rope(b->ctx, x, n, c->hidden, (int)c->n_heads, (int)c->head_dim, pos0, c->rope_theta);
     return st ? op_fail(err, st, "rope", "activations") : IDEFICS_OK;
 }
@@ -270,6 +291,11 @@ void idf_state_free(idf_state *s) {
     if (!s)
         return;
     const idf_alloc al = s->alloc;
+    /* the backend first: it may hold device views of the buffers below */
+    if (s->be && s->be->free)
+        s->be->free(s->be);
+    if (s->ref && s->ref != s->be && s->ref->free)
+        s->ref->free(s->ref);
     for (int i = 0; i < s->img_cap; i++) {
         idf_free(&al, s->img[i].latents);
         idf_free(&al, s->img[i].xk);
@@ -282,10 +308,6 @@ void idf_state_free(idf_state *s) {
         idf_free(&al, bufs[i]);
     idf_free(&al, s->kc);
     idf_free(&al, s->vc);
-    if (s->be && s->be->free)
-        s->be->free(s->be);
-    if (s->ref && s->ref != s->be && s->ref->free)
-        s->ref->free(s->ref);
     idf_free(&al, s);
 }
 
@@ -388,6 +410,27 @@ allocated:
         return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the session state (%.1f MiB, n_ctx %d)",
                         (double)total / (1024.0 * 1024.0), n_ctx);
     }
+    /* the session's buffers, for a backend that keeps them on the device */
+    float *bufs[] = {s->h,  s->x,  s->q,  s->k,  s->v,  s->att, s->g,  s->u,  s->patches, s->vx, s->vy, s->vq,  s->vk,
+                     s->vv, s->va, s->vm, s->pz, s->py, s->pkv, s->pq, s->pa, s->pk,      s->pv, s->pm, s->xtmp};
+    const uint64_t TD = T * D, PL = c->p_latents, PKV = T + PL, PE = (uint64_t)c->p_heads * c->p_head_dim;
+    const uint64_t nfl[] = {B * H, B * H, B * H, B * H, B * H, B * H, B * c->intermediate, B * c->intermediate,
+                            (uint64_t)c->v_n_patches * c->v_channels * c->v_patch * c->v_patch, TD, TD, TD, TD, TD, TD,
+                            T * c->v_intermediate, PL * D, PL * D, PKV * D, PL * PE, PL * PE, PKV * PE, PKV * PE,
+                            PL * 4 * D, (uint64_t)model->n_img_tokens * H};
+    st = IDEFICS_OK;
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0] && st == IDEFICS_OK && s->be->register_host; i++)
+        if (bufs[i])
+            st = s->be->register_host(s->be->ctx, bufs[i], (size_t)nfl[i] * sizeof(float));
+    if (st == IDEFICS_OK && s->be->register_host)
+        st = s->be->register_host(s->be->ctx, s->kc, kv_bytes_all);
+    if (st == IDEFICS_OK && s->be->register_host)
+        st = s->be->register_host(s->be->ctx, s->vc, kv_bytes_all);
+    if (st) {
+        const char *bn = s->be->name; /* a static string */
+        idf_state_free(s);
+        return idf_errf(err, st, "the %s backend cannot map the session buffers: %s", bn, idefics_status_str(st));
+    }
     idf_logf(&model->log, IDEFICS_LOG_DEBUG, "state: n_ctx %d, kv %s, %.1f MiB, backend %s", n_ctx,
              kv_type == IDEFICS_KV_F32 ? "f32" : kv_type == IDEFICS_KV_F16 ? "f16" : "q8", (double)total / (1024.0 * 1024.0), s->be->name);
     *out = s;
@@ -444,6 +487,7 @@ static idefics_status vision_tower(idf_state *s, const float *pixels, idf_err *e
 
     /* Patch conv with stride = kernel = P and no bias, as a matmul over patches:
      * patch p = (row py, col px) flattened in the conv weight's (c, ky, kx) order. */
+    IDF_FORWARD(host_access(s, s->patches, (size_t)((T - 1) * kdim) * sizeof(float), err));
     for (int64_t py = 0; py < grid; py++)
         for (int64_t px = 0; px < grid; px++) {
             float *dst = s->patches + (py * grid + px) * kdim;
@@ -453,6 +497,7 @@ static idefics_status vision_tower(idf_state *s, const float *pixels, idf_err *e
                            (size_t)P * sizeof(float));
         }
     IDF_FORWARD(mm(s, &w->patch, NULL, s->patches, T - 1, s->vx + D, D, err));
+    IDF_FORWARD(host_access(s, s->vx, (size_t)D * sizeof(float), err));
     memcpy(s->vx, w->class_emb, (size_t)D * sizeof(float));
     /* Position ids are 0..T-1 (a stored position_ids buffer is ignored, pitfall P3). */
     IDF_FORWARD(add(s, s->vx, w->pos_emb, T * D, err));
@@ -508,6 +553,7 @@ static idefics_status perceiver(idf_state *s, float *out, idf_err *err) {
     const int64_t E = (int64_t)c->p_heads * c->p_head_dim, M = 4 * D;
     const float eps = 1e-5f; /* nn.LayerNorm default: the perceiver's norms take no eps from the config */
 
+    IDF_FORWARD(host_access(s, s->pz, (size_t)(L * D) * sizeof(float), err));
     memcpy(s->pz, w->latents, (size_t)(L * D) * sizeof(float));
     for (uint32_t b = 0; b < c->p_depth; b++) {
         if (cancelled(s))
@@ -581,12 +627,17 @@ static idefics_status take_slot(idf_state *s, img_slot **out, idf_err *err) {
         const uint64_t ls = nl * c->v_dim * sizeof(float);
         if (xs > SIZE_MAX || ls > SIZE_MAX)
             return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "an image slot does not fit in the address space");
-        if (!sl->latents)
-            sl->latents = idf_malloc(&s->alloc, (size_t)ls);
-        if (!sl->xk)
-            sl->xk = idf_malloc(&s->alloc, (size_t)xs);
-        if (!sl->xv)
-            sl->xv = idf_malloc(&s->alloc, (size_t)xs);
+        void **ps[] = {(void **)&sl->latents, &sl->xk, &sl->xv};
+        const uint64_t sz[] = {ls, xs, xs};
+        for (size_t i = 0; i < 3; i++)
+            if (!*ps[i] && (*ps[i] = idf_malloc(&s->alloc, (size_t)sz[i])) && s->be->register_host) {
+                const idefics_status st = s->be->register_host(s->be->ctx, *ps[i], (size_t)sz[i]);
+                if (st) { /* freed again: a slot's buffers are all registered or absent */
+                    idf_free(&s->alloc, *ps[i]);
+                    *ps[i] = NULL;
+                    return op_fail(err, st, "register_host", "an image slot");
+                }
+            }
         if (!sl->latents || !sl->xk || !sl->xv)
             return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for an image slot (%.1f MiB)",
                             2.0 * (double)xs / (1024.0 * 1024.0));
@@ -609,8 +660,11 @@ idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot,
     const int64_t nl = s->m->n_img_tokens, H = c->hidden;
     if (c->use_resampler)
         IDF_FORWARD(perceiver(s, sl->latents, err));
-    else
+    else {
+        IDF_FORWARD(host_access(s, s->vx, (size_t)(nl * c->v_dim) * sizeof(float), err));
+        IDF_FORWARD(host_access(s, sl->latents, (size_t)(nl * c->v_dim) * sizeof(float), err));
         memcpy(sl->latents, s->vx, (size_t)(nl * c->v_dim) * sizeof(float));
+    }
 
     /* Each gated block's K and V of this image, computed once (spec §3.7 allows
      * caching them; HF recomputes them every step with identical results). */
@@ -620,10 +674,16 @@ idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot,
         IDF_FORWARD(mm(s, &B->k, NULL, sl->latents, nl, s->xtmp, H, err));
         if (B->k_norm)
             IDF_FORWARD(rms(s, s->xtmp, B->k_norm, c->rms_eps, nl * c->n_heads, c->head_dim, s->xtmp, err));
+        IDF_FORWARD(host_access(s, s->xtmp, (size_t)(nl * H) * sizeof(float), err));
+        IDF_FORWARD(host_access(s, (uint8_t *)sl->xk + off, kv_bytes(s, (size_t)(nl * H)), err));
         store_kv(s, (uint8_t *)sl->xk + off, s->xtmp, nl * H);
         IDF_FORWARD(mm(s, &B->v, NULL, sl->latents, nl, s->xtmp, H, err));
+        IDF_FORWARD(host_access(s, s->xtmp, (size_t)(nl * H) * sizeof(float), err));
+        IDF_FORWARD(host_access(s, (uint8_t *)sl->xv + off, kv_bytes(s, (size_t)(nl * H)), err));
         store_kv(s, (uint8_t *)sl->xv + off, s->xtmp, nl * H);
     }
+    /* the latents stay readable on the host (idf_state_image_latents) */
+    IDF_FORWARD(host_access(s, sl->latents, (size_t)(nl * c->v_dim) * sizeof(float), err));
     /* low_memory: the image path's weights are done with until the next image */
     page_vision_layer(s, c->v_layers - 1, false); /* the loop dropped the others */
     page_image_only(s, false);
@@ -659,6 +719,7 @@ static idefics_status cross_block(idf_state *s, uint32_t j, const int32_t *img, 
             while (i1 < n && img[i1] == img[i0])
                 i1++;
             if (img[i0] < 0) {
+                IDF_FORWARD(host_access(s, s->att + i0 * H, (size_t)((i1 - i0) * H) * sizeof(float), err));
                 memset(s->att + i0 * H, 0, (size_t)((i1 - i0) * H) * sizeof(float));
             } else {
                 const img_slot *sl = &s->img[img[i0]];
@@ -708,6 +769,11 @@ static idefics_status decoder_layer(idf_state *s, uint32_t l, int pos, int n, id
     const size_t layer_off = kv_bytes(s, (size_t)l * (size_t)s->n_ctx * (size_t)H);
     const size_t pos_off = kv_bytes(s, (size_t)pos * (size_t)H);
     uint8_t *kc = (uint8_t *)s->kc + layer_off, *vc = (uint8_t *)s->vc + layer_off;
+    const size_t n_el = (size_t)n * (size_t)H;
+    IDF_FORWARD(host_access(s, s->k, n_el * sizeof(float), err));
+    IDF_FORWARD(host_access(s, s->v, n_el * sizeof(float), err));
+    IDF_FORWARD(host_access(s, kc + pos_off, kv_bytes(s, n_el), err));
+    IDF_FORWARD(host_access(s, vc + pos_off, kv_bytes(s, n_el), err));
     store_kv(s, kc + pos_off, s->k, n * H);
     store_kv(s, vc + pos_off, s->v, n * H);
     const idf_attn a = {

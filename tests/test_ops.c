@@ -82,6 +82,17 @@ static const op_case cases[] = {
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 2, .n = 3, .m = 5, .k = 64},
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 64, .n = 1, .m = 130, .k = 512},
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_F16, .n = 9, .m = 37, .k = 600, .flags = F_BIAS},
+    /* GEMM blocking (backend_cpu.c): register blocks of up to 8 activation rows
+     * (AVX-512 Q4) with every remainder 1..7, the 4- and 8-row weight bands,
+     * power-of-two k (padded activation row stride), and n past one L2 chunk
+     * of activation rows (QACT_CHUNK_BYTES: 180 rows at k = 1024) */
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 8, .m = 24, .k = 256},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 15, .m = 19, .k = 128, .flags = F_BIAS | F_STRIDE},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 4, .n = 13, .m = 11, .k = 96},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 16, .n = 23, .m = 33, .k = 4096},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 203, .m = 21, .k = 1024, .flags = F_BIAS},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 8, .n = 203, .m = 9, .k = 1024, .flags = F_STRIDE},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 4, .n = 9, .m = 8, .k = 2048},
     /* embedding gather */
     {.op = IDF_OP_GET_ROWS, .wtype = IDFX_TYPE_F32, .n = 4, .m = 11, .k = 7},
     {.op = IDF_OP_GET_ROWS, .wtype = IDFX_TYPE_F16, .n = 3, .m = 5, .k = 33},

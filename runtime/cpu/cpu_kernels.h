@@ -14,7 +14,7 @@
  * vpdpbusd) run on weights stored with a +128 bias: sum (w + 128) q - 128 sum q.
  *
  * A tile kernel computes, for one ROWTILE tile of R weight rows (quant.h) and
- * nx <= IDF_CPU_NX activation rows,
+ * nx <= q4_max_nx / q8_max_nx activation rows (IDF_CPU_NX where 0),
  *     y[i * ldy + r] = sum_g dw[g][r] * dx[i][g] * (int dot of group g)  (+ bias[r])
  * for r < rows_valid (the last tile's padding rows are never written).
  */
@@ -23,13 +23,16 @@
 
 #include <stdint.h>
 
-#define IDF_CPU_NX 4 /* activation rows per kernel call (register blocking) */
+#define IDF_CPU_NX 4     /* activation rows per kernel call (register blocking), default */
+#define IDF_CPU_NX_MAX 8 /* the most any kernel takes (idf_cpu_kernels.q4_max_nx) */
 
 typedef struct idf_qact {
-    int8_t *q;     /* [n, k] */
-    float *d;      /* [n, ng] */
-    int32_t *corr; /* [n, ng, 8] */
-    int64_t k, ng;
+    int8_t *q;     /* [n, ldg * 32] */
+    float *d;      /* [n, ldg] */
+    int32_t *corr; /* [n, ldg, 8] */
+    int64_t k, ng; /* x's row length (= its row stride) and k / 32 */
+    int64_t ldg;   /* row stride of q, d, corr in groups (>= ng): odd, so rows of a
+                      power-of-two k do not all fall in the same L1 sets */
 } idf_qact;
 
 /* One tile of a Q4 or Q8 ROWTILE weight against activation rows x0 .. x0+nx-1.
@@ -64,6 +67,7 @@ typedef struct idf_cpu_kernels {
     const char *name; /* "scalar", "avx2", "avx512vnni", "neon", "neon-dotprod" */
     idf_cpu_tile_fn q4_tile, q8_tile;
     int q4_min_r, q8_min_r; /* the tile kernels need R % min_r == 0; else scalar runs */
+    int q4_max_nx, q8_max_nx; /* activation rows one tile call takes (<= IDF_CPU_NX_MAX; 0 = IDF_CPU_NX) */
     idf_cpu_f32_fn f32_block;
     idf_cpu_quant_fn quant;
     idf_cpu_fp16_fn fp16_row;

@@ -70,10 +70,10 @@ AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
         }
         for (int i = 0; i < NX; i++) {
             const int64_t row = x0 + i;
-            const int8_t *xg = a->q + row * a->k + g * 32;
+            const int8_t *xg = a->q + row * a->ldg * 32 + g * 32;
             const __m256i xl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)xg));
             const __m256i xh = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)(xg + 16)));
-            const __m256 dx = _mm256_set1_ps(a->d[row * a->ng + g]);
+            const __m256 dx = _mm256_set1_ps(a->d[row * a->ldg + g]);
             for (int b = 0; b < NB; b++) {
                 const __m256i t = _mm256_add_epi32(dot_i8(wl[b], xl), dot_i8(wh[b], xh));
                 acc[i][b] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(t), _mm256_mul_ps(s[b], dx), acc[i][b]);
@@ -111,8 +111,8 @@ AI void q8_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
         }
         for (int i = 0; i < NX; i++) {
             const int64_t row = x0 + i;
-            const __m256i x = _mm256_loadu_si256((const __m256i *)(a->q + row * a->k + g * 32));
-            const __m256 dx = _mm256_set1_ps(a->d[row * a->ng + g]);
+            const __m256i x = _mm256_loadu_si256((const __m256i *)(a->q + row * a->ldg * 32 + g * 32));
+            const __m256 dx = _mm256_set1_ps(a->d[row * a->ldg + g]);
             for (int b = 0; b < NB; b++)
                 acc[i][b] =
                     _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot_i8(w[b], x)), _mm256_mul_ps(s[b], dx), acc[i][b]);
@@ -197,11 +197,11 @@ static void quant(const float *x, int64_t r0, int64_t n, idf_qact *a) {
             /* packs interleave 128-bit lanes; the permute restores element order */
             const __m256i p01 = _mm256_packs_epi32(q[0], q[1]), p23 = _mm256_packs_epi32(q[2], q[3]);
             const __m256i qb = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(p01, p23), perm);
-            _mm256_storeu_si256((__m256i *)(a->q + i * a->k + g * 32), qb);
-            a->d[i * a->ng + g] = d;
+            _mm256_storeu_si256((__m256i *)(a->q + i * a->ldg * 32 + g * 32), qb);
+            a->d[i * a->ldg + g] = d;
             /* sums of 4 neighbours: ones (unsigned) x q (signed), then pairs */
             const __m256i s4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, qb), ones16);
-            _mm256_storeu_si256((__m256i *)(a->corr + (i * a->ng + g) * 8),
+            _mm256_storeu_si256((__m256i *)(a->corr + (i * a->ldg + g) * 8),
                                 _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s4, 7)));
         }
     }

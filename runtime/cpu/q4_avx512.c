@@ -11,7 +11,7 @@
  *     int8 activations; each row's 128-bit lane starts from the activation's
  *     -128 * sum correction (idf_qact.corr), so the int32 sums are exact.
  * Q8: weights xor 0x80 (= w + 128, unsigned), same correction per 256-bit lane.
- * Work mapping: one call = one tile x nx <= 4 activation rows, rows in blocks
+ * Work mapping: one call = one tile x nx <= 8 (Q4) / 4 (Q8) activation rows, rows in blocks
  * of 4*NB (Q4) / 2*NB (Q8); per group the int32 dot is scaled into fp32
  * accumulators (dw * dx), lanes are summed once at the end of the tile.
  */
@@ -42,7 +42,7 @@ AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
     const __m512i m4 = _mm512_set1_epi8(0x0f), tbl = cb_table();
     const __m512i sidx0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     const __m512i sidx1 = _mm512_add_epi32(sidx0, _mm512_set1_epi32(4));
-    __m512 acc[IDF_CPU_NX][2];
+    __m512 acc[IDF_CPU_NX_MAX][2];
     for (int i = 0; i < NX; i++)
         for (int b = 0; b < NB; b++)
             acc[i][b] = _mm512_setzero_ps();
@@ -62,13 +62,13 @@ AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
         }
         for (int i = 0; i < NX; i++) {
             const int64_t row = x0 + i;
-            const int8_t *xg = a->q + row * a->k + g * 32;
-            const int32_t *cg = a->corr + (row * a->ng + g) * 8;
+            const int8_t *xg = a->q + row * a->ldg * 32 + g * 32;
+            const int32_t *cg = a->corr + (row * a->ldg + g) * 8;
             const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)xg));
             const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xg + 16)));
             const __m512i c = _mm512_broadcast_i32x4(
                 _mm_add_epi32(_mm_loadu_si128((const __m128i *)cg), _mm_loadu_si128((const __m128i *)(cg + 4))));
-            const __m512 dx = _mm512_set1_ps(a->d[row * a->ng + g]);
+            const __m512 dx = _mm512_set1_ps(a->d[row * a->ldg + g]);
             for (int b = 0; b < NB; b++) {
                 __m512i t = _mm512_dpbusd_epi32(c, wl[b], xl);
                 t = _mm512_dpbusd_epi32(t, wh[b], xh);
@@ -120,11 +120,11 @@ AI void q8_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
         }
         for (int i = 0; i < NX; i++) {
             const int64_t row = x0 + i;
-            const int8_t *xg = a->q + row * a->k + g * 32;
+            const int8_t *xg = a->q + row * a->ldg * 32 + g * 32;
             const __m512i x = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)xg));
             const __m512i c =
-                _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(a->corr + (row * a->ng + g) * 8)));
-            const __m512 dx = _mm512_set1_ps(a->d[row * a->ng + g]);
+                _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)(a->corr + (row * a->ldg + g) * 8)));
+            const __m512 dx = _mm512_set1_ps(a->d[row * a->ldg + g]);
             for (int b = 0; b < NB; b++)
                 acc[i][b] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(c, w[b], x)),
                                             _mm512_mul_ps(s[b], dx), acc[i][b]);
@@ -154,14 +154,29 @@ AI void q8_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
     default: fn(tile, R, ng, rb, NB, a, x0, 4, y, ldy, rows_valid, bias); break;                                       \
     }
 
+/* Q4 takes up to 8 activation rows per call (q4_max_nx): 8 x 2 fp32
+ * accumulators + 4 decoded weight registers fit the 32 zmm, and the nibble
+ * decode and codebook lookup of a group are then shared by twice the rows. */
+#define DISPATCH_NX8(fn, NB)                                                                                           \
+    switch (nx) {                                                                                                      \
+    case 1: fn(tile, R, ng, rb, NB, a, x0, 1, y, ldy, rows_valid, bias); break;                                        \
+    case 2: fn(tile, R, ng, rb, NB, a, x0, 2, y, ldy, rows_valid, bias); break;                                        \
+    case 3: fn(tile, R, ng, rb, NB, a, x0, 3, y, ldy, rows_valid, bias); break;                                        \
+    case 4: fn(tile, R, ng, rb, NB, a, x0, 4, y, ldy, rows_valid, bias); break;                                        \
+    case 5: fn(tile, R, ng, rb, NB, a, x0, 5, y, ldy, rows_valid, bias); break;                                        \
+    case 6: fn(tile, R, ng, rb, NB, a, x0, 6, y, ldy, rows_valid, bias); break;                                        \
+    case 7: fn(tile, R, ng, rb, NB, a, x0, 7, y, ldy, rows_valid, bias); break;                                        \
+    default: fn(tile, R, ng, rb, NB, a, x0, 8, y, ldy, rows_valid, bias); break;                                       \
+    }
+
 static void q4_tile(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
                     int64_t ldy, int rows_valid, const float *bias) {
     const int step = R % 8 == 0 ? 8 : 4;
     for (int rb = 0; rb < rows_valid; rb += step) {
         if (step == 8) {
-            DISPATCH_NX(q4_rows, 2)
+            DISPATCH_NX8(q4_rows, 2)
         } else {
-            DISPATCH_NX(q4_rows, 1)
+            DISPATCH_NX8(q4_rows, 1)
         }
     }
 }
@@ -207,10 +222,10 @@ static void quant(const float *x, int64_t r0, int64_t n, idf_qact *a) {
             const __m128i b0 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v0, vi)));
             const __m128i b1 = _mm512_cvtsepi32_epi8(_mm512_cvtps_epi32(_mm512_mul_ps(v1, vi)));
             const __m256i qb = _mm256_inserti128_si256(_mm256_castsi128_si256(b0), b1, 1);
-            _mm256_storeu_si256((__m256i *)(a->q + i * a->k + g * 32), qb);
-            a->d[i * a->ng + g] = d;
+            _mm256_storeu_si256((__m256i *)(a->q + i * a->ldg * 32 + g * 32), qb);
+            a->d[i * a->ldg + g] = d;
             const __m256i s4 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones8, qb);
-            _mm256_storeu_si256((__m256i *)(a->corr + (i * a->ng + g) * 8),
+            _mm256_storeu_si256((__m256i *)(a->corr + (i * a->ldg + g) * 8),
                                 _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s4, 7)));
         }
     }
@@ -223,6 +238,8 @@ void idf_cpu_kernels_avx512(idf_cpu_kernels *k) {
         .q8_tile = q8_tile,
         .q4_min_r = 4,
         .q8_min_r = 2,
+        .q4_max_nx = 8,
+        .q8_max_nx = 4,
         .f32_block = f32_block,
         .quant = quant,
         .fp16_row = fp16_row,

@@ -24,8 +24,8 @@ void idf_cpu_q4_tile_scalar(const uint8_t *tile, int R, int64_t ng, const idf_qa
                             int64_t ldy, int rows_valid, const float *bias) {
     const uint8_t *qs = tile + ng * R * 2;
     for (int i = 0; i < nx; i++) {
-        const int8_t *xq = a->q + (x0 + i) * a->k;
-        const float *xd = a->d + (x0 + i) * a->ng;
+        const int8_t *xq = a->q + (x0 + i) * a->ldg * 32;
+        const float *xd = a->d + (x0 + i) * a->ldg;
         for (int r = 0; r < rows_valid; r++) {
             float acc = 0.f;
             for (int64_t g = 0; g < ng; g++) {
@@ -45,8 +45,8 @@ void idf_cpu_q8_tile_scalar(const uint8_t *tile, int R, int64_t ng, const idf_qa
                             int64_t ldy, int rows_valid, const float *bias) {
     const uint8_t *qs = tile + ng * R * 2;
     for (int i = 0; i < nx; i++) {
-        const int8_t *xq = a->q + (x0 + i) * a->k;
-        const float *xd = a->d + (x0 + i) * a->ng;
+        const int8_t *xq = a->q + (x0 + i) * a->ldg * 32;
+        const float *xd = a->d + (x0 + i) * a->ldg;
         for (int r = 0; r < rows_valid; r++) {
             float acc = 0.f;
             for (int64_t g = 0; g < ng; g++) {
@@ -71,11 +71,11 @@ void idf_cpu_quant_scalar(const float *x, int64_t r0, int64_t n, idf_qact *a) {
             for (int j = 0; j < 32; j++)
                 amax = fmaxf(amax, fabsf(xg[j]));
             const float d = amax / 127.f, inv = amax > 0.f ? 127.f / amax : 0.f;
-            int8_t *q = a->q + i * a->k + g * 32;
+            int8_t *q = a->q + i * a->ldg * 32 + g * 32;
             for (int j = 0; j < 32; j++)
                 q[j] = (int8_t)lrintf(xg[j] * inv);
-            a->d[i * a->ng + g] = d;
-            int32_t *c = a->corr + (i * a->ng + g) * 8;
+            a->d[i * a->ldg + g] = d;
+            int32_t *c = a->corr + (i * a->ldg + g) * 8;
             for (int j = 0; j < 8; j++)
                 c[j] = -128 * (q[4 * j] + q[4 * j + 1] + q[4 * j + 2] + q[4 * j + 3]);
         }

@@ -11,18 +11,20 @@ confident and depend on the image. make_model_fixtures.py records it exactly lik
 others (`--only tiny-trained`), and tests/test_forward.c requires Q4 top-1 agreement with
 F32 at >= 95% of its recorded positions.
 
-The task (instruct chat format, explicit <end_of_utterance>):
+The task (instruct chat format; details and numbers in tools/reference/README.md):
   images: one shape (circle, square, triangle) in one of six colours on a background of
           another, drawn at random sizes/positions into canvases of 24..48 px;
-  turns:  "User:" <image> [<image>] question <EOU> "\nAssistant: " answer <EOU> "\n", with
-          1 or 2 turns. Questions are about the last image the turn shows:
-            "What colour is the shape?"  -> "red."                                 (70%)
-            "Which shape is it?"         -> "a circle."                             (15%)
+  turns:  "User:" <image> [<image>] question <EOU> "\nAssistant: " answer <EOU> "\n", 1-3
+          turns. Questions are about the last image the turn shows:
+            "What colour is the shape?"  -> "red."                                 (60%)
+            "Which shape is it?"         -> "a circle."                             (25%)
             "Describe this image."       -> "a red circle on a blue background."    (15%)
-          A first turn may have no image (10%): "User: What colour is the shape?" ->
-          "There is no image."; 10% of image turns show two adjacent images.
+          10% of turns have no image (first turn: "User: What colour is the shape?" ->
+          "There is no image."; later: "User: Thank you." -> "You are welcome."), 10% show
+          two adjacent images, 10% have no <EOU> (question and answer end at "\n").
 The branch probabilities are deliberately skewed so that even the positions where the
-text itself is uncertain (which question comes next) have a clear argmax.
+text itself is uncertain (which question comes next) have a clear argmax, and the
+EOU-less turns give generate()'s EOU-suppressed steps a trained second choice.
 
 Usage:
   python3 tools/reference/train_tiny_fixture.py        # train, print loss / checks / simulated Q4
