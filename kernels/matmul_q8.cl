@@ -44,17 +44,15 @@ static inline void q8_tile(__global const uchar *w, uint R, uint ng, uint rows, 
             acc[b] += d * (float)s;
         }
     }
-    for (int b = 0; b < nb; b++)
-        red[lid * nb + b] = acc[b];
-    barrier(CLK_LOCAL_MEM_FENCE);
+    const uint parts = idf_rows_partials(acc, nb, R, red);
     if (lane == 0 && row < rows) {
         const float bv = has_bias ? bias[row] : 0.0f;
         for (int b = 0; b < nb; b++) {
             if (i0 + b >= n)
                 break;
             float s = 0.0f;
-            for (uint l = 0; l < lanes; l++)
-                s += red[(r + R * l) * nb + b];
+            for (uint l = 0; l < parts; l++)
+                s += red[(l * R + r) * nb + b];
             y[(size_t)(i0 + b) * ldy + row] = s + bv;
         }
     }

@@ -15,6 +15,47 @@
 #pragma OPENCL EXTENSION cl_khr_fp16 : enable
 #endif
 
+/* IDF_SUBGROUPS (tuning subgroups = 1 and the device lists cl_khr_subgroups
+ * or cl_intel_subgroups): the Q4/Q8 matmul reductions use sub_group_reduce_add
+ * before local memory. A compiler that does not define the extension after
+ * all gets the local-memory path. Not runnable on PoCL (no subgroups). */
+#if defined(IDF_SUBGROUPS) && defined(cl_khr_subgroups)
+#pragma OPENCL EXTENSION cl_khr_subgroups : enable
+#elif defined(IDF_SUBGROUPS) && defined(cl_intel_subgroups)
+#pragma OPENCL EXTENSION cl_intel_subgroups : enable
+#elif defined(IDF_SUBGROUPS)
+#undef IDF_SUBGROUPS
+#endif
+
+/* The lanes' partial sums of one ROWTILE work-group (local id = r + R *
+ * lane, acc[nb] each) into red; afterwards red[(j * R + r) * nb + b] for j <
+ * the returned count hold the partials of row r, input row b. With
+ * subgroups, each subgroup first sums its own lanes per row (R reductions per
+ * input row; every work-item takes part, as the built-ins require), so local
+ * memory holds one value per (subgroup, row) instead of one per work-item. */
+static inline uint idf_rows_partials(const float *acc, int nb, uint R, __local float *red) {
+    const uint lid = get_local_id(0);
+#ifdef IDF_SUBGROUPS
+    /* red holds R * lanes * nb floats: enough when a subgroup spans >= R
+     * work-items (then there are at most `lanes` subgroups); else local memory */
+    if (get_max_sub_group_size() >= R) {
+        const uint r = lid % R, sg = get_sub_group_id();
+        for (int b = 0; b < nb; b++)
+            for (uint rr = 0; rr < R; rr++) {
+                const float v = sub_group_reduce_add(r == rr ? acc[b] : 0.0f);
+                if (get_sub_group_local_id() == 0)
+                    red[(sg * R + rr) * nb + b] = v;
+            }
+        barrier(CLK_LOCAL_MEM_FENCE);
+        return get_num_sub_groups();
+    }
+#endif
+    for (int b = 0; b < nb; b++)
+        red[lid * nb + b] = acc[b];
+    barrier(CLK_LOCAL_MEM_FENCE);
+    return get_local_size(0) / R;
+}
+
 /* IDF_CT: the compute type of short inner products (one quant group, one
  * local-memory tile step: at most 32 products) and of dequantised weight
  * tiles. The backend builds the program with -DIDF_CT_HALF=1 only when the

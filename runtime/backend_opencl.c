@@ -174,10 +174,12 @@ static bool ini_apply(const char *text, size_t len, const idf_ocl_probe *p, idf_
                 t->gm_wm = u;
             else if (strcmp(key, "gm_wn") == 0 && pow2 && u <= 8)
                 t->gm_wn = u;
-            else if (strcmp(key, "gm_min_n") == 0 && u >= 2)
+            else if (strcmp(key, "gm_min_n") == 0 && u >= 2 && u <= 4096)
                 t->gm_min_n = u;
             else if (strcmp(key, "fp16") == 0)
                 t->fp16 = u != 0;
+            else if (strcmp(key, "subgroups") == 0)
+                t->subgroups = u != 0;
             else if (strcmp(key, "auto_select") == 0)
                 t->auto_select = u != 0;
             else if (strcmp(key, "use_host_ptr") == 0)
@@ -494,10 +496,10 @@ static idefics_status build_program(idf_ocl_device *dev, idf_err *err) {
     char opts[512];
     snprintf(opts, sizeof opts,
              "-cl-std=CL1.2 -DMM_NB=%u -DGM_TM=%u -DGM_TN=%u -DGM_WM=%u -DGM_WN=%u -DIDFX_TYPE_F32=%d "
-             "-DIDFX_TYPE_F16=%d -DIDFX_TYPE_Q4=%d -DIDFX_TYPE_Q8=%d%s%s",
+             "-DIDFX_TYPE_F16=%d -DIDFX_TYPE_Q4=%d -DIDFX_TYPE_Q8=%d%s%s%s",
              dev->tune.mm_nb, dev->tune.gm_tm, dev->tune.gm_tn, dev->tune.gm_wm, dev->tune.gm_wn, IDFX_TYPE_F32,
              IDFX_TYPE_F16, IDFX_TYPE_Q4, IDFX_TYPE_Q8, dev->probe.fp16 ? " -DIDF_USE_FP16=1" : "",
-             dev->fp16_math ? " -DIDF_CT_HALF=1" : "");
+             dev->fp16_math ? " -DIDF_CT_HALF=1" : "", dev->sg_math ? " -DIDF_SUBGROUPS=1" : "");
     /* the key: everything that changes the binary */
     char head[1024];
     const int hl = snprintf(head, sizeof head, "v%u|%s|%s|%s|%s|%s|", CACHE_FORMAT_VERSION, dev->probe.platform,
@@ -793,16 +795,24 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
     if (st == IDEFICS_OK && dev->probe.max_wg < 16)
         st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "%s allows work-groups of only %u work-items", dev->probe.device,
                       dev->probe.max_wg);
-    /* half arithmetic only where the tuning asks for it and the device has it;
-     * a half build that fails its self-test is replaced by the float one */
+    /* half arithmetic and subgroup reductions only where the tuning asks for
+     * them and the device has them; such a build that fails to build or fails
+     * its self-test is replaced by the plain one (float, local memory) */
     dev->fp16_math = st == IDEFICS_OK && dev->tune.fp16 && dev->probe.fp16;
+    dev->sg_math = st == IDEFICS_OK && dev->tune.subgroups && dev->probe.subgroups &&
+                   strcmp(dev->probe.subgroup_ext, "cl_qcom_reqd_sub_group_size") != 0; /* no reductions in that one */
+    const bool variant = dev->fp16_math || dev->sg_math;
     if (st == IDEFICS_OK)
         st = build_program(dev, err);
-    if (st == IDEFICS_OK && dev->fp16_math && (st = self_test(dev, err)) != IDEFICS_OK) {
-        snprintf(dev->fp16_note, sizeof dev->fp16_note, "fp16 build dropped: %.140s", err ? err->msg : "self-test");
-        dev->cl.clReleaseProgram(dev->prog);
+    if (st == IDEFICS_OK && variant)
+        st = self_test(dev, err);
+    if (st != IDEFICS_OK && variant && dev->ctx) {
+        snprintf(dev->fp16_note, sizeof dev->fp16_note, "%s%sbuild dropped: %.140s", dev->fp16_math ? "fp16 " : "",
+                 dev->sg_math ? "subgroup " : "", err ? err->msg : "self-test");
+        if (dev->prog)
+            dev->cl.clReleaseProgram(dev->prog);
         dev->prog = NULL;
-        dev->fp16_math = false;
+        dev->fp16_math = dev->sg_math = false;
         st = build_program(dev, err);
     }
     if (st == IDEFICS_OK && dev->tune.clblast) {
@@ -813,8 +823,8 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
         dev->clblast_sgemm = (__typeof__(dev->clblast_sgemm))idf_dlsym(dev->clblast_lib, "CLBlastSgemm");
         idf_logf(&dev->log, IDEFICS_LOG_DEBUG, "opencl: CLBlast %s", dev->clblast_sgemm ? "loaded" : "not found");
     }
-    if (st == IDEFICS_OK && !dev->fp16_math)
-        st = self_test(dev, err); /* the float build (a half build was tested above) */
+    if (st == IDEFICS_OK && !dev->fp16_math && !dev->sg_math)
+        st = self_test(dev, err); /* the plain build (a variant was tested above) */
     if (st == IDEFICS_OK && dev->fp16_note[0])
         idf_logf(&dev->log, IDEFICS_LOG_INFO, "opencl: %s", dev->fp16_note);
     if (st) {

@@ -28,6 +28,7 @@ typedef struct idf_ocl_tuning {
     unsigned gm_tm, gm_tn, gm_wm, gm_wn; /* tiled GEMM: block of y per work-group, per work-item */
     unsigned gm_min_n;         /* input rows from which matmuls use the tiled GEMM */
     bool fp16;                 /* half compute type (IDF_CT) where the device has cl_khr_fp16 */
+    bool subgroups;            /* subgroup reductions in the Q4/Q8 matmuls where the device has them */
     bool auto_select;          /* AUTO may pick the device */
     bool use_host_ptr;         /* wrap host memory with CL_MEM_USE_HOST_PTR */
     bool clblast;              /* F32-weight matmuls with n >= clblast_min_n through CLBlast, when it loads */
@@ -123,6 +124,7 @@ struct idf_ocl_device {
     double build_ms;
     bool from_cache;
     bool fp16_math; /* the program was built with IDF_CT = half (tuning fp16 and cl_khr_fp16), self-tested */
+    bool sg_math;   /* ... with IDF_SUBGROUPS (tuning subgroups and cl_khr/cl_intel_subgroups), self-tested */
     char fp16_note[192]; /* why a half build was dropped, for the log */
     /* CLBlast (optional, tuning clblast = 1): dlopen'ed libclblast.so.1; it
      * links libOpenCL itself, so its entry takes our (ICD) objects. */

@@ -82,6 +82,15 @@ static const op_case cases[] = {
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 2, .n = 3, .m = 5, .k = 64},
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 64, .n = 1, .m = 130, .k = 512},
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_F16, .n = 9, .m = 37, .k = 600, .flags = F_BIAS},
+    /* prefill shapes (n >= 16): the OpenCL tiled GEMM (gemm_tiled.cl), with
+     * partial row and column blocks, k not a multiple of 32 for F32/F16, and
+     * strided outputs */
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_F32, .n = 37, .m = 45, .k = 77, .flags = F_BIAS | F_STRIDE},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_F16, .n = 33, .m = 70, .k = 129},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 19, .m = 37, .k = 96, .flags = F_BIAS | F_STRIDE},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 1, .n = 64, .m = 64, .k = 64},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 16, .n = 40, .m = 33, .k = 160, .flags = F_BIAS},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 64, .n = 17, .m = 130, .k = 32, .flags = F_STRIDE},
     /* GEMM blocking (backend_cpu.c): register blocks of up to 8 activation rows
      * (AVX-512 Q4) with every remainder 1..7, the 4- and 8-row weight bands,
      * power-of-two k (padded activation row stride), and n past one L2 chunk
@@ -167,6 +176,11 @@ static const op_case cases[] = {
     {.op = IDF_OP_QUICK_GELU, .n = 1, .k = 37},
     {.op = IDF_OP_RELU, .n = 1, .k = 33},
     {.op = IDF_OP_SILU_MUL, .n = 1, .k = 515},
+    /* the CPU backend's vectorized activations, large enough to be split on
+     * the pool (chunks of 16384), with a ragged last chunk */
+    {.op = IDF_OP_GELU, .n = 5, .k = 13107},
+    {.op = IDF_OP_QUICK_GELU, .n = 3, .k = 22001},
+    {.op = IDF_OP_SILU_MUL, .n = 7, .k = 11008},
     {.op = IDF_OP_ADD, .n = 1, .k = 9},
     {.op = IDF_OP_SCALE, .n = 1, .k = 17},
     {.op = IDF_OP_GATED_ADD, .n = 3, .k = 21},

@@ -62,6 +62,10 @@ typedef void (*idf_cpu_dots_fn)(const float *k, const float *q, int64_t q_stride
                                 int64_t s_stride);
 typedef void (*idf_cpu_axpy_fn)(const float *v, const float *p, int64_t p_stride, int nq, int d, float *acc);
 typedef float (*idf_cpu_softmax_fn)(float *s, int n, float mx);
+/* Activations in place (vec_f32.inc): gelu (erf form), quick_gelu, and
+ * g = silu(g) * u. */
+typedef void (*idf_cpu_act_fn)(float *x, int64_t n);
+typedef void (*idf_cpu_silu_mul_fn)(float *g, const float *u, int64_t n);
 
 typedef struct idf_cpu_kernels {
     const char *name; /* "scalar", "avx2", "avx512vnni", "neon", "neon-dotprod" */
@@ -74,6 +78,8 @@ typedef struct idf_cpu_kernels {
     idf_cpu_dots_fn attn_dots;
     idf_cpu_axpy_fn attn_axpy;
     idf_cpu_softmax_fn softmax_exp;
+    idf_cpu_act_fn gelu, quick_gelu;
+    idf_cpu_silu_mul_fn silu_mul;
 } idf_cpu_kernels;
 
 /* Each is defined in its kernel file; a file built for another architecture

@@ -220,5 +220,8 @@ void idf_cpu_kernels_avx2(idf_cpu_kernels *k) {
         .attn_dots = attn_dots,
         .attn_axpy = attn_axpy,
         .softmax_exp = softmax_exp,
+        .gelu = gelu_vec,
+        .quick_gelu = quick_gelu_vec,
+        .silu_mul = silu_mul_vec,
     };
 }
