@@ -20,17 +20,7 @@
 #include "quantize.h"
 #include "safetensors.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            failures++;                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fprintf(stderr, "\n");                               \
-        }                                                        \
-    } while (0)
+#include "check.h"
 
 /* The type the converter must have chosen (docs/QUANT.md). */
 static int expected_type(const char *preset, const idf_expected_tensor *e) {

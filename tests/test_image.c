@@ -20,16 +20,7 @@
 
 #include "image.h"
 
-static int g_fail;
-#define CHECK(cond, ...)                                                \
-    do {                                                                \
-        if (!(cond)) {                                                  \
-            fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                               \
-            fputc('\n', stderr);                                        \
-            g_fail++;                                                   \
-        }                                                               \
-    } while (0)
+#include "check.h"
 
 /* ------------------------------------------------------------ counting allocator */
 
@@ -645,8 +636,8 @@ int main(void) {
     test_bad_inputs();
     test_bad_jpegs();
     test_from_pixels();
-    if (g_fail) {
-        fprintf(stderr, "%d check(s) failed\n", g_fail);
+    if (failures) {
+        fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;
     }
     printf("all image checks passed\n");

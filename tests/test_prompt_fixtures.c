@@ -18,16 +18,8 @@
 #include "tokenizer.h"
 #include "tokenizer_import.h"
 
-static int failures, n_checked;
-#define CHECK(cond, ...)                                                    \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            failures++;                                                     \
-            fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                   \
-            fprintf(stderr, "\n");                                          \
-        }                                                                   \
-    } while (0)
+static int n_checked;
+#include "check.h"
 
 static cJSON *read_json(const char *dir, const char *name) {
     char p[4096];

@@ -14,17 +14,7 @@
 #include "quant.h"
 #include "quantize.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                              \
-    do {                                                              \
-        if (!(cond)) {                                                \
-            failures++;                                               \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);      \
-            fprintf(stderr, __VA_ARGS__);                             \
-            fprintf(stderr, "\n");                                    \
-        }                                                             \
-    } while (0)
+#include "check.h"
 
 static uint64_t rng_state = 0x1234567;
 static uint64_t rng_next(void) {

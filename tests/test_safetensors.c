@@ -15,17 +15,7 @@
 #include "platform.h"
 #include "safetensors.h"
 
-static int failures;
-
-#define CHECK(cond, ...)                                         \
-    do {                                                         \
-        if (!(cond)) {                                           \
-            failures++;                                          \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                        \
-            fprintf(stderr, "\n");                               \
-        }                                                        \
-    } while (0)
+#include "check.h"
 
 /* A safetensors image: u64 header length, the header, data_len bytes of data
  * (byte i of the data area is (i * 7 + 1) & 255). */

@@ -27,16 +27,7 @@
 #include "prompt.h"
 #include "tokenizer.h"
 
-static int failures;
-#define CHECK(cond, ...)                                                    \
-    do {                                                                    \
-        if (!(cond)) {                                                      \
-            failures++;                                                     \
-            fprintf(stderr, "%s:%d: FAIL %s: ", __FILE__, __LINE__, #cond); \
-            fprintf(stderr, __VA_ARGS__);                                   \
-            fprintf(stderr, "\n");                                          \
-        }                                                                   \
-    } while (0)
+#include "check.h"
 
 static idefics_model *g_model; /* test-program state, not library state */
 static const char *g_image;    /* a fixture image */

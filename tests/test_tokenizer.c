@@ -30,17 +30,8 @@
 #include "tokenizer.h"
 #include "tokenizer_import.h"
 
-static int n_fail;
 
-#define CHECK(cond, ...)                                                                                               \
-    do {                                                                                                               \
-        if (!(cond)) {                                                                                                 \
-            n_fail++;                                                                                                  \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__);                                                       \
-            fprintf(stderr, __VA_ARGS__);                                                                              \
-            fprintf(stderr, "\n");                                                                                     \
-        }                                                                                                              \
-    } while (0)
+#include "check.h"
 
 static const char *source_root(void) {
     const char *r = getenv("IDEFICS_SOURCE_ROOT");
@@ -924,7 +915,7 @@ int main(int argc, char **argv) {
                                      : run_tiny();
     if (rc == 77)
         return 77;
-    if (n_fail)
-        fprintf(stderr, "%d check(s) failed\n", n_fail);
-    return (rc || n_fail) ? 1 : 0;
+    if (failures)
+        fprintf(stderr, "%d check(s) failed\n", failures);
+    return (rc || failures) ? 1 : 0;
 }
