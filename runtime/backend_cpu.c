@@ -37,8 +37,8 @@ typedef struct cpu_ctx {
     /* quantized activations */
     int8_t *aq;
     float *ad;
-    int32_t *ac;
-    size_t aq_cap, ad_cap; /* elements of aq; of ad (ac has 8 per ad) */
+    int32_t *ac, *ac4;
+    size_t aq_cap, ad_cap; /* elements of aq; of ad (ac has 8 per ad, ac4 4) */
     /* per-thread fp32 scratch */
     float *scratch;
     size_t scratch_per;
@@ -85,15 +85,19 @@ static idefics_status ensure_qact(cpu_ctx *c, int64_t n, int64_t k) {
     if (nd > c->ad_cap) {
         float *d = idf_malloc(&c->alloc, nd * sizeof(float));
         int32_t *cr = idf_malloc(&c->alloc, nc * sizeof(int32_t));
-        if (!d || !cr) {
+        int32_t *cr4 = idf_malloc(&c->alloc, nc / 2 * sizeof(int32_t));
+        if (!d || !cr || !cr4) {
             idf_free(&c->alloc, d);
             idf_free(&c->alloc, cr);
+            idf_free(&c->alloc, cr4);
             return IDEFICS_ERR_OUT_OF_MEMORY;
         }
         idf_free(&c->alloc, c->ad);
         idf_free(&c->alloc, c->ac);
+        idf_free(&c->alloc, c->ac4);
         c->ad = d;
         c->ac = cr;
+        c->ac4 = cr4;
         c->ad_cap = nd;
     }
     return IDEFICS_OK;
@@ -173,7 +177,8 @@ static idefics_status matmul_q(cpu_ctx *c, const idf_weight *w, const float *bia
     const int64_t k = w->cols, R = w->tile_rows;
     IDF_FORWARD(ensure_qact(c, n, k));
     qmm_job j = {.c = c, .w = w, .bias = bias, .x = x, .n = n, .ldy = ldy, .y = y};
-    j.act = (idf_qact){.q = c->aq, .d = c->ad, .corr = c->ac, .k = k, .ng = k / IDFX_QK, .ldg = qact_ldg(k)};
+    j.act = (idf_qact){
+        .q = c->aq, .d = c->ad, .corr = c->ac, .corr4 = c->ac4, .k = k, .ng = k / IDFX_QK, .ldg = qact_ldg(k)};
     const bool q4 = w->type == IDFX_TYPE_Q4;
     const int min_r = q4 ? c->kern.q4_min_r : c->kern.q8_min_r;
     const idf_cpu_kernels *kk = R % min_r == 0 ? &c->kern : &c->scalar;
@@ -181,10 +186,11 @@ static idefics_status matmul_q(cpu_ctx *c, const idf_weight *w, const float *bia
     j.nx_max = q4 ? kk->q4_max_nx : kk->q8_max_nx;
     if (j.nx_max <= 0 || j.nx_max > IDF_CPU_NX_MAX)
         j.nx_max = IDF_CPU_NX;
-    /* Per row: k int8 + k / 4 int32 corrections + k / 32 fp32 scales. Chunks
+    /* Bytes per row: k of int8, k + k / 2 of int32 corrections (corr, corr4),
+     * k / 8 of fp32 scales. Chunks
      * of equal size (in whole register blocks), so none is a short remainder
      * that passes over every tile again for a few rows. */
-    int64_t chunk = QACT_CHUNK_BYTES / (k * 2 + k / 8);
+    int64_t chunk = QACT_CHUNK_BYTES / (k * 2 + k / 2 + k / 8);
     chunk = chunk < j.nx_max ? j.nx_max : chunk;
     const int64_t n_chunks = (n + chunk - 1) / chunk;
     j.x_chunk = (n + n_chunks - 1) / n_chunks;
@@ -555,6 +561,7 @@ static void cpu_free(idf_backend *b) {
     idf_free(&al, c->aq);
     idf_free(&al, c->ad);
     idf_free(&al, c->ac);
+    idf_free(&al, c->ac4);
     idf_free(&al, c);
     idf_free(&al, b);
 }

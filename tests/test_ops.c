@@ -94,7 +94,7 @@ static const op_case cases[] = {
     /* GEMM blocking (backend_cpu.c): register blocks of up to 8 activation rows
      * (AVX-512 Q4) with every remainder 1..7, the 4- and 8-row weight bands,
      * power-of-two k (padded activation row stride), and n past one L2 chunk
-     * of activation rows (QACT_CHUNK_BYTES: 180 rows at k = 1024) */
+     * of activation rows (QACT_CHUNK_BYTES: 146 rows at k = 1024) */
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 8, .m = 24, .k = 256},
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 15, .m = 19, .k = 128, .flags = F_BIAS | F_STRIDE},
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 4, .n = 13, .m = 11, .k = 96},

@@ -30,6 +30,8 @@ typedef struct idf_qact {
     int8_t *q;     /* [n, ldg * 32] */
     float *d;      /* [n, ldg] */
     int32_t *corr; /* [n, ldg, 8] */
+    int32_t *corr4; /* [n, ldg, 4]: corr[j] + corr[j + 4], the correction of a
+                       16-byte lane holding bytes 4j.. of both group halves (Q4) */
     int64_t k, ng; /* x's row length (= its row stride) and k / 32 */
     int64_t ldg;   /* row stride of q, d, corr in groups (>= ng): odd, so rows of a
                       power-of-two k do not all fall in the same L1 sets */

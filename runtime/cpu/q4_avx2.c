@@ -201,8 +201,10 @@ static void quant(const float *x, int64_t r0, int64_t n, idf_qact *a) {
             a->d[i * a->ldg + g] = d;
             /* sums of 4 neighbours: ones (unsigned) x q (signed), then pairs */
             const __m256i s4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, qb), ones16);
-            _mm256_storeu_si256((__m256i *)(a->corr + (i * a->ldg + g) * 8),
-                                _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s4, 7)));
+            const __m256i c8 = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s4, 7));
+            _mm256_storeu_si256((__m256i *)(a->corr + (i * a->ldg + g) * 8), c8);
+            _mm_storeu_si128((__m128i *)(a->corr4 + (i * a->ldg + g) * 4),
+                             _mm_add_epi32(_mm256_castsi256_si128(c8), _mm256_extracti128_si256(c8, 1)));
         }
     }
 }

@@ -9,7 +9,7 @@
  * Q4: nibbles -> bytes with and/shift, codebook lookup with vpshufb from a
  *     table of (codebook + 128) (unsigned); vpdpbusd multiplies those by the
  *     int8 activations; each row's 128-bit lane starts from the activation's
- *     -128 * sum correction (idf_qact.corr), so the int32 sums are exact.
+ *     -128 * sum correction (idf_qact.corr4), so the int32 sums are exact.
  * Q8: weights xor 0x80 (= w + 128, unsigned), same correction per 256-bit lane.
  * Work mapping: one call = one tile x nx <= 8 (Q4) / 4 (Q8) activation rows, rows in blocks
  * of 4*NB (Q4) / 2*NB (Q8); per group the int32 dot is scaled into fp32
@@ -63,11 +63,10 @@ AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
         for (int i = 0; i < NX; i++) {
             const int64_t row = x0 + i;
             const int8_t *xg = a->q + row * a->ldg * 32 + g * 32;
-            const int32_t *cg = a->corr + (row * a->ldg + g) * 8;
             const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)xg));
             const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xg + 16)));
-            const __m512i c = _mm512_broadcast_i32x4(
-                _mm_add_epi32(_mm_loadu_si128((const __m128i *)cg), _mm_loadu_si128((const __m128i *)(cg + 4))));
+            /* pre-summed at quantization: one broadcast load instead of two loads and an add */
+            const __m512i c = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(a->corr4 + (row * a->ldg + g) * 4)));
             const __m512 dx = _mm512_set1_ps(a->d[row * a->ldg + g]);
             for (int b = 0; b < NB; b++) {
                 __m512i t = _mm512_dpbusd_epi32(c, wl[b], xl);
@@ -225,8 +224,10 @@ static void quant(const float *x, int64_t r0, int64_t n, idf_qact *a) {
             _mm256_storeu_si256((__m256i *)(a->q + i * a->ldg * 32 + g * 32), qb);
             a->d[i * a->ldg + g] = d;
             const __m256i s4 = _mm256_dpbusd_epi32(_mm256_setzero_si256(), ones8, qb);
-            _mm256_storeu_si256((__m256i *)(a->corr + (i * a->ldg + g) * 8),
-                                _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s4, 7)));
+            const __m256i c8 = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s4, 7));
+            _mm256_storeu_si256((__m256i *)(a->corr + (i * a->ldg + g) * 8), c8);
+            _mm_storeu_si128((__m128i *)(a->corr4 + (i * a->ldg + g) * 4),
+                             _mm_add_epi32(_mm256_castsi256_si128(c8), _mm256_extracti128_si256(c8, 1)));
         }
     }
 }

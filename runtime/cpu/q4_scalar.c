@@ -78,6 +78,8 @@ void idf_cpu_quant_scalar(const float *x, int64_t r0, int64_t n, idf_qact *a) {
             int32_t *c = a->corr + (i * a->ldg + g) * 8;
             for (int j = 0; j < 8; j++)
                 c[j] = -128 * (q[4 * j] + q[4 * j + 1] + q[4 * j + 2] + q[4 * j + 3]);
+            for (int j = 0; j < 4; j++)
+                a->corr4[(i * a->ldg + g) * 4 + j] = c[j] + c[j + 4];
         }
     }
 }
