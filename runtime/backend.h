@@ -164,6 +164,13 @@ struct idefics_model;
 idefics_status idf_backend_create_for_model(const struct idefics_model *m, int n_threads, const idf_alloc *alloc,
                                             idf_backend **out, idf_err *err);
 
+/* Context-free elementwise ops of the reference backend, shared by backends
+ * whose own version would be the same loop (backend_ref.c). */
+idefics_status idf_ref_relu(void *ctx, float *x, int64_t n);
+idefics_status idf_ref_add(void *ctx, float *y, const float *x, int64_t n);
+idefics_status idf_ref_scale(void *ctx, float *x, float s, int64_t n);
+idefics_status idf_ref_gated_add(void *ctx, float *h, const float *gate, const float *a, int64_t n, int64_t dim);
+
 /* Convenience for callers: does b handle d (supports_op absent = yes)? */
 static inline bool idf_backend_supports(const idf_backend *b, const idf_op_desc *d) {
     return b && (!b->supports_op || b->supports_op(b->ctx, d));

@@ -516,37 +516,8 @@ static idefics_status cpu_quick_gelu(void *vctx, float *x, int64_t n) {
     return run_act(vctx, x, NULL, n, 1);
 }
 
-static idefics_status cpu_relu(void *vctx, float *x, int64_t n) {
-    (void)vctx;
-    for (int64_t i = 0; i < n; i++)
-        x[i] = x[i] > 0.0f ? x[i] : 0.0f;
-    return IDEFICS_OK;
-}
-
 static idefics_status cpu_silu_mul(void *vctx, float *g, const float *u, int64_t n) {
     return run_act(vctx, g, u, n, 2);
-}
-
-static idefics_status cpu_add(void *vctx, float *y, const float *x, int64_t n) {
-    (void)vctx;
-    for (int64_t i = 0; i < n; i++)
-        y[i] += x[i];
-    return IDEFICS_OK;
-}
-
-static idefics_status cpu_scale(void *vctx, float *x, float s, int64_t n) {
-    (void)vctx;
-    for (int64_t i = 0; i < n; i++)
-        x[i] *= s;
-    return IDEFICS_OK;
-}
-
-static idefics_status cpu_gated_add(void *vctx, float *h, const float *gate, const float *a, int64_t n, int64_t dim) {
-    (void)vctx;
-    for (int64_t i = 0; i < n; i++)
-        for (int64_t t = 0; t < dim; t++)
-            h[i * dim + t] += gate[t] * a[i * dim + t];
-    return IDEFICS_OK;
 }
 
 /* ------------------------------------------------------------ lifecycle */
@@ -670,11 +641,11 @@ idefics_status idf_backend_cpu_create_isa(idf_cpu_isa isa, int n_threads, const 
         .attention = cpu_attention,
         .gelu = cpu_gelu,
         .quick_gelu = cpu_quick_gelu,
-        .relu = cpu_relu,
+        .relu = idf_ref_relu,
         .silu_mul = cpu_silu_mul,
-        .add = cpu_add,
-        .scale = cpu_scale,
-        .gated_add = cpu_gated_add,
+        .add = idf_ref_add,
+        .scale = idf_ref_scale,
+        .gated_add = idf_ref_gated_add,
     };
     *out = b;
     return IDEFICS_OK;

@@ -297,7 +297,9 @@ static idefics_status ref_quick_gelu(void *vctx, float *x, int64_t n) {
     return IDEFICS_OK;
 }
 
-static idefics_status ref_relu(void *vctx, float *x, int64_t n) {
+/* The elementwise ops below ignore their context, so the fast CPU backend
+ * shares them (backend.h): memory-bound loops the compiler vectorises. */
+idefics_status idf_ref_relu(void *vctx, float *x, int64_t n) {
     (void)vctx;
     for (int64_t i = 0; i < n; i++)
         x[i] = x[i] > 0.0f ? x[i] : 0.0f;
@@ -311,21 +313,21 @@ static idefics_status ref_silu_mul(void *vctx, float *g, const float *u, int64_t
     return IDEFICS_OK;
 }
 
-static idefics_status ref_add(void *vctx, float *y, const float *x, int64_t n) {
+idefics_status idf_ref_add(void *vctx, float *y, const float *x, int64_t n) {
     (void)vctx;
     for (int64_t i = 0; i < n; i++)
         y[i] += x[i];
     return IDEFICS_OK;
 }
 
-static idefics_status ref_scale(void *vctx, float *x, float s, int64_t n) {
+idefics_status idf_ref_scale(void *vctx, float *x, float s, int64_t n) {
     (void)vctx;
     for (int64_t i = 0; i < n; i++)
         x[i] *= s;
     return IDEFICS_OK;
 }
 
-static idefics_status ref_gated_add(void *vctx, float *h, const float *gate, const float *a, int64_t n, int64_t dim) {
+idefics_status idf_ref_gated_add(void *vctx, float *h, const float *gate, const float *a, int64_t n, int64_t dim) {
     (void)vctx;
     for (int64_t i = 0; i < n; i++)
         for (int64_t t = 0; t < dim; t++)
@@ -380,11 +382,11 @@ idefics_status idf_backend_ref_create(int n_threads, const idf_alloc *alloc, idf
         .attention = ref_attention,
         .gelu = ref_gelu,
         .quick_gelu = ref_quick_gelu,
-        .relu = ref_relu,
+        .relu = idf_ref_relu,
         .silu_mul = ref_silu_mul,
-        .add = ref_add,
-        .scale = ref_scale,
-        .gated_add = ref_gated_add,
+        .add = idf_ref_add,
+        .scale = idf_ref_scale,
+        .gated_add = idf_ref_gated_add,
     };
     *out = b;
     return IDEFICS_OK;
