@@ -7,7 +7,8 @@
   tests/fixtures/demo/questions.tsv  200 questions about them with the expected answer and
                                    what PyTorch (fp32 compute, transformers' IdeficsProcessor
                                    + generate, greedy) answered; header: its score
-  tests/fixtures/demo/train_result.json  train.py's result.json (dims, time, accuracy)
+  tests/fixtures/demo/train_result.json  train.py's result.json of the run and of the runs it
+                                   continued (dims, time, accuracy)
   examples/shapes-NN.png           demo images from yet another seed range, 96-256 px, no noise
   models/tiny-shapes.idfx          idefics-convert with the default preset (q4)
 
@@ -97,6 +98,9 @@ def main():
     torch.set_num_threads(1)
     transformers.logging.set_verbosity_error()
 
+    with open(os.path.join(args.run, "result.json")) as f:
+        task = json.load(f).get("task", "full")
+    shapes.set_task(task)  # the questions the model was (last) trained on
     fx = os.path.join(args.root, "tests", "fixtures", "demo")
     os.makedirs(fx, exist_ok=True)
     for f in os.listdir(fx):
@@ -104,7 +108,15 @@ def main():
             os.remove(os.path.join(fx, f))
     hf = os.path.join(fx, "hf")
     save_fp16_checkpoint(os.path.join(args.run, "hf"), hf)
-    shutil.copy(os.path.join(args.run, "result.json"), os.path.join(fx, "train_result.json"))
+    # The run's result.json, and those of the runs it continued (--init-from RUN/hf), oldest first.
+    results, run = [], args.run
+    while run:
+        with open(os.path.join(run, "result.json")) as f:
+            results.insert(0, json.load(f))
+        run = os.path.dirname(os.path.normpath(results[0]["init_from"])) if results[0].get("init_from") else None
+    with open(os.path.join(fx, "train_result.json"), "w") as f:
+        json.dump(results, f, indent=1)
+        f.write("\n")
 
     # Held-out questions: every question type each test scene supports, scenes in seed order.
     rows = []
@@ -127,6 +139,7 @@ def main():
         f.write("# Demo model held-out questions (tools/demo-model/export.py); columns:\n")
         f.write("# image, qtype, question, answer, pytorch_answer (fp32 compute, greedy, transformers "
                 f"{transformers.__version__})\n")
+        f.write(f"# task {task}\n")
         f.write(f"# pytorch_fp32_correct {correct}/{len(rows)}\n")
         for qt, (c, n) in per.items():
             f.write(f"# pytorch_fp32_{qt} {c}/{n}\n")

@@ -5,14 +5,15 @@ pixels and text on any machine. A scene holds 1 to 4 copies of one shape in one
 colour (sizes and positions vary per copy) on a plain background, with optional
 pixel noise. Five question types are asked about it:
 
-  shape     "What shape is in the image?"      -> "star"
+  shape     "What shape is in the image?"      -> "star" (circle, square, triangle, star)
   colour    "What colour is the shape?"        -> "red"
   count     "How many shapes are there?"       -> "3"
   where     "Where is the star?" (one shape)   -> "left" | "right" | "top" | "bottom" | "centre"
   describe  "Describe the image."              -> "Three red stars on a black background."
 
 "where" is asked only about single-shape scenes, which put the shape in one of
-five regions; scenes with 2-4 shapes scatter them without overlap. Splits come
+five regions; scenes with 2-4 shapes scatter them without overlap. TASKS has a
+"simple" variant (no stars, no "where"), which the shipped model ends on. Splits come
 from separate seed ranges (SPLIT_SEEDS), so no test scene is a training scene.
 """
 
@@ -21,7 +22,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-SHAPES = ["circle", "square", "triangle", "star", "diamond", "cross"]
+SHAPES = ["circle", "square", "triangle", "star"]
 COLOURS = {
     "red": (220, 40, 40),
     "green": (40, 170, 60),
@@ -42,6 +43,20 @@ PLACE_PHRASE = {"left": "on the left", "right": "on the right", "top": "at the t
                 "centre": "in the centre"}
 NUMBER_WORDS = ["One", "Two", "Three", "Four"]
 QTYPES = ["shape", "colour", "count", "where", "describe"]
+# Task variants. "full" is everything above. "simple" drops stars (most confused with
+# triangles) and the "where" question (captions then leave out the position): the
+# shipped model is "full" training continued on "simple" (models/README.md). The
+# tokenizer is always trained on the full task's text.
+TASKS = {
+    "full": dict(shapes=SHAPES, qtypes=QTYPES),
+    "simple": dict(shapes=["circle", "square", "triangle"], qtypes=["shape", "colour", "count", "describe"]),
+}
+_task = TASKS["full"]
+
+
+def set_task(name):
+    global _task
+    _task = TASKS[name]
 CAPTION_PROMPT = "Describe the image."
 QUESTIONS = {
     "shape": ["What shape is in the image?", "What shape do you see?", "Which shape is shown?"],
@@ -57,7 +72,7 @@ SPLIT_SEEDS = {"train": 1_000_000, "val": 2_000_000, "test": 3_000_000, "example
 def scene(seed):
     """A scene description (dict) from one seed."""
     rng = np.random.RandomState(seed)
-    shape = SHAPES[rng.randint(len(SHAPES))]
+    shape = _task["shapes"][rng.randint(len(_task["shapes"]))]
     colour = list(COLOURS)[rng.randint(len(COLOURS))]
     bg = list(BACKGROUNDS)[rng.randint(len(BACKGROUNDS))]
     # Single shapes are as frequent as 2, 3 and 4 together: they carry "where".
@@ -65,7 +80,7 @@ def scene(seed):
     objs = []
     if n == 1:
         place = PLACES[rng.randint(len(PLACES))]
-        r = rng.uniform(0.10, 0.17)
+        r = rng.uniform(0.15, 0.22)
         cx, cy = PLACE_XY[place]
         objs.append((cx + rng.uniform(-0.06, 0.06), cy + rng.uniform(-0.06, 0.06), r, rng.uniform(0, 2 * math.pi)))
     else:
@@ -73,14 +88,14 @@ def scene(seed):
         for _ in range(1000):
             if len(objs) == n:
                 break
-            r = rng.uniform(0.075, 0.12)
+            r = rng.uniform(0.10, 0.13)
             x, y = rng.uniform(r + 0.02, 1 - r - 0.02, size=2)
-            if all(math.hypot(x - ox, y - oy) > r + orr + 0.04 for ox, oy, orr, _ in objs):
+            if all(math.hypot(x - ox, y - oy) > r + orr + 0.03 for ox, oy, orr, _ in objs):
                 objs.append((x, y, r, rng.uniform(0, 2 * math.pi)))
         if len(objs) < n:  # cannot happen with these radii; keep the count honest anyway
             n = len(objs)
     jitter = rng.randint(-18, 19, size=(n, 3))
-    noise = float(rng.choice([0.0, 0.0, 4.0, 8.0, 12.0]))
+    noise = float(rng.choice([0.0, 0.0, 3.0, 6.0]))
     return dict(seed=seed, shape=shape, colour=colour, background=bg, count=n, place=place, objects=objs,
                 jitter=jitter.tolist(), noise=noise)
 
@@ -134,9 +149,11 @@ def plural(shape):
 
 
 def caption(sc):
-    if sc["count"] == 1:
-        article = "An" if sc["colour"][0] in "aeiou" else "A"
+    article = "An" if sc["colour"][0] in "aeiou" else "A"
+    if sc["count"] == 1 and "where" in _task["qtypes"]:
         return f"{article} {sc['colour']} {sc['shape']} {PLACE_PHRASE[sc['place']]} of a {sc['background']} background."
+    if sc["count"] == 1:
+        return f"{article} {sc['colour']} {sc['shape']} on a {sc['background']} background."
     return f"{NUMBER_WORDS[sc['count'] - 1]} {sc['colour']} {plural(sc['shape'])} on a {sc['background']} background."
 
 
@@ -155,7 +172,7 @@ def answer(sc, qtype):
 
 
 def qtypes_for(sc):
-    return [q for q in QTYPES if q != "where" or sc["count"] == 1]
+    return [q for q in _task["qtypes"] if q != "where" or sc["count"] == 1]
 
 
 def question(sc, qtype, variant):
@@ -174,7 +191,9 @@ def qa_pairs(sc, all_variants=False):
 
 
 def corpus_lines():
-    """Every question and answer text the dataset can produce (tokenizer training)."""
+    """Every question and answer text the full task can produce (tokenizer training)."""
+    global _task
+    saved, _task = _task, TASKS["full"]
     lines = set()
     for shape in SHAPES:
         for colour in COLOURS:
@@ -186,6 +205,7 @@ def corpus_lines():
                             for v in range(len(QUESTIONS[qt])):
                                 lines.add(f"User: {question(sc, qt, v)}")
                                 lines.add(f"Assistant: {answer(sc, qt)}")
+    _task = saved
     return sorted(lines)
 
 
