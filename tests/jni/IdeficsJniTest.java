@@ -55,7 +55,7 @@ public class IdeficsJniTest {
         Idefics.LoadParams lp = new Idefics.LoadParams();
         lp.threads = 1;
         lp.backend = Idefics.LoadParams.BACKEND_CPU; // AUTO would probe OpenCL (pocl on CI hosts installs signal handlers the JVM warns about)
-        lp.contextLength = 512;
+        lp.contextLength = 0; // the model's maximum (the demo model has 128 positions)
         Idefics m = Idefics.load(modelPath, lp);
         System.out.println("model: " + m.info());
         check(m.info().contains("backend="), "info");
