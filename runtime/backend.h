@@ -170,6 +170,8 @@ idefics_status idf_ref_relu(void *ctx, float *x, int64_t n);
 idefics_status idf_ref_add(void *ctx, float *y, const float *x, int64_t n);
 idefics_status idf_ref_scale(void *ctx, float *x, float s, int64_t n);
 idefics_status idf_ref_gated_add(void *ctx, float *h, const float *gate, const float *a, int64_t n, int64_t dim);
+idefics_status idf_ref_rope(void *ctx, float *x, int64_t n, int64_t stride, int n_heads, int head_dim, int pos0,
+                            float theta);
 
 /* Convenience for callers: does b handle d (supports_op absent = yes)? */
 static inline bool idf_backend_supports(const idf_backend *b, const idf_op_desc *d) {

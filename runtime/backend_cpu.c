@@ -329,32 +329,6 @@ static idefics_status cpu_layernorm(void *vctx, const float *x, const float *w, 
     return IDEFICS_OK;
 }
 
-/* ------------------------------------------------------------------ rope */
-
-static idefics_status cpu_rope(void *vctx, float *x, int64_t n, int64_t stride, int n_heads, int head_dim, int pos0,
-                               float theta) {
-    (void)vctx;
-    if (!x || head_dim <= 0 || head_dim % 2 || n_heads <= 0 || stride < (int64_t)n_heads * head_dim || pos0 < 0)
-        return IDEFICS_ERR_INVALID_ARG;
-    const int half = head_dim / 2;
-    for (int64_t i = 0; i < n; i++) {
-        const float pos = (float)(pos0 + i);
-        for (int d = 0; d < half; d++) {
-            /* The angle in fp32 exactly as HF forms it (spec §3.5). */
-            const float inv_freq = 1.0f / powf(theta, (float)(2 * d) / (float)head_dim);
-            const float ang = pos * inv_freq;
-            const float cs = cosf(ang), sn = sinf(ang);
-            for (int h = 0; h < n_heads; h++) {
-                float *xh = x + i * stride + (int64_t)h * head_dim;
-                const float a = xh[d], b = xh[d + half];
-                xh[d] = a * cs - b * sn;
-                xh[d + half] = b * cs + a * sn;
-            }
-        }
-    }
-    return IDEFICS_OK;
-}
-
 /* ------------------------------------------------------------- attention */
 
 /* Query rows per task: each K/V row is read (and converted from F16/Q8) once
@@ -637,7 +611,7 @@ idefics_status idf_backend_cpu_create_isa(idf_cpu_isa isa, int n_threads, const 
         .get_rows = cpu_get_rows,
         .rmsnorm = cpu_rmsnorm,
         .layernorm = cpu_layernorm,
-        .rope = cpu_rope,
+        .rope = idf_ref_rope,
         .attention = cpu_attention,
         .gelu = cpu_gelu,
         .quick_gelu = cpu_quick_gelu,

@@ -179,8 +179,9 @@ static idefics_status ref_layernorm(void *vctx, const float *x, const float *w, 
 
 /* ------------------------------------------------------------------ rope */
 
-static idefics_status ref_rope(void *vctx, float *x, int64_t n, int64_t stride, int n_heads, int head_dim, int pos0,
-                               float theta) {
+/* Context-free: the fast CPU backend shares it (backend.h). */
+idefics_status idf_ref_rope(void *vctx, float *x, int64_t n, int64_t stride, int n_heads, int head_dim, int pos0,
+                            float theta) {
     (void)vctx;
     if (!x || head_dim <= 0 || head_dim % 2 || n_heads <= 0 || stride < (int64_t)n_heads * head_dim || pos0 < 0)
         return IDEFICS_ERR_INVALID_ARG;
@@ -378,7 +379,7 @@ idefics_status idf_backend_ref_create(int n_threads, const idf_alloc *alloc, idf
         .get_rows = ref_get_rows,
         .rmsnorm = ref_rmsnorm,
         .layernorm = ref_layernorm,
-        .rope = ref_rope,
+        .rope = idf_ref_rope,
         .attention = ref_attention,
         .gelu = ref_gelu,
         .quick_gelu = ref_quick_gelu,
