@@ -32,7 +32,7 @@ typedef struct opts {
 } opts;
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: idefics-bench -m MODEL.idfx [-t THREADS] [--backend cpu|cpu-ref|auto] [--ctx N]\n"
+    fprintf(f, "usage: idefics-bench -m MODEL.idfx [-t THREADS] [--backend cpu|cpu-ref|auto] [--ctx N (default 2048 or the model's maximum)]\n"
                "                     [-p 64,512] [-n 64] [-r REPS] [--kv f16|f32|q8] [--json]\n");
 }
 
@@ -140,7 +140,7 @@ static void mem_bw(int threads, int reps, double *copy_gbs, double *read_gbs) {
 }
 
 static int parse(int argc, char **argv, opts *o) {
-    *o = (opts){.threads = 0, .ctx = 2048, .reps = 3, .tg = 64, .pp = {64, 512}, .n_pp = 2,
+    *o = (opts){.threads = 0, .ctx = 0, .reps = 3, .tg = 64, .pp = {64, 512}, .n_pp = 2,
                 .backend = IDEFICS_BACKEND_AUTO, .kv = IDEFICS_KV_F16};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -198,7 +198,7 @@ static int parse(int argc, char **argv, opts *o) {
             return 2;
         }
     }
-    if (!o->model || o->reps < 1 || o->tg < 0 || o->ctx < 1) {
+    if (!o->model || o->reps < 1 || o->tg < 0 || o->ctx < 0) {
         usage(stderr);
         return 2;
     }
@@ -221,6 +221,11 @@ int main(int argc, char **argv) {
     if (idefics_model_load(o.model, &mp, &m, err, sizeof err) != IDEFICS_OK) {
         fprintf(stderr, "idefics-bench: %s\n", err);
         return 1;
+    }
+    if (o.ctx == 0) { /* default: 2048, or the model's maximum when smaller */
+        idefics_model_info mi;
+        idefics_model_get_info(m, &mi);
+        o.ctx = mi.n_ctx_max > 0 && mi.n_ctx_max < 2048 ? mi.n_ctx_max : 2048;
     }
     idf_state *st = NULL;
     idf_err e;
