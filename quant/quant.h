@@ -74,6 +74,10 @@ static const int8_t IDFX_Q4_CODEBOOK[16] = IDFX_Q4_CODEBOOK_INIT;
 /* ---- fp16 <-> fp32 (IEEE binary16, round to nearest even) ---- */
 float idfx_fp16_to_fp32(uint16_t h);
 uint16_t idfx_fp32_to_fp16(float f);
+/* n floats to fp16, the same bits as idfx_fp32_to_fp16 for every input (round
+ * to nearest even, subnormals, inf, NaN), written branch-free so the compiler
+ * vectorizes it (F16 KV stores: 2.6% of a 512-token prefill as the scalar loop). */
+void idfx_fp32_to_fp16_row(const float *src, uint16_t *dst, int64_t n);
 float idfx_bf16_to_fp32(uint16_t h);
 
 /* ---- type traits ---- */

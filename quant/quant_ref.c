@@ -63,6 +63,35 @@ uint16_t idfx_fp32_to_fp16(float f) {
     return (uint16_t)(sign | h);
 }
 
+/* Branch-free: both the normal and the subnormal result are computed and one
+ * is picked with integer masks. The subnormal one comes from the FPU (adding
+ * 0.5 shifts the value's bits into the low mantissa, rounded to nearest even
+ * by the addition itself); the normal one by rounding the mantissa at bit 13
+ * with a bias of 0xfff plus the kept bit's parity. */
+void idfx_fp32_to_fp16_row(const float *src, uint16_t *dst, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        uint32_t x;
+        memcpy(&x, &src[i], 4);
+        const uint32_t sign = (x >> 16) & 0x8000u, absx = x & 0x7fffffffu;
+        float af;
+        memcpy(&af, &absx, 4);
+        /* subnormal half: absx < 2^-14; 0.5f is 126 << 23 */
+        float sf = af + 0.5f;
+        uint32_t sb;
+        memcpy(&sb, &sf, 4);
+        const uint32_t sub = sb - 0x3f000000u;
+        /* normal half; values that round past 65504 carry into the exponent
+         * and land on 0x7c00 (inf) */
+        const uint32_t nrm = (absx + 0xc8000fffu + ((absx >> 13) & 1u)) >> 13;
+        const uint32_t is_sub = (uint32_t) - (int32_t)(absx < 0x38800000u);
+        const uint32_t is_big = (uint32_t) - (int32_t)(absx >= 0x47800000u);
+        const uint32_t is_nan = (uint32_t) - (int32_t)(absx > 0x7f800000u);
+        uint32_t h = (sub & is_sub) | (nrm & ~is_sub);
+        h = (h & ~is_big) | ((0x7c00u | (0x200u & is_nan)) & is_big);
+        dst[i] = (uint16_t)((h & 0x7fffu) | sign);
+    }
+}
+
 float idfx_bf16_to_fp32(uint16_t h) {
     uint32_t bits = (uint32_t)h << 16;
     float f;

@@ -37,8 +37,8 @@ typedef struct cpu_ctx {
     /* quantized activations */
     int8_t *aq;
     float *ad;
-    int32_t *ac, *ac4;
-    size_t aq_cap, ad_cap; /* elements of aq; of ad (ac has 8 per ad, ac4 4) */
+    int32_t *ac, *ac4, *ac1;
+    size_t aq_cap, ad_cap; /* elements of aq; of ad (ac has 8 per ad, ac4 4, ac1 1) */
     /* per-thread fp32 scratch */
     float *scratch;
     size_t scratch_per;
@@ -86,18 +86,22 @@ static idefics_status ensure_qact(cpu_ctx *c, int64_t n, int64_t k) {
         float *d = idf_malloc(&c->alloc, nd * sizeof(float));
         int32_t *cr = idf_malloc(&c->alloc, nc * sizeof(int32_t));
         int32_t *cr4 = idf_malloc(&c->alloc, nc / 2 * sizeof(int32_t));
-        if (!d || !cr || !cr4) {
+        int32_t *cr1 = idf_malloc(&c->alloc, nd * sizeof(int32_t));
+        if (!d || !cr || !cr4 || !cr1) {
             idf_free(&c->alloc, d);
             idf_free(&c->alloc, cr);
             idf_free(&c->alloc, cr4);
+            idf_free(&c->alloc, cr1);
             return IDEFICS_ERR_OUT_OF_MEMORY;
         }
         idf_free(&c->alloc, c->ad);
         idf_free(&c->alloc, c->ac);
         idf_free(&c->alloc, c->ac4);
+        idf_free(&c->alloc, c->ac1);
         c->ad = d;
         c->ac = cr;
         c->ac4 = cr4;
+        c->ac1 = cr1;
         c->ad_cap = nd;
     }
     return IDEFICS_OK;
@@ -123,6 +127,8 @@ static idf_pool *pool_for(const cpu_ctx *c, int64_t macs) {
 
 /* ------------------------------------------------------- quantized matmul */
 
+#define QMM_MAX_TASKS 96
+
 typedef struct qmm_job {
     cpu_ctx *c;
     const idf_weight *w;
@@ -131,10 +137,14 @@ typedef struct qmm_job {
     float *y;
     idf_qact act;
     idf_cpu_tile_fn fn;
+    idf_cpu_rows16_fn rows16; /* 16-row GEMM passes (NULL: tile by tile) */
     int nx_max;       /* activation rows per tile call */
     int64_t x_chunk;  /* activation rows per pass over a task's tiles */
-    int64_t tiles_per_task, n_tiles;
+    int64_t tiles_per_task, n_tiles; /* tiles_per_task 0: the guided split in tile_end */
     uint64_t tile_bytes;
+    /* guided split for memory-bound calls (tile_end[task], ascending): big
+     * tasks first, small ones last, so the threads finish together */
+    int64_t tile_end[QMM_MAX_TASKS];
 } qmm_job;
 
 static void quant_task(void *ctx, int64_t i, int tid) {
@@ -147,8 +157,14 @@ static void qmm_task(void *ctx, int64_t task, int tid) {
     (void)tid;
     const qmm_job *j = ctx;
     const int R = (int)j->w->tile_rows;
-    const int64_t t0 = task * j->tiles_per_task;
-    const int64_t t1 = t0 + j->tiles_per_task < j->n_tiles ? t0 + j->tiles_per_task : j->n_tiles;
+    int64_t t0, t1;
+    if (j->tiles_per_task) {
+        t0 = task * j->tiles_per_task;
+        t1 = t0 + j->tiles_per_task < j->n_tiles ? t0 + j->tiles_per_task : j->n_tiles;
+    } else {
+        t0 = task ? j->tile_end[task - 1] : 0;
+        t1 = j->tile_end[task];
+    }
     /* Activation rows in chunks that stay in L2 while the task's tiles pass
      * over them; each tile (a few KB) stays in L1 across the chunk's blocks. */
     for (int64_t c0 = 0; c0 < j->n; c0 += j->x_chunk) {
@@ -157,6 +173,29 @@ static void qmm_task(void *ctx, int64_t task, int tid) {
             const uint8_t *tile = (const uint8_t *)j->w->data + (uint64_t)t * j->tile_bytes;
             const int64_t r0 = t * R;
             const int valid = (int)(j->w->rows - r0 < R ? j->w->rows - r0 : R);
+            if (j->rows16 && R == 8 && t + 1 < t1 && j->w->rows - r0 >= 16) {
+                /* two adjacent full 8-row tiles as one 16-row pass */
+                const uint8_t *nxt = tile + j->tile_bytes;
+                for (int64_t i = c0; i < c1; i += j->nx_max) {
+                    const int nx = (int)(c1 - i < j->nx_max ? c1 - i : j->nx_max);
+                    j->rows16(tile, tile + j->act.ng * 16, nxt, nxt + j->act.ng * 16, 16, 128, j->act.ng, &j->act, i,
+                              nx, j->y + i * j->ldy + r0, j->ldy, j->bias ? j->bias + r0 : NULL);
+                }
+                t++;
+                continue;
+            }
+            if (j->rows16 && R % 16 == 0 && valid == R) {
+                /* the 8-row halves of each 16 rows of a full tile */
+                const uint8_t *qs = tile + j->act.ng * R * 2;
+                for (int rb = 0; rb < R; rb += 16)
+                    for (int64_t i = c0; i < c1; i += j->nx_max) {
+                        const int nx = (int)(c1 - i < j->nx_max ? c1 - i : j->nx_max);
+                        j->rows16(tile + rb * 2, qs + rb * 16, tile + (rb + 8) * 2, qs + (rb + 8) * 16, R * 2, R * 16,
+                                  j->act.ng, &j->act, i, nx, j->y + i * j->ldy + r0 + rb, j->ldy,
+                                  j->bias ? j->bias + r0 + rb : NULL);
+                    }
+                continue;
+            }
             for (int64_t i = c0; i < c1; i += j->nx_max) {
                 const int nx = (int)(c1 - i < j->nx_max ? c1 - i : j->nx_max);
                 j->fn(tile, R, j->act.ng, &j->act, i, nx, j->y + i * j->ldy + r0, j->ldy, valid,
@@ -167,10 +206,13 @@ static void qmm_task(void *ctx, int64_t task, int tid) {
 }
 
 /* Bytes of quantized activations (q, corr, d) a chunk of rows may occupy:
- * about a third of a Zen 4 core's L2 (1 MB), half of a phone core's, leaving
- * room for the task's weight tiles (measured on Zen 4: 256-384 KB best for
+ * about a third of a Zen 5 core's L2 (1 MB), half of a phone core's, leaving
+ * room for the task's weight tiles (measured on Zen 5: 256-384 KB best for
  * k = 5120 and 11008; no chunking ran the k = 11008 down projection 15% slower). */
 #define QACT_CHUNK_BYTES (384 * 1024)
+
+/* Smallest task of the guided (decode) split: ~2-4 us of streaming. */
+#define QMM_MIN_TASK_BYTES (64 * 1024)
 
 static idefics_status matmul_q(cpu_ctx *c, const idf_weight *w, const float *bias, const float *x, int64_t n, float *y,
                                int64_t ldy) {
@@ -178,19 +220,22 @@ static idefics_status matmul_q(cpu_ctx *c, const idf_weight *w, const float *bia
     IDF_FORWARD(ensure_qact(c, n, k));
     qmm_job j = {.c = c, .w = w, .bias = bias, .x = x, .n = n, .ldy = ldy, .y = y};
     j.act = (idf_qact){
-        .q = c->aq, .d = c->ad, .corr = c->ac, .corr4 = c->ac4, .k = k, .ng = k / IDFX_QK, .ldg = qact_ldg(k)};
+        .q = c->aq, .d = c->ad, .corr = c->ac, .corr4 = c->ac4, .corr1 = c->ac1, .k = k, .ng = k / IDFX_QK, .ldg = qact_ldg(k)};
     const bool q4 = w->type == IDFX_TYPE_Q4;
     const int min_r = q4 ? c->kern.q4_min_r : c->kern.q8_min_r;
     const idf_cpu_kernels *kk = R % min_r == 0 ? &c->kern : &c->scalar;
     j.fn = q4 ? kk->q4_tile : kk->q8_tile;
+    /* The 16-row pass is for GEMM; one or two rows stream the weights at the
+     * memory bound through q4_tile's prefetching one-row kernel. */
+    j.rows16 = q4 && n > 2 && kk == &c->kern ? kk->q4_rows16 : NULL;
     j.nx_max = q4 ? kk->q4_max_nx : kk->q8_max_nx;
     if (j.nx_max <= 0 || j.nx_max > IDF_CPU_NX_MAX)
         j.nx_max = IDF_CPU_NX;
-    /* Bytes per row: k of int8, k + k / 2 of int32 corrections (corr, corr4),
-     * k / 8 of fp32 scales. Chunks
+    /* Bytes per row: k of int8, k + k / 2 + k / 8 of int32 corrections (corr,
+     * corr4, corr1), k / 8 of fp32 scales. Chunks
      * of equal size (in whole register blocks), so none is a short remainder
      * that passes over every tile again for a few rows. */
-    int64_t chunk = QACT_CHUNK_BYTES / (k * 2 + k / 2 + k / 8);
+    int64_t chunk = QACT_CHUNK_BYTES / (k * 2 + k / 2 + k / 4);
     chunk = chunk < j.nx_max ? j.nx_max : chunk;
     const int64_t n_chunks = (n + chunk - 1) / chunk;
     j.x_chunk = (n + n_chunks - 1) / n_chunks;
@@ -201,12 +246,34 @@ static idefics_status matmul_q(cpu_ctx *c, const idf_weight *w, const float *bia
     idf_pool *pool = pool_for(c, macs);
     /* Quantizing x costs one pass over n*k floats: worth the pool only for chunks. */
     idf_pool_run(n >= 4 ? pool : NULL, n, quant_task, &j);
-    /* About 8 tasks per thread balance the load without many tiny tasks. */
-    const int64_t want_tasks = pool ? 8 * (int64_t)c->n_threads : 1;
-    j.tiles_per_task = (j.n_tiles + want_tasks - 1) / want_tasks;
-    if (j.tiles_per_task < 1)
-        j.tiles_per_task = 1;
-    idf_pool_run(pool, (j.n_tiles + j.tiles_per_task - 1) / j.tiles_per_task, qmm_task, &j);
+    int64_t n_tasks;
+    if (pool && n <= 2) {
+        /* Decode streams the weights once at the memory bound, where equal
+         * tasks leave one thread idle for half a task at the end of each of
+         * ~250 calls a token. Guided split instead: each task takes 1/(2T) of
+         * what is left, down to QMM_MIN_TASK_BYTES (the prefetch needs a run
+         * to get ahead), so the last tasks are small. */
+        const int64_t min_tiles = (int64_t)(QMM_MIN_TASK_BYTES / j.tile_bytes) + 1;
+        int64_t done = 0;
+        n_tasks = 0;
+        while (done < j.n_tiles) {
+            int64_t sz = (j.n_tiles - done) / (2 * (int64_t)c->n_threads);
+            sz = sz < min_tiles ? min_tiles : sz;
+            if (n_tasks == QMM_MAX_TASKS - 1 || done + sz > j.n_tiles)
+                sz = j.n_tiles - done;
+            done += sz;
+            j.tile_end[n_tasks++] = done;
+        }
+        j.tiles_per_task = 0;
+    } else {
+        /* About 8 tasks per thread balance the load without many tiny tasks. */
+        const int64_t want_tasks = pool ? 8 * (int64_t)c->n_threads : 1;
+        j.tiles_per_task = (j.n_tiles + want_tasks - 1) / want_tasks;
+        if (j.tiles_per_task < 1)
+            j.tiles_per_task = 1;
+        n_tasks = (j.n_tiles + j.tiles_per_task - 1) / j.tiles_per_task;
+    }
+    idf_pool_run(pool, n_tasks, qmm_task, &j);
     return IDEFICS_OK;
 }
 
@@ -507,6 +574,7 @@ static void cpu_free(idf_backend *b) {
     idf_free(&al, c->ad);
     idf_free(&al, c->ac);
     idf_free(&al, c->ac4);
+    idf_free(&al, c->ac1);
     idf_free(&al, c);
     idf_free(&al, b);
 }

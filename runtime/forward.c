@@ -270,9 +270,7 @@ static void store_kv(const idf_state *s, void *dst, const float *src, int64_t n_
     } else if (s->kv_type == IDEFICS_KV_F32) {
         memcpy(dst, src, (size_t)n_elems * sizeof(float));
     } else {
-        uint16_t *d = dst;
-        for (int64_t i = 0; i < n_elems; i++)
-            d[i] = idfx_fp32_to_fp16(src[i]);
+        idfx_fp32_to_fp16_row(src, dst, n_elems);
     }
 }
 

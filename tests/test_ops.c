@@ -102,6 +102,14 @@ static const op_case cases[] = {
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 203, .m = 21, .k = 1024, .flags = F_BIAS},
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 8, .n = 203, .m = 9, .k = 1024, .flags = F_STRIDE},
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 4, .n = 9, .m = 8, .k = 2048},
+    /* decode (n <= 2): the one-row kernels with prefetch (two 8-row passes per
+     * 16-row tile, a partial last tile, bias, strided output) and the guided
+     * task split, from one task to many (4100 rows: 513 tiles of 288 bytes) */
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 16, .n = 1, .m = 37, .k = 256, .flags = F_BIAS | F_STRIDE},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 1, .m = 4100, .k = 64, .flags = F_BIAS},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 2, .m = 1000, .k = 160},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 8, .n = 1, .m = 77, .k = 320, .flags = F_BIAS},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 16, .n = 2, .m = 2051, .k = 64, .flags = F_STRIDE},
     /* embedding gather */
     {.op = IDF_OP_GET_ROWS, .wtype = IDFX_TYPE_F32, .n = 4, .m = 11, .k = 7},
     {.op = IDF_OP_GET_ROWS, .wtype = IDFX_TYPE_F16, .n = 3, .m = 5, .k = 33},

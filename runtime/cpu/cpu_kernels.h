@@ -25,6 +25,26 @@
 
 #define IDF_CPU_NX 4     /* activation rows per kernel call (register blocking), default */
 #define IDF_CPU_NX_MAX 8 /* the most any kernel takes (idf_cpu_kernels.q4_max_nx) */
+/* Bytes ahead of the weight stream that the one-row (decode) kernels prefetch.
+ * Decode reads every weight byte once from file-backed 4 KB pages, where the
+ * hardware prefetcher stops at each page boundary, and the kernels' work per
+ * byte keeps few loads in flight. Measured on Zen 5, 2 threads, 9B decode:
+ * none 6.2 tok/s; 2048 8.7; 4096 9.6-9.8; 6144 10.2-10.5; 8192 10.3-10.4;
+ * 12288 and 16384 no better (while the host gave us ~64 GB/s of read
+ * bandwidth; at ~42 GB/s 4096-16384 measured alike). */
+#ifndef IDF_CPU_PREFETCH
+#define IDF_CPU_PREFETCH 6144
+#endif
+/* Prefetch for data read once (x86 prefetchnta, AArch64 PLDL1STRM): the
+ * weights of a decode step are not read again before they are evicted. */
+#define IDF_PREFETCH_STREAM(p) __builtin_prefetch((const void *)(p), 0, 0)
+/* The lines of `bytes` bytes at p + IDF_CPU_PREFETCH (bytes a multiple of 16,
+ * a constant in the kernels, so the loop unrolls). */
+#define IDF_PREFETCH_AHEAD(p, bytes)                                                                                   \
+    do {                                                                                                               \
+        for (int pf_ = 0; pf_ < (bytes); pf_ += 64)                                                                    \
+            IDF_PREFETCH_STREAM((const uint8_t *)(p) + IDF_CPU_PREFETCH + pf_);                                       \
+    } while (0)
 
 typedef struct idf_qact {
     int8_t *q;     /* [n, ldg * 32] */
@@ -32,6 +52,7 @@ typedef struct idf_qact {
     int32_t *corr; /* [n, ldg, 8] */
     int32_t *corr4; /* [n, ldg, 4]: corr[j] + corr[j + 4], the correction of a
                        16-byte lane holding bytes 4j.. of both group halves (Q4) */
+    int32_t *corr1; /* [n, ldg]: the sum of a group's 8 corr, -128 * sum of its q */
     int64_t k, ng; /* x's row length (= its row stride) and k / 32 */
     int64_t ldg;   /* row stride of q, d, corr in groups (>= ng): odd, so rows of a
                       power-of-two k do not all fall in the same L1 sets */
@@ -41,6 +62,17 @@ typedef struct idf_qact {
  * tile: the tile's bytes; R: rows per tile; ng: groups per row. */
 typedef void (*idf_cpu_tile_fn)(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx,
                                 float *y, int64_t ldy, int rows_valid, const float *bias);
+
+/* 16 weight rows of Q4 ROWTILE data, rows 0-7 from half A and rows 8-15 from
+ * half B (two adjacent R = 8 tiles, or the two halves of one R = 16 tile),
+ * against activation rows x0 .. x0+nx-1 (nx <= q4_max_nx):
+ *     y[i * ldy + r] = sum_g dw[g][r] * dx[i][g] * (int dot of group g) (+ bias[r]), r < 16.
+ * Group g's 8 fp16 scales of a half are at s + g * sstride, its 8 x 16 quant
+ * bytes at q + g * qstride. Optional: where a kernel file has none, or rows
+ * are missing, the backend runs q4_tile. */
+typedef void (*idf_cpu_rows16_fn)(const uint8_t *sA, const uint8_t *qA, const uint8_t *sB, const uint8_t *qB,
+                                  int64_t sstride, int64_t qstride, int64_t ng, const idf_qact *a, int64_t x0,
+                                  int nx, float *y, int64_t ldy, const float *bias);
 
 /* fp32 block: y[i * ldy + r] = dot(x[i], w[r]) (+ bias[r]) for i < nx, r < nr,
  * x rows k floats apart, w rows k floats apart (already fp32). */
@@ -72,6 +104,7 @@ typedef void (*idf_cpu_silu_mul_fn)(float *g, const float *u, int64_t n);
 typedef struct idf_cpu_kernels {
     const char *name; /* "scalar", "avx2", "avx512vnni", "neon", "neon-dotprod" */
     idf_cpu_tile_fn q4_tile, q8_tile;
+    idf_cpu_rows16_fn q4_rows16; /* NULL: q4_tile only */
     int q4_min_r, q8_min_r; /* the tile kernels need R % min_r == 0; else scalar runs */
     int q4_max_nx, q8_max_nx; /* activation rows one tile call takes (<= IDF_CPU_NX_MAX; 0 = IDF_CPU_NX) */
     idf_cpu_f32_fn f32_block;

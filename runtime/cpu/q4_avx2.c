@@ -60,6 +60,8 @@ AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
         else
             h = _mm_cvtsi32_si128(*(const int32_t *)(const void *)sg);
         const __m256 f = _mm256_cvtph_ps(h);
+        if (NX == 1) /* decode: the weights stream from memory, fetch ahead across 4 KB pages */
+            IDF_PREFETCH_AHEAD(qs + g * R * 16, NB * 32);
         __m256 s[4];
         __m256i wl[4], wh[4];
         for (int b = 0; b < NB; b++) {
@@ -103,6 +105,8 @@ AI void q8_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
             acc[i][b] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
         const uint8_t *sg = sc + g * R * 2;
+        if (NX == 1)
+            IDF_PREFETCH_AHEAD(qs + g * R * 32, NB * 32);
         __m256 s[4];
         __m256i w[4];
         for (int b = 0; b < NB; b++) {
@@ -203,8 +207,10 @@ static void quant(const float *x, int64_t r0, int64_t n, idf_qact *a) {
             const __m256i s4 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, qb), ones16);
             const __m256i c8 = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(s4, 7));
             _mm256_storeu_si256((__m256i *)(a->corr + (i * a->ldg + g) * 8), c8);
-            _mm_storeu_si128((__m128i *)(a->corr4 + (i * a->ldg + g) * 4),
-                             _mm_add_epi32(_mm256_castsi256_si128(c8), _mm256_extracti128_si256(c8, 1)));
+            const __m128i c4 = _mm_add_epi32(_mm256_castsi256_si128(c8), _mm256_extracti128_si256(c8, 1));
+            _mm_storeu_si128((__m128i *)(a->corr4 + (i * a->ldg + g) * 4), c4);
+            const __m128i c2 = _mm_add_epi32(c4, _mm_unpackhi_epi64(c4, c4));
+            a->corr1[i * a->ldg + g] = _mm_cvtsi128_si32(_mm_add_epi32(c2, _mm_srli_si128(c2, 4)));
         }
     }
 }

@@ -80,6 +80,7 @@ void idf_cpu_quant_scalar(const float *x, int64_t r0, int64_t n, idf_qact *a) {
                 c[j] = -128 * (q[4 * j] + q[4 * j + 1] + q[4 * j + 2] + q[4 * j + 3]);
             for (int j = 0; j < 4; j++)
                 a->corr4[(i * a->ldg + g) * 4 + j] = c[j] + c[j + 4];
+            a->corr1[i * a->ldg + g] = c[0] + c[1] + c[2] + c[3] + c[4] + c[5] + c[6] + c[7];
         }
     }
 }
