@@ -269,6 +269,8 @@ static idefics_status matmul_q(cpu_ctx *c, const idf_weight *w, const float *bia
         /* About 8 tasks per thread balance the load without many tiny tasks. */
         const int64_t want_tasks = pool ? 8 * (int64_t)c->n_threads : 1;
         j.tiles_per_task = (j.n_tiles + want_tasks - 1) / want_tasks;
+        if (j.rows16 && R == 8)
+            j.tiles_per_task += j.tiles_per_task & 1; /* whole pairs for the 16-row pass */
         if (j.tiles_per_task < 1)
             j.tiles_per_task = 1;
         n_tasks = (j.n_tiles + j.tiles_per_task - 1) / j.tiles_per_task;
