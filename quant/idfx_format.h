@@ -108,6 +108,7 @@ typedef enum idfx_type {
 typedef enum idfx_layout {
     IDFX_LAYOUT_ROWMAJOR = 0, /* plain C order; F32/F16 only */
     IDFX_LAYOUT_ROWTILE = 1,  /* 2-D Q4/Q8: row tiles, scales run then quants run (quant/quant.h) */
+    IDFX_LAYOUT_GROUPTILE = 2, /* 2-D Q4/Q8: row tiles, each group's scales then its quants (quant/quant.h) */
     IDFX_LAYOUT_COUNT
 } idfx_layout;
 

@@ -34,6 +34,14 @@
  *   all scales of the tile come before its quants.
  *   tile bytes = ng * R * (2 + QB); tensor bytes = ceil(rows / R) * tile bytes.
  *
+ * GROUPTILE layout (IDFX_LAYOUT_GROUPTILE, format 1 addition): the same tiles
+ *   and bytes as ROWTILE, ordered group by group instead of scales first:
+ *     tile t, group g: block at byte g * R * (2 + QB): the R fp16 scales
+ *     d[g][0..R), then the R rows' quants of group g (QB bytes each, row order).
+ *   A decode step then reads each tile as one ascending stream; the ROWTILE
+ *   order (a scale run, then a quant run 2*R*ng bytes further on) measured
+ *   25-30% slower streaming on Zen 5 for the same kernel (docs/CPU.md).
+ *
  * Q8 KV cache (IDEFICS_KV_Q8), 8.5 bits/element; in memory only, never in a file
  *   A cache row (one token's K or V, hidden elements, hidden a multiple of 32) is
  *   cut into blocks of 32 consecutive elements, stored back to back, 34 bytes each:
@@ -108,9 +116,16 @@ void idfx_quantize_q4_ref(const float *w, int64_t rows, int64_t k, uint32_t tile
 void idfx_quantize_q8_ref(const float *w, int64_t rows, int64_t k, uint32_t tile_rows,
                           int search, void *dst);
 
-/* Dequantize one row of a ROWTILE tensor into k floats. */
+/* Dequantize one row of a ROWTILE tensor into k floats; _layout_: of either
+ * tiled layout (ROWTILE or GROUPTILE). */
 void idfx_dequant_row_ref(int type, const void *tensor, int64_t row, int64_t k,
                           uint32_t tile_rows, float *out);
+void idfx_dequant_row_layout_ref(int type, int layout, const void *tensor, int64_t row, int64_t k,
+                                 uint32_t tile_rows, float *out);
+
+/* Rewrite a ROWTILE tensor (rows x k, tile_rows r) as GROUPTILE: the same
+ * bytes, reordered tile by tile (src and dst do not overlap). */
+void idfx_rowtile_to_grouptile(int type, uint32_t r, int64_t rows, int64_t k, const void *src, void *dst);
 
 /* y[r] = sum_j W[r, j] * x[j] for r in [0, rows), any stored type and layout.
  * Reference GEMV in fp32; data is the tensor's decoded bytes. */

@@ -127,7 +127,7 @@ bool idfx_tensor_nbytes(int type, int layout, uint32_t layout_param, uint32_t n_
         if (!idf_mul_u64(row, tt->group_bytes, unit)) return false;
         return idf_mul_u64(n, tt->group_bytes, nbytes);
     }
-    if (layout == IDFX_LAYOUT_ROWTILE) {
+    if (layout == IDFX_LAYOUT_ROWTILE || layout == IDFX_LAYOUT_GROUPTILE) {
         uint32_t r = layout_param;
         if (!tt->quantized || n_dims != 2) return false;
         if (r < 1 || r > IDFX_MAX_TILE_ROWS || (r & (r - 1)) != 0) return false;
@@ -153,6 +153,22 @@ static inline uint8_t *tile_quants(uint8_t *base, int64_t row, int64_t g, int64_
     uint64_t tile_bytes = (uint64_t)ng * r * (IDFX_SCALE_BYTES + qb);
     uint8_t *tile = base + (uint64_t)(row / r) * tile_bytes;
     return tile + (uint64_t)ng * r * IDFX_SCALE_BYTES + ((uint64_t)g * r + (uint64_t)(row % r)) * qb;
+}
+
+/* The same for either tiled layout (GROUPTILE: group g's R scales, then its R
+ * rows' quants, one block of R * (2 + qb) bytes per group). */
+static inline uint8_t *lay_scale(int layout, uint8_t *base, int64_t row, int64_t g, int64_t ng, uint32_t r,
+                                 uint32_t qb) {
+    if (layout != IDFX_LAYOUT_GROUPTILE) return tile_scale(base, row, g, ng, r, qb);
+    uint8_t *tile = base + (uint64_t)(row / r) * ((uint64_t)ng * r * (IDFX_SCALE_BYTES + qb));
+    return tile + (uint64_t)g * r * (IDFX_SCALE_BYTES + qb) + (uint64_t)(row % r) * IDFX_SCALE_BYTES;
+}
+static inline uint8_t *lay_quants(int layout, uint8_t *base, int64_t row, int64_t g, int64_t ng, uint32_t r,
+                                  uint32_t qb) {
+    if (layout != IDFX_LAYOUT_GROUPTILE) return tile_quants(base, row, g, ng, r, qb);
+    uint8_t *tile = base + (uint64_t)(row / r) * ((uint64_t)ng * r * (IDFX_SCALE_BYTES + qb));
+    return tile + (uint64_t)g * r * (IDFX_SCALE_BYTES + qb) + (uint64_t)r * IDFX_SCALE_BYTES +
+           (uint64_t)(row % r) * qb;
 }
 
 /* Nearest codebook index for x (in codebook units). The codebook is sorted, so
@@ -317,12 +333,17 @@ void idfx_quantize_q8_ref(const float *w, int64_t rows, int64_t k, uint32_t r, i
 }
 
 void idfx_dequant_row_ref(int type, const void *tensor, int64_t row, int64_t k, uint32_t r, float *out) {
+    idfx_dequant_row_layout_ref(type, IDFX_LAYOUT_ROWTILE, tensor, row, k, r, out);
+}
+
+void idfx_dequant_row_layout_ref(int type, int layout, const void *tensor, int64_t row, int64_t k, uint32_t r,
+                                 float *out) {
     const int64_t ng = k / IDFX_QK;
     uint8_t *base = (uint8_t *)tensor; /* read only; tile_* helpers are shared with the writer */
     const uint32_t qb = type == IDFX_TYPE_Q4 ? IDFX_Q4_QBYTES : IDFX_Q8_QBYTES;
     for (int64_t g = 0; g < ng; g++) {
-        float d = idfx_fp16_to_fp32(idf_rd16(tile_scale(base, row, g, ng, r, qb)));
-        const uint8_t *q = tile_quants(base, row, g, ng, r, qb);
+        float d = idfx_fp16_to_fp32(idf_rd16(lay_scale(layout, base, row, g, ng, r, qb)));
+        const uint8_t *q = lay_quants(layout, base, row, g, ng, r, qb);
         float *o = out + g * IDFX_QK;
         if (type == IDFX_TYPE_Q4) {
             for (int j = 0; j < 16; j++) {
@@ -339,13 +360,13 @@ void idfx_gemv_ref(int type, int layout, uint32_t r, const void *data, int64_t r
                    float *y) {
     for (int64_t row = 0; row < rows; row++) {
         double acc = 0.0;
-        if (layout == IDFX_LAYOUT_ROWTILE) {
+        if (layout == IDFX_LAYOUT_ROWTILE || layout == IDFX_LAYOUT_GROUPTILE) {
             const int64_t ng = k / IDFX_QK;
             const uint32_t qb = type == IDFX_TYPE_Q4 ? IDFX_Q4_QBYTES : IDFX_Q8_QBYTES;
             uint8_t *base = (uint8_t *)data;
             for (int64_t g = 0; g < ng; g++) {
-                float d = idfx_fp16_to_fp32(idf_rd16(tile_scale(base, row, g, ng, r, qb)));
-                const uint8_t *q = tile_quants(base, row, g, ng, r, qb);
+                float d = idfx_fp16_to_fp32(idf_rd16(lay_scale(layout, base, row, g, ng, r, qb)));
+                const uint8_t *q = lay_quants(layout, base, row, g, ng, r, qb);
                 const float *xg = x + g * IDFX_QK;
                 float s = 0.f;
                 if (type == IDFX_TYPE_Q4) {
@@ -403,4 +424,19 @@ void idfx_q4_0_absmax_roundtrip(const float *w, int64_t n, float *out) {
             out[i0 + j] = (q - 8.f) * d;
         }
     }
+}
+
+void idfx_rowtile_to_grouptile(int type, uint32_t r, int64_t rows, int64_t k, const void *src, void *dst) {
+    const int64_t ng = k / IDFX_QK, ntiles = rows / r + (rows % r != 0);
+    const uint32_t qb = type == IDFX_TYPE_Q4 ? IDFX_Q4_QBYTES : IDFX_Q8_QBYTES;
+    uint8_t *in = (uint8_t *)src, *out = dst;
+    for (int64_t t = 0; t < ntiles; t++)
+        for (int64_t g = 0; g < ng; g++)
+            for (uint32_t i = 0; i < r; i++) {
+                const int64_t row = t * r + i; /* padding rows included: same tile bytes */
+                memcpy(lay_scale(IDFX_LAYOUT_GROUPTILE, out, row, g, ng, r, qb), tile_scale(in, row, g, ng, r, qb),
+                       IDFX_SCALE_BYTES);
+                memcpy(lay_quants(IDFX_LAYOUT_GROUPTILE, out, row, g, ng, r, qb), tile_quants(in, row, g, ng, r, qb),
+                       qb);
+            }
 }

@@ -112,7 +112,7 @@ static bool weight_ok(const idf_weight *w) {
         return false;
     if (w->layout == IDFX_LAYOUT_ROWMAJOR)
         return w->type == IDFX_TYPE_F32 || w->type == IDFX_TYPE_F16;
-    if (w->layout == IDFX_LAYOUT_ROWTILE)
+    if (w->layout == IDFX_LAYOUT_ROWTILE || w->layout == IDFX_LAYOUT_GROUPTILE)
         return (w->type == IDFX_TYPE_Q4 || w->type == IDFX_TYPE_Q8) && w->cols % IDFX_QK == 0 && w->tile_rows >= 1 &&
                w->tile_rows <= IDFX_MAX_TILE_ROWS && (w->tile_rows & (w->tile_rows - 1)) == 0;
     return false;
@@ -153,6 +153,28 @@ static void quant_task(void *ctx, int64_t i, int tid) {
     j->c->kern.quant(j->x + i * j->w->cols, i, 1, &j->act);
 }
 
+/* Tile t of the weight, viewed from its row rb (0, or 8.. for the 16-row
+ * pass): the scale and quant pointers and per-group steps of its layout
+ * (quant.h: ROWTILE runs all scales then all quants; GROUPTILE keeps each
+ * group's scales and quants together). */
+static idf_tile tile_at(const qmm_job *j, int64_t t, int rb) {
+    const int R = (int)j->w->tile_rows;
+    const int64_t qb = j->w->type == IDFX_TYPE_Q4 ? IDFX_Q4_QBYTES : IDFX_Q8_QBYTES;
+    const uint8_t *tile = (const uint8_t *)j->w->data + (uint64_t)t * j->tile_bytes;
+    idf_tile tl = {.R = R};
+    if (j->w->layout == IDFX_LAYOUT_GROUPTILE) {
+        tl.s = tile + rb * 2;
+        tl.q = tile + R * 2 + rb * qb;
+        tl.s_step = tl.q_step = R * (2 + qb);
+    } else {
+        tl.s = tile + rb * 2;
+        tl.q = tile + j->act.ng * R * 2 + rb * qb;
+        tl.s_step = R * 2;
+        tl.q_step = R * qb;
+    }
+    return tl;
+}
+
 static void qmm_task(void *ctx, int64_t task, int tid) {
     (void)tid;
     const qmm_job *j = ctx;
@@ -170,35 +192,35 @@ static void qmm_task(void *ctx, int64_t task, int tid) {
     for (int64_t c0 = 0; c0 < j->n; c0 += j->x_chunk) {
         const int64_t c1 = c0 + j->x_chunk < j->n ? c0 + j->x_chunk : j->n;
         for (int64_t t = t0; t < t1; t++) {
-            const uint8_t *tile = (const uint8_t *)j->w->data + (uint64_t)t * j->tile_bytes;
+            const idf_tile tl = tile_at(j, t, 0);
             const int64_t r0 = t * R;
             const int valid = (int)(j->w->rows - r0 < R ? j->w->rows - r0 : R);
             if (j->rows16 && R == 8 && t + 1 < t1 && j->w->rows - r0 >= 16) {
                 /* two adjacent full 8-row tiles as one 16-row pass */
-                const uint8_t *nxt = tile + j->tile_bytes;
+                const idf_tile nxt = tile_at(j, t + 1, 0);
                 for (int64_t i = c0; i < c1; i += j->nx_max) {
                     const int nx = (int)(c1 - i < j->nx_max ? c1 - i : j->nx_max);
-                    j->rows16(tile, tile + j->act.ng * 16, nxt, nxt + j->act.ng * 16, 16, 128, j->act.ng, &j->act, i,
-                              nx, j->y + i * j->ldy + r0, j->ldy, j->bias ? j->bias + r0 : NULL);
+                    j->rows16(&tl, &nxt, j->act.ng, &j->act, i, nx, j->y + i * j->ldy + r0, j->ldy,
+                              j->bias ? j->bias + r0 : NULL);
                 }
                 t++;
                 continue;
             }
             if (j->rows16 && R % 16 == 0 && valid == R) {
-                /* the 8-row halves of each 16 rows of a full tile */
-                const uint8_t *qs = tile + j->act.ng * R * 2;
-                for (int rb = 0; rb < R; rb += 16)
+                /* each 16 rows of a full tile: its rows rb.. and rb + 8.. */
+                for (int rb = 0; rb < R; rb += 16) {
+                    const idf_tile ha = tile_at(j, t, rb), hb = tile_at(j, t, rb + 8);
                     for (int64_t i = c0; i < c1; i += j->nx_max) {
                         const int nx = (int)(c1 - i < j->nx_max ? c1 - i : j->nx_max);
-                        j->rows16(tile + rb * 2, qs + rb * 16, tile + (rb + 8) * 2, qs + (rb + 8) * 16, R * 2, R * 16,
-                                  j->act.ng, &j->act, i, nx, j->y + i * j->ldy + r0 + rb, j->ldy,
+                        j->rows16(&ha, &hb, j->act.ng, &j->act, i, nx, j->y + i * j->ldy + r0 + rb, j->ldy,
                                   j->bias ? j->bias + r0 + rb : NULL);
                     }
+                }
                 continue;
             }
             for (int64_t i = c0; i < c1; i += j->nx_max) {
                 const int nx = (int)(c1 - i < j->nx_max ? c1 - i : j->nx_max);
-                j->fn(tile, R, j->act.ng, &j->act, i, nx, j->y + i * j->ldy + r0, j->ldy, valid,
+                j->fn(&tl, j->act.ng, &j->act, i, nx, j->y + i * j->ldy + r0, j->ldy, valid,
                       j->bias ? j->bias + r0 : NULL);
             }
         }
@@ -319,7 +341,7 @@ static idefics_status cpu_matmul(void *vctx, const idf_weight *w, const float *b
         return IDEFICS_ERR_INVALID_ARG;
     if (n == 0)
         return IDEFICS_OK;
-    if (w->layout == IDFX_LAYOUT_ROWTILE)
+    if (w->layout != IDFX_LAYOUT_ROWMAJOR)
         return matmul_q(c, w, bias, x, n, y, ldy);
     size_t per;
     if (!idf_mul_size((size_t)F_ROWS_PER_TASK, (size_t)w->cols, &per))
@@ -340,8 +362,8 @@ static idefics_status cpu_get_rows(void *vctx, const idf_weight *w, const int32_
         if (ids[i] < 0 || ids[i] >= w->rows)
             return IDEFICS_ERR_INVALID_ARG;
         float *dst = y + i * w->cols;
-        if (w->layout == IDFX_LAYOUT_ROWTILE)
-            idfx_dequant_row_ref(w->type, w->data, ids[i], w->cols, w->tile_rows, dst);
+        if (w->layout != IDFX_LAYOUT_ROWMAJOR)
+            idfx_dequant_row_layout_ref(w->type, w->layout, w->data, ids[i], w->cols, w->tile_rows, dst);
         else if (w->type == IDFX_TYPE_F32)
             memcpy(dst, (const float *)w->data + (int64_t)ids[i] * w->cols, (size_t)w->cols * sizeof(float));
         else

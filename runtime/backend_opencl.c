@@ -869,7 +869,9 @@ static void chunk_range(const idf_weight *w, int64_t r0, int64_t r1, uint64_t *o
 }
 
 static idefics_status bind_one(idf_ocl_device *dev, idf_weight *w, idf_err *err) {
-    if (!w->data || w->rows <= 0)
+    /* The kernels read ROWTILE; a GROUPTILE weight (a CPU-targeted file)
+     * stays on the host, and supports_op sends its ops to the CPU. */
+    if (!w->data || w->rows <= 0 || w->layout == IDFX_LAYOUT_GROUPTILE)
         return IDEFICS_OK;
     const uint64_t dims[2] = {(uint64_t)w->rows, (uint64_t)w->cols};
     uint64_t bytes, unit;

@@ -44,7 +44,7 @@ static bool weight_ok(const idf_weight *w) {
         return false;
     if (w->layout == IDFX_LAYOUT_ROWMAJOR)
         return w->type == IDFX_TYPE_F32 || w->type == IDFX_TYPE_F16;
-    if (w->layout == IDFX_LAYOUT_ROWTILE)
+    if (w->layout == IDFX_LAYOUT_ROWTILE || w->layout == IDFX_LAYOUT_GROUPTILE)
         return (w->type == IDFX_TYPE_Q4 || w->type == IDFX_TYPE_Q8) && w->cols % IDFX_QK == 0 && w->tile_rows >= 1 &&
                w->tile_rows <= IDFX_MAX_TILE_ROWS;
     return false;
@@ -53,8 +53,8 @@ static bool weight_ok(const idf_weight *w) {
 /* Row r of w as fp32. Returns a pointer into the weight itself for F32 (no
  * copy) or into buf (cols floats). */
 static const float *weight_row(const idf_weight *w, int64_t r, float *buf) {
-    if (w->layout == IDFX_LAYOUT_ROWTILE) {
-        idfx_dequant_row_ref(w->type, w->data, r, w->cols, w->tile_rows, buf);
+    if (w->layout == IDFX_LAYOUT_ROWTILE || w->layout == IDFX_LAYOUT_GROUPTILE) {
+        idfx_dequant_row_layout_ref(w->type, w->layout, w->data, r, w->cols, w->tile_rows, buf);
         return buf;
     }
     if (w->type == IDFX_TYPE_F32)

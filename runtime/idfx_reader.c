@@ -45,6 +45,7 @@ const char *idfx_layout_name(int layout) {
     switch (layout) {
     case IDFX_LAYOUT_ROWMAJOR: return "ROWMAJOR";
     case IDFX_LAYOUT_ROWTILE: return "ROWTILE";
+    case IDFX_LAYOUT_GROUPTILE: return "GROUPTILE";
     default: return "?";
     }
 }

@@ -40,6 +40,7 @@ enum {
     F_MASK = 4,     /* attention: additive mask, some entries -inf */
     F_STRIDE = 8,   /* strided rows (ldy > m, row stride > heads * head_dim) */
     F_INPLACE = 16, /* norms: y == x */
+    F_GROUP = 32,   /* matmul, get_rows: Q4/Q8 weight in the GROUPTILE layout */
 };
 
 #define DEFAULT_NMSE 1e-10 /* the reference computes in fp32 with double sums: far below this */
@@ -110,6 +111,19 @@ static const op_case cases[] = {
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 2, .m = 1000, .k = 160},
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 8, .n = 1, .m = 77, .k = 320, .flags = F_BIAS},
     {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 16, .n = 2, .m = 2051, .k = 64, .flags = F_STRIDE},
+    /* GROUPTILE (each group's scales next to its quants): decode, the GEMM
+     * paths (16-row pairs and halves, partial tiles), every tile class */
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 1, .m = 300, .k = 512, .flags = F_GROUP | F_BIAS},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 16, .n = 1, .m = 37, .k = 256, .flags = F_GROUP | F_STRIDE},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 19, .m = 37, .k = 96, .flags = F_GROUP | F_BIAS},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 32, .n = 9, .m = 70, .k = 1024, .flags = F_GROUP},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 1, .n = 3, .m = 5, .k = 64, .flags = F_GROUP},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 4, .n = 2, .m = 13, .k = 96, .flags = F_GROUP | F_STRIDE},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 8, .n = 1, .m = 77, .k = 320, .flags = F_GROUP | F_BIAS},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 16, .n = 40, .m = 33, .k = 160, .flags = F_GROUP},
+    {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q8, .tile = 2, .n = 3, .m = 5, .k = 64, .flags = F_GROUP},
+    {.op = IDF_OP_GET_ROWS, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 6, .m = 19, .k = 64, .flags = F_GROUP},
+    {.op = IDF_OP_GET_ROWS, .wtype = IDFX_TYPE_Q8, .tile = 16, .n = 4, .m = 21, .k = 96, .flags = F_GROUP},
     /* embedding gather */
     {.op = IDF_OP_GET_ROWS, .wtype = IDFX_TYPE_F32, .n = 4, .m = 11, .k = 7},
     {.op = IDF_OP_GET_ROWS, .wtype = IDFX_TYPE_F16, .n = 3, .m = 5, .k = 33},
@@ -284,6 +298,18 @@ static double rowtile_at(int type, const uint8_t *data, int64_t k, int R, int64_
     return d * cb[nib];
 }
 
+/* ROWTILE bytes reordered into GROUPTILE, from the layout comment in quant.h:
+ * in each tile, group g is one block of R fp16 scales then R rows of QB bytes. */
+static void to_grouptile(int type, const uint8_t *src, int64_t m, int64_t k, int R, uint8_t *dst) {
+    const int64_t ng = k / 32, qb = type == IDFX_TYPE_Q4 ? 16 : 32, tb = ng * R * (2 + qb);
+    for (int64_t t = 0; t < (m + R - 1) / R; t++)
+        for (int64_t g = 0; g < ng; g++) {
+            uint8_t *blk = dst + t * tb + g * R * (2 + qb);
+            memcpy(blk, src + t * tb + g * R * 2, (size_t)R * 2);
+            memcpy(blk + R * 2, src + t * tb + ng * R * 2 + g * R * qb, (size_t)(R * qb));
+        }
+}
+
 /* A weight [m, k] of type t: stored bytes plus the exact values they decode to. */
 typedef struct test_weight {
     idf_weight w;
@@ -291,7 +317,7 @@ typedef struct test_weight {
     double *val; /* [m, k] */
 } test_weight;
 
-static test_weight make_weight(int type, int tile, int m, int k) {
+static test_weight make_weight(int type, int tile, int m, int k, bool group) {
     test_weight t = {0};
     float *src = xmalloc((size_t)m * k * sizeof(float));
     fill(src, (size_t)m * k, 0.5);
@@ -325,12 +351,18 @@ static test_weight make_weight(int type, int tile, int m, int k) {
         for (int64_t r = 0; r < m; r++)
             for (int64_t j = 0; j < k; j++)
                 t.val[r * k + j] = rowtile_at(type, t.bytes, k, tile, r, j);
+        if (group) {
+            void *g = xmalloc((size_t)nbytes);
+            to_grouptile(type, t.bytes, m, k, tile, g);
+            free(t.bytes);
+            t.bytes = g;
+        }
     }
     free(src);
     t.w = (idf_weight){.name = "test.weight",
                        .data = t.bytes,
                        .type = (uint8_t)type,
-                       .layout = (uint8_t)layout,
+                       .layout = (uint8_t)(group && layout == IDFX_LAYOUT_ROWTILE ? IDFX_LAYOUT_GROUPTILE : layout),
                        .tile_rows = layout == IDFX_LAYOUT_ROWTILE ? (uint32_t)tile : 0,
                        .rows = m,
                        .cols = k};
@@ -365,7 +397,9 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
     const int n = c->n, m = c->m, k = c->k;
     idf_op_desc d = {.op = c->op, .wtype = c->wtype, .kv_type = c->kv_type, .n = n, .m = m, .k = k};
     if (c->op == IDF_OP_MATMUL || c->op == IDF_OP_GET_ROWS)
-        d.wlayout = c->wtype >= IDFX_TYPE_Q4 ? IDFX_LAYOUT_ROWTILE : IDFX_LAYOUT_ROWMAJOR;
+        d.wlayout = c->wtype >= IDFX_TYPE_Q4
+                        ? (c->flags & F_GROUP ? IDFX_LAYOUT_GROUPTILE : IDFX_LAYOUT_ROWTILE)
+                        : IDFX_LAYOUT_ROWMAJOR;
     if (!idf_backend_supports(b, &d)) {
         o->skipped = true;
         return;
@@ -374,7 +408,7 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
 
     switch (c->op) {
     case IDF_OP_MATMUL: {
-        test_weight w = make_weight(c->wtype, c->tile, m, k);
+        test_weight w = make_weight(c->wtype, c->tile, m, k, c->flags & F_GROUP);
         const int ldy = c->flags & F_STRIDE ? m + 3 : m;
         float *x = xmalloc((size_t)n * k * sizeof(float)), *bias = NULL;
         fill(x, (size_t)n * k, 1.0);
@@ -400,7 +434,7 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
         break;
     }
     case IDF_OP_GET_ROWS: {
-        test_weight w = make_weight(c->wtype, c->tile, m, k);
+        test_weight w = make_weight(c->wtype, c->tile, m, k, c->flags & F_GROUP);
         int32_t *ids = xmalloc((size_t)n * sizeof(int32_t));
         for (int i = 0; i < n; i++)
             ids[i] = i == 0 ? m - 1 : (int32_t)((frand() + 1.0) * 0.5 * m) % m;
@@ -821,7 +855,7 @@ int main(void) {
 
     /* Argument checks: invalid calls must be refused, not executed. */
     {
-        test_weight w = make_weight(IDFX_TYPE_F32, 0, 4, 8);
+        test_weight w = make_weight(IDFX_TYPE_F32, 0, 4, 8, false);
         float x[8] = {0}, y[4];
         if (be[0]->matmul(be[0]->ctx, &w.w, NULL, x, 1, y, 3) != IDEFICS_ERR_INVALID_ARG) {
             printf("FAIL matmul accepted ldy < m\n");

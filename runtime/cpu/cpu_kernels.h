@@ -58,20 +58,27 @@ typedef struct idf_qact {
                       power-of-two k do not all fall in the same L1 sets */
 } idf_qact;
 
-/* One tile of a Q4 or Q8 ROWTILE weight against activation rows x0 .. x0+nx-1.
- * tile: the tile's bytes; R: rows per tile; ng: groups per row. */
-typedef void (*idf_cpu_tile_fn)(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx,
-                                float *y, int64_t ldy, int rows_valid, const float *bias);
+/* Where one tile's scales and quants are (quant.h, ROWTILE or GROUPTILE): the
+ * R fp16 scales of group g at s + g * s_step, the R rows' quant bytes of group
+ * g at q + g * q_step (row r's at + r * 16 for Q4, + r * 32 for Q8). */
+typedef struct idf_tile {
+    const uint8_t *s, *q;
+    int64_t s_step, q_step;
+    int R;
+} idf_tile;
 
-/* 16 weight rows of Q4 ROWTILE data, rows 0-7 from half A and rows 8-15 from
- * half B (two adjacent R = 8 tiles, or the two halves of one R = 16 tile),
- * against activation rows x0 .. x0+nx-1 (nx <= q4_max_nx):
+/* One tile of a Q4 or Q8 tiled weight against activation rows x0 .. x0+nx-1;
+ * ng: groups per row. */
+typedef void (*idf_cpu_tile_fn)(const idf_tile *tl, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+                                int64_t ldy, int rows_valid, const float *bias);
+
+/* 16 weight rows of Q4 tiled data, rows 0-7 from tile A's rows 0-7 and rows
+ * 8-15 from tile B's (two adjacent R = 8 tiles, or two views of one R >= 16
+ * tile), against activation rows x0 .. x0+nx-1 (nx <= q4_max_nx):
  *     y[i * ldy + r] = sum_g dw[g][r] * dx[i][g] * (int dot of group g) (+ bias[r]), r < 16.
- * Group g's 8 fp16 scales of a half are at s + g * sstride, its 8 x 16 quant
- * bytes at q + g * qstride. Optional: where a kernel file has none, or rows
- * are missing, the backend runs q4_tile. */
-typedef void (*idf_cpu_rows16_fn)(const uint8_t *sA, const uint8_t *qA, const uint8_t *sB, const uint8_t *qB,
-                                  int64_t sstride, int64_t qstride, int64_t ng, const idf_qact *a, int64_t x0,
+ * Optional: where a kernel file has none, or rows are missing, the backend
+ * runs q4_tile. */
+typedef void (*idf_cpu_rows16_fn)(const idf_tile *A, const idf_tile *B, int64_t ng, const idf_qact *a, int64_t x0,
                                   int nx, float *y, int64_t ldy, const float *bias);
 
 /* fp32 block: y[i * ldy + r] = dot(x[i], w[r]) (+ bias[r]) for i < nx, r < nr,
@@ -126,9 +133,9 @@ void idf_cpu_kernels_neon(idf_cpu_kernels *k);
 void idf_cpu_kernels_neon_dotprod(idf_cpu_kernels *k);
 
 /* Shared scalar pieces (q4_scalar.c) that SIMD files reuse for odd shapes. */
-void idf_cpu_q4_tile_scalar(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+void idf_cpu_q4_tile_scalar(const idf_tile *tl, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
                             int64_t ldy, int rows_valid, const float *bias);
-void idf_cpu_q8_tile_scalar(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+void idf_cpu_q8_tile_scalar(const idf_tile *tl, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
                             int64_t ldy, int rows_valid, const float *bias);
 void idf_cpu_quant_scalar(const float *x, int64_t r0, int64_t n, idf_qact *a);
 void idf_cpu_fp16_row_scalar(const void *src, int64_t n, float *dst);

@@ -37,10 +37,10 @@ AI float hsum8(__m256 v) {
 }
 
 /* Q4: NB ymm of 2 rows each (NB <= 4). */
-AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, const idf_qact *a, int64_t x0,
+AI void q4_rows(const idf_tile *tl, int64_t ng, int rb, const int NB, const idf_qact *a, int64_t x0,
                 const int NX, float *y, int64_t ldy, int rows_valid, const float *bias) {
-    const uint8_t *sc = tile + rb * 2;
-    const uint8_t *qs = tile + ng * R * 2 + rb * 16;
+    const uint8_t *sc = tl->s + rb * 2;
+    const uint8_t *qs = tl->q + rb * 16;
     const __m256i m4 = _mm256_set1_epi8(0x0f);
     const __m256i tbl = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)IDFX_Q4_CODEBOOK));
     __m256i sidx[4];
@@ -51,7 +51,7 @@ AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
         for (int b = 0; b < NB; b++)
             acc[i][b] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
-        const uint8_t *sg = sc + g * R * 2;
+        const uint8_t *sg = sc + g * tl->s_step;
         __m128i h;
         if (NB == 4)
             h = _mm_loadu_si128((const __m128i *)sg);
@@ -61,12 +61,12 @@ AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
             h = _mm_cvtsi32_si128(*(const int32_t *)(const void *)sg);
         const __m256 f = _mm256_cvtph_ps(h);
         if (NX == 1) /* decode: the weights stream from memory, fetch ahead across 4 KB pages */
-            IDF_PREFETCH_AHEAD(qs + g * R * 16, NB * 32);
+            IDF_PREFETCH_AHEAD(qs + g * tl->q_step, NB * 32);
         __m256 s[4];
         __m256i wl[4], wh[4];
         for (int b = 0; b < NB; b++) {
             s[b] = _mm256_permutevar8x32_ps(f, sidx[b]);
-            const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + g * R * 16 + b * 32));
+            const __m256i q = _mm256_loadu_si256((const __m256i *)(qs + g * tl->q_step + b * 32));
             wl[b] = _mm256_shuffle_epi8(tbl, _mm256_and_si256(q, m4));
             wh[b] = _mm256_shuffle_epi8(tbl, _mm256_and_si256(_mm256_srli_epi16(q, 4), m4));
         }
@@ -95,23 +95,23 @@ AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
 }
 
 /* Q8: NB ymm of 1 row each (NB <= 4). */
-AI void q8_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, const idf_qact *a, int64_t x0,
+AI void q8_rows(const idf_tile *tl, int64_t ng, int rb, const int NB, const idf_qact *a, int64_t x0,
                 const int NX, float *y, int64_t ldy, int rows_valid, const float *bias) {
-    const uint8_t *sc = tile + rb * 2;
-    const uint8_t *qs = tile + ng * R * 2 + rb * 32;
+    const uint8_t *sc = tl->s + rb * 2;
+    const uint8_t *qs = tl->q + rb * 32;
     __m256 acc[IDF_CPU_NX][4];
     for (int i = 0; i < NX; i++)
         for (int b = 0; b < NB; b++)
             acc[i][b] = _mm256_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
-        const uint8_t *sg = sc + g * R * 2;
+        const uint8_t *sg = sc + g * tl->s_step;
         if (NX == 1)
-            IDF_PREFETCH_AHEAD(qs + g * R * 32, NB * 32);
+            IDF_PREFETCH_AHEAD(qs + g * tl->q_step, NB * 32);
         __m256 s[4];
         __m256i w[4];
         for (int b = 0; b < NB; b++) {
             s[b] = _mm256_set1_ps(_cvtsh_ss((unsigned short)(sg[2 * b] | (sg[2 * b + 1] << 8))));
-            w[b] = _mm256_loadu_si256((const __m256i *)(qs + g * R * 32 + b * 32));
+            w[b] = _mm256_loadu_si256((const __m256i *)(qs + g * tl->q_step + b * 32));
         }
         for (int i = 0; i < NX; i++) {
             const int64_t row = x0 + i;
@@ -132,14 +132,15 @@ AI void q8_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
 
 #define DISPATCH_NX(fn, NB)                                                                                            \
     switch (nx) {                                                                                                      \
-    case 1: fn(tile, R, ng, rb, NB, a, x0, 1, y, ldy, rows_valid, bias); break;                                        \
-    case 2: fn(tile, R, ng, rb, NB, a, x0, 2, y, ldy, rows_valid, bias); break;                                        \
-    case 3: fn(tile, R, ng, rb, NB, a, x0, 3, y, ldy, rows_valid, bias); break;                                        \
-    default: fn(tile, R, ng, rb, NB, a, x0, 4, y, ldy, rows_valid, bias); break;                                       \
+    case 1: fn(tl, ng, rb, NB, a, x0, 1, y, ldy, rows_valid, bias); break;                                        \
+    case 2: fn(tl, ng, rb, NB, a, x0, 2, y, ldy, rows_valid, bias); break;                                        \
+    case 3: fn(tl, ng, rb, NB, a, x0, 3, y, ldy, rows_valid, bias); break;                                        \
+    default: fn(tl, ng, rb, NB, a, x0, 4, y, ldy, rows_valid, bias); break;                                       \
     }
 
-static void q4_tile(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+static void q4_tile(const idf_tile *tl, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
                     int64_t ldy, int rows_valid, const float *bias) {
+    const int R = tl->R;
     const int step = R % 8 == 0 ? 8 : R % 4 == 0 ? 4 : 2;
     for (int rb = 0; rb < rows_valid; rb += step) {
         if (step == 8) {
@@ -152,8 +153,9 @@ static void q4_tile(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, i
     }
 }
 
-static void q8_tile(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+static void q8_tile(const idf_tile *tl, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
                     int64_t ldy, int rows_valid, const float *bias) {
+    const int R = tl->R;
     const int step = R % 4 == 0 ? 4 : 1;
     for (int rb = 0; rb < rows_valid; rb += step) {
         if (step == 4) {

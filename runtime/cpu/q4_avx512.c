@@ -35,10 +35,10 @@ AI __m512i cb_table(void) {
 }
 
 /* Q4: NB zmm of 4 rows each, NX activation rows. */
-AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, const idf_qact *a, int64_t x0,
+AI void q4_rows(const idf_tile *tl, int64_t ng, int rb, const int NB, const idf_qact *a, int64_t x0,
                 const int NX, float *y, int64_t ldy, int rows_valid, const float *bias) {
-    const uint8_t *sc = tile + rb * 2;
-    const uint8_t *qs = tile + ng * R * 2 + rb * 16;
+    const uint8_t *sc = tl->s + rb * 2;
+    const uint8_t *qs = tl->q + rb * 16;
     const __m512i m4 = _mm512_set1_epi8(0x0f), tbl = cb_table();
     const __m512i sidx0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     const __m512i sidx1 = _mm512_add_epi32(sidx0, _mm512_set1_epi32(4));
@@ -47,7 +47,7 @@ AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
         for (int b = 0; b < NB; b++)
             acc[i][b] = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
-        const uint8_t *sg = sc + g * R * 2;
+        const uint8_t *sg = sc + g * tl->s_step;
         const __m128i h = NB == 2 ? _mm_loadu_si128((const __m128i *)sg) : _mm_loadl_epi64((const __m128i *)sg);
         const __m512 f = _mm512_castps256_ps512(_mm256_cvtph_ps(h));
         __m512 s[2];
@@ -56,7 +56,7 @@ AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
             s[1] = _mm512_permutexvar_ps(sidx1, f);
         __m512i wl[2], wh[2];
         for (int b = 0; b < NB; b++) {
-            const __m512i q = _mm512_loadu_si512((const void *)(qs + g * R * 16 + b * 64));
+            const __m512i q = _mm512_loadu_si512((const void *)(qs + g * tl->q_step + b * 64));
             wl[b] = _mm512_shuffle_epi8(tbl, _mm512_and_si512(q, m4));
             wh[b] = _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(q, 4), m4));
         }
@@ -96,10 +96,10 @@ AI void q4_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
  * eight row scales before they are spread over lanes (one ymm multiply
  * instead of two zmm), and two accumulator pairs alternate by group so the
  * fma chains do not limit a memory-bound loop. */
-static void q4_gemv8(const uint8_t *tile, int R, int64_t ng, int rb, const idf_qact *a, int64_t x0, float *y,
+static void q4_gemv8(const idf_tile *tl, int64_t ng, int rb, const idf_qact *a, int64_t x0, float *y,
                      int rows_valid, const float *bias) {
-    const uint8_t *sc = tile + rb * 2;
-    const uint8_t *qs = tile + ng * R * 2 + rb * 16;
+    const uint8_t *sc = tl->s + rb * 2;
+    const uint8_t *qs = tl->q + rb * 16;
     const __m512i m4 = _mm512_set1_epi8(0x0f), tbl = cb_table();
     const __m512i sidx0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
     const __m512i sidx1 = _mm512_add_epi32(sidx0, _mm512_set1_epi32(4));
@@ -108,10 +108,10 @@ static void q4_gemv8(const uint8_t *tile, int R, int64_t ng, int rb, const idf_q
     const int32_t *xc = a->corr4 + x0 * a->ldg * 4;
     __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
     for (int64_t g = 0; g < ng; g++) {
-        const uint8_t *qg = qs + g * R * 16;
+        const uint8_t *qg = qs + g * tl->q_step;
         IDF_PREFETCH_AHEAD(qg, 128);
         const __m256 f =
-            _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + g * R * 2))), _mm256_set1_ps(xd[g]));
+            _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + g * tl->s_step))), _mm256_set1_ps(xd[g]));
         const __m512 fz = _mm512_castps256_ps512(f);
         const __m512 s0 = _mm512_permutexvar_ps(sidx0, fz), s1 = _mm512_permutexvar_ps(sidx1, fz);
         const __m512i q0 = _mm512_loadu_si512((const void *)qg), q1 = _mm512_loadu_si512((const void *)(qg + 64));
@@ -147,9 +147,8 @@ static void q4_gemv8(const uint8_t *tile, int R, int64_t ng, int rb, const idf_q
  * times. The activation's -128 * sum correction is one int32 per group
  * (idf_qact.corr1). Lane j = 4L + p holds row L + 4p (the unpack order);
  * the scales are permuted to match and the rows put back on store. */
-AI void rows16_nx(const uint8_t *sA, const uint8_t *qA, const uint8_t *sB, const uint8_t *qB, int64_t ss,
-                  int64_t qstride, int64_t ng, const idf_qact *a, int64_t x0, const int NX, float *y, int64_t ldy,
-                  const float *bias) {
+AI void rows16_nx(const idf_tile *A, const idf_tile *B, int64_t ng, const idf_qact *a, int64_t x0, const int NX,
+                  float *y, int64_t ldy, const float *bias) {
     const __m512i m4 = _mm512_set1_epi8(0x0f), tbl = cb_table();
     const __m512i sperm = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
     __m512 acc[IDF_CPU_NX_MAX];
@@ -157,10 +156,10 @@ AI void rows16_nx(const uint8_t *sA, const uint8_t *qA, const uint8_t *sB, const
         acc[i] = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
         const __m256i h = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(sA + g * ss))),
-            _mm_loadu_si128((const __m128i *)(sB + g * ss)), 1);
+            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(A->s + g * A->s_step))),
+            _mm_loadu_si128((const __m128i *)(B->s + g * B->s_step)), 1);
         const __m512 sp = _mm512_permutexvar_ps(sperm, _mm512_cvtph_ps(h));
-        const uint8_t *pa = qA + g * qstride, *pb = qB + g * qstride;
+        const uint8_t *pa = A->q + g * A->q_step, *pb = B->q + g * B->q_step;
         const __m512i a0 = _mm512_loadu_si512((const void *)pa), a1 = _mm512_loadu_si512((const void *)(pa + 64));
         const __m512i b0 = _mm512_loadu_si512((const void *)pb), b1 = _mm512_loadu_si512((const void *)(pb + 64));
         const __m512i t0 = _mm512_unpacklo_epi32(a0, a1), t1 = _mm512_unpackhi_epi32(a0, a1);
@@ -201,26 +200,25 @@ AI void rows16_nx(const uint8_t *sA, const uint8_t *qA, const uint8_t *sB, const
     }
 }
 
-static void q4_rows16(const uint8_t *sA, const uint8_t *qA, const uint8_t *sB, const uint8_t *qB, int64_t ss,
-                      int64_t qstride, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y, int64_t ldy,
-                      const float *bias) {
+static void q4_rows16(const idf_tile *A, const idf_tile *B, int64_t ng, const idf_qact *a, int64_t x0, int nx,
+                      float *y, int64_t ldy, const float *bias) {
     switch (nx) {
-    case 1: rows16_nx(sA, qA, sB, qB, ss, qstride, ng, a, x0, 1, y, ldy, bias); break;
-    case 2: rows16_nx(sA, qA, sB, qB, ss, qstride, ng, a, x0, 2, y, ldy, bias); break;
-    case 3: rows16_nx(sA, qA, sB, qB, ss, qstride, ng, a, x0, 3, y, ldy, bias); break;
-    case 4: rows16_nx(sA, qA, sB, qB, ss, qstride, ng, a, x0, 4, y, ldy, bias); break;
-    case 5: rows16_nx(sA, qA, sB, qB, ss, qstride, ng, a, x0, 5, y, ldy, bias); break;
-    case 6: rows16_nx(sA, qA, sB, qB, ss, qstride, ng, a, x0, 6, y, ldy, bias); break;
-    case 7: rows16_nx(sA, qA, sB, qB, ss, qstride, ng, a, x0, 7, y, ldy, bias); break;
-    default: rows16_nx(sA, qA, sB, qB, ss, qstride, ng, a, x0, 8, y, ldy, bias); break;
+    case 1: rows16_nx(A, B, ng, a, x0, 1, y, ldy, bias); break;
+    case 2: rows16_nx(A, B, ng, a, x0, 2, y, ldy, bias); break;
+    case 3: rows16_nx(A, B, ng, a, x0, 3, y, ldy, bias); break;
+    case 4: rows16_nx(A, B, ng, a, x0, 4, y, ldy, bias); break;
+    case 5: rows16_nx(A, B, ng, a, x0, 5, y, ldy, bias); break;
+    case 6: rows16_nx(A, B, ng, a, x0, 6, y, ldy, bias); break;
+    case 7: rows16_nx(A, B, ng, a, x0, 7, y, ldy, bias); break;
+    default: rows16_nx(A, B, ng, a, x0, 8, y, ldy, bias); break;
     }
 }
 
 /* Q8: NB zmm of 2 rows each. */
-AI void q8_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, const idf_qact *a, int64_t x0,
+AI void q8_rows(const idf_tile *tl, int64_t ng, int rb, const int NB, const idf_qact *a, int64_t x0,
                 const int NX, float *y, int64_t ldy, int rows_valid, const float *bias) {
-    const uint8_t *sc = tile + rb * 2;
-    const uint8_t *qs = tile + ng * R * 2 + rb * 32;
+    const uint8_t *sc = tl->s + rb * 2;
+    const uint8_t *qs = tl->q + rb * 32;
     const __m512i bias80 = _mm512_set1_epi8((char)0x80);
     __m512i sidx[4];
     for (int b = 0; b < 4; b++)
@@ -231,7 +229,7 @@ AI void q8_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
         for (int b = 0; b < NB; b++)
             acc[i][b] = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
-        const uint8_t *sg = sc + g * R * 2;
+        const uint8_t *sg = sc + g * tl->s_step;
         __m128i h;
         if (NB == 4)
             h = _mm_loadu_si128((const __m128i *)sg);
@@ -244,10 +242,10 @@ AI void q8_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
         __m512i w[4];
         for (int b = 0; b < NB; b++) {
             s[b] = _mm512_permutexvar_ps(sidx[b], f);
-            w[b] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(qs + g * R * 32 + b * 64)), bias80);
+            w[b] = _mm512_xor_si512(_mm512_loadu_si512((const void *)(qs + g * tl->q_step + b * 64)), bias80);
         }
         if (NX == 1) /* decode: the weights stream from memory (see q4_gemv8) */
-            IDF_PREFETCH_AHEAD(qs + g * R * 32, NB * 64);
+            IDF_PREFETCH_AHEAD(qs + g * tl->q_step, NB * 64);
         for (int i = 0; i < NX; i++) {
             const int64_t row = x0 + i;
             const int8_t *xg = a->q + row * a->ldg * 32 + g * 32;
@@ -278,10 +276,10 @@ AI void q8_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
 
 #define DISPATCH_NX(fn, NB, ...)                                                                                       \
     switch (nx) {                                                                                                      \
-    case 1: fn(tile, R, ng, rb, NB, a, x0, 1, y, ldy, rows_valid, bias); break;                                        \
-    case 2: fn(tile, R, ng, rb, NB, a, x0, 2, y, ldy, rows_valid, bias); break;                                        \
-    case 3: fn(tile, R, ng, rb, NB, a, x0, 3, y, ldy, rows_valid, bias); break;                                        \
-    default: fn(tile, R, ng, rb, NB, a, x0, 4, y, ldy, rows_valid, bias); break;                                       \
+    case 1: fn(tl, ng, rb, NB, a, x0, 1, y, ldy, rows_valid, bias); break;                                        \
+    case 2: fn(tl, ng, rb, NB, a, x0, 2, y, ldy, rows_valid, bias); break;                                        \
+    case 3: fn(tl, ng, rb, NB, a, x0, 3, y, ldy, rows_valid, bias); break;                                        \
+    default: fn(tl, ng, rb, NB, a, x0, 4, y, ldy, rows_valid, bias); break;                                       \
     }
 
 /* Q4 takes up to 8 activation rows per call (q4_max_nx): 8 x 2 fp32
@@ -289,22 +287,23 @@ AI void q8_rows(const uint8_t *tile, int R, int64_t ng, int rb, const int NB, co
  * decode and codebook lookup of a group are then shared by twice the rows. */
 #define DISPATCH_NX8(fn, NB)                                                                                           \
     switch (nx) {                                                                                                      \
-    case 1: fn(tile, R, ng, rb, NB, a, x0, 1, y, ldy, rows_valid, bias); break;                                        \
-    case 2: fn(tile, R, ng, rb, NB, a, x0, 2, y, ldy, rows_valid, bias); break;                                        \
-    case 3: fn(tile, R, ng, rb, NB, a, x0, 3, y, ldy, rows_valid, bias); break;                                        \
-    case 4: fn(tile, R, ng, rb, NB, a, x0, 4, y, ldy, rows_valid, bias); break;                                        \
-    case 5: fn(tile, R, ng, rb, NB, a, x0, 5, y, ldy, rows_valid, bias); break;                                        \
-    case 6: fn(tile, R, ng, rb, NB, a, x0, 6, y, ldy, rows_valid, bias); break;                                        \
-    case 7: fn(tile, R, ng, rb, NB, a, x0, 7, y, ldy, rows_valid, bias); break;                                        \
-    default: fn(tile, R, ng, rb, NB, a, x0, 8, y, ldy, rows_valid, bias); break;                                       \
+    case 1: fn(tl, ng, rb, NB, a, x0, 1, y, ldy, rows_valid, bias); break;                                        \
+    case 2: fn(tl, ng, rb, NB, a, x0, 2, y, ldy, rows_valid, bias); break;                                        \
+    case 3: fn(tl, ng, rb, NB, a, x0, 3, y, ldy, rows_valid, bias); break;                                        \
+    case 4: fn(tl, ng, rb, NB, a, x0, 4, y, ldy, rows_valid, bias); break;                                        \
+    case 5: fn(tl, ng, rb, NB, a, x0, 5, y, ldy, rows_valid, bias); break;                                        \
+    case 6: fn(tl, ng, rb, NB, a, x0, 6, y, ldy, rows_valid, bias); break;                                        \
+    case 7: fn(tl, ng, rb, NB, a, x0, 7, y, ldy, rows_valid, bias); break;                                        \
+    default: fn(tl, ng, rb, NB, a, x0, 8, y, ldy, rows_valid, bias); break;                                       \
     }
 
-static void q4_tile(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+static void q4_tile(const idf_tile *tl, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
                     int64_t ldy, int rows_valid, const float *bias) {
+    const int R = tl->R;
     const int step = R % 8 == 0 ? 8 : 4;
     for (int rb = 0; rb < rows_valid; rb += step) {
         if (step == 8 && nx == 1) {
-            q4_gemv8(tile, R, ng, rb, a, x0, y, rows_valid, bias);
+            q4_gemv8(tl, ng, rb, a, x0, y, rows_valid, bias);
         } else if (step == 8) {
             DISPATCH_NX8(q4_rows, 2)
         } else {
@@ -313,8 +312,9 @@ static void q4_tile(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, i
     }
 }
 
-static void q8_tile(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+static void q8_tile(const idf_tile *tl, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
                     int64_t ldy, int rows_valid, const float *bias) {
+    const int R = tl->R;
     const int step = R % 8 == 0 ? 8 : R % 4 == 0 ? 4 : 2;
     for (int rb = 0; rb < rows_valid; rb += step) {
         if (step == 8) {

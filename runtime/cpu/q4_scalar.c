@@ -20,42 +20,40 @@ static inline float h2f(const uint8_t *p) {
     return idfx_fp16_to_fp32((uint16_t)(p[0] | (p[1] << 8)));
 }
 
-void idf_cpu_q4_tile_scalar(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+void idf_cpu_q4_tile_scalar(const idf_tile *tl, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
                             int64_t ldy, int rows_valid, const float *bias) {
-    const uint8_t *qs = tile + ng * R * 2;
     for (int i = 0; i < nx; i++) {
         const int8_t *xq = a->q + (x0 + i) * a->ldg * 32;
         const float *xd = a->d + (x0 + i) * a->ldg;
         for (int r = 0; r < rows_valid; r++) {
             float acc = 0.f;
             for (int64_t g = 0; g < ng; g++) {
-                const uint8_t *q = qs + (g * R + r) * 16;
+                const uint8_t *q = tl->q + g * tl->q_step + r * 16;
                 const int8_t *xg = xq + g * 32;
                 int32_t s = 0;
                 for (int j = 0; j < 16; j++)
                     s += IDFX_Q4_CODEBOOK[q[j] & 15] * xg[j] + IDFX_Q4_CODEBOOK[q[j] >> 4] * xg[j + 16];
-                acc += h2f(tile + (g * R + r) * 2) * xd[g] * (float)s;
+                acc += h2f(tl->s + g * tl->s_step + r * 2) * xd[g] * (float)s;
             }
             y[i * ldy + r] = acc + (bias ? bias[r] : 0.f);
         }
     }
 }
 
-void idf_cpu_q8_tile_scalar(const uint8_t *tile, int R, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
+void idf_cpu_q8_tile_scalar(const idf_tile *tl, int64_t ng, const idf_qact *a, int64_t x0, int nx, float *y,
                             int64_t ldy, int rows_valid, const float *bias) {
-    const uint8_t *qs = tile + ng * R * 2;
     for (int i = 0; i < nx; i++) {
         const int8_t *xq = a->q + (x0 + i) * a->ldg * 32;
         const float *xd = a->d + (x0 + i) * a->ldg;
         for (int r = 0; r < rows_valid; r++) {
             float acc = 0.f;
             for (int64_t g = 0; g < ng; g++) {
-                const int8_t *q = (const int8_t *)(qs + (g * R + r) * 32);
+                const int8_t *q = (const int8_t *)(tl->q + g * tl->q_step + r * 32);
                 const int8_t *xg = xq + g * 32;
                 int32_t s = 0;
                 for (int j = 0; j < 32; j++)
                     s += q[j] * xg[j];
-                acc += h2f(tile + (g * R + r) * 2) * xd[g] * (float)s;
+                acc += h2f(tl->s + g * tl->s_step + r * 2) * xd[g] * (float)s;
             }
             y[i * ldy + r] = acc + (bias ? bias[r] : 0.f);
         }

@@ -44,6 +44,7 @@ typedef struct options {
     int role_prec[IDF_ROLE_COUNT];
     int search;
     uint32_t tile_rows;
+    int tile_layout;          /* IDFX_LAYOUT_ROWTILE or IDFX_LAYOUT_GROUPTILE */
     idfx_writer_opts wo;
     const char *compress;     /* as given, for converter.options */
     int threads;
@@ -86,6 +87,9 @@ static void usage(FILE *f) {
             "  --quant PRESET        q4 (default), q8, f16 or f32 (docs/QUANT.md)\n"
             "  --search N            Q4 scale candidates per sign (default %d; 0 = absmax only)\n"
             "  --tile-rows R         rows per ROWTILE tile, power of two <= 64 (default %u)\n"
+            "  --layout L            rowtile (default: read by every backend) or grouptile\n"
+            "                        (each group's scales next to its quants: CPU decode\n"
+            "                        streams it 25-30%% faster; OpenCL leaves it to the CPU)\n"
             "  --embed P, --head P, --vision P\n"
             "                        override the precision (q4|q8|f16|f32) of the token\n"
             "                        embedding, the lm head or the vision tower linears\n"
@@ -288,7 +292,7 @@ static void choose_type(const options *o, const idf_expected_tensor *e, plan_ent
         /* ROWTILE needs a 2-D [rows, K] weight with K a multiple of 32; otherwise F16 */
         if (e->n_dims == 2 && e->shape[1] % IDFX_QK == 0) {
             p->type = prec_type[prec];
-            p->layout = IDFX_LAYOUT_ROWTILE;
+            p->layout = o->tile_layout;
             p->layout_param = o->tile_rows;
             return;
         }
@@ -416,8 +420,9 @@ static int convert(const options *o) {
         name = basename(name_buf);
     }
     snprintf(opts_str, sizeof opts_str,
-             "--quant %s --search %d --tile-rows %u --embed %s --head %s --vision %s --compress %s",
-             prec_names[o->preset], o->search, o->tile_rows, prec_names[o->role_prec[IDF_ROLE_EMBED]],
+             "--quant %s --search %d --tile-rows %u --layout %s --embed %s --head %s --vision %s --compress %s",
+             prec_names[o->preset], o->search, o->tile_rows,
+             o->tile_layout == IDFX_LAYOUT_GROUPTILE ? "grouptile" : "rowtile", prec_names[o->role_prec[IDF_ROLE_EMBED]],
              prec_names[o->role_prec[IDF_ROLE_HEAD]], prec_names[o->role_prec[IDF_ROLE_VISION_LINEAR]],
              o->compress);
     if (write_metadata(w, &cfg, config_text, config_len, name, opts_str)) {
@@ -461,6 +466,12 @@ static int convert(const options *o) {
             int search = p->type == IDFX_TYPE_Q4 ? o->search : 0;
             idf_quantize_rowtile(pool, p->type, x, (int64_t)p->e->shape[0], (int64_t)p->e->shape[1],
                                  p->layout_param, search, out, quant_progress, &pr);
+            if (p->layout == IDFX_LAYOUT_GROUPTILE) {
+                /* the fp32 input is done with: reorder into its buffer (out_bytes < f32_bytes) */
+                idfx_rowtile_to_grouptile(p->type, p->layout_param, (int64_t)p->e->shape[0],
+                                          (int64_t)p->e->shape[1], out, x);
+                out = x;
+            }
         } else if (p->type == IDFX_TYPE_F16) {
             idf_convert_f32_to_f16(pool, x, n, out);
         }
@@ -563,6 +574,7 @@ int main(int argc, char **argv) {
     o.preset = PREC_Q4;
     o.search = IDF_QUANT_DEFAULT_SEARCH;
     o.tile_rows = IDF_QUANT_DEFAULT_TILE_ROWS;
+    o.tile_layout = IDFX_LAYOUT_ROWTILE;
     o.wo = idfx_writer_default_opts();
     o.compress = "zstd";
     const char *repack_in = NULL, *repack_out = NULL;
@@ -606,6 +618,14 @@ int main(int argc, char **argv) {
             if (*end || r < 1 || r > IDFX_MAX_TILE_ROWS || (r & (r - 1)))
                 die_usage("--tile-rows needs a power of two in [1, 64], got '%s'", v);
             o.tile_rows = (uint32_t)r;
+        } else if (!strcmp(a, "--layout")) {
+            NEED_ARG();
+            if (!strcmp(v, "rowtile"))
+                o.tile_layout = IDFX_LAYOUT_ROWTILE;
+            else if (!strcmp(v, "grouptile"))
+                o.tile_layout = IDFX_LAYOUT_GROUPTILE;
+            else
+                die_usage("--layout needs rowtile or grouptile, got '%s'", v);
         } else if (!strcmp(a, "--compress")) {
             NEED_ARG();
             if (parse_compress(v, &o.wo)) die_usage("--compress needs none or zstd[:1..22], got '%s'", v);

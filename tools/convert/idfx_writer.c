@@ -484,7 +484,7 @@ int idfx_writer_add_tensor(idfx_writer *w, const char *name, int type, int layou
     }
     if (!idfx_tensor_nbytes(type, layout, layout_param, n_dims, dims, &want, &unit))
         return fail(w, "tensor '%s': invalid type %s / layout %s / layout_param %u / shape for this type", name,
-                    idfx_type_get_traits(type)->name, layout == IDFX_LAYOUT_ROWTILE ? "ROWTILE" : "ROWMAJOR",
+                    idfx_type_get_traits(type)->name, layout == IDFX_LAYOUT_ROWTILE ? "ROWTILE" : layout == IDFX_LAYOUT_GROUPTILE ? "GROUPTILE" : "ROWMAJOR",
                     layout_param);
     if (want != nbytes)
         return fail(w, "tensor '%s': %llu bytes given, its shape needs %llu", name, (unsigned long long)nbytes,
