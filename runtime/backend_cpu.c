@@ -1,7 +1,7 @@
 /*
  * backend_cpu.c - the fast CPU backend (backend.h), complete: every op.
  *
- * Matmuls against Q4/Q8 ROWTILE weights quantize the activations once per
+ * Matmuls against Q4/Q8 tiled (ROWTILE, GROUPTILE) weights quantize the activations once per
  * call to int8 in groups of 32 (cpu/cpu_kernels.h idf_qact) and run integer
  * dot products in a per-ISA tile kernel (cpu/q4_*.c), picked at creation from
  * platform/cpu_features.h: AVX-512 VNNI, AVX2, NEON dotprod, NEON, or scalar.
@@ -241,8 +241,14 @@ static idefics_status matmul_q(cpu_ctx *c, const idf_weight *w, const float *bia
     const int64_t k = w->cols, R = w->tile_rows;
     IDF_FORWARD(ensure_qact(c, n, k));
     qmm_job j = {.c = c, .w = w, .bias = bias, .x = x, .n = n, .ldy = ldy, .y = y};
-    j.act = (idf_qact){
-        .q = c->aq, .d = c->ad, .corr = c->ac, .corr4 = c->ac4, .corr1 = c->ac1, .k = k, .ng = k / IDFX_QK, .ldg = qact_ldg(k)};
+    j.act = (idf_qact){.q = c->aq,
+                       .d = c->ad,
+                       .corr = c->ac,
+                       .corr4 = c->ac4,
+                       .corr1 = c->ac1,
+                       .k = k,
+                       .ng = k / IDFX_QK,
+                       .ldg = qact_ldg(k)};
     const bool q4 = w->type == IDFX_TYPE_Q4;
     const int min_r = q4 ? c->kern.q4_min_r : c->kern.q8_min_r;
     const idf_cpu_kernels *kk = R % min_r == 0 ? &c->kern : &c->scalar;

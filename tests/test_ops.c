@@ -525,7 +525,9 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
     case IDF_OP_ATTENTION: {
         const int row = c->heads * k;
         /* a Q8 cache's rows start on a 32-element block (quant.h) */
-        const int stride = !(c->flags & F_STRIDE) ? row : c->kv_type == IDEFICS_KV_Q8 ? (row + 31) / 32 * 32 + 32 : row + 3;
+        const int stride = !(c->flags & F_STRIDE)        ? row
+                           : c->kv_type == IDEFICS_KV_Q8 ? (row + 31) / 32 * 32 + 32
+                                                         : row + 3;
         float *q = xmalloc((size_t)n * stride * sizeof(float));
         float *kf = xmalloc((size_t)m * stride * sizeof(float)), *vf = xmalloc((size_t)m * stride * sizeof(float));
         fill(q, (size_t)n * stride, 1.0);

@@ -13,7 +13,7 @@
  * the correction that lets an unsigned x signed byte dot product (x86 VNNI
  * vpdpbusd) run on weights stored with a +128 bias: sum (w + 128) q - 128 sum q.
  *
- * A tile kernel computes, for one ROWTILE tile of R weight rows (quant.h) and
+ * A tile kernel computes, for one tile (ROWTILE or GROUPTILE) of R weight rows (quant.h) and
  * nx <= q4_max_nx / q8_max_nx activation rows (IDF_CPU_NX where 0),
  *     y[i * ldy + r] = sum_g dw[g][r] * dx[i][g] * (int dot of group g)  (+ bias[r])
  * for r < rows_valid (the last tile's padding rows are never written).

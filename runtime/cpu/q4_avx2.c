@@ -3,7 +3,8 @@
  * for x86-64 CPUs without AVX-512 VNNI. Built with -mavx2 -mfma -mf16c
  * (runtime/meson.build), called only when platform/cpu_features.h reports them.
  *
- * Data layout (quant.h ROWTILE): for group g the R rows of a tile are adjacent,
+ * Data layout (quant.h ROWTILE or GROUPTILE, addressed through idf_tile): for
+ * group g the R rows of a tile are adjacent,
  * so one 32-byte ymm load holds group g of 2 rows (Q4, 16 bytes a row) or of
  * 1 row (Q8). Q4 nibbles become signed int8 weights through vpshufb on the
  * codebook. Signed x signed byte products use the abs/sign trick:

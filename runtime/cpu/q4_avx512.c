@@ -3,7 +3,8 @@
  * (cpu_kernels.h). Built with -mavx512* flags (runtime/meson.build) and called
  * only when platform/cpu_features.h reports all of them.
  *
- * Data layout (quant.h ROWTILE): for group g the R rows of a tile are adjacent,
+ * Data layout (quant.h ROWTILE or GROUPTILE, addressed through idf_tile): for
+ * group g the R rows of a tile are adjacent,
  * 16 quant bytes per row for Q4, 32 for Q8. So one 64-byte zmm load holds
  * group g of 4 rows (Q4) or 2 rows (Q8), and NB loads cover 4*NB / 2*NB rows.
  * Q4: nibbles -> bytes with and/shift, codebook lookup with vpshufb from a
@@ -35,8 +36,8 @@ AI __m512i cb_table(void) {
 }
 
 /* Q4: NB zmm of 4 rows each, NX activation rows. */
-AI void q4_rows(const idf_tile *tl, int64_t ng, int rb, const int NB, const idf_qact *a, int64_t x0,
-                const int NX, float *y, int64_t ldy, int rows_valid, const float *bias) {
+AI void q4_rows(const idf_tile *tl, int64_t ng, int rb, const int NB, const idf_qact *a, int64_t x0, const int NX,
+                float *y, int64_t ldy, int rows_valid, const float *bias) {
     const uint8_t *sc = tl->s + rb * 2;
     const uint8_t *qs = tl->q + rb * 16;
     const __m512i m4 = _mm512_set1_epi8(0x0f), tbl = cb_table();
@@ -66,7 +67,8 @@ AI void q4_rows(const idf_tile *tl, int64_t ng, int rb, const int NB, const idf_
             const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)xg));
             const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xg + 16)));
             /* pre-summed at quantization: one broadcast load instead of two loads and an add */
-            const __m512i c = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(a->corr4 + (row * a->ldg + g) * 4)));
+            const __m512i c =
+                _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(a->corr4 + (row * a->ldg + g) * 4)));
             const __m512 dx = _mm512_set1_ps(a->d[row * a->ldg + g]);
             for (int b = 0; b < NB; b++) {
                 __m512i t = _mm512_dpbusd_epi32(c, wl[b], xl);
@@ -96,8 +98,8 @@ AI void q4_rows(const idf_tile *tl, int64_t ng, int rb, const int NB, const idf_
  * eight row scales before they are spread over lanes (one ymm multiply
  * instead of two zmm), and two accumulator pairs alternate by group so the
  * fma chains do not limit a memory-bound loop. */
-static void q4_gemv8(const idf_tile *tl, int64_t ng, int rb, const idf_qact *a, int64_t x0, float *y,
-                     int rows_valid, const float *bias) {
+static void q4_gemv8(const idf_tile *tl, int64_t ng, int rb, const idf_qact *a, int64_t x0, float *y, int rows_valid,
+                     const float *bias) {
     const uint8_t *sc = tl->s + rb * 2;
     const uint8_t *qs = tl->q + rb * 16;
     const __m512i m4 = _mm512_set1_epi8(0x0f), tbl = cb_table();
@@ -110,8 +112,8 @@ static void q4_gemv8(const idf_tile *tl, int64_t ng, int rb, const idf_qact *a, 
     for (int64_t g = 0; g < ng; g++) {
         const uint8_t *qg = qs + g * tl->q_step;
         IDF_PREFETCH_AHEAD(qg, 128);
-        const __m256 f =
-            _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + g * tl->s_step))), _mm256_set1_ps(xd[g]));
+        const __m256 f = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + g * tl->s_step))),
+                                       _mm256_set1_ps(xd[g]));
         const __m512 fz = _mm512_castps256_ps512(f);
         const __m512 s0 = _mm512_permutexvar_ps(sidx0, fz), s1 = _mm512_permutexvar_ps(sidx1, fz);
         const __m512i q0 = _mm512_loadu_si512((const void *)qg), q1 = _mm512_loadu_si512((const void *)(qg + 64));
@@ -155,9 +157,9 @@ AI void rows16_nx(const idf_tile *A, const idf_tile *B, int64_t ng, const idf_qa
     for (int i = 0; i < NX; i++)
         acc[i] = _mm512_setzero_ps();
     for (int64_t g = 0; g < ng; g++) {
-        const __m256i h = _mm256_inserti128_si256(
-            _mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(A->s + g * A->s_step))),
-            _mm_loadu_si128((const __m128i *)(B->s + g * B->s_step)), 1);
+        const __m256i h =
+            _mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)(A->s + g * A->s_step))),
+                                    _mm_loadu_si128((const __m128i *)(B->s + g * B->s_step)), 1);
         const __m512 sp = _mm512_permutexvar_ps(sperm, _mm512_cvtph_ps(h));
         const uint8_t *pa = A->q + g * A->q_step, *pb = B->q + g * B->q_step;
         const __m512i a0 = _mm512_loadu_si512((const void *)pa), a1 = _mm512_loadu_si512((const void *)(pa + 64));

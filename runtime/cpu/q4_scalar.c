@@ -1,8 +1,9 @@
 /*
  * q4_scalar.c - portable C kernels for the CPU backend (cpu_kernels.h): the
  * fallback on any CPU and the reference the SIMD kernel files reuse for odd
- * tile sizes. Data layout: ROWTILE tiles (quant.h), R rows per tile; scales of
- * (group g, row r) at (g*R + r)*2, quants at ng*R*2 + (g*R + r)*QB. Work
+ * tile sizes. Data layout: ROWTILE or GROUPTILE tiles (quant.h), R rows per
+ * tile, addressed through idf_tile: the scale of (group g, row r) at
+ * s + g*s_step + r*2, its quants at q + g*q_step + r*QB. Work
  * mapping: one call = one tile x nx activation rows; the caller (backend_cpu.c)
  * spreads tiles over the thread pool. Dot products are exact in int32 per
  * group and scaled into an fp32 accumulator per (row, activation row).

@@ -422,9 +422,9 @@ static int convert(const options *o) {
     snprintf(opts_str, sizeof opts_str,
              "--quant %s --search %d --tile-rows %u --layout %s --embed %s --head %s --vision %s --compress %s",
              prec_names[o->preset], o->search, o->tile_rows,
-             o->tile_layout == IDFX_LAYOUT_GROUPTILE ? "grouptile" : "rowtile", prec_names[o->role_prec[IDF_ROLE_EMBED]],
-             prec_names[o->role_prec[IDF_ROLE_HEAD]], prec_names[o->role_prec[IDF_ROLE_VISION_LINEAR]],
-             o->compress);
+             o->tile_layout == IDFX_LAYOUT_GROUPTILE ? "grouptile" : "rowtile",
+             prec_names[o->role_prec[IDF_ROLE_EMBED]], prec_names[o->role_prec[IDF_ROLE_HEAD]],
+             prec_names[o->role_prec[IDF_ROLE_VISION_LINEAR]], o->compress);
     if (write_metadata(w, &cfg, config_text, config_len, name, opts_str)) {
         st = IDEFICS_ERR_IO;
         snprintf(err, sizeof err, "%s", idfx_writer_error(w));
@@ -516,7 +516,8 @@ static int convert(const options *o) {
         fprintf(stderr, "  tensors      %llu  (", (unsigned long long)nt);
         for (int i = 0, first = 1; i < IDFX_TYPE_COUNT; i++)
             if (stats[i].tensors) {
-                fprintf(stderr, "%s%s %llu", first ? "" : ", ", idfx_type_name(i), (unsigned long long)stats[i].tensors);
+                fprintf(stderr, "%s%s %llu", first ? "" : ", ", idfx_type_name(i),
+                        (unsigned long long)stats[i].tensors);
                 first = 0;
             }
         fprintf(stderr, ")\n");
