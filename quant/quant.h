@@ -96,6 +96,11 @@ typedef struct idfx_type_traits {
     bool quantized;
 } idfx_type_traits;
 
+/* ROWTILE or GROUPTILE: a 2-D Q4/Q8 tensor in R-row tiles (layout_param = R). */
+static inline bool idfx_layout_tiled(int layout) {
+    return layout == IDFX_LAYOUT_ROWTILE || layout == IDFX_LAYOUT_GROUPTILE;
+}
+
 /* NULL for an out-of-range type. */
 const idfx_type_traits *idfx_type_get_traits(int type);
 

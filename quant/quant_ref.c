@@ -127,7 +127,7 @@ bool idfx_tensor_nbytes(int type, int layout, uint32_t layout_param, uint32_t n_
         if (!idf_mul_u64(row, tt->group_bytes, unit)) return false;
         return idf_mul_u64(n, tt->group_bytes, nbytes);
     }
-    if (layout == IDFX_LAYOUT_ROWTILE || layout == IDFX_LAYOUT_GROUPTILE) {
+    if (idfx_layout_tiled(layout)) {
         uint32_t r = layout_param;
         if (!tt->quantized || n_dims != 2) return false;
         if (r < 1 || r > IDFX_MAX_TILE_ROWS || (r & (r - 1)) != 0) return false;
@@ -360,7 +360,7 @@ void idfx_gemv_ref(int type, int layout, uint32_t r, const void *data, int64_t r
                    float *y) {
     for (int64_t row = 0; row < rows; row++) {
         double acc = 0.0;
-        if (layout == IDFX_LAYOUT_ROWTILE || layout == IDFX_LAYOUT_GROUPTILE) {
+        if (idfx_layout_tiled(layout)) {
             const int64_t ng = k / IDFX_QK;
             const uint32_t qb = type == IDFX_TYPE_Q4 ? IDFX_Q4_QBYTES : IDFX_Q8_QBYTES;
             uint8_t *base = (uint8_t *)data;

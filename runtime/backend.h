@@ -59,6 +59,11 @@ typedef struct idf_weight {
     void *backend_data; /* (optional) a backend's own handle for this weight; NULL on the CPU */
 } idf_weight;
 
+/* The weight is one the CPU backends can read: data and a positive shape;
+ * F32/F16 row-major, or Q4/Q8 tiled (ROWTILE, GROUPTILE) with cols a multiple
+ * of 32 and a power-of-two tile height in [1, IDFX_MAX_TILE_ROWS]. */
+bool idf_weight_ok(const idf_weight *w);
+
 /* What supports_op() is asked. Fields that do not apply to the op are 0. */
 typedef struct idf_op_desc {
     idf_op op;

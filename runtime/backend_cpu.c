@@ -107,17 +107,6 @@ static idefics_status ensure_qact(cpu_ctx *c, int64_t n, int64_t k) {
     return IDEFICS_OK;
 }
 
-static bool weight_ok(const idf_weight *w) {
-    if (!w || !w->data || w->rows <= 0 || w->cols <= 0)
-        return false;
-    if (w->layout == IDFX_LAYOUT_ROWMAJOR)
-        return w->type == IDFX_TYPE_F32 || w->type == IDFX_TYPE_F16;
-    if (w->layout == IDFX_LAYOUT_ROWTILE || w->layout == IDFX_LAYOUT_GROUPTILE)
-        return (w->type == IDFX_TYPE_Q4 || w->type == IDFX_TYPE_Q8) && w->cols % IDFX_QK == 0 && w->tile_rows >= 1 &&
-               w->tile_rows <= IDFX_MAX_TILE_ROWS && (w->tile_rows & (w->tile_rows - 1)) == 0;
-    return false;
-}
-
 /* Below this many multiply-adds the pool's wake-up costs more than the work. */
 #define PARALLEL_MIN_MACS (1 << 15)
 
@@ -343,7 +332,7 @@ static void fmm_task(void *ctx, int64_t task, int tid) {
 static idefics_status cpu_matmul(void *vctx, const idf_weight *w, const float *bias, const float *x, int64_t n,
                                  float *y, int64_t ldy) {
     cpu_ctx *c = vctx;
-    if (!weight_ok(w) || !x || !y || n < 0 || ldy < w->rows)
+    if (!idf_weight_ok(w) || !x || !y || n < 0 || ldy < w->rows)
         return IDEFICS_ERR_INVALID_ARG;
     if (n == 0)
         return IDEFICS_OK;
@@ -362,7 +351,7 @@ static idefics_status cpu_matmul(void *vctx, const idf_weight *w, const float *b
 
 static idefics_status cpu_get_rows(void *vctx, const idf_weight *w, const int32_t *ids, int64_t n, float *y) {
     const cpu_ctx *c = vctx;
-    if (!weight_ok(w) || (!ids && n > 0) || !y)
+    if (!idf_weight_ok(w) || (!ids && n > 0) || !y)
         return IDEFICS_ERR_INVALID_ARG;
     for (int64_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= w->rows)

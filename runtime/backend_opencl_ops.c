@@ -347,15 +347,9 @@ static uint64_t weight_bytes(const idf_weight *w) {
     return idfx_tensor_nbytes(w->type, w->layout, w->tile_rows, 2, dims, &b, &unit) ? b : 0;
 }
 
+/* The kernels read ROWMAJOR and ROWTILE; sizes index with 32-bit ints. */
 static bool weight_ok(const idf_weight *w) {
-    if (!w || !w->data || w->rows <= 0 || w->cols <= 0 || w->rows >= MAX_ELEMS || w->cols >= MAX_ELEMS)
-        return false;
-    if (w->layout == IDFX_LAYOUT_ROWMAJOR)
-        return w->type == IDFX_TYPE_F32 || w->type == IDFX_TYPE_F16;
-    if (w->layout == IDFX_LAYOUT_ROWTILE)
-        return (w->type == IDFX_TYPE_Q4 || w->type == IDFX_TYPE_Q8) && w->cols % IDFX_QK == 0 && w->tile_rows >= 1 &&
-               w->tile_rows <= IDFX_MAX_TILE_ROWS;
-    return false;
+    return idf_weight_ok(w) && w->layout != IDFX_LAYOUT_GROUPTILE && w->rows < MAX_ELEMS && w->cols < MAX_ELEMS;
 }
 
 /* Rows per chunk of w on this device: the model's split (backend_data), else

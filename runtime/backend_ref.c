@@ -39,21 +39,10 @@ static idefics_status ensure_scratch(ref_ctx *c, size_t per) {
     return IDEFICS_OK;
 }
 
-static bool weight_ok(const idf_weight *w) {
-    if (!w || !w->data || w->rows <= 0 || w->cols <= 0)
-        return false;
-    if (w->layout == IDFX_LAYOUT_ROWMAJOR)
-        return w->type == IDFX_TYPE_F32 || w->type == IDFX_TYPE_F16;
-    if (w->layout == IDFX_LAYOUT_ROWTILE || w->layout == IDFX_LAYOUT_GROUPTILE)
-        return (w->type == IDFX_TYPE_Q4 || w->type == IDFX_TYPE_Q8) && w->cols % IDFX_QK == 0 && w->tile_rows >= 1 &&
-               w->tile_rows <= IDFX_MAX_TILE_ROWS;
-    return false;
-}
-
 /* Row r of w as fp32. Returns a pointer into the weight itself for F32 (no
  * copy) or into buf (cols floats). */
 static const float *weight_row(const idf_weight *w, int64_t r, float *buf) {
-    if (w->layout == IDFX_LAYOUT_ROWTILE || w->layout == IDFX_LAYOUT_GROUPTILE) {
+    if (idfx_layout_tiled(w->layout)) {
         idfx_dequant_row_layout_ref(w->type, w->layout, w->data, r, w->cols, w->tile_rows, buf);
         return buf;
     }
@@ -108,7 +97,7 @@ static void mm_task(void *ctx, int64_t task, int tid) {
 static idefics_status ref_matmul(void *vctx, const idf_weight *w, const float *bias, const float *x, int64_t n,
                                  float *y, int64_t ldy) {
     ref_ctx *c = vctx;
-    if (!weight_ok(w) || !x || !y || n < 0 || ldy < w->rows)
+    if (!idf_weight_ok(w) || !x || !y || n < 0 || ldy < w->rows)
         return IDEFICS_ERR_INVALID_ARG;
     if (n == 0)
         return IDEFICS_OK;
@@ -120,7 +109,7 @@ static idefics_status ref_matmul(void *vctx, const idf_weight *w, const float *b
 
 static idefics_status ref_get_rows(void *vctx, const idf_weight *w, const int32_t *ids, int64_t n, float *y) {
     (void)vctx;
-    if (!weight_ok(w) || (!ids && n > 0) || !y)
+    if (!idf_weight_ok(w) || (!ids && n > 0) || !y)
         return IDEFICS_ERR_INVALID_ARG;
     for (int64_t i = 0; i < n; i++) {
         if (ids[i] < 0 || ids[i] >= w->rows)

@@ -254,7 +254,7 @@ static void weight_from(const idfx_tensor *t, uint64_t rows, uint64_t cols, idf_
         .data = t->data,
         .type = t->type,
         .layout = t->layout,
-        .tile_rows = t->layout == IDFX_LAYOUT_ROWTILE || t->layout == IDFX_LAYOUT_GROUPTILE ? t->layout_param : 0,
+        .tile_rows = idfx_layout_tiled(t->layout) ? t->layout_param : 0,
         .rows = (int64_t)rows,
         .cols = (int64_t)cols,
     };
@@ -280,7 +280,7 @@ static idefics_status to_f32(idefics_model *m, const idfx_tensor *t, const float
     float *dst = own_floats(m, t->n_elements);
     if (!dst)
         return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory copying tensor %s", t->name);
-    if (t->layout == IDFX_LAYOUT_ROWTILE || t->layout == IDFX_LAYOUT_GROUPTILE) {
+    if (idfx_layout_tiled(t->layout)) {
         /* the tiled layouts are 2-D [rows, k] by construction (reader) */
         const int64_t rows = (int64_t)t->dims[0], k = (int64_t)t->dims[1];
         for (int64_t r = 0; r < rows; r++)

@@ -770,10 +770,10 @@ static bool write_dequantized(const idefics_model *mq, const char *out) {
     for (uint32_t i = 0; i < mq->file.n_tensors && !rc; i++) {
         const idfx_tensor *t = &mq->file.tensors[i];
         float *v = xmalloc((size_t)t->n_elements * sizeof(float));
-        if (t->layout == IDFX_LAYOUT_ROWTILE) {
+        if (idfx_layout_tiled(t->layout)) {
             for (uint64_t r = 0; r < t->dims[0]; r++)
-                idfx_dequant_row_ref(t->type, t->data, (int64_t)r, (int64_t)t->dims[1], t->layout_param,
-                                     v + r * t->dims[1]);
+                idfx_dequant_row_layout_ref(t->type, t->layout, t->data, (int64_t)r, (int64_t)t->dims[1],
+                                            t->layout_param, v + r * t->dims[1]);
         } else if (t->type == IDFX_TYPE_F16) {
             const uint8_t *p = t->data;
             for (uint64_t e = 0; e < t->n_elements; e++)

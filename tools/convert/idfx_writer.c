@@ -9,6 +9,7 @@
  * the extra memory is bounded by n_threads * 2 * chunk_bytes.
  */
 #include "idfx_writer.h"
+#include "idfx_reader.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -484,7 +485,7 @@ int idfx_writer_add_tensor(idfx_writer *w, const char *name, int type, int layou
     }
     if (!idfx_tensor_nbytes(type, layout, layout_param, n_dims, dims, &want, &unit))
         return fail(w, "tensor '%s': invalid type %s / layout %s / layout_param %u / shape for this type", name,
-                    idfx_type_get_traits(type)->name, layout == IDFX_LAYOUT_ROWTILE ? "ROWTILE" : layout == IDFX_LAYOUT_GROUPTILE ? "GROUPTILE" : "ROWMAJOR",
+                    idfx_type_get_traits(type)->name, idfx_layout_name(layout),
                     layout_param);
     if (want != nbytes)
         return fail(w, "tensor '%s': %llu bytes given, its shape needs %llu", name, (unsigned long long)nbytes,
