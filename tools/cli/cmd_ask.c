@@ -1,434 +1,192 @@
 /*
- * cmd_ask.c - `idefics ask` (one question about one or more images, answer
- * streamed to stdout or printed as one JSON object) and `idefics chat` (an
- * interactive multi-turn conversation read line by line from stdin; works
- * with piped input). Logs and diagnostics go to stderr only.
+ * cmd_ask.c - `idefics ask`: one question (or one raw prompt) with any number
+ * of images, the answer streamed to stdout or printed as one JSON object.
+ * Logs and diagnostics go to stderr only. Public API only (cli_common.h).
+ *
+ * Three ways to place images (docs: usage() below and README.md):
+ *   -i A -p Q           one question: the images go where the model's chat
+ *                       format puts them (instruct: after the question)
+ *   -p Q1 -i A -p Q2    several -p: one user turn in exactly the order given
+ *   --raw               no chat format at all (base models, few-shot): the
+ *                       items in order, special-token strings recognised, and
+ *                       <img:PATH> markers inside the text become images
  */
-#include <errno.h>
-#include <limits.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cli.h"
-#include "idefics.h"
-#include "prompt.h" /* idf_session_text, for -v */
+#include "cli_common.h"
 
-typedef struct opts {
-    const char *model;
-    const char *images[64];
-    int n_images;
-    const char *prompt;
-    idefics_generate_params gen;
-    int n_threads, n_ctx;
-    idefics_backend backend;
-    const char *device; /* --device: OpenCL device index or name substring */
-    bool json, verbose;
-    const char *board;  /* --board / IDEFICS_BOARD: defaults from boards/ (boards/README.md) */
-    bool low_memory, set_ctx, set_threads, set_backend;
-} opts;
-
-/* The session a Ctrl-C should cancel. A signal handler can only reach it
- * through a static; the library itself keeps no such state. */
-static idefics_session *volatile g_running;
-
-static void on_sigint(int sig) {
-    (void)sig;
-    idefics_session *s = g_running;
-    if (s) idefics_session_cancel(s); /* one atomic store: async-signal-safe */
-    else _exit(130);
-}
-
-static void log_stderr(void *ud, idefics_log_level level, const char *msg) {
-    (void)ud;
-    static const char *names[] = {"error", "warn", "info", "debug"};
-    fprintf(stderr, "idefics: %s: %s\n", names[level >= 0 && level <= 3 ? level : 0], msg);
-}
-
-static void usage(FILE *f, const char *cmd) {
-    bool ask = !strcmp(cmd, "ask");
+static void usage(FILE *f) {
     fprintf(f,
-            "usage: idefics %s -m MODEL %s [options]\n\n"
+            "usage: idefics ask -m MODEL [-i IMAGE ...] -p QUESTION [options]\n"
+            "       idefics ask -m MODEL -p TEXT -i IMAGE -p TEXT ... [options]   (interleaved turn)\n"
+            "       idefics ask -m MODEL --raw -f PROMPT.txt [options]            (raw / few-shot prompt)\n\n"
             "  -m, --model PATH        model file (.idfx)\n"
-            "  -i, --image PATH        an image (repeatable)%s\n",
-            cmd, ask ? "-i IMAGE [-i IMAGE2 ...] -p QUESTION" : "[-i IMAGE]",
-            ask ? "" : "; for the first turn");
-    if (ask) fprintf(f, "  -p, --prompt TEXT       the question\n");
+            "  -i, --image PATH        an image (optional, repeatable)\n"
+            "  -p, --prompt TEXT       the question (repeatable: see below)\n"
+            "  -f, --prompt-file PATH  read a -p TEXT from a file ('-' = stdin)\n"
+            "      --raw               a raw prompt, no User:/Assistant: format (base models, few-shot):\n"
+            "                          special tokens such as <image> or <end_of_utterance> typed in the\n"
+            "                          text are recognised, and <img:PATH> markers become images\n"
+            "      --json              print one JSON object (status, finish_reason, seed, ids, text)\n"
+            "      --dry-run           build the prompt, print it (or its ids with --json), do not run\n");
+    cli_usage_common(f, true);
     fprintf(f,
-            "  -n, --n-predict N       most tokens to generate (default 64%s)\n"
-            "      --temp T            temperature; 0 = greedy (default 0)\n"
-            "      --top-k K           keep the K most likely tokens; 0 = off\n"
-            "      --top-p P           nucleus sampling mass; 1 = off\n"
-            "      --seed S            sampling seed (default 0)\n"
-            "      --repeat-penalty R  HF repetition penalty; 1 = off\n"
-            "  -t, --threads N         compute threads (default: all cores)\n"
-            "  -c, --ctx-size N        context length in tokens (default: the model's)\n"
-            "      --backend NAME      auto | cpu | cpu-ref | opencl (default auto)\n"
-            "      --board NAME        defaults for a board or memory profile (boards/; env IDEFICS_BOARD):\n"
-            "                          n_ctx, KV type, low_memory, threads, backend; flags given override them\n"
-            "      --low-memory        let the OS page weights in and out of the model file per layer\n"
-            "      --device D          OpenCL device: index or name substring (idefics devices lists them)\n"
-            "%s"
-            "  -v, --verbose           log progress and timings to stderr\n",
-            ask ? "" : " per answer", ask ? "      --json              print one JSON object instead of streaming\n" : "");
-    if (!ask)
-        fprintf(f, "\nEach input line is a user turn. Commands: /image PATH (attach to the next turn),\n"
-                   "/reset (start over), /quit. Ctrl-C stops the current answer.\n");
+            "\nImages and text:\n"
+            "  With one -p, the -i images go where the model's chat format puts them (instruct\n"
+            "  models: after the question). With several -p, the user turn keeps the exact order\n"
+            "  of -p and -i on the command line:\n"
+            "    idefics ask -m models/tiny-shapes.idfx -p 'Compare' -i examples/shapes-01.png \\\n"
+            "        -p 'with' -i examples/shapes-02.png -p 'Which has more shapes?'\n"
+            "  Without --raw, text is plain text: '<image>' typed in a question is just characters.\n"
+            "  A few-shot raw prompt (PROMPT.txt):\n"
+            "    User:<img:examples/shapes-01.png>How many shapes are there?\\nAssistant: 2\\n\n"
+            "    User:<img:examples/shapes-03.png>How many shapes are there?\\nAssistant:\n"
+            "\nExit status: 0 answered, 1 error, 2 usage error, 130 interrupted (Ctrl-C).\n");
 }
 
-static bool parse_int(const char *s, long lo, long hi, int *out) {
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = (int)v;
-    return true;
-}
-
-static bool parse_float(const char *s, float *out) {
-    char *end;
-    errno = 0;
-    double v = strtod(s, &end);
-    if (errno || end == s || *end) return false;
-    *out = (float)v;
-    return true;
-}
-
-/* Returns 0 when parsed, 1 when help was printed, 2 on a usage error. */
-static int parse_opts(int argc, char **argv, const char *cmd, opts *o) {
-    memset(o, 0, sizeof *o);
-    o->gen = idefics_generate_default_params();
-    o->backend = IDEFICS_BACKEND_AUTO;
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        const char *v = i + 1 < argc ? argv[i + 1] : NULL;
-        bool ok = true, takes = true;
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout, cmd);
-            return 1;
-        } else if (!strcmp(a, "--json")) {
-            o->json = true, takes = false;
-        } else if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
-            o->verbose = true, takes = false;
-        } else if (!strcmp(a, "--low-memory")) {
-            o->low_memory = true, takes = false;
-        } else if (!v) {
-            fprintf(stderr, "idefics %s: %s needs a value (or is unknown)\n", cmd, a);
-            return 2;
-        } else if (!strcmp(a, "-m") || !strcmp(a, "--model")) {
-            o->model = v;
-        } else if (!strcmp(a, "-i") || !strcmp(a, "--image")) {
-            if (o->n_images == (int)(sizeof o->images / sizeof o->images[0])) {
-                fprintf(stderr, "idefics %s: too many images\n", cmd);
-                return 2;
+/* --raw text: <img:PATH> markers split it into text and images. */
+static int add_raw_text(idefics_session *s, const char *text) {
+    const char *p = text;
+    for (;;) {
+        const char *m = strstr(p, "<img:");
+        const char *end = m ? strchr(m + 5, '>') : NULL;
+        size_t n = m && end ? (size_t)(m - p) : strlen(p);
+        if (n) {
+            idefics_status st = idefics_add_text_n(s, p, n, IDEFICS_TEXT_SPECIAL);
+            if (st != IDEFICS_OK) {
+                fprintf(stderr, "idefics ask: %s (%s)\n", idefics_session_last_error(s), idefics_status_str(st));
+                return 1;
             }
-            o->images[o->n_images++] = v;
-        } else if (!strcmp(a, "-p") || !strcmp(a, "--prompt")) {
-            o->prompt = v;
-        } else if (!strcmp(a, "-n") || !strcmp(a, "--n-predict")) {
-            ok = parse_int(v, 0, INT_MAX, &o->gen.max_new_tokens);
-        } else if (!strcmp(a, "--temp")) {
-            ok = parse_float(v, &o->gen.temperature) && o->gen.temperature >= 0;
-        } else if (!strcmp(a, "--top-k")) {
-            ok = parse_int(v, 0, INT_MAX, &o->gen.top_k);
-        } else if (!strcmp(a, "--top-p")) {
-            ok = parse_float(v, &o->gen.top_p) && o->gen.top_p > 0 && o->gen.top_p <= 1;
-        } else if (!strcmp(a, "--seed")) {
-            char *end;
-            errno = 0;
-            unsigned long long s = strtoull(v, &end, 0);
-            ok = !errno && end != v && !*end;
-            o->gen.seed = s;
-        } else if (!strcmp(a, "--repeat-penalty")) {
-            ok = parse_float(v, &o->gen.repetition_penalty) && o->gen.repetition_penalty > 0;
-        } else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) {
-            ok = parse_int(v, 0, 4096, &o->n_threads);
-            o->set_threads = true;
-        } else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) {
-            ok = parse_int(v, 0, 1 << 24, &o->n_ctx);
-            o->set_ctx = true;
-        } else if (!strcmp(a, "--board")) {
-            o->board = v;
-        } else if (!strcmp(a, "--backend")) {
-            if (!strcmp(v, "auto")) o->backend = IDEFICS_BACKEND_AUTO;
-            else if (!strcmp(v, "cpu")) o->backend = IDEFICS_BACKEND_CPU;
-            else if (!strcmp(v, "cpu-ref")) o->backend = IDEFICS_BACKEND_CPU_REF;
-            else if (!strcmp(v, "opencl")) o->backend = IDEFICS_BACKEND_OPENCL;
-            else ok = false;
-            o->set_backend = true;
-        } else if (!strcmp(a, "--device")) {
-            o->device = v;
-        } else {
-            fprintf(stderr, "idefics %s: unknown option %s\n\n", cmd, a);
-            usage(stderr, cmd);
-            return 2;
         }
-        if (!ok) {
-            fprintf(stderr, "idefics %s: bad value for %s: '%s'\n", cmd, a, v);
-            return 2;
-        }
-        if (takes) i++;
-    }
-    if (!o->model) {
-        fprintf(stderr, "idefics %s: -m MODEL is required\n\n", cmd);
-        usage(stderr, cmd);
-        return 2;
-    }
-    return 0;
-}
-
-/* The boards/ folder: $IDEFICS_BOARDS_DIR, else the installed copy, else the source tree's. */
-static const char *boards_dir(void) {
-    const char *e = getenv("IDEFICS_BOARDS_DIR");
-    if (e && *e) return e;
-    if (access(IDF_BOARDS_INSTALL_DIR "/memory-profiles.ini", R_OK) == 0) return IDF_BOARDS_INSTALL_DIR;
-    return IDF_BOARDS_SOURCE_DIR;
-}
-
-static int open_model(const opts *o, const char *cmd, idefics_model **model, idefics_session **session) {
-    idefics_model_params mp = idefics_model_default_params();
-    idefics_session_params sp = idefics_session_default_params();
-    char err[512];
-    const char *board = o->board ? o->board : getenv("IDEFICS_BOARD");
-    if (board && *board) {
-        idefics_status bs = idefics_board_apply(boards_dir(), board, &mp, &sp, err, sizeof err);
-        if (bs != IDEFICS_OK) {
-            fprintf(stderr, "idefics %s: --board %s: %s (%s)\n", cmd, board, err, idefics_status_str(bs));
+        if (!m || !end) return 0;
+        size_t plen = (size_t)(end - (m + 5));
+        char *path = malloc(plen + 1);
+        if (!path) {
+            fprintf(stderr, "idefics ask: out of memory\n");
             return 1;
         }
-    } else {
-        board = NULL;
+        memcpy(path, m + 5, plen);
+        path[plen] = '\0';
+        int rc = plen ? cli_add_image(s, "ask", path) : (fprintf(stderr, "idefics ask: empty <img:> marker\n"), 1);
+        free(path);
+        if (rc) return rc;
+        p = end + 1;
     }
-    mp.log = log_stderr;
-    mp.log_level = o->verbose ? IDEFICS_LOG_INFO : IDEFICS_LOG_WARN;
-    mp.device = o->device;
-    /* explicit flags win over the board's defaults */
-    if (o->set_threads || !board) mp.n_threads = sp.n_threads = o->n_threads;
-    if (o->set_backend || !board) mp.backend = o->backend;
-    if (o->set_ctx || !board) sp.n_ctx = o->n_ctx;
-    if (o->low_memory) mp.low_memory = true;
-    if (o->verbose && board)
-        fprintf(stderr, "idefics: board %s: n_ctx %d, kv_type %d, low_memory %d, threads %d, backend %d\n", board,
-                sp.n_ctx, (int)sp.kv_type, (int)mp.low_memory, sp.n_threads, (int)mp.backend);
-    idefics_status st = idefics_model_load(o->model, &mp, model, err, sizeof err);
-    if (st != IDEFICS_OK) {
-        fprintf(stderr, "idefics %s: cannot load %s: %s (%s)\n", cmd, o->model, err, idefics_status_str(st));
-        return 1;
-    }
-    st = idefics_session_create(*model, &sp, session, err, sizeof err);
-    if (st != IDEFICS_OK) {
-        fprintf(stderr, "idefics %s: cannot create a session: %s (%s)\n", cmd, err, idefics_status_str(st));
-        idefics_model_free(*model);
-        *model = NULL;
-        return 1;
-    }
-    if (o->verbose) {
-        idefics_model_info info;
-        idefics_model_get_info(*model, &info);
-        fprintf(stderr, "idefics: model %s, %s, backend %s\n", info.name[0] ? info.name : o->model,
-                info.is_instruct ? "instruct" : "base", info.backend ? info.backend : "?");
-    }
-    return 0;
 }
 
-static int add_image(idefics_session *s, const char *cmd, const char *path) {
-    idefics_status st = idefics_add_image_file(s, path);
+static int report(idefics_session *s, idefics_status st) {
     if (st == IDEFICS_OK) return 0;
-    fprintf(stderr, "idefics %s: %s: %s (%s)\n", cmd, path, idefics_session_last_error(s), idefics_status_str(st));
+    fprintf(stderr, "idefics ask: %s (%s)\n", idefics_session_last_error(s), idefics_status_str(st));
     return 1;
 }
 
-/* ---- streaming and the JSON answer */
-
-typedef struct answer {
-    bool json;
-    char *text;
-    size_t len, cap;
-} answer;
-
-static bool on_token(void *ud, int32_t token, const char *piece) {
-    (void)token;
-    answer *a = ud;
-    size_t n = strlen(piece);
-    if (!a->json) {
-        fputs(piece, stdout);
-        fflush(stdout);
-        return true;
+static int build_prompt(idefics_session *s, const cli_opts *o) {
+    if (o->raw) {
+        for (int i = 0; i < o->n_items; i++) {
+            const cli_item *it = &o->items[i];
+            int rc = it->is_image ? cli_add_image(s, "ask", it->value) : add_raw_text(s, it->value);
+            if (rc) return rc;
+        }
+        return 0;
     }
-    if (a->len + n + 1 > a->cap) {
-        size_t cap = (a->cap ? a->cap * 2 : 256) + n;
-        char *t = realloc(a->text, cap);
-        if (!t) return false;
-        a->text = t;
-        a->cap = cap;
+    if (o->n_texts == 1) {
+        /* one question: images first, then the turn places them per the model's format */
+        const char *q = NULL;
+        for (int i = 0; i < o->n_items; i++) {
+            if (!o->items[i].is_image) q = o->items[i].value;
+            else if (cli_add_image(s, "ask", o->items[i].value)) return 1;
+        }
+        return report(s, idefics_add_user_turn_n(s, q, strlen(q)));
     }
-    memcpy(a->text + a->len, piece, n + 1);
-    a->len += n;
-    return true;
-}
-
-static void json_string(FILE *f, const char *s, size_t n) {
-    fputc('"', f);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
-        else if (c == '\n') fputs("\\n", f);
-        else if (c == '\r') fputs("\\r", f);
-        else if (c == '\t') fputs("\\t", f);
-        else if (c < 0x20) fprintf(f, "\\u%04x", c);
-        else fputc(c, f);
+    /* several -p: one user turn in command-line order */
+    int rc = report(s, idefics_begin_user_turn(s));
+    for (int i = 0; i < o->n_items && !rc; i++) {
+        const cli_item *it = &o->items[i];
+        rc = it->is_image ? cli_add_image(s, "ask", it->value)
+                          : report(s, idefics_add_text_n(s, it->value, strlen(it->value), 0));
     }
-    fputc('"', f);
-}
-
-static void json_ids(FILE *f, const int32_t *ids, int n) {
-    fputc('[', f);
-    for (int i = 0; i < n; i++) fprintf(f, "%s%d", i ? "," : "", ids[i]);
-    fputc(']', f);
-}
-
-static void print_timings(const idefics_timings *t) {
-    fprintf(stderr,
-            "idefics: images %.1f ms | prefill %d tokens in %.1f ms (%.1f tok/s) | decode %d tokens in %.1f ms "
-            "(%.1f tok/s)\n",
-            t->image_encode_ms, t->n_prompt_tokens, t->prefill_ms,
-            t->prefill_ms > 0 ? t->n_prompt_tokens * 1000.0 / t->prefill_ms : 0.0, t->n_generated, t->decode_ms,
-            t->decode_ms > 0 ? t->n_generated * 1000.0 / t->decode_ms : 0.0);
-}
-
-/* Generate one answer with Ctrl-C wired to cancel. */
-static idefics_status run_generate(idefics_session *s, const opts *o, answer *a) {
-    g_running = s;
-    void (*old)(int) = signal(SIGINT, on_sigint);
-    idefics_status st = idefics_generate(s, &o->gen, on_token, a);
-    signal(SIGINT, old == SIG_ERR ? SIG_DFL : old);
-    g_running = NULL;
-    return st;
+    return rc ? rc : report(s, idefics_end_user_turn(s));
 }
 
 int cmd_ask(int argc, char **argv) {
-    opts o;
-    int rc = parse_opts(argc, argv, "ask", &o);
+    cli_opts o;
+    int rc = cli_parse(argc, argv, "ask", usage, &o);
     if (rc) return rc == 1 ? 0 : rc;
-    if (!o.prompt) {
-        fprintf(stderr, "idefics ask: -p QUESTION is required\n");
+    if (!o.n_texts && !(o.raw && o.n_items)) {
+        fprintf(stderr, "idefics ask: -p QUESTION (or -f FILE) is required\n");
+        cli_opts_free(&o);
         return 2;
     }
+    cli_install_sigint();
     idefics_model *model = NULL;
     idefics_session *s = NULL;
-    if (open_model(&o, "ask", &model, &s)) return 1;
-    rc = 0;
-    for (int i = 0; i < o.n_images && !rc; i++) rc = add_image(s, "ask", o.images[i]);
-    if (!rc) {
-        idefics_status st = idefics_add_user_turn(s, o.prompt);
-        if (st != IDEFICS_OK) {
-            fprintf(stderr, "idefics ask: %s (%s)\n", idefics_session_last_error(s), idefics_status_str(st));
-            rc = 1;
-        }
+    if (cli_open(&o, &model, &s)) {
+        cli_opts_free(&o);
+        return 1;
     }
-    answer a = {.json = o.json};
-    if (!rc && o.verbose) fprintf(stderr, "idefics: prompt: %s\n", idf_session_text(s));
-    if (!rc) {
-        const int32_t *ids;
-        int n_prompt = idefics_session_get_tokens(s, &ids);
-        idefics_status st = run_generate(s, &o, &a);
-        if (st != IDEFICS_OK && st != IDEFICS_ERR_CANCELLED) {
-            fprintf(stderr, "idefics ask: %s (%s)\n", idefics_session_last_error(s), idefics_status_str(st));
-            rc = 1;
+    rc = build_prompt(s, &o);
+    if (!rc && (o.verbose || (o.dry_run && !o.json))) {
+        char *text = cli_render_prompt(s);
+        if (o.dry_run && !o.json) printf("%s\n", text ? text : "");
+        else fprintf(stderr, "idefics: prompt: %s\n", text ? text : "(unavailable)");
+        free(text);
+    }
+    const int32_t *ids;
+    int n_prompt = idefics_session_get_tokens(s, &ids);
+    if (!rc && o.dry_run) {
+        if (o.json) {
+            char *text = cli_render_prompt(s);
+            printf("{\"prompt\":");
+            cli_json_string(stdout, text ? text : "", text ? strlen(text) : 0);
+            printf(",\"prompt_tokens\":");
+            cli_json_ids(stdout, ids, n_prompt);
+            printf("}\n");
+            free(text);
         }
-        idefics_timings t;
-        idefics_session_get_timings(s, &t);
+    } else if (!rc) {
+        bool sampling = o.gen.temperature > 0;
+        if (sampling && !o.seed_set)
+            fprintf(stderr, "idefics: seed %llu (--seed %llu repeats this run)\n", (unsigned long long)o.gen.seed,
+                    (unsigned long long)o.gen.seed);
+        cli_answer a = {.collect = o.json};
+        bool interrupted = false;
+        idefics_status st = cli_generate(s, &o.gen, &a, &interrupted);
+        idefics_finish_reason fr = idefics_session_finish_reason(s);
+        if (st == IDEFICS_ERR_CANCELLED || fr == IDEFICS_FINISH_CANCELLED) rc = 130;
+        else if (st != IDEFICS_OK || a.oom) rc = report(s, st != IDEFICS_OK ? st : IDEFICS_ERR_OUT_OF_MEMORY);
         int n_all = idefics_session_get_tokens(s, &ids);
         if (o.json) {
-            printf("{\"status\":\"%s\",\"prompt_tokens\":", idefics_status_str(st));
-            json_ids(stdout, ids, n_prompt);
+            idefics_timings t;
+            idefics_session_get_timings(s, &t);
+            printf("{\"status\":\"%s\",\"finish_reason\":\"%s\",\"seed\":%llu,\"prompt_tokens\":",
+                   idefics_status_str(st), idefics_finish_reason_str(fr), (unsigned long long)o.gen.seed);
+            cli_json_ids(stdout, ids, n_prompt);
             printf(",\"generated_tokens\":");
-            json_ids(stdout, ids + n_prompt, n_all - n_prompt);
+            cli_json_ids(stdout, ids + n_prompt, n_all - n_prompt);
             printf(",\"text\":");
-            json_string(stdout, a.text ? a.text : "", a.len);
+            cli_json_string(stdout, a.text ? a.text : "", a.len);
             printf(",\"timings\":{\"image_encode_ms\":%.3f,\"prefill_ms\":%.3f,\"decode_ms\":%.3f,"
                    "\"n_prompt_tokens\":%d,\"n_generated\":%d}}\n",
                    t.image_encode_ms, t.prefill_ms, t.decode_ms, t.n_prompt_tokens, t.n_generated);
         } else {
             printf("\n");
         }
-        if (st == IDEFICS_ERR_CANCELLED) fprintf(stderr, "idefics ask: cancelled\n");
-        if (o.verbose) print_timings(&t);
+        if (rc == 130) fprintf(stderr, "idefics ask: %s\n", interrupted ? "interrupted" : "cancelled");
+        else if (fr == IDEFICS_FINISH_CONTEXT_FULL)
+            fprintf(stderr, "idefics ask: the answer stopped because the context is full; a larger -c (up to the "
+                            "model's maximum) or fewer images leave it more room\n");
+        if (o.verbose) cli_print_timings(s);
+        free(a.text);
     }
-    free(a.text);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "idefics ask: cannot write the answer to stdout\n");
+        if (!rc) rc = 1;
+    }
     idefics_session_free(s);
     idefics_model_free(model);
-    return rc;
-}
-
-int cmd_chat(int argc, char **argv) {
-    opts o;
-    int rc = parse_opts(argc, argv, "chat", &o);
-    if (rc) return rc == 1 ? 0 : rc;
-    if (o.json || o.prompt) {
-        fprintf(stderr, "idefics chat: --json and -p belong to `idefics ask`\n");
-        return 2;
-    }
-    idefics_model *model = NULL;
-    idefics_session *s = NULL;
-    if (open_model(&o, "chat", &model, &s)) return 1;
-    for (int i = 0; i < o.n_images; i++)
-        if (add_image(s, "chat", o.images[i])) {
-            idefics_session_free(s);
-            idefics_model_free(model);
-            return 1;
-        }
-    bool tty = isatty(STDIN_FILENO);
-    if (tty) fprintf(stderr, "idefics chat: type a message; /image PATH, /reset, /quit\n");
-    char *line = NULL;
-    size_t cap = 0;
-    rc = 0;
-    for (;;) {
-        if (tty) fprintf(stderr, "> ");
-        ssize_t n = getline(&line, &cap, stdin);
-        if (n < 0) break;
-        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
-        char *l = line;
-        while (*l == ' ' || *l == '\t') l++;
-        if (!*l) continue;
-        if (!strcmp(l, "/quit") || !strcmp(l, "/exit")) break;
-        if (!strcmp(l, "/reset")) {
-            idefics_session_reset(s);
-            fprintf(stderr, "idefics chat: conversation cleared\n");
-            continue;
-        }
-        if (!strncmp(l, "/image", 6) && (l[6] == ' ' || l[6] == '\0')) {
-            char *p = l + 6;
-            while (*p == ' ') p++;
-            if (!*p) fprintf(stderr, "idefics chat: usage: /image PATH\n");
-            else if (!add_image(s, "chat", p) && o.verbose) fprintf(stderr, "idefics chat: image %s attached\n", p);
-            continue;
-        }
-        idefics_status st = idefics_add_user_turn(s, l);
-        if (st != IDEFICS_OK) {
-            fprintf(stderr, "idefics chat: %s (%s)%s\n", idefics_session_last_error(s), idefics_status_str(st),
-                    st == IDEFICS_ERR_CONTEXT_FULL ? "; /reset to start over" : "");
-            continue;
-        }
-        answer a = {.json = false};
-        st = run_generate(s, &o, &a);
-        printf("\n");
-        fflush(stdout);
-        if (st == IDEFICS_ERR_CANCELLED) fprintf(stderr, "idefics chat: (stopped)\n");
-        else if (st != IDEFICS_OK) {
-            fprintf(stderr, "idefics chat: %s (%s)\n", idefics_session_last_error(s), idefics_status_str(st));
-            rc = 1;
-        }
-        if (o.verbose) {
-            idefics_timings t;
-            idefics_session_get_timings(s, &t);
-            print_timings(&t);
-        }
-    }
-    free(line);
-    idefics_session_free(s);
-    idefics_model_free(model);
+    cli_opts_free(&o);
     return rc;
 }

@@ -32,3 +32,4 @@ idefics_build() {
     fi
     ninja -C "$dir" >&2
 }
+IDEFICS_APT_PACKAGES+=" libedit-dev"  # line editing and history in `idefics chat` (meson -Dlibedit=auto)

@@ -1,0 +1,333 @@
+/*
+ * cmd_chat.c - `idefics chat`: an interactive multi-turn conversation read
+ * line by line (libedit line editing and history on a terminal when built
+ * with it; plain lines from a pipe). Public API only (cli_common.h).
+ *
+ * A message is one line. Images go with the next message: `/image PATH`
+ * lines before it, or, to put text before an image, end a line with a
+ * backslash to continue the same message:
+ *     Compare this \
+ *     /image a.png
+ *     with this \
+ *     /image b.png
+ *     Which one has more shapes?
+ * Everything typed is plain text for the model; only whole lines that start
+ * with '/' are commands ("//" sends a line that starts with '/').
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifdef IDF_HAVE_LIBEDIT
+#include <editline/readline.h>
+#endif
+
+#include "cli.h"
+#include "cli_common.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: idefics chat -m MODEL [-i IMAGE ...] [options]\n\n"
+            "  -m, --model PATH        model file (.idfx)\n"
+            "  -i, --image PATH        an image for the first message (optional, repeatable)\n");
+    cli_usage_common(f, false);
+    fprintf(f,
+            "\nEach line is a message; the answer streams back. A line ending in '\\' continues the\n"
+            "message on the next line, so text and /image can alternate inside one message.\n"
+            "Commands (a line starting with '//' sends a message that starts with '/'):\n"
+            "  /image PATH   attach an image to the next message, where it is in the message\n"
+            "  /reset        start a new conversation, keeping the images (they go with the next message)\n"
+            "  /reset all    start a new conversation without images\n"
+            "  /help         this list\n"
+            "  /quit         leave (also /exit, or Ctrl-D)\n"
+            "Ctrl-C stops the current answer. Line editing and history (up/down arrows) on a terminal%s.\n",
+#ifdef IDF_HAVE_LIBEDIT
+            ""
+#else
+            " need a build with libedit (meson -Dlibedit=enabled; Debian libedit-dev)"
+#endif
+    );
+}
+
+static void help(void) {
+    fprintf(stderr, "commands:\n"
+                    "  /image PATH   attach an image to your next message\n"
+                    "  /reset        new conversation, same images      /reset all   new conversation, no images\n"
+                    "  /help         this list                          /quit        leave (or Ctrl-D)\n"
+                    "End a line with '\\' to continue the message (text, then /image, then more text).\n"
+                    "Ctrl-C stops an answer.\n");
+}
+
+/* What the next message holds so far, in order. */
+typedef struct item {
+    bool is_image;
+    char *value;
+} item;
+
+typedef struct chat {
+    idefics_model *model;
+    idefics_session *s;
+    const cli_opts *o;
+    item *pending;
+    int n_pending, cap_pending;
+    char **kept; /* images of the conversation, kept across /reset */
+    int n_kept, cap_kept;
+    int n_ctx_max;
+} chat;
+
+static bool push(void **arr, int *n, int *cap, size_t elem) {
+    if (*n < *cap) return true;
+    int nc = *cap ? *cap * 2 : 8;
+    void *t = realloc(*arr, (size_t)nc * elem);
+    if (!t) return false;
+    *arr = t;
+    *cap = nc;
+    return true;
+}
+
+static bool add_pending(chat *c, bool is_image, const char *v, size_t n) {
+    char *copy = malloc(n + 1);
+    if (!copy || !push((void **)&c->pending, &c->n_pending, &c->cap_pending, sizeof(item))) {
+        free(copy);
+        fprintf(stderr, "idefics chat: out of memory\n");
+        return false;
+    }
+    memcpy(copy, v, n);
+    copy[n] = '\0';
+    c->pending[c->n_pending++] = (item){is_image, copy};
+    return true;
+}
+
+static void clear_pending(chat *c) {
+    for (int i = 0; i < c->n_pending; i++) free(c->pending[i].value);
+    c->n_pending = 0;
+}
+
+static void keep_image(chat *c, const char *path) {
+    for (int i = 0; i < c->n_kept; i++)
+        if (!strcmp(c->kept[i], path)) return;
+    char *copy = strdup(path);
+    if (copy && push((void **)&c->kept, &c->n_kept, &c->cap_kept, sizeof(char *))) c->kept[c->n_kept++] = copy;
+    else free(copy);
+}
+
+static void explain_full(const chat *c) {
+    fprintf(stderr,
+            "idefics chat: the conversation has filled the model's context (at most %d tokens here).\n"
+            "  /reset starts over with the same image(s); /reset all without them.%s\n",
+            c->n_ctx_max,
+            c->o->set_ctx ? " A larger -c (up to the model's maximum) leaves more room." : "");
+}
+
+static int report(chat *c, idefics_status st) {
+    if (st == IDEFICS_OK) return 0;
+    if (st == IDEFICS_ERR_CONTEXT_FULL) explain_full(c);
+    else fprintf(stderr, "idefics chat: %s (%s)\n", idefics_session_last_error(c->s), idefics_status_str(st));
+    return 1;
+}
+
+/* Start over; with keep, the conversation's images go with the next message. */
+static void do_reset(chat *c, bool keep) {
+    idefics_session_reset(c->s);
+    clear_pending(c);
+    if (!keep) {
+        for (int i = 0; i < c->n_kept; i++) free(c->kept[i]);
+        c->n_kept = 0;
+        return;
+    }
+    for (int i = 0; i < c->n_kept; i++) add_pending(c, true, c->kept[i], strlen(c->kept[i]));
+}
+
+/* Send the pending message. A turn that cannot be added in full (an image that
+ * fails to decode, a full context) leaves half a turn behind, so the
+ * conversation restarts with its images, and the user is told. */
+static int send_turn(chat *c) {
+    int n_text = 0;
+    bool images_first = true; /* images, then one text: the model's own turn order */
+    for (int i = 0; i < c->n_pending; i++) {
+        if (!c->pending[i].is_image) n_text++;
+        else if (n_text) images_first = false;
+    }
+    int rc = 0;
+    bool opened = false;
+    if (n_text == 1 && images_first) {
+        for (int i = 0; i < c->n_pending - 1 && !rc; i++) rc = cli_add_image(c->s, "chat", c->pending[i].value);
+        const char *q = c->pending[c->n_pending - 1].value;
+        if (!rc) rc = report(c, idefics_add_user_turn_n(c->s, q, strlen(q)));
+    } else {
+        rc = report(c, idefics_begin_user_turn(c->s));
+        opened = !rc;
+        for (int i = 0; i < c->n_pending && !rc; i++) {
+            const item *it = &c->pending[i];
+            rc = it->is_image ? cli_add_image(c->s, "chat", it->value)
+                              : report(c, idefics_add_text_n(c->s, it->value, strlen(it->value), 0));
+        }
+        if (!rc) rc = report(c, idefics_end_user_turn(c->s));
+    }
+    if (rc) {
+        if (opened || c->n_pending > 1) {
+            do_reset(c, true);
+            fprintf(stderr, "idefics chat: the message was not sent and the conversation restarted%s\n",
+                    c->n_kept ? " (images kept for your next message)" : "");
+        } else {
+            clear_pending(c);
+        }
+        return 1;
+    }
+    for (int i = 0; i < c->n_pending; i++)
+        if (c->pending[i].is_image) keep_image(c, c->pending[i].value);
+    clear_pending(c);
+    return 0;
+}
+
+static bool has_image(const cli_opts *o) {
+    return o->n_images > 0;
+}
+
+/* Read one line without its newline; NULL at end of input. */
+static char *read_line(bool tty, bool editline, bool continuing) {
+    const char *prompt = continuing ? ". " : "> ";
+#ifdef IDF_HAVE_LIBEDIT
+    if (editline) {
+        char *l = readline(prompt);
+        if (l && *l) add_history(l);
+        return l;
+    }
+#else
+    (void)editline;
+#endif
+    if (tty) {
+        fputs(prompt, stderr);
+        fflush(stderr);
+    }
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n = getline(&line, &cap, stdin);
+    if (n < 0) {
+        free(line);
+        return NULL;
+    }
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r')) line[--n] = '\0';
+    return line;
+}
+
+int cmd_chat(int argc, char **argv) {
+    cli_opts o;
+    int rc = cli_parse(argc, argv, "chat", usage, &o);
+    if (rc) return rc == 1 ? 0 : rc;
+    cli_install_sigint();
+    chat c = {.o = &o};
+    if (cli_open(&o, &c.model, &c.s)) return 1;
+    idefics_model_info info;
+    idefics_model_get_info(c.model, &info);
+    c.n_ctx_max = o.n_ctx > 0 && o.n_ctx < info.n_ctx_max ? o.n_ctx : info.n_ctx_max;
+    for (int i = 0; i < o.n_items; i++) {
+        FILE *f = fopen(o.items[i].value, "rb");
+        if (!f) {
+            fprintf(stderr, "idefics chat: %s: %s\n", o.items[i].value, strerror(errno));
+            rc = 1;
+            break;
+        }
+        fclose(f);
+        add_pending(&c, true, o.items[i].value, strlen(o.items[i].value));
+    }
+    bool tty = isatty(STDIN_FILENO);
+    bool editline = false;
+#ifdef IDF_HAVE_LIBEDIT
+    editline = tty && isatty(STDOUT_FILENO);
+    if (editline) using_history();
+#endif
+    if (tty && !rc)
+        fprintf(stderr, "idefics chat: %s. Type a message; /help lists the commands, Ctrl-D leaves.%s\n",
+                info.name[0] ? info.name : o.model, has_image(&o) ? " The image(s) go with your first message." : "");
+    bool continuing = false;
+    while (!rc) {
+        char *line = read_line(tty, editline, continuing);
+        if (!line) {
+            if (tty) fputc('\n', stdout); /* Ctrl-D: the shell's prompt on a line of its own */
+            break;
+        }
+        char *l = line;
+        while (*l == ' ' || *l == '\t') l++;
+        size_t n = strlen(l);
+        while (n && (l[n - 1] == ' ' || l[n - 1] == '\t')) l[--n] = '\0';
+        bool quit = false;
+        if (l[0] == '/' && l[1] != '/') {
+            char *arg = l + strcspn(l, " \t");
+            if (*arg) *arg++ = '\0';
+            while (*arg == ' ' || *arg == '\t') arg++;
+            if (!strcmp(l, "/quit") || !strcmp(l, "/exit")) {
+                quit = true;
+            } else if (!strcmp(l, "/help") || !strcmp(l, "/?")) {
+                help();
+            } else if (!strcmp(l, "/reset") && (!*arg || !strcmp(arg, "all"))) {
+                bool keep = !*arg;
+                do_reset(&c, keep);
+                continuing = false;
+                if (keep && c.n_kept) {
+                    fprintf(stderr, "idefics chat: conversation cleared; keeping %d image(s) for your next message:",
+                            c.n_kept);
+                    for (int i = 0; i < c.n_kept; i++) fprintf(stderr, " %s", c.kept[i]);
+                    fprintf(stderr, " (/reset all drops them)\n");
+                } else {
+                    fprintf(stderr, "idefics chat: conversation cleared%s\n", keep ? "" : ", images dropped");
+                }
+            } else if (!strcmp(l, "/image")) {
+                FILE *f = *arg ? fopen(arg, "rb") : NULL;
+                if (!*arg) fprintf(stderr, "idefics chat: usage: /image PATH\n");
+                else if (!f) fprintf(stderr, "idefics chat: %s: %s\n", arg, strerror(errno));
+                else if (add_pending(&c, true, arg, strlen(arg)))
+                    fprintf(stderr, "idefics chat: image %s attached to your next message\n", arg);
+                if (f) fclose(f);
+            } else {
+                fprintf(stderr, "idefics chat: unknown command %s; /help lists the commands (start the line with "
+                                "// to send text that begins with '/')\n", l);
+            }
+            free(line);
+            if (quit) break;
+            continue;
+        }
+        if (l[0] == '/') l++; /* "//..." sends "/..." */
+        n = strlen(l);
+        bool more = n && l[n - 1] == '\\';
+        if (more) {
+            l[--n] = '\0';
+            while (n && (l[n - 1] == ' ' || l[n - 1] == '\t')) l[--n] = '\0';
+        }
+        if (n && !add_pending(&c, false, l, n)) rc = 1;
+        free(line);
+        continuing = more;
+        if (more || rc) continue;
+        int n_text = 0;
+        for (int i = 0; i < c.n_pending; i++) n_text += !c.pending[i].is_image;
+        if (!n_text) continue; /* an empty line: nothing to send */
+        if (send_turn(&c)) continue;
+        cli_answer a = {.collect = false};
+        bool interrupted = false;
+        if (o.gen.temperature > 0 && !o.seed_set && o.verbose)
+            fprintf(stderr, "idefics: seed %llu\n", (unsigned long long)o.gen.seed);
+        idefics_status st = cli_generate(c.s, &o.gen, &a, &interrupted);
+        idefics_finish_reason fr = idefics_session_finish_reason(c.s);
+        printf("\n");
+        fflush(stdout);
+        if (st == IDEFICS_ERR_CANCELLED) fprintf(stderr, "idefics chat: (stopped)\n");
+        else if (st == IDEFICS_ERR_CONTEXT_FULL || fr == IDEFICS_FINISH_CONTEXT_FULL) explain_full(&c);
+        else if (st != IDEFICS_OK) report(&c, st);
+        if (o.verbose) cli_print_timings(c.s);
+        o.gen.seed++; /* a new sample for the next answer, still repeatable from the first seed */
+    }
+    clear_pending(&c);
+    free(c.pending);
+    for (int i = 0; i < c.n_kept; i++) free(c.kept[i]);
+    free(c.kept);
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "idefics chat: cannot write to stdout\n");
+        rc = 1;
+    }
+    idefics_session_free(c.s);
+    idefics_model_free(c.model);
+    cli_opts_free(&o);
+    return rc;
+}
