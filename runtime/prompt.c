@@ -136,9 +136,9 @@ idefics_status idf_prompt_add_image(idf_prompt *p) {
 
 static bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
-idefics_status idf_prompt_add_user_turn(idf_prompt *p, const char *question, bool instruct, idf_err *err) {
+idefics_status idf_prompt_add_user_turn(idf_prompt *p, const char *question, size_t qlen, bool instruct,
+                                        idf_err *err) {
     if (!question) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "add_user_turn: question is NULL");
-    size_t qlen = strlen(question);
     while (qlen > 0 && is_ws(question[0])) question++, qlen--;
     while (qlen > 0 && is_ws(question[qlen - 1])) qlen--;
     if (qlen == 0) return idf_errf(err, IDEFICS_ERR_EMPTY_PROMPT, "add_user_turn: the question is empty");

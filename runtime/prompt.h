@@ -74,7 +74,8 @@ idefics_status idf_prompt_add_generated(idf_prompt *p, const char *s, size_t len
  * does not end with a newline. q is stripped of surrounding whitespace; an
  * empty q gives IDEFICS_ERR_EMPTY_PROMPT (p unchanged). Items are appended as
  * the processor would with add_end_of_utterance_token = false. */
-idefics_status idf_prompt_add_user_turn(idf_prompt *p, const char *question, bool instruct, idf_err *err);
+idefics_status idf_prompt_add_user_turn(idf_prompt *p, const char *question, size_t qlen, bool instruct,
+                                        idf_err *err);
 
 /* The image_attention_mask scan, resumable across calls. */
 typedef struct idf_image_scan {
