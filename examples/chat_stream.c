@@ -6,8 +6,7 @@
  *
  * --fresh asks every question as a new conversation about the same image
  * (what a model that answers one question at a time, like the demo model,
- * needs) without encoding the image again: the session is snapshotted once
- * the image is evaluated, and restored before each question.
+ * needs): idefics_session_reset() keeps the buffers, the image is added again.
  */
 #include <stdio.h>
 #include <string.h>
@@ -36,30 +35,17 @@ int main(int argc, char **argv) {
     }
     idefics_session *s = NULL;
     idefics_session_params sp = idefics_session_default_params();
-    idefics_snapshot *snap = NULL;
     idefics_status st = idefics_session_create(model, &sp, &s, err, sizeof err);
-    /* The image starts the first turn: "User:" <image> question (a user turn
-     * may hold images anywhere). With --fresh the turn's start is evaluated
-     * once and kept. */
-    if (st == IDEFICS_OK) st = idefics_begin_user_turn(s);
-    if (st == IDEFICS_OK) st = idefics_add_image_file(s, argv[2]);
-    if (st == IDEFICS_OK && fresh) st = idefics_session_eval(s);
-    if (st == IDEFICS_OK && fresh) st = idefics_session_snapshot(s, &snap);
     idefics_generate_params gp = idefics_generate_default_params();
     char line[1024];
     bool first = true;
     while (st == IDEFICS_OK && fgets(line, sizeof line, stdin)) {
         line[strcspn(line, "\r\n")] = '\0';
         if (!line[0]) continue;
-        if (fresh && !first) st = idefics_session_restore(s, snap);
-        if (st != IDEFICS_OK) break;
-        if (first || fresh) {
-            /* the open turn: add the question and close it */
-            st = idefics_add_text_n(s, line, strlen(line), 0);
-            if (st == IDEFICS_OK) st = idefics_end_user_turn(s);
-        } else {
-            st = idefics_add_user_turn_n(s, line, strlen(line)); /* user text is plain text */
-        }
+        if (fresh) idefics_session_reset(s);
+        /* the image goes with the first question of each conversation */
+        if (fresh || first) st = idefics_add_image_file(s, argv[2]);
+        if (st == IDEFICS_OK) st = idefics_add_user_turn_n(s, line, strlen(line)); /* plain text */
         first = false;
         if (st != IDEFICS_OK) break;
         st = idefics_generate(s, &gp, print_piece, NULL);
@@ -72,7 +58,6 @@ int main(int argc, char **argv) {
     }
     if (st != IDEFICS_OK)
         fprintf(stderr, "error: %s (%s)\n", s ? idefics_session_last_error(s) : err, idefics_status_str(st));
-    idefics_snapshot_free(snap);
     idefics_session_free(s);
     idefics_model_free(model);
     return st == IDEFICS_OK ? 0 : 1;
