@@ -81,8 +81,8 @@ static bool is_special(const idefics_session *s, int32_t id) {
 /* Tokenize p's text into tmp_ids/tmp_img, checking it fits the context. */
 static idefics_status tokenize_into_tmp(idefics_session *s, const idf_prompt *p, const char *what) {
     int n = 0;
-    idefics_status st =
-        idf_tokenize(s->model->tok, p->text, p->len, false, s->tmp_ids, s->n_ctx, &n, &s->err);
+    idefics_status st = idf_tokenize_spans(s->model->tok, p->text, p->len, p->sp, p->n_sp, false, s->tmp_ids,
+                                           s->n_ctx, &n, &s->err);
     if (st != IDEFICS_OK) return st;
     if (n > s->n_ctx)
         return idf_errf(&s->err, IDEFICS_ERR_CONTEXT_FULL,
@@ -382,7 +382,7 @@ idefics_status idefics_add_text_n(idefics_session *s, const char *text, size_t l
         return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_text: unknown flags 0x%x", flags);
     IDF_FORWARD(check_text(s, text, len, "add_text"));
     IDF_FORWARD(begin_edit(s, "add_text"));
-    if (idf_prompt_add_text(&s->edit, text, len) != IDEFICS_OK)
+    if (idf_prompt_add_text(&s->edit, text, len, (flags & IDEFICS_TEXT_SPECIAL) != 0) != IDEFICS_OK)
         return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "add_text: out of memory");
     IDF_FORWARD(tokenize_into_tmp(s, &s->edit, "add_text"));
     commit_edit(s);
@@ -421,12 +421,27 @@ idefics_status idefics_add_user_turn(idefics_session *s, const char *question) {
 
 idefics_status idefics_begin_user_turn(idefics_session *s) {
     if (!s) return IDEFICS_ERR_INVALID_ARG;
-    return idf_errf(&s->err, IDEFICS_ERR_UNSUPPORTED, "begin_user_turn: not implemented yet");
+    IDF_FORWARD(begin_edit(s, "begin_user_turn"));
+    IDF_FORWARD(idf_prompt_begin_turn(&s->edit, &s->err));
+    IDF_FORWARD(tokenize_into_tmp(s, &s->edit, "begin_user_turn"));
+    commit_edit(s);
+    return IDEFICS_OK;
 }
 
 idefics_status idefics_end_user_turn(idefics_session *s) {
     if (!s) return IDEFICS_ERR_INVALID_ARG;
-    return idf_errf(&s->err, IDEFICS_ERR_UNSUPPORTED, "end_user_turn: not implemented yet");
+    IDF_FORWARD(begin_edit(s, "end_user_turn"));
+    IDF_FORWARD(idf_prompt_end_turn(&s->edit, cfg_of(s)->is_instruct, &s->err));
+    IDF_FORWARD(tokenize_into_tmp(s, &s->edit, "end_user_turn"));
+    commit_edit(s);
+    return IDEFICS_OK;
+}
+
+/* generate and eval inside an open turn would answer half a question */
+static idefics_status check_no_turn(idefics_session *s, const char *what) {
+    if (!s->prompt.turn_open) return IDEFICS_OK;
+    return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG,
+                    "%s: a user turn is open (idefics_begin_user_turn); end it with idefics_end_user_turn first", what);
 }
 
 /* ------------------------------------------------------------- generation */
@@ -462,8 +477,9 @@ static int conversation_piece(const idefics_session *s, int32_t prev, int32_t id
 
 /* Append a generated token's text to the conversation. */
 static idefics_status add_generated(idefics_session *s, int32_t tok, const char *piece, size_t n) {
-    (void)tok;
-    return idf_prompt_add_generated(&s->prompt, piece, n);
+    /* a generated special token stays one on re-tokenization; generated text
+     * that merely spells one ("<" "image" ">") stays text */
+    return idf_prompt_add_generated(&s->prompt, piece, n, idf_tokenizer_is_special(s->model->tok, tok));
 }
 
 /* Evaluate ids[from..n_ids) after the cache; on failure the cache is put back. */
@@ -520,6 +536,7 @@ static idefics_status encode_images(idefics_session *s) {
 /* Encode the new images and prefill the conversation, keeping the longest
  * evaluated prefix; afterwards s->logits hold the last position's logits. */
 static idefics_status prepare(idefics_session *s, const char *what) {
+    IDF_FORWARD(check_no_turn(s, what));
     if (s->n_ids <= 1)
         return idf_errf(&s->err, IDEFICS_ERR_EMPTY_PROMPT,
                         "%s: the conversation is empty; add a user turn, text or an image first", what);
@@ -698,6 +715,7 @@ idefics_status idefics_tokenize(const idefics_model *model, const char *text, bo
 
 idefics_status idefics_tokenize_n(const idefics_model *model, const char *text, size_t len, unsigned flags,
                                   bool add_bos, int32_t *ids, int max_ids, int *n_ids) {
+    static const idf_span none = {0, 0};
     if (!model) return IDEFICS_ERR_INVALID_ARG;
     idf_err *err = (idf_err *)&model->err;
     idf_err_clear(err);
@@ -709,7 +727,8 @@ idefics_status idefics_tokenize_n(const idefics_model *model, const char *text, 
         return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idefics_tokenize_n: the text holds a NUL byte at offset %zu",
                         (size_t)((const char *)memchr(text, '\0', len) - text));
     if (!model->tok) return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "idefics_tokenize_n: the model has no tokenizer");
-    return idf_tokenize(model->tok, text, len, add_bos, ids, max_ids, n_ids, err);
+    if (flags & IDEFICS_TEXT_SPECIAL) return idf_tokenize(model->tok, text, len, add_bos, ids, max_ids, n_ids, err);
+    return idf_tokenize_spans(model->tok, text, len, &none, 0, add_bos, ids, max_ids, n_ids, err);
 }
 
 int idefics_token_to_text(const idefics_model *model, int32_t prev, int32_t id, char *buf, size_t buf_size) {

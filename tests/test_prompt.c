@@ -24,7 +24,7 @@ static void build(idf_prompt *p, bool auto_eou, const char *const *items, int n)
     idf_prompt_init(p, &al, auto_eou);
     for (int i = 0; i < n; i++) {
         if (items[i])
-            idf_prompt_add_text(p, items[i], strlen(items[i]));
+            idf_prompt_add_text(p, items[i], strlen(items[i]), true);
         else
             idf_prompt_add_image(p);
     }
@@ -111,7 +111,7 @@ static void test_turns(void) {
     /* a copy is independent of its source */
     idf_prompt q = {0};
     CHECK(idf_prompt_copy(&q, &p) == IDEFICS_OK, "copy");
-    idf_prompt_add_text(&q, "more", 4);
+    idf_prompt_add_text(&q, "more", 4, true);
     CHECK(strcmp(p.text, before) == 0 && strstr(q.text, "more"), "copy shares the buffer");
     idf_prompt_clear(&q);
     CHECK(strcmp(q.text, "<s>") == 0 && q.n_images == 0 && q.last == IDF_ITEM_NONE, "clear");
