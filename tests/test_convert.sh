@@ -100,6 +100,28 @@ else
     fail "extra tensor: conversion failed: $(tail -3 "$tmp/bad.log")"
 fi
 
+# preprocessor_config.json with "image_mean": null / "image_std": null (what transformers
+# writes by default): the processor's CLIP constants, not an error
+rm -rf "$tmp/bad" && cp -r "$fixture" "$tmp/bad"
+printf '{"image_processor_type": "IdeficsImageProcessor", "image_size": 28, "image_mean": null, "image_std": null}\n' \
+    > "$tmp/bad/preprocessor_config.json"
+if "$convert" "$tmp/bad" -o "$tmp/nullmean.idfx" --tokenizer "$tmp/tok" -q > "$tmp/bad.log" 2>&1; then
+    "$cli" inspect "$tmp/nullmean.idfx" > "$tmp/nullmean.txt" 2>&1
+    grep -q "vision.image_mean = \[3 F32: 0.48145467, 0.457827508, 0.408210725\]" "$tmp/nullmean.txt" \
+        || fail "null image_mean: not the CLIP mean: $(grep image_mean "$tmp/nullmean.txt")"
+    grep -q "vision.image_std = \[3 F32: 0.268629551, 0.26130259, 0.275777102\]" "$tmp/nullmean.txt" \
+        || fail "null image_std: not the CLIP std: $(grep image_std "$tmp/nullmean.txt")"
+else
+    fail "null image_mean/image_std: conversion failed: $(cat "$tmp/bad.log")"
+fi
+# a folder with only pytorch_model.bin: the error points at docs/MODELS.md
+rm -rf "$tmp/bad" && cp -r "$fixture" "$tmp/bad"
+rm "$tmp/bad"/*.safetensors "$tmp/bad/model.safetensors.index.json"
+echo "not really a pickle" > "$tmp/bad/pytorch_model.bin"
+"$convert" "$tmp/bad" -o "$tmp/bad.idfx" --tokenizer "$tmp/tok" -q > "$tmp/bad.log" 2>&1 && fail "pytorch_model.bin only: succeeded"
+grep -q "only PyTorch weights (pytorch_model.bin).*docs/MODELS.md" "$tmp/bad.log" \
+    || fail "pytorch_model.bin only: no hint: $(cat "$tmp/bad.log")"
+
 if [ "$fails" -ne 0 ]; then
     echo "$fails failure(s)" >&2
     exit 1

@@ -304,6 +304,11 @@ int cmd_chat(int argc, char **argv) {
         for (int i = 0; i < c.n_pending; i++) n_text += !c.pending[i].is_image;
         if (!n_text) continue; /* an empty line: nothing to send */
         if (send_turn(&c)) continue;
+        if (o.verbose) {
+            char *text = cli_render_prompt(c.s);
+            fprintf(stderr, "idefics: prompt: %s\n", text ? text : "(unavailable)");
+            free(text);
+        }
         cli_answer a = {.collect = false};
         bool interrupted = false;
         if (o.gen.temperature > 0 && !o.seed_set && o.verbose)

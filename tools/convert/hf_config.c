@@ -169,9 +169,11 @@ static int parse_preproc(const char *text, size_t len, idf_hf_config *c, char *e
     int st = 0;
     for (int k = 0; k < 2 && !st; k++) {
         const cJSON *a = cJSON_GetObjectItemCaseSensitive(root, keys[k]);
-        if (!a) continue; /* the processor's default is the CLIP constants, already set */
+        /* Absent or null (what transformers writes by default): the processor
+         * uses the CLIP constants, which are already set. */
+        if (!a || cJSON_IsNull(a)) continue;
         if (!cJSON_IsArray(a) || cJSON_GetArraySize(a) != 3) {
-            st = fail(err, errsz, IDEFICS_ERR_BAD_CHECKPOINT, "preprocessor_config.json: %s must be 3 numbers",
+            st = fail(err, errsz, IDEFICS_ERR_BAD_CHECKPOINT, "preprocessor_config.json: %s must be 3 numbers or null",
                       keys[k]);
             break;
         }

@@ -350,9 +350,26 @@ int idf_st_checkpoint_open(const char *dir, idf_st_checkpoint *c, char *err, siz
     } else {
         snprintf(path, sizeof path, "%s/model.safetensors", dir);
         FILE *fp = fopen(path, "rb");
-        if (!fp)
+        if (!fp) {
+            /* Older hub snapshots (idefics-9b's first revisions) hold only PyTorch
+             * pickles; say how to get safetensors rather than just "missing". */
+            char bin[4096];
+            snprintf(bin, sizeof bin, "%s/pytorch_model.bin", dir);
+            FILE *fb = fopen(bin, "rb");
+            if (!fb) {
+                snprintf(bin, sizeof bin, "%s/pytorch_model.bin.index.json", dir);
+                fb = fopen(bin, "rb");
+            }
+            if (fb) {
+                fclose(fb);
+                return fail(err, errsz, IDEFICS_ERR_BAD_CHECKPOINT,
+                            "%s: only PyTorch weights (pytorch_model.bin); the converter reads safetensors: "
+                            "download the hub's safetensors files (tools/get-model does), or convert them with "
+                            "the snippet in docs/MODELS.md (\"pytorch_model.bin only\")", dir);
+            }
             return fail(err, errsz, IDEFICS_ERR_BAD_CHECKPOINT,
                         "%s: no model.safetensors or model.safetensors.index.json", dir);
+        }
         fclose(fp);
         static const char *single = "model.safetensors";
         names = malloc(sizeof *names);
