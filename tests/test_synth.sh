@@ -41,6 +41,19 @@ ls "$work/e" | grep -q '\.partial$' && fail "a .partial file was left behind"
 grep -qx 'params 8929687824' "$work/f.txt" || fail "9b params: $(grep params "$work/f.txt")"
 grep -qx 'params 6738415616' "$work/g.txt" || fail "llama7b params: $(grep params "$work/g.txt")"
 grep -qx 'vocab 32000' "$work/f.txt" || fail "9b vocab is not 32000"
+# the 9b config.json carries every key of the Hub idefics-9b(-instruct) config.json
+# (/work/shared/reference/idefics-architecture.md §1; issue 14), so a reader tested on it
+# meets no surprise on the real file
+for k in additional_vocab_size alpha_initializer alpha_type alphas_initializer_range architectures bos_token_id \
+    cross_layer_activation_function cross_layer_interval dropout eos_token_id freeze_lm_head freeze_text_layers \
+    freeze_text_module_exceptions freeze_vision_layers freeze_vision_module_exceptions hidden_act hidden_size \
+    initializer_range intermediate_size max_position_embeddings max_sequence_length model_type num_attention_heads \
+    num_hidden_layers pad_token_id perceiver_config qk_layer_norms rms_norm_eps tie_word_embeddings torch_dtype \
+    transformers_version use_cache use_resampler vision_config vocab_size \
+    embed_dim image_size patch_size num_channels vision_model_name \
+    qk_layer_norms_perceiver resampler_depth resampler_head_dim resampler_n_heads resampler_n_latents; do
+    grep -q "\"$k\":" "$work/f/config.json" || fail "9b config.json lacks \"$k\""
+done
 [ ! -e "$work/f/model.safetensors" ] && ! ls "$work/f" | grep -q safetensors || fail "--dry-run wrote weights"
 
 # errors: clear messages and a non-zero exit

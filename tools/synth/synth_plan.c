@@ -326,6 +326,8 @@ bool sy_write_config(const sy_config *c, sy_dtype dtype, FILE *f) {
             "  \"rms_norm_eps\": %g,\n"
             "  \"tie_word_embeddings\": false,\n"
             "  \"torch_dtype\": \"%s\",\n"
+            /* every saved transformers config has it; this is the version our fixtures were made with */
+            "  \"transformers_version\": \"4.46.3\",\n"
             "  \"use_cache\": true,\n"
             "  \"use_resampler\": true,\n"
             "  \"vision_config\": {\n"
