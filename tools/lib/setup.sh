@@ -33,3 +33,4 @@ idefics_build() {
     ninja -C "$dir" >&2
 }
 IDEFICS_APT_PACKAGES+=" libedit-dev"  # line editing and history in `idefics chat` (meson -Dlibedit=auto)
+IDEFICS_APT_PACKAGES+=" tmux"  # tests/test_cli_chat_tty.sh: idefics chat on a real terminal (line editing, Ctrl-D)
