@@ -352,10 +352,14 @@ IDEFICS_API idefics_status idefics_add_user_turn_n(idefics_session *session, con
  * Inside a turn idefics_add_text / _n add plain text (unless
  * IDEFICS_TEXT_SPECIAL) and the idefics_add_image_* calls add an image where
  * they are called. Images added before begin stay before "User:".
+ * The first text added after a turn (end, or idefics_add_user_turn) before
+ * anything else is the assistant's answer of a few-shot prompt, written
+ * "Assistant: text"; close it with "<end_of_utterance>" (IDEFICS_TEXT_SPECIAL)
+ * on an instruct model. Generating instead writes the model's answer.
  * IDEFICS_ERR_INVALID_ARG for begin inside a turn, end outside one, and
  * add_user_turn, generate or eval inside one; IDEFICS_ERR_EMPTY_PROMPT for an
  * end with no image and no non-empty text since begin (the turn stays open).
- * reset and restore close an open turn. */
+ * reset closes an open turn; restore brings back the snapshot's. */
 IDEFICS_API idefics_status idefics_begin_user_turn(idefics_session *session);
 IDEFICS_API idefics_status idefics_end_user_turn(idefics_session *session);
 
@@ -398,8 +402,12 @@ IDEFICS_API idefics_status idefics_model_meta(const idefics_model *model, const 
  * not yet encoded are kept as pixels. A snapshot belongs to the model of the
  * session it was taken from; restore needs a session of that model whose n_ctx
  * is at least the snapshot's token count and whose kv_type is the same, else
- * IDEFICS_ERR_INVALID_ARG naming the mismatch (the session is unchanged). The
- * session's timings are zeroed; the finish reason becomes NONE. */
+ * IDEFICS_ERR_INVALID_ARG naming the mismatch (the session is unchanged; also
+ * on IDEFICS_ERR_OUT_OF_MEMORY). A backend failure while restoring resets the
+ * session. The session's timings are zeroed; the finish reason becomes NONE.
+ * The snapshot holds the KV cache in the session's kv_type: its size is about
+ * 2 * n_layers * hidden * (bytes per element) per evaluated token, plus per
+ * encoded image its latents and 2 * n_cross * n_latents * hidden elements. */
 typedef struct idefics_snapshot idefics_snapshot;
 IDEFICS_API idefics_status idefics_session_snapshot(const idefics_session *session, idefics_snapshot **out);
 IDEFICS_API idefics_status idefics_session_restore(idefics_session *session, const idefics_snapshot *snapshot);
