@@ -22,9 +22,14 @@ mkdir -p "$scratch/classes"
 "$javac" -Xlint:all -Werror -d "$scratch/classes" "$root"/runtime/jni/java/org/idefics/*.java "$root/tests/jni/IdeficsJniTest.java"
 # -Xcheck:jni: the JVM checks every JNI call (like Android's CheckJNI) and warns on misuse.
 set +e
-"$java" -Xcheck:jni -Djava.library.path="$libdir" -cp "$scratch/classes" IdeficsJniTest "$model" "$image" 2>&1 | tee "$scratch/out.txt"
+"$java" -Xcheck:jni -Djava.library.path="$libdir" -cp "$scratch/classes" IdeficsJniTest "$model" "$image" "$root/boards" 2>&1 | tee "$scratch/out.txt"
 rc=${PIPESTATUS[0]}
 set -e
+# -Xcheck:jni also reports signal handlers replaced behind the JVM's back (an OpenCL ICD's LLVM)
+if grep -qi "handler modified\|handler was modified\|expected:.*found:.*handler" "$scratch/out.txt"; then
+    echo "FAIL: a native library replaced the JVM's signal handlers"
+    exit 1
+fi
 if grep -q "WARNING in native method" "$scratch/out.txt"; then
     echo "FAIL: -Xcheck:jni reported misuse"
     exit 1

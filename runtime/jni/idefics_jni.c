@@ -1,7 +1,8 @@
 /*
  * idefics_jni.c - the JNI layer behind org.idefics.Idefics (java/org/idefics/),
  * built as libidefics_jni.so: one model plus one session per Java object, so
- * an Android app gets load / ask / caption / cancel with streamed tokens.
+ * an Android app gets load / ask / caption / cancel with streamed tokens;
+ * sessions made with newSession share the model (reference-counted).
  *
  * It uses the public API only (include/idefics.h). Every failure becomes an
  * org.idefics.IdeficsException carrying the status name, its number and the
@@ -16,18 +17,37 @@
  * converted to UTF-16 here and built with NewString.
  */
 #include <jni.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 
 #include "idefics.h"
 #include "internal.h"
 
-/* What a Java Idefics object's `handle` field points at. */
-typedef struct jni_handle {
+/* One loaded model, shared by the sessions made from it (Idefics.newSession):
+ * each holds a reference, and the model is freed with the last one, so it
+ * always outlives its sessions whatever order Java closes them in. */
+typedef struct jni_model {
     idf_alloc alloc;
     idefics_model *model;
+    atomic_int refs;
+} jni_model;
+
+/* What a Java Idefics or Idefics.Session object's `handle` field points at. */
+typedef struct jni_handle {
+    idf_alloc alloc;
+    jni_model *shared;
+    idefics_model *model; /* == shared->model */
     idefics_session *session;
 } jni_handle;
+
+static void model_release(jni_model *jm) {
+    if (jm && atomic_fetch_sub(&jm->refs, 1) == 1) {
+        const idf_alloc al = jm->alloc;
+        idefics_model_free(jm->model);
+        idf_free(&al, jm);
+    }
+}
 
 #define EXC_CLASS "org/idefics/IdeficsException"
 
@@ -142,41 +162,134 @@ static const char *chars_of(JNIEnv *env, jstring s, const char *what) {
 
 /* ---- load / close */
 
+/* Session params from Java; a field left at its Java default keeps what the profile said. */
+static idefics_status new_session(jni_model *jm, const idefics_session_params *sp, jni_handle **out, char *err,
+                                  size_t errsz) {
+    jni_handle *jh = idf_calloc(&jm->alloc, 1, sizeof *jh);
+    if (!jh) {
+        snprintf(err, errsz, "out of memory for the JNI handle");
+        return IDEFICS_ERR_OUT_OF_MEMORY;
+    }
+    jh->alloc = jm->alloc;
+    jh->shared = jm;
+    jh->model = jm->model;
+    idefics_status st = idefics_session_create(jm->model, sp, &jh->session, err, errsz);
+    if (st != IDEFICS_OK) {
+        idf_free(&jm->alloc, jh);
+        return st;
+    }
+    atomic_fetch_add(&jm->refs, 1);
+    *out = jh;
+    return IDEFICS_OK;
+}
+
+/* profile: a board or memory profile name (idefics_board_apply) or NULL. jvm_safe:
+ * a desktop JVM, where AUTO must not load an OpenCL ICD: PoCL's LLVM installs
+ * signal handlers over the JVM's (SIGSEGV is how the JVM does null checks and
+ * safepoints), so AUTO means the CPU there; OPENCL asked for by name still works. */
 JNIEXPORT jlong JNICALL Java_org_idefics_Idefics_nativeLoad(JNIEnv *env, jclass cls, jstring jpath, jint backend,
                                                             jint n_threads, jint n_ctx, jint kv_type,
-                                                            jboolean low_memory) {
+                                                            jboolean low_memory, jstring jprofile,
+                                                            jstring jboards, jboolean jvm_safe) {
     (void)cls;
+    idefics_model_params mp = idefics_model_default_params();
+    idefics_session_params sp = idefics_session_default_params();
+    char err[512] = "";
+    idefics_status st = IDEFICS_OK;
+    bool profiled = false;
+    if (jprofile) {
+        const char *profile = chars_of(env, jprofile, "profile");
+        if (!profile) return 0;
+        const char *boards = jboards ? (*env)->GetStringUTFChars(env, jboards, NULL) : NULL;
+        if (jboards && !boards) {
+            (*env)->ReleaseStringUTFChars(env, jprofile, profile);
+            return 0;
+        }
+        st = idefics_board_apply(boards, profile, &mp, &sp, err, sizeof err);
+        if (boards) (*env)->ReleaseStringUTFChars(env, jboards, boards);
+        (*env)->ReleaseStringUTFChars(env, jprofile, profile);
+        if (st != IDEFICS_OK) {
+            throw_status(env, st, boards || jboards ? err : "a profile needs LoadParams.boardsDir (the boards/ folder)",
+                         NULL);
+            return 0;
+        }
+        profiled = true;
+    }
+    /* Java's defaults (AUTO, 0 threads, 0 = model's context, F16, no low memory)
+     * leave the profile's values; anything else overrides them. */
+    if (!profiled || backend != IDEFICS_BACKEND_AUTO) mp.backend = (idefics_backend)backend;
+    if (!profiled || n_threads != 0) mp.n_threads = sp.n_threads = n_threads;
+    if (!profiled || n_ctx != 0) sp.n_ctx = n_ctx;
+    if (!profiled || kv_type != IDEFICS_KV_F16) sp.kv_type = (idefics_kv_type)kv_type;
+    if (low_memory) mp.low_memory = true;
+    if (jvm_safe && mp.backend == IDEFICS_BACKEND_AUTO) mp.backend = IDEFICS_BACKEND_CPU;
     const char *path = chars_of(env, jpath, "model path");
     if (!path) return 0;
     const idf_alloc al = {{0}};
-    jni_handle *jh = idf_calloc(&al, 1, sizeof *jh);
-    if (!jh) {
+    jni_model *jm = idf_calloc(&al, 1, sizeof *jm);
+    if (!jm) {
         (*env)->ReleaseStringUTFChars(env, jpath, path);
         throw_status(env, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the JNI handle", NULL);
         return 0;
     }
-    jh->alloc = al;
-    idefics_model_params mp = idefics_model_default_params();
-    mp.backend = (idefics_backend)backend;
-    mp.n_threads = n_threads;
-    mp.low_memory = low_memory;
-    char err[512];
-    idefics_status st = idefics_model_load(path, &mp, &jh->model, err, sizeof err);
+    jm->alloc = al;
+    atomic_init(&jm->refs, 1); /* the loader's reference, dropped below */
+    st = idefics_model_load(path, &mp, &jm->model, err, sizeof err);
     (*env)->ReleaseStringUTFChars(env, jpath, path);
+    jni_handle *jh = NULL;
     if (st == IDEFICS_OK) {
-        idefics_session_params sp = idefics_session_default_params();
-        sp.n_ctx = n_ctx;
-        sp.n_threads = n_threads;
-        sp.kv_type = (idefics_kv_type)kv_type;
-        st = idefics_session_create(jh->model, &sp, &jh->session, err, sizeof err);
+        idefics_model_info info;
+        idefics_model_get_info(jm->model, &info);
+        /* a profile's context is a memory budget: a shorter model gets its maximum */
+        if (profiled && n_ctx == 0 && sp.n_ctx > info.n_ctx_max) sp.n_ctx = info.n_ctx_max;
+        st = new_session(jm, &sp, &jh, err, sizeof err);
     }
+    model_release(jm); /* the session holds the model now, or nobody does */
     if (st != IDEFICS_OK) {
-        idefics_model_free(jh->model);
-        idf_free(&al, jh);
         throw_status(env, st, err, NULL);
         return 0;
     }
     return (jlong)(intptr_t)jh;
+}
+
+/* Another session on the model of h: its own conversation and KV cache. */
+JNIEXPORT jlong JNICALL Java_org_idefics_Idefics_nativeNewSession(JNIEnv *env, jclass cls, jlong h, jint n_threads,
+                                                                  jint n_ctx, jint kv_type) {
+    (void)cls;
+    jni_handle *src = (jni_handle *)(intptr_t)h;
+    if (!src) {
+        throw_java(env, "java/lang/IllegalStateException", "Idefics object is closed");
+        return 0;
+    }
+    idefics_session_params sp = idefics_session_default_params();
+    sp.n_threads = n_threads;
+    sp.n_ctx = n_ctx;
+    sp.kv_type = (idefics_kv_type)kv_type;
+    char err[512] = "";
+    jni_handle *jh = NULL;
+    idefics_status st = new_session(src->shared, &sp, &jh, err, sizeof err);
+    if (st != IDEFICS_OK) {
+        throw_status(env, st, err, NULL);
+        return 0;
+    }
+    return (jlong)(intptr_t)jh;
+}
+
+/* The model's "chat.caption_prompt" metadata, or null when it has none. */
+JNIEXPORT jstring JNICALL Java_org_idefics_Idefics_nativeCaptionPrompt(JNIEnv *env, jclass cls, jlong h) {
+    (void)cls;
+    jni_handle *jh = handle_of(env, h);
+    if (!jh) return NULL;
+    char buf[1024];
+    size_t len = 0;
+    if (idefics_model_meta(jh->model, "chat.caption_prompt", buf, sizeof buf, &len) != IDEFICS_OK ||
+        len >= sizeof buf)
+        return NULL;
+    u16buf b = {.al = &jh->alloc};
+    u16_append_utf8(&b, buf, len);
+    jstring r = b.oom ? NULL : u16_to_jstring(env, &b);
+    idf_free(&jh->alloc, b.p);
+    return r;
 }
 
 JNIEXPORT void JNICALL Java_org_idefics_Idefics_nativeClose(JNIEnv *env, jclass cls, jlong h) {
@@ -184,9 +297,10 @@ JNIEXPORT void JNICALL Java_org_idefics_Idefics_nativeClose(JNIEnv *env, jclass 
     jni_handle *jh = (jni_handle *)(intptr_t)h;
     if (!jh) return;
     const idf_alloc al = jh->alloc;
+    jni_model *jm = jh->shared;
     idefics_session_free(jh->session);
-    idefics_model_free(jh->model);
     idf_free(&al, jh);
+    model_release(jm); /* the model goes with its last session */
 }
 
 JNIEXPORT void JNICALL Java_org_idefics_Idefics_nativeCancel(JNIEnv *env, jclass cls, jlong h) {
@@ -246,7 +360,7 @@ static bool on_token(void *ud, int32_t token, const char *piece) {
     return go == JNI_TRUE;
 }
 
-enum { IMG_NONE = 0, IMG_PATH = 1, IMG_ARGB = 2, IMG_RGB = 3 };
+enum { IMG_NONE = 0, IMG_PATH = 1, IMG_ARGB = 2, IMG_RGB = 3, IMG_ENCODED = 4 };
 
 /* Add the image given in one of the three forms. */
 static idefics_status add_image(JNIEnv *env, jni_handle *jh, int kind, jstring jpath, jintArray argb,
@@ -257,6 +371,15 @@ static idefics_status add_image(JNIEnv *env, jni_handle *jh, int kind, jstring j
         if (!path) return IDEFICS_ERR_INVALID_ARG;
         idefics_status st = idefics_add_image_file(s, path);
         (*env)->ReleaseStringUTFChars(env, jpath, path);
+        return st;
+    }
+    if (kind == IMG_ENCODED) { /* a JPEG/PNG/... file's bytes, e.g. from a camera or the network */
+        if (!rgb) return IDEFICS_ERR_INVALID_ARG;
+        jsize n = (*env)->GetArrayLength(env, rgb);
+        jbyte *bytes = (*env)->GetByteArrayElements(env, rgb, NULL);
+        if (!bytes) return IDEFICS_ERR_OUT_OF_MEMORY;
+        idefics_status st = idefics_add_image_memory(s, bytes, (size_t)n);
+        (*env)->ReleaseByteArrayElements(env, rgb, bytes, JNI_ABORT);
         return st;
     }
     if (w <= 0 || h <= 0) return IDEFICS_ERR_INVALID_ARG;
@@ -294,13 +417,15 @@ static idefics_status add_image(JNIEnv *env, jni_handle *jh, int kind, jstring j
     return st;
 }
 
-/* One question about one image (or none), answered with streaming. With
- * keep_history the turn continues the conversation; otherwise it starts a new
- * one. Returns the answer; throws IdeficsException on any failure (with the
- * partial answer when cancelled). */
+/* One question about any number of images (kinds[i] with data[i]: a path
+ * String, ARGB int[], RGB byte[] or encoded byte[]; widths/heights for pixels),
+ * answered with streaming. With keep_history the turn continues the
+ * conversation (images in follow-ups included); otherwise it starts a new one.
+ * Returns the answer; throws IdeficsException on any failure (with the partial
+ * answer when cancelled). */
 JNIEXPORT jstring JNICALL Java_org_idefics_Idefics_nativeAsk(JNIEnv *env, jclass cls, jlong h, jboolean keep_history,
-                                                             jint img_kind, jstring jpath, jintArray argb,
-                                                             jbyteArray rgb, jint w, jint hgt, jstring jquestion,
+                                                             jintArray jkinds, jobjectArray jdata, jintArray jwidths,
+                                                             jintArray jheights, jstring jquestion,
                                                              jint max_new_tokens, jfloat temperature, jint top_k,
                                                              jfloat top_p, jfloat repetition_penalty, jlong seed,
                                                              jboolean stop_at_eos, jobject listener) {
@@ -311,12 +436,29 @@ JNIEXPORT jstring JNICALL Java_org_idefics_Idefics_nativeAsk(JNIEnv *env, jclass
     if (!keep_history) idefics_session_reset(s);
 
     idefics_status st = IDEFICS_OK;
-    if (img_kind != IMG_NONE) {
-        st = add_image(env, jh, img_kind, jpath, argb, rgb, w, hgt);
+    jsize n_img = jkinds ? (*env)->GetArrayLength(env, jkinds) : 0;
+    if (n_img && (!jdata || !jwidths || !jheights || (*env)->GetArrayLength(env, jdata) != n_img ||
+                  (*env)->GetArrayLength(env, jwidths) != n_img || (*env)->GetArrayLength(env, jheights) != n_img)) {
+        throw_status(env, IDEFICS_ERR_INVALID_ARG, "image arrays of different lengths", NULL);
+        return NULL;
+    }
+    for (jsize i = 0; i < n_img; i++) {
+        jint kind, w, hgt;
+        (*env)->GetIntArrayRegion(env, jkinds, i, 1, &kind);
+        (*env)->GetIntArrayRegion(env, jwidths, i, 1, &w);
+        (*env)->GetIntArrayRegion(env, jheights, i, 1, &hgt);
+        jobject d = (*env)->GetObjectArrayElement(env, jdata, i);
+        if ((*env)->ExceptionCheck(env)) return NULL;
+        st = add_image(env, jh, kind, kind == IMG_PATH ? (jstring)d : NULL, kind == IMG_ARGB ? (jintArray)d : NULL,
+                       kind == IMG_RGB || kind == IMG_ENCODED ? (jbyteArray)d : NULL, w, hgt);
+        (*env)->DeleteLocalRef(env, d);
         if ((*env)->ExceptionCheck(env)) return NULL;
         if (st != IDEFICS_OK) {
             const char *msg = idefics_session_last_error(s);
-            throw_status(env, st, msg[0] ? msg : "bad image arguments (size or array length)", NULL);
+            char buf[700];
+            snprintf(buf, sizeof buf, "image %d: %s", (int)i + 1,
+                     msg[0] ? msg : "bad image arguments (kind, size or array length)");
+            throw_status(env, st, buf, NULL);
             return NULL;
         }
     }

@@ -9,11 +9,19 @@
  * follow-up turn; a listener returning false stops; cancel() from another
  * thread stops a running ask with IDEFICS_ERR_CANCELLED and the partial
  * answer; a missing image fails with IDEFICS_ERR_IO naming the file, and the
- * object stays usable; close twice; use after close.
+ * object stays usable; close twice; use after close. Issue 14: an encoded image
+ * (PNG bytes) gives the file's answer; several images per question; images in
+ * a follow-up; caption() asks the model's caption prompt; two sessions on one
+ * model answer at once on two threads and outlive the first object's close();
+ * a memory profile by name (clamped to the model's context) and an unknown one;
+ * backend AUTO in this JVM runs on the CPU (no OpenCL ICD touches the JVM's
+ * signal handlers).
  * Exit status: 0 all passed, 1 a check failed.
  */
 import java.awt.image.BufferedImage;
 import java.io.File;
+import java.nio.file.Files;
+import java.nio.file.Paths;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicReference;
@@ -41,7 +49,7 @@ public class IdeficsJniTest {
     }
 
     public static void main(String[] args) throws Exception {
-        String modelPath = args[0], imagePath = args[1];
+        String modelPath = args[0], imagePath = args[1], boardsDir = args.length > 2 ? args[2] : null;
 
         // 1. load errors carry the status
         try {
@@ -162,6 +170,88 @@ public class IdeficsJniTest {
         }
         String again = m.ask(imagePath, "What is in this image?", greedy(12), null);
         check(a1.equals(again), "usable after errors and cancel, same answer");
+        Idefics late = m.newSession(); // closed after m below
+
+        // 9. issue 14: an encoded image, several images per question, images in a follow-up
+        byte[] png = Files.readAllBytes(Paths.get(imagePath));
+        String e1 = m.ask(new Idefics.Image[] {Idefics.Image.encoded(png)}, "What is in this image?", greedy(12), null);
+        check(a1.equals(e1), "encoded PNG bytes give the file's answer (\"" + e1 + "\")");
+        String two = m.ask(new Idefics.Image[] {Idefics.Image.file(imagePath), Idefics.Image.encoded(png)},
+                "What is in this image?", greedy(12), null);
+        String twoB = m.ask(new Idefics.Image[] {Idefics.Image.encoded(png), Idefics.Image.argb(argb, w, h)},
+                "What is in this image?", greedy(12), null);
+        check(two != null && two.equals(twoB), "two images in one question, any form, same answer (\"" + two + "\")");
+        m.ask(imagePath, "What is in this image?", greedy(4), null);
+        String fu = m.followUp(new Idefics.Image[] {Idefics.Image.encoded(png)}, "And this one?", greedy(6), null);
+        check(fu != null, "a follow-up with a new image: \"" + fu + "\"");
+        try {
+            m.followUp(new Idefics.Image[] {Idefics.Image.encoded(new byte[] {1, 2, 3})}, "And this?", greedy(4), null);
+            check(false, "a follow-up with a broken image throws");
+        } catch (IdeficsException e) {
+            check(e.getStatus().equals("IDEFICS_ERR_IMAGE_DECODE") && e.getMessage().contains("image 1"),
+                  "broken encoded image: " + e.getMessage());
+        }
+
+        // 10. caption() asks the model's caption prompt (its metadata, else "Describe the image.")
+        String prompt = m.captionPrompt();
+        String capAsk = m.ask(imagePath, prompt, greedy(48), null).trim();
+        check(cap.equals(capAsk), "caption() == ask(captionPrompt() = \"" + prompt + "\")");
+        if (modelPath.contains("tiny-shapes"))
+            check(prompt.equals("Describe the image.") && cap.endsWith("background."),
+                  "demo model caption: \"" + cap + "\"");
+
+        // 11. two sessions on one model, at once on two threads; they outlive m.close()
+        Idefics s1 = m.newSession(), s2 = m.newSession();
+        AtomicReference<String> r1 = new AtomicReference<>(), r2 = new AtomicReference<>();
+        AtomicReference<Throwable> err1 = new AtomicReference<>();
+        Thread t1 = new Thread(() -> {
+            try {
+                for (int i = 0; i < 3; i++) r1.set(s1.ask(imagePath, "What is in this image?", greedy(12), null));
+            } catch (Throwable x) {
+                err1.set(x);
+            }
+        });
+        Thread t2 = new Thread(() -> {
+            try {
+                for (int i = 0; i < 3; i++) r2.set(s2.ask(png.length > 0 ? new Idefics.Image[] {Idefics.Image.encoded(png)}
+                        : null, "What is in this image?", greedy(12), null));
+            } catch (Throwable x) {
+                err1.set(x);
+            }
+        });
+        t1.start();
+        t2.start();
+        t1.join(60000);
+        t2.join(60000);
+        check(err1.get() == null && a1.equals(r1.get()) && a1.equals(r2.get()),
+              "two sessions on two threads give the same answers (" + r1.get() + " / " + r2.get() + ", " + err1.get() + ")");
+
+        // 12. a memory profile by name; an unknown name
+        if (boardsDir != null) {
+            Idefics.LoadParams pp = new Idefics.LoadParams();
+            pp.threads = 1;
+            pp.profile = "8g"; // n_ctx 1024, clamped to the model's maximum
+            pp.boardsDir = boardsDir;
+            try (Idefics mp = Idefics.load(modelPath, pp)) {
+                String ap = mp.ask(imagePath, "What is in this image?", greedy(12), null);
+                check(a1.equals(ap), "profile 8g: loads, same answer (\"" + ap + "\")");
+            }
+            pp.profile = "no-such-board";
+            try {
+                Idefics.load(modelPath, pp).close();
+                check(false, "an unknown profile throws");
+            } catch (IdeficsException e) {
+                check(e.getStatus().equals("IDEFICS_ERR_INVALID_ARG") && e.getMessage().contains("no-such-board"),
+                      "unknown profile: " + e.getMessage());
+            }
+        }
+
+        // 13. AUTO in a desktop JVM: the CPU, OpenCL never probed
+        Idefics.LoadParams auto = new Idefics.LoadParams();
+        auto.threads = 1;
+        try (Idefics ma = Idefics.load(modelPath, auto)) {
+            check(ma.info().contains("backend=cpu"), "AUTO in a JVM runs on the CPU: " + ma.info());
+        }
 
         // 8. close twice; use after close
         m.close();
@@ -172,6 +262,13 @@ public class IdeficsJniTest {
         } catch (IllegalStateException e) {
             check(true, "ask after close: IllegalStateException");
         }
+        // sessions made from m keep the model loaded after m.close()
+        String afterClose = s1.ask(imagePath, "What is in this image?", greedy(12), null);
+        check(a1.equals(afterClose), "a session still answers after the first object is closed");
+        check(a1.equals(late.ask(imagePath, "What is in this image?", greedy(12), null)), "and another one");
+        s1.close();
+        s2.close();
+        late.close();
 
         System.out.println(checks - failures + " of " + checks + " checks passed");
         System.exit(failures == 0 ? 0 : 1);
