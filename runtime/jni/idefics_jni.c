@@ -21,21 +21,21 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <stdint.h>
+#include <stdlib.h>
+
 #include "idefics.h"
-#include "internal.h"
 
 /* One loaded model, shared by the sessions made from it (Idefics.newSession):
  * each holds a reference, and the model is freed with the last one, so it
  * always outlives its sessions whatever order Java closes them in. */
 typedef struct jni_model {
-    idf_alloc alloc;
     idefics_model *model;
     atomic_int refs;
 } jni_model;
 
 /* What a Java Idefics or Idefics.Session object's `handle` field points at. */
 typedef struct jni_handle {
-    idf_alloc alloc;
     jni_model *shared;
     idefics_model *model; /* == shared->model */
     idefics_session *session;
@@ -43,9 +43,8 @@ typedef struct jni_handle {
 
 static void model_release(jni_model *jm) {
     if (jm && atomic_fetch_sub(&jm->refs, 1) == 1) {
-        const idf_alloc al = jm->alloc;
         idefics_model_free(jm->model);
-        idf_free(&al, jm);
+        free(jm);
     }
 }
 
@@ -82,7 +81,6 @@ static void throw_java(JNIEnv *env, const char *cls_name, const char *msg) {
 typedef struct u16buf {
     jchar *p;
     size_t n, cap;
-    const idf_alloc *al;
     bool oom;
 } u16buf;
 
@@ -90,7 +88,7 @@ static void u16_put(u16buf *b, jchar c) {
     if (b->oom) return;
     if (b->n == b->cap) {
         size_t cap = b->cap ? b->cap * 2 : 64;
-        jchar *p = idf_realloc(b->al, b->p, cap * sizeof *p);
+        jchar *p = realloc(b->p, cap * sizeof *p);
         if (!p) {
             b->oom = true;
             return;
@@ -165,17 +163,16 @@ static const char *chars_of(JNIEnv *env, jstring s, const char *what) {
 /* Session params from Java; a field left at its Java default keeps what the profile said. */
 static idefics_status new_session(jni_model *jm, const idefics_session_params *sp, jni_handle **out, char *err,
                                   size_t errsz) {
-    jni_handle *jh = idf_calloc(&jm->alloc, 1, sizeof *jh);
+    jni_handle *jh = calloc(1, sizeof *jh);
     if (!jh) {
         snprintf(err, errsz, "out of memory for the JNI handle");
         return IDEFICS_ERR_OUT_OF_MEMORY;
     }
-    jh->alloc = jm->alloc;
     jh->shared = jm;
     jh->model = jm->model;
     idefics_status st = idefics_session_create(jm->model, sp, &jh->session, err, errsz);
     if (st != IDEFICS_OK) {
-        idf_free(&jm->alloc, jh);
+        free(jh);
         return st;
     }
     atomic_fetch_add(&jm->refs, 1);
@@ -225,14 +222,12 @@ JNIEXPORT jlong JNICALL Java_org_idefics_Idefics_nativeLoad(JNIEnv *env, jclass 
     if (jvm_safe && mp.backend == IDEFICS_BACKEND_AUTO) mp.backend = IDEFICS_BACKEND_CPU;
     const char *path = chars_of(env, jpath, "model path");
     if (!path) return 0;
-    const idf_alloc al = {{0}};
-    jni_model *jm = idf_calloc(&al, 1, sizeof *jm);
+    jni_model *jm = calloc(1, sizeof *jm);
     if (!jm) {
         (*env)->ReleaseStringUTFChars(env, jpath, path);
         throw_status(env, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the JNI handle", NULL);
         return 0;
     }
-    jm->alloc = al;
     atomic_init(&jm->refs, 1); /* the loader's reference, dropped below */
     st = idefics_model_load(path, &mp, &jm->model, err, sizeof err);
     (*env)->ReleaseStringUTFChars(env, jpath, path);
@@ -285,10 +280,10 @@ JNIEXPORT jstring JNICALL Java_org_idefics_Idefics_nativeCaptionPrompt(JNIEnv *e
     if (idefics_model_meta(jh->model, "chat.caption_prompt", buf, sizeof buf, &len) != IDEFICS_OK ||
         len >= sizeof buf)
         return NULL;
-    u16buf b = {.al = &jh->alloc};
+    u16buf b = {0};
     u16_append_utf8(&b, buf, len);
     jstring r = b.oom ? NULL : u16_to_jstring(env, &b);
-    idf_free(&jh->alloc, b.p);
+    free(b.p);
     return r;
 }
 
@@ -296,10 +291,9 @@ JNIEXPORT void JNICALL Java_org_idefics_Idefics_nativeClose(JNIEnv *env, jclass 
     (void)env, (void)cls;
     jni_handle *jh = (jni_handle *)(intptr_t)h;
     if (!jh) return;
-    const idf_alloc al = jh->alloc;
     jni_model *jm = jh->shared;
     idefics_session_free(jh->session);
-    idf_free(&al, jh);
+    free(jh);
     model_release(jm); /* the model goes with its last session */
 }
 
@@ -389,12 +383,13 @@ static idefics_status add_image(JNIEnv *env, jni_handle *jh, int kind, jstring j
         /* Android's Bitmap.getPixels: one int per pixel, 0xAARRGGBB, not
          * premultiplied. The library takes RGBA bytes (composited over white). */
         size_t bytes;
-        if (!idf_mul_size((size_t)npx, 4, &bytes)) return IDEFICS_ERR_IMAGE_TOO_LARGE;
-        uint8_t *rgba = idf_malloc(&jh->alloc, bytes);
+        if ((uint64_t)npx > SIZE_MAX / 4) return IDEFICS_ERR_IMAGE_TOO_LARGE;
+        bytes = (size_t)npx * 4;
+        uint8_t *rgba = malloc(bytes);
         if (!rgba) return IDEFICS_ERR_OUT_OF_MEMORY;
         jint *px = (*env)->GetIntArrayElements(env, argb, NULL);
         if (!px) {
-            idf_free(&jh->alloc, rgba);
+            free(rgba);
             return IDEFICS_ERR_OUT_OF_MEMORY;
         }
         for (int64_t i = 0; i < npx; i++) {
@@ -406,7 +401,7 @@ static idefics_status add_image(JNIEnv *env, jni_handle *jh, int kind, jstring j
         }
         (*env)->ReleaseIntArrayElements(env, argb, px, JNI_ABORT);
         idefics_status st = idefics_add_image_pixels(s, rgba, w, h, 4, 0);
-        idf_free(&jh->alloc, rgba);
+        free(rgba);
         return st;
     }
     if (!rgb || (*env)->GetArrayLength(env, rgb) / 3 < npx) return IDEFICS_ERR_INVALID_ARG;
@@ -472,7 +467,6 @@ JNIEXPORT jstring JNICALL Java_org_idefics_Idefics_nativeAsk(JNIEnv *env, jclass
     }
 
     stream_ctx c = {.env = env, .listener = listener};
-    c.all.al = c.piece.al = &jh->alloc;
     if (listener) {
         jclass lcls = (*env)->GetObjectClass(env, listener);
         c.on_token = lcls ? (*env)->GetMethodID(env, lcls, "onToken", "(Ljava/lang/String;)Z") : NULL;
@@ -500,7 +494,7 @@ JNIEXPORT jstring JNICALL Java_org_idefics_Idefics_nativeAsk(JNIEnv *env, jclass
             answer = NULL;
         }
     }
-    idf_free(&jh->alloc, c.all.p);
-    idf_free(&jh->alloc, c.piece.p);
+    free(c.all.p);
+    free(c.piece.p);
     return answer;
 }
