@@ -10,6 +10,8 @@
  * Thread safety: a model may be shared by any number of threads and sessions
  * at once; a session must be used by one thread at a time, except
  * idefics_session_cancel(), which may be called from any thread.
+ * Lifetimes: a model must outlive its sessions; how long returned pointers
+ * stay valid is listed under "integrators' API" below.
  *
  * Errors: every fallible call returns an idefics_status (0 = OK, negative =
  * error) and writes results through out-parameters. The detail of the last
@@ -157,8 +159,9 @@ IDEFICS_API void idefics_model_get_info(const idefics_model *model, idefics_mode
 
 /* ---------------------------------------------------------------- tokenizer */
 
-/* Tokenize text (special tokens such as <image> are recognised; no BOS is added
- * unless add_bos). Writes up to max_ids ids and sets *n_ids to the full count,
+/* Tokenize text (special tokens such as <image> are recognised, HF semantics:
+ * idefics_tokenize_n with flags 0 tokenizes user text as idefics_add_text
+ * does; no BOS is added unless add_bos). Writes up to max_ids ids and sets *n_ids to the full count,
  * so a call with max_ids = 0 measures. */
 IDEFICS_API idefics_status idefics_tokenize(const idefics_model *model, const char *text, bool add_bos,
                                             int32_t *ids, int max_ids, int *n_ids);
