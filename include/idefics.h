@@ -302,8 +302,9 @@ IDEFICS_API const float *idefics_session_get_logits(const idefics_session *sessi
  *     restored into any session of the same model (until idefics_model_free).
  *   - The token callback's piece is valid only during the callback.
  * Threads: the calls in this block follow the rules at the top of this file:
- * model getters may be called from any thread at once (idefics_model_meta
- * writes only the caller's buffer); session calls from one thread at a time.
+ * model getters may be called from any thread at once (idefics_model_meta and
+ * idefics_tokenize_n keep their error text as idefics_tokenize does); session
+ * calls from one thread at a time.
  * A snapshot is immutable once made: several threads may restore it at once. */
 
 /* The version as one number, so an application can check the library it loaded:
