@@ -420,6 +420,8 @@ static void on_sigint(int sig) {
         g_interrupted = 1;
         idefics_session_cancel(s); /* one atomic store: async-signal-safe */
     } else {
+        /* at a prompt or while loading: leave at once, the shell's prompt on its own line */
+        if (isatty(STDERR_FILENO)) (void)!write(STDERR_FILENO, "\n", 1);
         _exit(130);
     }
 }

@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #ifdef IDF_HAVE_LIBEDIT
@@ -42,7 +43,8 @@ static void usage(FILE *f) {
             "  /reset all    start a new conversation without images\n"
             "  /help         this list\n"
             "  /quit         leave (also /exit, or Ctrl-D)\n"
-            "Ctrl-C stops the current answer. Line editing and history (up/down arrows) on a terminal%s.\n",
+            "Ctrl-C stops the current answer. Line editing and history (up/down arrows; kept in\n"
+            "$IDEFICS_HISTORY, else ~/.local/state/idefics/chat_history) on a terminal%s.\n",
 #ifdef IDF_HAVE_LIBEDIT
             ""
 #else
@@ -186,6 +188,32 @@ static bool has_image(const cli_opts *o) {
     return o->n_images > 0;
 }
 
+#ifdef IDF_HAVE_LIBEDIT
+/* Where the line history lives: $IDEFICS_HISTORY ("" = none), else
+ * $XDG_STATE_HOME/idefics/chat_history, else ~/.local/state/idefics/chat_history. */
+static char *history_path(void) {
+    const char *e = getenv("IDEFICS_HISTORY");
+    if (e) return *e ? strdup(e) : NULL;
+    const char *state = getenv("XDG_STATE_HOME"), *home = getenv("HOME");
+    char dir[4096];
+    if (state && *state) snprintf(dir, sizeof dir, "%s/idefics", state);
+    else if (home && *home) snprintf(dir, sizeof dir, "%s/.local/state/idefics", home);
+    else return NULL;
+    /* make the folders (mode 0700: what was typed may be private) */
+    for (char *p = dir + 1; *p; p++)
+        if (*p == '/') {
+            *p = '\0';
+            mkdir(dir, 0700);
+            *p = '/';
+        }
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) return NULL;
+    size_t n = strlen(dir) + sizeof "/chat_history";
+    char *path = malloc(n);
+    if (path) snprintf(path, n, "%s/chat_history", dir);
+    return path;
+}
+#endif
+
 /* Read one line without its newline; NULL at end of input. */
 static char *read_line(bool tty, bool editline, bool continuing) {
     const char *prompt = continuing ? ". " : "> ";
@@ -237,7 +265,13 @@ int cmd_chat(int argc, char **argv) {
     bool editline = false;
 #ifdef IDF_HAVE_LIBEDIT
     editline = tty && isatty(STDOUT_FILENO);
-    if (editline) using_history();
+    char *hist = editline ? history_path() : NULL;
+    if (editline) {
+        rl_initialize(); /* before read_history: libedit's lazy init would drop what it read */
+        using_history();
+        stifle_history(1000);
+        if (hist) read_history(hist); /* a missing file is the first run */
+    }
 #endif
     if (tty && !rc)
         fprintf(stderr, "idefics chat: %s. Type a message; /help lists the commands, Ctrl-D leaves.%s\n",
@@ -323,6 +357,11 @@ int cmd_chat(int argc, char **argv) {
         if (o.verbose) cli_print_timings(c.s);
         o.gen.seed++; /* a new sample for the next answer, still repeatable from the first seed */
     }
+#ifdef IDF_HAVE_LIBEDIT
+    if (hist && write_history(hist) != 0 && o.verbose)
+        fprintf(stderr, "idefics chat: could not save the history to %s\n", hist);
+    free(hist);
+#endif
     clear_pending(&c);
     free(c.pending);
     for (int i = 0; i < c.n_kept; i++) free(c.kept[i]);
