@@ -96,6 +96,16 @@ check '[ $rc -eq 2 ]' "--kv-type f8 must be a usage error"
 rc=$?
 check '[ $rc -eq 0 ] && grep -q "KV f32" "$tmp/err"' "--kv-type f32: $(cat "$tmp/err")"
 
+# a write error is never a success
+if [ -w /dev/full ]; then
+    "$bin" ask -m "$model" -p "Hi" -n 2 >/dev/full 2>"$tmp/err"
+    rc=$?
+    check '[ $rc -eq 1 ] && grep -q "cannot write" "$tmp/err"' "ask >/dev/full: rc $rc"
+    printf 'Hi\n' | "$bin" chat -m "$model" -n 2 >/dev/full 2>"$tmp/err"
+    rc=$?
+    check '[ $rc -eq 1 ] && grep -q "cannot write" "$tmp/err"' "chat >/dev/full: rc $rc"
+fi
+
 # --board: a profile above the model's context is clamped (said with -v; the demo model has
 # 128 positions); an unknown name lists the valid ones
 demo=$(dirname "$0")/../models/tiny-shapes.idfx
