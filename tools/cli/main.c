@@ -15,7 +15,7 @@ typedef struct command {
 
 static const command commands[] = {
     {"ask", cmd_ask, "answer a question about one or more images"},
-    {"chat", cmd_chat, "interactive multi-turn chat (/image PATH, /reset, /quit)"},
+    {"chat", cmd_chat, "interactive multi-turn chat (/image PATH, /reset, /help, /quit)"},
     {"caption", cmd_caption, "write alt text for images or folders of images"},
     {"tokenize", cmd_tokenize, "print the token ids of a text"},
     {"inspect", cmd_inspect, "print a model file's config and tensor table (--verify checks checksums)"},
