@@ -167,6 +167,9 @@ char *cli_read_text_file(const char *cmd, const char *path) {
         free(buf);
         return NULL;
     }
+    /* an editor's final line break is not part of the prompt ("...Assistant:" must end it) */
+    if (len && buf[len - 1] == '\n') len--;
+    if (len && buf[len - 1] == '\r') len--;
     buf[len] = '\0';
     if (strlen(buf) != len) {
         fprintf(stderr, "idefics %s: %s: holds a NUL byte; a prompt is text\n", cmd, path);

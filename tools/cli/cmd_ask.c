@@ -26,7 +26,7 @@ static void usage(FILE *f) {
             "  -m, --model PATH        model file (.idfx)\n"
             "  -i, --image PATH        an image (optional, repeatable)\n"
             "  -p, --prompt TEXT       the question (repeatable: see below)\n"
-            "  -f, --prompt-file PATH  read a -p TEXT from a file ('-' = stdin)\n"
+            "  -f, --prompt-file PATH  read a -p TEXT from a file ('-' = stdin; its last line break is dropped)\n"
             "      --raw               a raw prompt, no User:/Assistant: format (base models, few-shot):\n"
             "                          special tokens such as <image> or <end_of_utterance> typed in the\n"
             "                          text are recognised, and <img:PATH> markers become images\n"
@@ -41,9 +41,13 @@ static void usage(FILE *f) {
             "    idefics ask -m models/tiny-shapes.idfx -p 'Compare' -i examples/shapes-01.png \\\n"
             "        -p 'with' -i examples/shapes-02.png -p 'Which has more shapes?'\n"
             "  Without --raw, text is plain text: '<image>' typed in a question is just characters.\n"
-            "  A few-shot raw prompt (PROMPT.txt):\n"
-            "    User:<img:examples/shapes-01.png>How many shapes are there?\\nAssistant: 2\\n\n"
-            "    User:<img:examples/shapes-03.png>How many shapes are there?\\nAssistant:\n"
+            "  A few-shot raw prompt for a base model, in PROMPT.txt (-f drops the file's final\n"
+            "  line break; an instruct model also wants <end_of_utterance> after each question\n"
+            "  and each answer):\n"
+            "    User:<img:examples/shapes-01.png>How many shapes are there?\n"
+            "    Assistant: 4\n"
+            "    User:<img:examples/shapes-03.png>How many shapes are there?\n"
+            "    Assistant:\n"
             "\nExit status: 0 answered, 1 error, 2 usage error, 130 interrupted (Ctrl-C).\n");
 }
 
