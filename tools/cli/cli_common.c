@@ -280,6 +280,33 @@ int cli_parse(int argc, char **argv, const char *cmd, void (*usage)(FILE *), cli
     return 0;
 }
 
+int cli_split_markers(const char *text, int (*on_text)(void *ud, const char *p, size_t n),
+                      int (*on_image)(void *ud, const char *path), void *ud) {
+    const char *p = text, *run = text; /* run: start of the pending text */
+    for (;;) {
+        const char *m = strstr(p, "<img:");
+        const char *end = m ? strchr(m + 5, '>') : NULL;
+        if (!m || !end) break; /* no (complete) marker left: the rest is text */
+        if (end == m + 5) {    /* "<img:>": no path, so text */
+            p = m + 5;
+            continue;
+        }
+        int rc = m > run ? on_text(ud, run, (size_t)(m - run)) : 0;
+        if (rc) return rc;
+        size_t plen = (size_t)(end - (m + 5));
+        char *path = malloc(plen + 1);
+        if (!path) return -1;
+        memcpy(path, m + 5, plen);
+        path[plen] = '\0';
+        rc = on_image(ud, path);
+        free(path);
+        if (rc) return rc;
+        p = run = end + 1;
+    }
+    size_t n = strlen(run);
+    return n ? on_text(ud, run, n) : 0;
+}
+
 /* ------------------------------------------------------------ model */
 
 /* The boards/ folder: $IDEFICS_BOARDS_DIR, else the installed copy, else the source tree's. */

@@ -78,6 +78,14 @@ void cli_print_timings(const idefics_session *s);
 void cli_json_string(FILE *f, const char *s, size_t n);
 void cli_json_ids(FILE *f, const int32_t *ids, int n);
 
+/* --raw text: split at <img:PATH> markers, in order: on_text for each non-empty
+ * stretch of text (len bytes, not NUL-terminated), on_image for each marker's
+ * PATH (NUL-terminated, non-empty). "<img:" without a closing '>' and "<img:>"
+ * are text. Stops at the first nonzero callback result and returns it; -1 when
+ * out of memory. A pure function (tests/fuzz/fuzz_cli_markers.c). */
+int cli_split_markers(const char *text, int (*on_text)(void *ud, const char *p, size_t n),
+                      int (*on_image)(void *ud, const char *path), void *ud);
+
 /* Read a whole file (for -f); NUL bytes are refused. malloc'ed, NULL on error (printed). */
 char *cli_read_text_file(const char *cmd, const char *path);
 

@@ -51,34 +51,23 @@ static void usage(FILE *f) {
             "\nExit status: 0 answered, 1 error, 2 usage error, 130 interrupted (Ctrl-C).\n");
 }
 
-/* --raw text: <img:PATH> markers split it into text and images. */
+/* --raw text: <img:PATH> markers split it into text and images (cli_split_markers). */
+static int raw_text_piece(void *ud, const char *p, size_t n) {
+    idefics_session *s = ud;
+    idefics_status st = idefics_add_text_n(s, p, n, IDEFICS_TEXT_SPECIAL);
+    if (st == IDEFICS_OK) return 0;
+    fprintf(stderr, "idefics ask: %s (%s)\n", idefics_session_last_error(s), idefics_status_str(st));
+    return 1;
+}
+
+static int raw_image(void *ud, const char *path) {
+    return cli_add_image(ud, "ask", path);
+}
+
 static int add_raw_text(idefics_session *s, const char *text) {
-    const char *p = text;
-    for (;;) {
-        const char *m = strstr(p, "<img:");
-        const char *end = m ? strchr(m + 5, '>') : NULL;
-        size_t n = m && end ? (size_t)(m - p) : strlen(p);
-        if (n) {
-            idefics_status st = idefics_add_text_n(s, p, n, IDEFICS_TEXT_SPECIAL);
-            if (st != IDEFICS_OK) {
-                fprintf(stderr, "idefics ask: %s (%s)\n", idefics_session_last_error(s), idefics_status_str(st));
-                return 1;
-            }
-        }
-        if (!m || !end) return 0;
-        size_t plen = (size_t)(end - (m + 5));
-        char *path = malloc(plen + 1);
-        if (!path) {
-            fprintf(stderr, "idefics ask: out of memory\n");
-            return 1;
-        }
-        memcpy(path, m + 5, plen);
-        path[plen] = '\0';
-        int rc = plen ? cli_add_image(s, "ask", path) : (fprintf(stderr, "idefics ask: empty <img:> marker\n"), 1);
-        free(path);
-        if (rc) return rc;
-        p = end + 1;
-    }
+    int rc = cli_split_markers(text, raw_text_piece, raw_image, s);
+    if (rc < 0) fprintf(stderr, "idefics ask: out of memory\n");
+    return rc ? 1 : 0;
 }
 
 static int report(idefics_session *s, idefics_status st) {
