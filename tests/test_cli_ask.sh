@@ -152,8 +152,9 @@ if command -v mkfifo >/dev/null && command -v dd >/dev/null; then
 fi
 
 # chat from a pipe
-printf 'Hello\n/image %s\nWhat is this?\n/image %s\n/foo bar\n/help\n/reset\nAgain\n/reset all\nThird\n/quit\nnot reached\n' \
-    "$img/red_square.png" "$tmp/nope.png" |
+echo "not an image" >"$tmp/broken.png"
+printf 'Hello\n/image %s\nWhat is this?\n/image %s\n/image %s\n/foo bar\n/help\n/reset\nAgain\n/reset all\nThird\n/quit\nnot reached\n' \
+    "$img/red_square.png" "$tmp/nope.png" "$tmp/broken.png" |
     "$bin" chat -m "$model" -n 3 >"$tmp/chat" 2>"$tmp/chat_err"
 rc=$?
 check '[ $rc -eq 0 ]' "chat exit status $rc ($(cat "$tmp/chat_err"))"
@@ -161,6 +162,8 @@ check 'grep -q "conversation cleared; keeping 1 image" "$tmp/chat_err"' "/reset 
 check 'grep -q "images dropped" "$tmp/chat_err"' "/reset all must say the images are dropped"
 check 'grep -q "red_square.png attached" "$tmp/chat_err"' "/image not confirmed"
 check 'grep -q "nope.png" "$tmp/chat_err"' "bad /image not reported"
+check 'grep -q "broken.png.*IMAGE_DECODE" "$tmp/chat_err" && ! grep -q "broken.png attached" "$tmp/chat_err"' \
+    "an undecodable /image must be refused at once, not confirmed"
 check 'grep -q "unknown command /foo" "$tmp/chat_err"' "unknown /command not rejected"
 check 'grep -q "/reset all" "$tmp/chat_err"' "/help does not list the commands"
 # four answered turns (Hello, What is this?, Again, Third); /foo and /help are not sent

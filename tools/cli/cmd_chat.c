@@ -77,7 +77,26 @@ typedef struct chat {
     char **kept; /* images of the conversation, kept across /reset */
     int n_kept, cap_kept;
     int n_ctx_max;
+    idefics_session *probe; /* a small session that decodes /image files to check them; may be NULL */
 } chat;
+
+/* Is the file an image the library can read? Decoded in the probe session (a
+ * 16-token context, so it costs little), which is then cleared; without one,
+ * only that the file opens. Prints the reason when not. */
+static bool image_ok(chat *c, const char *path) {
+    if (c->probe) {
+        int rc = cli_add_image(c->probe, "chat", path);
+        idefics_session_reset(c->probe);
+        return rc == 0;
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        fprintf(stderr, "idefics chat: %s: %s\n", path, strerror(errno));
+        return false;
+    }
+    fclose(f);
+    return true;
+}
 
 static bool push(void **arr, int *n, int *cap, size_t elem) {
     if (*n < *cap) return true;
@@ -116,11 +135,11 @@ static void keep_image(chat *c, const char *path) {
 }
 
 static void explain_full(const chat *c) {
-    fprintf(stderr,
-            "idefics chat: the conversation has filled the model's context (at most %d tokens here).\n"
-            "  /reset starts over with the same image(s); /reset all without them.%s\n",
-            c->n_ctx_max,
-            c->o->set_ctx ? " A larger -c (up to the model's maximum) leaves more room." : "");
+    fprintf(stderr, "idefics chat: the conversation has filled the model's context (at most %d tokens here).\n",
+            c->n_ctx_max);
+    if (c->n_kept) fprintf(stderr, "  /reset starts over with the same image(s); /reset all without them.");
+    else fprintf(stderr, "  /reset starts over.");
+    fprintf(stderr, "%s\n", c->o->set_ctx ? " A larger -c (up to the model's maximum) leaves more room." : "");
 }
 
 static int report(chat *c, idefics_status st) {
@@ -142,9 +161,19 @@ static void do_reset(chat *c, bool keep) {
     for (int i = 0; i < c->n_kept; i++) add_pending(c, true, c->kept[i], strlen(c->kept[i]));
 }
 
-/* Send the pending message. A turn that cannot be added in full (an image that
- * fails to decode, a full context) leaves half a turn behind, so the
- * conversation restarts with its images, and the user is told. */
+/* Adds one pending item; a full context is noted, not printed (send_turn decides). */
+static int add_item(chat *c, const item *it, bool *full) {
+    if (it->is_image) return cli_add_image(c->s, "chat", it->value);
+    idefics_status st = idefics_add_text_n(c->s, it->value, strlen(it->value), 0);
+    if (st == IDEFICS_ERR_CONTEXT_FULL) *full = true;
+    else if (st != IDEFICS_OK) report(c, st);
+    return st != IDEFICS_OK;
+}
+
+/* Send the pending message. Each add leaves the session as it was when it
+ * fails, so a message that fails at its first item changes nothing; one that
+ * fails later (an image that does not decode, a full context) would leave half
+ * a turn behind, so the conversation restarts with its images, and says so. */
 static int send_turn(chat *c) {
     int n_text = 0;
     bool images_first = true; /* images, then one text: the model's own turn order */
@@ -152,30 +181,45 @@ static int send_turn(chat *c) {
         if (!c->pending[i].is_image) n_text++;
         else if (n_text) images_first = false;
     }
-    int rc = 0;
-    bool opened = false;
+    int rc = 0, added = 0;
+    bool full = false;
     if (n_text == 1 && images_first) {
-        for (int i = 0; i < c->n_pending - 1 && !rc; i++) rc = cli_add_image(c->s, "chat", c->pending[i].value);
+        for (int i = 0; i < c->n_pending - 1 && !rc; i++)
+            if (!(rc = add_item(c, &c->pending[i], &full))) added++;
         const char *q = c->pending[c->n_pending - 1].value;
-        if (!rc) rc = report(c, idefics_add_user_turn_n(c->s, q, strlen(q)));
+        if (!rc) {
+            idefics_status st = idefics_add_user_turn_n(c->s, q, strlen(q));
+            if (st == IDEFICS_ERR_CONTEXT_FULL) full = true;
+            else if (st != IDEFICS_OK) report(c, st);
+            rc = st != IDEFICS_OK;
+        }
     } else {
         rc = report(c, idefics_begin_user_turn(c->s));
-        opened = !rc;
-        for (int i = 0; i < c->n_pending && !rc; i++) {
-            const item *it = &c->pending[i];
-            rc = it->is_image ? cli_add_image(c->s, "chat", it->value)
-                              : report(c, idefics_add_text_n(c->s, it->value, strlen(it->value), 0));
+        for (int i = 0; i < c->n_pending && !rc; i++)
+            if (!(rc = add_item(c, &c->pending[i], &full))) added++;
+        if (!rc) {
+            idefics_status st = idefics_end_user_turn(c->s);
+            if (st == IDEFICS_ERR_CONTEXT_FULL) full = true;
+            else if (st != IDEFICS_OK) report(c, st);
+            rc = st != IDEFICS_OK;
         }
-        if (!rc) rc = report(c, idefics_end_user_turn(c->s));
+        added++; /* the open "User:" */
     }
     if (rc) {
-        if (opened || c->n_pending > 1) {
-            do_reset(c, true);
+        if (!added) {
+            if (full) explain_full(c);
+            fprintf(stderr, "idefics chat: the message was not sent\n");
+            clear_pending(c);
+            return 1;
+        }
+        do_reset(c, true);
+        if (full)
+            fprintf(stderr, "idefics chat: the conversation filled the model's context (at most %d tokens here), "
+                            "so it restarted%s: send your message again (/reset all drops the images)\n",
+                    c->n_ctx_max, c->n_kept ? " with its image(s)" : "");
+        else
             fprintf(stderr, "idefics chat: the message was not sent and the conversation restarted%s\n",
                     c->n_kept ? " (images kept for your next message)" : "");
-        } else {
-            clear_pending(c);
-        }
         return 1;
     }
     for (int i = 0; i < c->n_pending; i++)
@@ -247,19 +291,21 @@ int cmd_chat(int argc, char **argv) {
     if (rc) return rc == 1 ? 0 : rc;
     cli_install_sigint();
     chat c = {.o = &o};
-    if (cli_open(&o, &c.model, &c.s)) return 1;
+    if (cli_open(&o, &c.model, &c.s)) {
+        cli_opts_free(&o);
+        return 1;
+    }
     idefics_model_info info;
     idefics_model_get_info(c.model, &info);
     c.n_ctx_max = o.n_ctx > 0 && o.n_ctx < info.n_ctx_max ? o.n_ctx : info.n_ctx_max;
-    for (int i = 0; i < o.n_items; i++) {
-        FILE *f = fopen(o.items[i].value, "rb");
-        if (!f) {
-            fprintf(stderr, "idefics chat: %s: %s\n", o.items[i].value, strerror(errno));
-            rc = 1;
-            break;
-        }
-        fclose(f);
-        add_pending(&c, true, o.items[i].value, strlen(o.items[i].value));
+    idefics_session_params pp = idefics_session_default_params();
+    pp.n_ctx = info.n_ctx_max < 16 ? info.n_ctx_max : 16;
+    pp.n_threads = o.n_threads;
+    char perr[256];
+    if (idefics_session_create(c.model, &pp, &c.probe, perr, sizeof perr) != IDEFICS_OK) c.probe = NULL;
+    for (int i = 0; i < o.n_items && !rc; i++) {
+        if (!image_ok(&c, o.items[i].value)) rc = 1;
+        else add_pending(&c, true, o.items[i].value, strlen(o.items[i].value));
     }
     bool tty = isatty(STDIN_FILENO);
     bool editline = false;
@@ -309,12 +355,9 @@ int cmd_chat(int argc, char **argv) {
                     fprintf(stderr, "idefics chat: conversation cleared%s\n", keep ? "" : ", images dropped");
                 }
             } else if (!strcmp(l, "/image")) {
-                FILE *f = *arg ? fopen(arg, "rb") : NULL;
                 if (!*arg) fprintf(stderr, "idefics chat: usage: /image PATH\n");
-                else if (!f) fprintf(stderr, "idefics chat: %s: %s\n", arg, strerror(errno));
-                else if (add_pending(&c, true, arg, strlen(arg)))
+                else if (image_ok(&c, arg) && add_pending(&c, true, arg, strlen(arg)))
                     fprintf(stderr, "idefics chat: image %s attached to your next message\n", arg);
-                if (f) fclose(f);
             } else {
                 fprintf(stderr, "idefics chat: unknown command %s; /help lists the commands (start the line with "
                                 "// to send text that begins with '/')\n", l);
@@ -370,6 +413,7 @@ int cmd_chat(int argc, char **argv) {
         fprintf(stderr, "idefics chat: cannot write to stdout\n");
         rc = 1;
     }
+    idefics_session_free(c.probe);
     idefics_session_free(c.s);
     idefics_model_free(c.model);
     cli_opts_free(&o);
