@@ -300,7 +300,7 @@ int cmd_chat(int argc, char **argv) {
     c.n_ctx_max = o.n_ctx > 0 && o.n_ctx < info.n_ctx_max ? o.n_ctx : info.n_ctx_max;
     idefics_session_params pp = idefics_session_default_params();
     pp.n_ctx = info.n_ctx_max < 16 ? info.n_ctx_max : 16;
-    pp.n_threads = o.n_threads;
+    pp.n_threads = 1; /* it only decodes images, on this thread */
     char perr[256];
     if (idefics_session_create(c.model, &pp, &c.probe, perr, sizeof perr) != IDEFICS_OK) c.probe = NULL;
     for (int i = 0; i < o.n_items && !rc; i++) {
