@@ -100,6 +100,11 @@ idefics_status idf_backend_opencl_create_standalone(int n_threads, const idf_all
 typedef void (*idf_ocl_list_fn)(void *ud, int index, const idf_ocl_probe *p, const idf_ocl_tuning *t);
 idefics_status idf_ocl_list_devices(const idf_alloc *alloc, idf_ocl_list_fn fn, void *ud, idf_err *err);
 
+/* The symbolic name of an OpenCL error code ("CL_INVALID_WORK_GROUP_SIZE"),
+ * or "unknown OpenCL error" for codes outside the 1.2-3.0 and common
+ * extension sets. */
+const char *idf_cl_err_name(cl_int e);
+
 /* ---- inside the backend (backend_opencl.c <-> backend_opencl_ops.c) ---- */
 
 struct idf_ocl_device {

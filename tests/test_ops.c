@@ -384,6 +384,7 @@ typedef struct outcome {
     bool *written;
     idefics_status st;
     bool skipped;
+    char detail[512]; /* the backend's last_error when st != OK */
 } outcome;
 
 static double naive_gelu(double x) {
@@ -681,6 +682,8 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
         break;
     }
     }
+    if (o->st != IDEFICS_OK && b->last_error && b->last_error(ctx))
+        snprintf(o->detail, sizeof o->detail, "%s", b->last_error(ctx));
 }
 
 static void free_outcome(outcome *o) {
@@ -754,7 +757,9 @@ CPU_ISA_CTOR(cpu_neon_dotprod_create, IDF_CPU_ISA_NEON_DOTPROD)
 /* backends[].isa for a backend on a device that may be absent (skipped then) */
 #define ISA_DEVICE (-2)
 
-int main(void) {
+int main(int argc, char **argv) {
+    /* optional: case numbers to run (debugging one case on one device) */
+    const int only = argc > 1 ? atoi(argv[1]) : -1;
     /* The reference backend first: it is checked against the naive formulas,
      * and every later entry against it. Faster backends register here. */
     static const struct {
@@ -807,6 +812,8 @@ int main(void) {
     for (int ci = 0; ci < nc; ci++) {
         const op_case *c = &cases[ci];
         covered[c->op] = true;
+        if (only >= 0 && ci != only)
+            continue;
         const double case_tol = c->max_nmse > 0 ? c->max_nmse : DEFAULT_NMSE;
         outcome ref;
         run_case(c, be[0], (uint64_t)ci + 1, &ref);
@@ -829,6 +836,8 @@ int main(void) {
             }
             if (o.st != IDEFICS_OK) {
                 why = idefics_status_str(o.st);
+                if (o.detail[0])
+                    printf("     %s: %s\n", backends[bi].name, o.detail);
                 nmse = -1;
             } else if (bi == 0) {
                 nmse = compare(&o, o.want, &why);
@@ -849,7 +858,7 @@ int main(void) {
         }
         free_outcome(&ref);
     }
-    for (int op = 0; op < IDF_OP_COUNT; op++)
+    for (int op = 0; op < IDF_OP_COUNT && only < 0; op++)
         if (!covered[op]) {
             printf("FAIL op %s has no case in the table\n", op_name((idf_op)op));
             n_fail++;
