@@ -15,6 +15,7 @@
 #include "backend_opencl.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -216,6 +217,8 @@ static bool ini_apply(const char *text, size_t len, const idf_ocl_probe *p, idf_
                 t->subgroups = u != 0;
             else if (strcmp(key, "auto_select") == 0)
                 t->auto_select = u != 0;
+            else if (strcmp(key, "host_cpu") == 0)
+                t->host_cpu = u != 0;
             else if (strcmp(key, "use_host_ptr") == 0)
                 t->use_host_ptr = u != 0;
             else if (strcmp(key, "max_alloc_kb") == 0)
@@ -280,6 +283,61 @@ static unsigned dev_uint(const idf_cl_api *cl, cl_device_id d, cl_device_info wh
     return cl->clGetDeviceInfo(d, what, sizeof v, &v, NULL) == CL_SUCCESS ? v : 0;
 }
 
+/* IDEFICS_OPENCL_CLAMP="local=16384,wg=256,alloc=268435456,nozerocopy" (test
+ * only; sizes in bytes, K/M/G suffixes allowed): lower what the device
+ * reports to the limits of the small GPUs we target, so a CPU device in CI
+ * exercises the size rules the kernels' header comments give. Values only
+ * ever lower a limit; an item that does not parse is named in p->clamp. */
+static void apply_clamp(idf_ocl_probe *p) {
+    const char *env = getenv("IDEFICS_OPENCL_CLAMP");
+    p->clamp[0] = '\0';
+    if (!env || !env[0])
+        return;
+    char buf[160];
+    snprintf(buf, sizeof buf, "%s", env);
+    size_t o = 0;
+    for (char *save = NULL, *it = strtok_r(buf, ",", &save); it; it = strtok_r(NULL, ",", &save)) {
+        it = trim(it);
+        char *eq = strchr(it, '=');
+        unsigned long long v = 0;
+        bool ok = false;
+        if (eq) {
+            char *end;
+            v = strtoull(eq + 1, &end, 10);
+            const unsigned long long mul = *end == 'K' || *end == 'k'   ? 1ull << 10
+                                           : *end == 'M' || *end == 'm' ? 1ull << 20
+                                           : *end == 'G' || *end == 'g' ? 1ull << 30
+                                                                        : 1;
+            if (mul > 1)
+                end++;
+            ok = end != eq + 1 && !*end && v > 0 && v <= (1ull << 40);
+            v *= mul;
+            *eq = '\0';
+        }
+        const char *what = NULL;
+        if (ok && strcmp(it, "local") == 0) {
+            p->local_mem = v < p->local_mem ? v : p->local_mem;
+            what = "local";
+        } else if (ok && strcmp(it, "wg") == 0) {
+            p->max_wg = v < p->max_wg ? (unsigned)v : p->max_wg;
+            what = "wg";
+        } else if (ok && strcmp(it, "alloc") == 0) {
+            p->max_alloc = v < p->max_alloc ? v : p->max_alloc;
+            what = "alloc";
+        } else if (!eq && strcmp(it, "nozerocopy") == 0) {
+            p->no_zero_copy = true;
+            p->unified_memory = false;
+            what = "nozerocopy";
+        }
+        const char *sep = o ? ", " : "";
+        const int w = !what ? snprintf(p->clamp + o, sizeof p->clamp - o, "%sbad item \"%s\"", sep, it)
+                      : eq  ? snprintf(p->clamp + o, sizeof p->clamp - o, "%s%s %llu", sep, what, v)
+                            : snprintf(p->clamp + o, sizeof p->clamp - o, "%s%s", sep, what);
+        if (w > 0 && (size_t)w < sizeof p->clamp - o)
+            o += (size_t)w;
+    }
+}
+
 static void probe_device(const idf_cl_api *cl, cl_platform_id pl, cl_device_id d, idf_ocl_probe *p) {
     memset(p, 0, sizeof *p);
     size_t got = 0;
@@ -320,6 +378,26 @@ static void probe_device(const idf_cl_api *cl, cl_platform_id pl, cl_device_id d
     size_t ib = 0;
     if (p->images && cl->clGetDeviceInfo(d, CL_DEVICE_IMAGE_MAX_BUFFER_SIZE, sizeof ib, &ib, NULL) == CL_SUCCESS)
         p->image1d_buffer_max = ib;
+    apply_clamp(p);
+}
+
+/* gemm_tiled.cl's size rule: its block of (gm_tm / gm_wm) x (gm_tn / gm_wn)
+ * work-items within mx, and its float tiles, (gm_tm + gm_tn) * 33 + 16
+ * values, within local bytes; gm_tn halves first, then gm_tm. Where even the
+ * smallest block does not fit, the tiled GEMM is off (gm_min_n = UINT_MAX). */
+static void gemm_shrink(idf_ocl_tuning *t, unsigned mx, uint64_t local) {
+#define GM_FITS()                                                                                                      \
+    ((t->gm_tm / t->gm_wm) * (t->gm_tn / t->gm_wn) <= mx &&                                                            \
+     ((uint64_t)(t->gm_tm + t->gm_tn) * (IDFX_QK + 1) + 16) * sizeof(float) <= local)
+    while (!GM_FITS() && (t->gm_tm > t->gm_wm || t->gm_tn > t->gm_wn)) {
+        if (t->gm_tn > t->gm_wn)
+            t->gm_tn /= 2;
+        else
+            t->gm_tm /= 2;
+    }
+    if (!GM_FITS())
+        t->gm_min_n = UINT_MAX;
+#undef GM_FITS
 }
 
 /* Clamp work-group sizes to what the device allows (a power of two at most
@@ -327,6 +405,8 @@ static void probe_device(const idf_cl_api *cl, cl_platform_id pl, cl_device_id d
 static void tuning_clamp(idf_ocl_tuning *t, idf_ocl_probe *p) {
     if (t->max_alloc_kb && t->max_alloc_kb * 1024 < p->max_alloc)
         p->max_alloc = t->max_alloc_kb * 1024;
+    if (p->no_zero_copy)
+        t->use_host_ptr = false;
     unsigned mx = 1;
     while (mx * 2 <= (p->max_wg ? p->max_wg : 1))
         mx *= 2;
@@ -343,15 +423,22 @@ static void tuning_clamp(idf_ocl_tuning *t, idf_ocl_probe *p) {
         t->gm_wm = t->gm_tm;
     if (t->gm_wn > t->gm_tn)
         t->gm_wn = t->gm_tn;
-    while ((t->gm_tm / t->gm_wm) * (t->gm_tn / t->gm_wn) > mx && (t->gm_tm > t->gm_wm || t->gm_tn > t->gm_wn)) {
-        if (t->gm_tn > t->gm_wn)
-            t->gm_tn /= 2;
-        else
-            t->gm_tm /= 2;
-    }
+    gemm_shrink(t, mx, p->local_mem);
     /* Q4/Q8 groups are tile_rows * mm_lanes; lanes shrink per call when R is large (ops file). */
     if (t->mm_lanes > mx)
         t->mm_lanes = mx;
+}
+
+const char *idf_ocl_auto_skip_reason(const idf_ocl_probe *p, const idf_ocl_tuning *t) {
+    if (p->type & CL_DEVICE_TYPE_CPU)
+        return "a CPU-type device (CL_DEVICE_TYPE_CPU): the native CPU backend is faster on the same cores";
+    if (t->host_cpu)
+        return "runs on the host CPU cores (its tuning file says host_cpu = 1): the native CPU backend is faster";
+    if (!(p->type & (CL_DEVICE_TYPE_GPU | CL_DEVICE_TYPE_ACCELERATOR)))
+        return "neither a GPU nor an accelerator";
+    if (!t->auto_select)
+        return "its tuning file says auto_select = 0";
+    return NULL;
 }
 
 /* ======================================================= device enumeration */
@@ -583,6 +670,37 @@ static idefics_status build_program(idf_ocl_device *dev, idf_err *err) {
     return IDEFICS_OK;
 }
 
+/* The program, built for the tuning's tiled-GEMM block; when the built
+ * gemm_tiled kernel allows fewer work-items than that block
+ * (CL_KERNEL_WORK_GROUP_SIZE below the device's limit: Rusticl 22.3 answers
+ * 32 for every kernel on llvmpipe), rebuilt once with a block that fits
+ * (gemm_tiled.cl's size rule). */
+static idefics_status build_fit(idf_ocl_device *dev, idf_err *err) {
+    IDF_FORWARD(build_program(dev, err));
+    if (dev->tune.gm_min_n == UINT_MAX)
+        return IDEFICS_OK;
+    cl_int e = CL_SUCCESS;
+    cl_kernel k = dev->cl.clCreateKernel(dev->prog, "gemm_tiled", &e);
+    size_t mx = 0;
+    if (k && dev->cl.clGetKernelWorkGroupInfo(k, dev->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof mx, &mx, NULL) !=
+                 CL_SUCCESS)
+        mx = 0;
+    if (k)
+        dev->cl.clReleaseKernel(k);
+    const unsigned block = (dev->tune.gm_tm / dev->tune.gm_wm) * (dev->tune.gm_tn / dev->tune.gm_wn);
+    if (!mx || mx >= block)
+        return IDEFICS_OK;
+    const unsigned tm = dev->tune.gm_tm, tn = dev->tune.gm_tn;
+    gemm_shrink(&dev->tune, (unsigned)mx, dev->probe.local_mem);
+    idf_logf(&dev->log, IDEFICS_LOG_DEBUG, "opencl: gemm_tiled allows %zu work-items, not %u: block %ux%u -> %ux%u%s",
+             mx, block, tm, tn, dev->tune.gm_tm, dev->tune.gm_tn, dev->tune.gm_min_n == UINT_MAX ? " (off)" : "");
+    if (dev->tune.gm_min_n == UINT_MAX)
+        return IDEFICS_OK; /* the kernel is never launched; the program stays */
+    dev->cl.clReleaseProgram(dev->prog);
+    dev->prog = NULL;
+    return build_program(dev, err);
+}
+
 /* ============================================================== self-test */
 
 static double nmse(const float *got, const float *want, size_t n) {
@@ -664,7 +782,7 @@ static idefics_status self_test(idf_ocl_device *dev, idf_err *err) {
     }
     /* the tiled GEMM (prefill shapes): gm_min_n + 3 input rows, so the last
      * row and column blocks are partial */
-    const int64_t GN = dev->tune.gm_min_n + 3;
+    const int64_t GN = dev->tune.gm_min_n <= 4096 ? (int64_t)dev->tune.gm_min_n + 3 : 19;
     gx = idf_malloc(al, (size_t)GN * (K + 2 * M) * sizeof(float));
     if (!gx) {
         st = idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the OpenCL self-test");
@@ -801,16 +919,18 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
                                          : ci_contains(dev->probe.device, want) || ci_contains(dev->probe.platform, want) ||
                                                ci_contains(dev->probe.vendor, want) || ci_contains(dev->probe.version, want))
                         chosen = (int)i;
-                } else if (pass == 0 ? (dev->probe.type & CL_DEVICE_TYPE_GPU) && dev->tune.auto_select
-                                     : !auto_mode || dev->tune.auto_select) {
+                } else if (pass == 0 ? (dev->probe.type & CL_DEVICE_TYPE_GPU) &&
+                                           !idf_ocl_auto_skip_reason(&dev->probe, &dev->tune)
+                                     : !auto_mode || !idf_ocl_auto_skip_reason(&dev->probe, &dev->tune)) {
                     chosen = (int)i;
                 }
             }
         if (chosen < 0)
             st = want ? idf_errf(err, IDEFICS_ERR_NO_DEVICE, "no OpenCL device matches \"%s\" (%u device(s))", want, n)
                       : idf_errf(err, IDEFICS_ERR_NO_DEVICE,
-                                 "no OpenCL device qualifies for AUTO (%u device(s); a CPU OpenCL device such as PoCL "
-                                 "is only used when named: IDEFICS_DEVICE or params.device)",
+                                 "no OpenCL device qualifies for AUTO (%u device(s); AUTO takes GPU and accelerator "
+                                 "devices only: a CPU-type one such as PoCL or llvmpipe is used when named, "
+                                 "IDEFICS_DEVICE or params.device; `idefics devices` says why each is skipped)",
                                  n);
     }
     if (st == IDEFICS_OK) {
@@ -837,7 +957,7 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
                    strcmp(dev->probe.subgroup_ext, "cl_qcom_reqd_sub_group_size") != 0; /* no reductions in that one */
     const bool variant = dev->fp16_math || dev->sg_math;
     if (st == IDEFICS_OK)
-        st = build_program(dev, err);
+        st = build_fit(dev, err);
     if (st == IDEFICS_OK && variant)
         st = self_test(dev, err);
     if (st != IDEFICS_OK && variant && dev->ctx) {
@@ -847,7 +967,7 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
             dev->cl.clReleaseProgram(dev->prog);
         dev->prog = NULL;
         dev->fp16_math = dev->sg_math = false;
-        st = build_program(dev, err);
+        st = build_fit(dev, err);
     }
     if (st == IDEFICS_OK && dev->tune.clblast) {
         /* optional: without the library the matmuls stay on our kernels */
