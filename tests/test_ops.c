@@ -15,6 +15,12 @@
  * too; all of them are checked after every op. An op a backend declines
  * through supports_op counts as skipped, not failed.
  *
+ * Runs: `test_ops` (every backend), `test_ops N` (case N only). With
+ * IDEFICS_TEST_OPENCL_ONLY=1 only cpu-ref and OpenCL run and a missing OpenCL
+ * device skips (77): tests/meson.build's Rusticl and clamped-limits runs pick
+ * the device with IDEFICS_DEVICE and the limits with IDEFICS_OPENCL_CLAMP. A
+ * failed op prints the backend's last_error (OpenCL: call, code, kernel, sizes).
+ *
  * Example case (a row of the table below):
  *   {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 3, .m = 17, .k = 96,
  *    .flags = F_BIAS},
@@ -758,8 +764,12 @@ CPU_ISA_CTOR(cpu_neon_dotprod_create, IDF_CPU_ISA_NEON_DOTPROD)
 #define ISA_DEVICE (-2)
 
 int main(int argc, char **argv) {
-    /* optional: case numbers to run (debugging one case on one device) */
+    /* optional: one case number to run (debugging one case on one device) */
     const int only = argc > 1 ? atoi(argv[1]) : -1;
+    /* IDEFICS_TEST_OPENCL_ONLY=1: the OpenCL runs of tests/meson.build (Rusticl,
+     * clamped limits): only cpu-ref and opencl, and a missing device skips (77) */
+    const char *oo = getenv("IDEFICS_TEST_OPENCL_ONLY");
+    const bool opencl_only = oo && oo[0] == '1';
     /* The reference backend first: it is checked against the naive formulas,
      * and every later entry against it. Faster backends register here. */
     static const struct {
@@ -783,6 +793,8 @@ int main(int argc, char **argv) {
     idf_backend *be[8] = {0};
     idf_err err;
     for (int i = 0; i < nb; i++) {
+        if (opencl_only && i > 0 && backends[i].isa != ISA_DEVICE)
+            continue;
         if (backends[i].isa >= 0 && !idf_cpu_isa_available((idf_cpu_isa)backends[i].isa)) {
             printf("SKIP backend %s: this CPU or build has no %s kernels\n", backends[i].name,
                    idf_cpu_isa_name((idf_cpu_isa)backends[i].isa));
@@ -792,6 +804,8 @@ int main(int argc, char **argv) {
         const idefics_status cst = backends[i].create(2, NULL, &be[i], &err);
         if (cst == IDEFICS_ERR_NO_DEVICE && backends[i].isa == ISA_DEVICE) { /* e.g. no OpenCL device here */
             printf("SKIP backend %s: %s\n", backends[i].name, err.msg);
+            if (opencl_only)
+                return 77;
             be[i] = NULL;
             continue;
         }
@@ -806,6 +820,15 @@ int main(int argc, char **argv) {
         }
     }
 
+    if (opencl_only) {
+        bool any = false;
+        for (int i = 0; i < nb; i++)
+            any = any || (be[i] && backends[i].isa == ISA_DEVICE);
+        if (!any) {
+            printf("SKIP: IDEFICS_TEST_OPENCL_ONLY and no OpenCL backend in this build\n");
+            return 77;
+        }
+    }
     int n_pass = 0, n_fail = 0, n_skip = 0;
     bool covered[IDF_OP_COUNT] = {0};
     const int nc = (int)(sizeof cases / sizeof cases[0]);
