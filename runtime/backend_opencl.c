@@ -981,6 +981,8 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
         st = self_test(dev, err); /* the plain build (a variant was tested above) */
     if (st == IDEFICS_OK && dev->fp16_note[0])
         idf_logf(&dev->log, IDEFICS_LOG_INFO, "opencl: %s", dev->fp16_note);
+    if (st == IDEFICS_OK && dev->probe.clamp[0]) /* tests: say which limits are not the driver's */
+        idf_logf(&dev->log, IDEFICS_LOG_INFO, "opencl: limits clamped by IDEFICS_OPENCL_CLAMP: %s", dev->probe.clamp);
     if (st) {
         idf_ocl_device_free(dev);
         return st;
