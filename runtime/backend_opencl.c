@@ -647,7 +647,7 @@ static idefics_status build_program(idf_ocl_device *dev, idf_err *err) {
         dev->prog = dev->cl.clCreateProgramWithSource(dev->ctx, 1, &s, NULL, &e);
         if (!dev->prog || e != CL_SUCCESS) {
             idf_free(&dev->alloc, src);
-            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "clCreateProgramWithSource failed (%d)", (int)e);
+            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "clCreateProgramWithSource failed (%s %d)", idf_cl_err_name(e), (int)e);
         }
         e = dev->cl.clBuildProgram(dev->prog, 1, &dev->device, opts, NULL, NULL);
         if (e != CL_SUCCESS) {
@@ -659,8 +659,8 @@ static idefics_status build_program(idf_ocl_device *dev, idf_err *err) {
                 if (*c == '\n')
                     *c = ' ';
             idf_free(&dev->alloc, src);
-            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "the OpenCL program does not build on %s (%d): %.300s",
-                            dev->probe.device, (int)e, blog);
+            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "the OpenCL program does not build on %s (%s %d): %.300s",
+                            dev->probe.device, idf_cl_err_name(e), (int)e, blog);
         }
         if (have_cache)
             cache_store(dev, path, key);
@@ -824,9 +824,11 @@ static idefics_status self_test(idf_ocl_device *dev, idf_err *err) {
         goto mismatch;
     }
     goto done;
-failed:
-    st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "self-test %s failed on %s: %s", what, dev->probe.device,
-                  idefics_status_str(st));
+failed: {
+    const char *detail = cl->last_error ? cl->last_error(cl->ctx) : "";
+    st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "self-test %s failed on %s: %s%s%.300s", what, dev->probe.device,
+                  idefics_status_str(st), detail[0] ? ": " : "", detail);
+}
     goto done;
 mismatch:
     st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "self-test %s on %s differs from the reference (nmse %.3g)", what,
@@ -943,7 +945,7 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
         const cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)dev->platform, 0};
         dev->ctx = dev->cl.clCreateContext(props, 1, &dev->device, NULL, NULL, &e);
         if (!dev->ctx || e != CL_SUCCESS)
-            st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "clCreateContext on %s failed (%d)", dev->probe.device, (int)e);
+            st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "clCreateContext on %s failed (%s %d)", dev->probe.device, idf_cl_err_name(e), (int)e);
     }
     idf_free(&al, list);
     if (st == IDEFICS_OK && dev->probe.max_wg < 16)
@@ -1069,8 +1071,8 @@ static idefics_status bind_one(idf_ocl_device *dev, idf_weight *w, idf_err *err)
             return idf_errf(err,
                             e == CL_MEM_OBJECT_ALLOCATION_FAILURE || e == CL_OUT_OF_RESOURCES ? IDEFICS_ERR_OUT_OF_MEMORY
                                                                                                : IDEFICS_ERR_BACKEND,
-                            "cannot make an OpenCL buffer of %.1f MiB for weight %s (%d)", (double)len / 1048576.0,
-                            w->name, (int)e);
+                            "cannot make an OpenCL buffer of %.1f MiB for weight %s (%s %d)", (double)len / 1048576.0,
+                            w->name, idf_cl_err_name(e), (int)e);
         if (zero_copy)
             dev->w_zero_copy += len;
         else
@@ -1145,7 +1147,7 @@ static idefics_status const_add(idf_ocl_device *dev, const float *p, uint64_t n,
     cl_mem m = dev->cl.clCreateBuffer(dev->ctx, CL_MEM_READ_ONLY | (zero_copy ? CL_MEM_USE_HOST_PTR : CL_MEM_COPY_HOST_PTR),
                                       bytes, (void *)(uintptr_t)p, &e);
     if (!m || e != CL_SUCCESS)
-        return idf_errf(err, IDEFICS_ERR_BACKEND, "cannot make an OpenCL buffer for a model vector (%d)", (int)e);
+        return idf_errf(err, IDEFICS_ERR_BACKEND, "cannot make an OpenCL buffer for a model vector (%s %d)", idf_cl_err_name(e), (int)e);
     dev->consts[dev->n_consts++] = (idf_ocl_const){(const uint8_t *)p, bytes, m};
     return IDEFICS_OK;
 }

@@ -1045,15 +1045,15 @@ idefics_status idf_backend_opencl_create(idf_ocl_device *dev, const idf_alloc *a
     }
     if (!c->q || e != CL_SUCCESS) {
         ocl_free(b);
-        return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "cannot create an OpenCL queue on %s (%d)", dev->probe.device,
-                        (int)e);
+        return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "cannot create an OpenCL queue on %s (%s %d)", dev->probe.device,
+                        idf_cl_err_name(e), (int)e);
     }
     for (int i = 0; i < K_COUNT; i++) {
         c->k[i] = c->cl->clCreateKernel(dev->prog, kernel_names[i], &e);
         if (!c->k[i] || e != CL_SUCCESS) {
             ocl_free(b);
-            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "OpenCL kernel %s is missing from the program (%d)",
-                            kernel_names[i], (int)e);
+            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "OpenCL kernel %s is missing from the program (%s %d)",
+                            kernel_names[i], idf_cl_err_name(e), (int)e);
         }
         /* the kernel's own limits, never above the device's (which a test
          * clamp may have lowered: IDEFICS_OPENCL_CLAMP) */
@@ -1075,7 +1075,7 @@ idefics_status idf_backend_opencl_create(idf_ocl_device *dev, const idf_alloc *a
                                         (void *)(uintptr_t)IDFX_Q4_CODEBOOK, &e);
     if (!c->dummy || !c->book) {
         ocl_free(b);
-        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "cannot create a small OpenCL buffer (%d)", (int)e);
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "cannot create a small OpenCL buffer (%s %d)", idf_cl_err_name(e), (int)e);
     }
     *out = b;
     return IDEFICS_OK;
