@@ -479,8 +479,10 @@ static bool ocl_supports(void *vctx, const idf_op_desc *d) {
             return false;
         return (uint64_t)d->n * (uint64_t)d->k * 4 <= c->dev->probe.max_alloc;
     }
-    case IDF_OP_ATTENTION:
-        return d->kv_type == IDEFICS_KV_F32 || d->kv_type == IDEFICS_KV_F16;
+    case IDF_OP_ATTENTION: /* attention.cl's size rule: the query head and one work-item's share in local memory */
+        return (d->kv_type == IDEFICS_KV_F32 || d->kv_type == IDEFICS_KV_F16) && d->k > 0 &&
+               (uint64_t)(d->k + 1) * sizeof(float) <=
+                   c->klocal[d->kv_type == IDEFICS_KV_F32 ? K_ATTN_F32 : K_ATTN_F16];
     default:
         return d->op < IDF_OP_COUNT;
     }
