@@ -418,6 +418,48 @@ IDEFICS_API idefics_status idefics_session_restore(idefics_session *session, con
 IDEFICS_API size_t idefics_snapshot_bytes(const idefics_snapshot *snapshot); /* memory it holds */
 IDEFICS_API void idefics_snapshot_free(idefics_snapshot *snapshot);          /* NULL is fine */
 
+/* ---------------------------------------- device list (issue 16) */
+
+/* What a device is, as its driver reports it (CL_DEVICE_TYPE). */
+typedef enum idefics_device_type {
+    IDEFICS_DEVICE_CPU = 0,
+    IDEFICS_DEVICE_GPU = 1,
+    IDEFICS_DEVICE_ACCELERATOR = 2,
+    IDEFICS_DEVICE_OTHER = 3,
+} idefics_device_type;
+
+/* One device a model could run on: the native CPU backend (always entry 0),
+ * then every OpenCL device of every platform. Strings are NUL-terminated and
+ * cut to fit. Sizes are what the device reports (lowered by the test-only
+ * IDEFICS_OPENCL_CLAMP where that is set). */
+typedef struct idefics_device_info {
+    idefics_backend backend;        /* IDEFICS_BACKEND_CPU or IDEFICS_BACKEND_OPENCL */
+    int index;                      /* OpenCL: what params.device / IDEFICS_DEVICE select ("2"); CPU: 0 */
+    char name[128];                 /* device name; CPU: "cpu" */
+    char platform[128];             /* OpenCL platform name; CPU: "idefics" */
+    char version[160];              /* OpenCL device version and driver; CPU: the library version */
+    char kernels[64];               /* CPU: the kernel set this CPU runs ("avx512vnni", "avx2", "neon-dotprod",
+                                       "scalar"); OpenCL: the tuning file matched ("gpu/pocl-cpu.ini") */
+    idefics_device_type type;
+    uint64_t memory_bytes;          /* OpenCL: CL_DEVICE_GLOBAL_MEM_SIZE; CPU: 0 (the host's) */
+    uint64_t local_memory_bytes;    /* OpenCL: CL_DEVICE_LOCAL_MEM_SIZE */
+    uint64_t max_alloc_bytes;       /* OpenCL: CL_DEVICE_MAX_MEM_ALLOC_SIZE */
+    uint32_t max_work_group;        /* OpenCL: CL_DEVICE_MAX_WORK_GROUP_SIZE */
+    uint32_t compute_units;         /* OpenCL: CL_DEVICE_MAX_COMPUTE_UNITS; CPU: online cores */
+    bool auto_ok;                   /* IDEFICS_BACKEND_AUTO would use it (OpenCL: still after its self-test) */
+    char auto_why[160];             /* when !auto_ok: why AUTO skips it ("a CPU-type device ..."); else "" */
+} idefics_device_info;
+
+/* Lists the devices into out[0 .. max) and sets *n_devices to how many there
+ * are (which may exceed max: call with max = 0 to count). Never opens a
+ * context or builds a program; safe from any thread. A machine without
+ * OpenCL (no library, no platform, a build without the backend) still lists
+ * the CPU entry and returns IDEFICS_OK; err gets why no OpenCL device was
+ * listed ("" when some were). IDEFICS_ERR_INVALID_ARG for a NULL n_devices,
+ * or out == NULL with max > 0. */
+IDEFICS_API idefics_status idefics_list_devices(idefics_device_info *out, int max, int *n_devices, char *err,
+                                                size_t err_size);
+
 /* ----------------------------------------------------------- board profiles */
 
 /* Defaults for a device from the board data (boards/README.md): name is a board

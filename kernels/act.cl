@@ -6,6 +6,9 @@
  * Every array is a (buffer, byte offset) pair (prelude.cl IDF_AT).
  * Work-item mapping: one work-item per element, global size rounded up to the
  * work-group size; work-items past n do nothing.
+ *
+ * Size rule (backend_opencl_ops.c elem): the tuning's wg_elem, halved until it
+ * fits the kernel's work-group limit (capped by the device's); no local memory.
  */
 __kernel void gelu(__global float *x, ulong xo, uint n) { /* exact (erf) GELU, as HF "gelu" */
     x = IDF_AT(__global float *, x, xo);

@@ -15,6 +15,10 @@
  * dimension d over the keys (adjacent work-items read adjacent values of a
  * V row: coalesced). Scores stay fp32 end to end. A row whose every key is
  * masked (-inf) or that sees no key outputs zeros, as the reference does.
+ * Size rule (backend_opencl_ops.c ocl_attention): the tuning's wg_attn, halved
+ * until it fits the kernel's work-group limit (capped by the device's) and
+ * head_dim + wg floats fit the local memory left to the kernel; declined
+ * (CPU) when not even one work-item's share fits.
  */
 static inline float kv_ld(__global const void *p, size_t idx, int f16) {
     return f16 ? vload_half(idx, (__global const half *)p) : ((__global const float *)p)[idx];

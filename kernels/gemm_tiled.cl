@@ -25,6 +25,16 @@
  * Compute type: tiles are IDF_CT (half on fp16 builds: half the local memory,
  * twice the ALU rate on Adreno/Mali); one step's 32 products are summed in
  * IDF_CT and added to the float accumulators, so the reduction over K is fp32.
+ * book is the Q4 codebook (quant.h says why it is an argument).
+ *
+ * Size rule (backend_opencl.c tuning_clamp and gemm_fit): the block is fixed
+ * at build time (reqd_work_group_size), so the build options are chosen from
+ * the limits: (GM_TM / GM_WM) * (GM_TN / GM_WN) work-items within
+ * CL_DEVICE_MAX_WORK_GROUP_SIZE, and (GM_TM + GM_TN) * 33 + 16 IDF_CT of
+ * tiles within CL_DEVICE_LOCAL_MEM_SIZE; GM_TN halves first, then GM_TM. If
+ * the built kernel's CL_KERNEL_WORK_GROUP_SIZE is smaller still, the program
+ * is rebuilt once with a block that fits it; where no block fits, matmuls
+ * stay on matmul_q4/q8/f.cl.
  */
 #ifndef GM_TM
 #define GM_TM 32 /* weight rows per work-group: more rows share each loaded input tile */
@@ -44,7 +54,8 @@
 
 __kernel __attribute__((reqd_work_group_size(GM_LX, GM_LY, 1))) void
 gemm_tiled(__global const uchar *w, uint type, uint R, uint rows, __global const float *x, ulong xo, uint n, uint k,
-           __global const float *bias, ulong bo, uint has_bias, __global float *y, ulong yo, uint ldy) {
+           __global const float *bias, ulong bo, uint has_bias, __global float *y, ulong yo, uint ldy,
+           __constant char *book) {
     __local IDF_CT wt[GM_TM * GM_PAD];
     __local IDF_CT xt[GM_TN * GM_PAD];
     __local IDF_CT cb[16];
@@ -54,7 +65,7 @@ gemm_tiled(__global const uchar *w, uint type, uint R, uint rows, __global const
     const uint lx = get_local_id(0), ly = get_local_id(1), lid = ly * GM_LX + lx, nl = GM_LX * GM_LY;
     const uint m0 = get_group_id(0) * GM_TM, i0 = get_group_id(1) * GM_TN;
     for (uint i = lid; i < 16; i += nl)
-        cb[i] = (IDF_CT)IDFX_Q4_CODEBOOK[i]; /* local copy: divergent constant reads serialise on mobile GPUs */
+        cb[i] = (IDF_CT)book[i]; /* local copy: divergent constant reads serialise on mobile GPUs */
     const uint ng = (k + IDFX_QK - 1) / IDFX_QK;
     const uint qb = type == IDFX_TYPE_Q4 ? IDFX_Q4_QBYTES : IDFX_Q8_QBYTES;
     const size_t tile_bytes = (size_t)ng * R * (IDFX_SCALE_BYTES + qb); /* ROWTILE: k % 32 == 0 */

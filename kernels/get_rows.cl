@@ -6,10 +6,14 @@
  * y [n, k] fp32. ROWTILE element (r, j): tile r / R, scale at
  * ((j/32) * R + r % R) * 2 bytes, quants after the ng * R scales.
  * Work-item mapping: global (k, n), one work-item per output element,
- * dimension 0 along the row.
+ * dimension 0 along the row. book is the Q4 codebook (quant.h says why it is
+ * an argument).
+ *
+ * Size rule: no local size (NULL: the driver chooses within its limits) and
+ * no local memory; any device runs it.
  */
 __kernel void get_rows(__global const uchar *w, uint type, uint R, uint k, __global const int *ids, ulong io,
-                       __global float *y, ulong yo) {
+                       __global float *y, ulong yo, __constant char *book) {
     ids = IDF_AT(__global const int *, ids, io);
     y = IDF_AT(__global float *, y, yo);
     const uint j = get_global_id(0), i = get_global_id(1);
@@ -28,7 +32,7 @@ __kernel void get_rows(__global const uchar *w, uint type, uint R, uint k, __glo
         if (type == IDFX_TYPE_Q8)
             v = d * (float)((__global const char *)q)[e];
         else
-            v = d * (float)IDFX_Q4_CODEBOOK[e < 16 ? (q[e] & 15) : (q[e - 16] >> 4)];
+            v = d * (float)book[e < 16 ? (q[e] & 15) : (q[e - 16] >> 4)];
     }
     y[(size_t)i * k + j] = v;
 }

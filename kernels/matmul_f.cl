@@ -13,6 +13,12 @@
  * work-item, reusing each loaded weight chunk NB times (prefill with n >=
  * gm_min_n uses gemm_tiled.cl). x, bias and y are (buffer, byte offset)
  * pairs. Arithmetic is float: an F16/F32 row dot is one long reduction.
+ *
+ * Size rule (backend_opencl_ops.c matmul_chunk): start from the tuning's
+ * f_lanes x f_rows; halve the rows, then the lanes, until lanes * rows fits
+ * the kernel's CL_KERNEL_WORK_GROUP_SIZE (capped by the device's) and the
+ * partial sums, lanes * rows * NB floats, fit the local memory left to the
+ * kernel. Smallest: one work-item and 4 * NB bytes.
  */
 #ifndef MM_NB
 #define MM_NB 4 /* input rows per work-item in the prefill kernel */

@@ -9,6 +9,10 @@
  * two). Each work-item reads its own elements before writing them, so y == x
  * is safe. LayerNorm takes two passes (mean, then variance about the mean),
  * as torch does, rather than E[x^2] - mean^2, which cancels badly.
+ *
+ * Size rule (backend_opencl_ops.c norm): the tuning's wg_norm, halved until it
+ * fits the kernel's work-group limit (capped by the device's) and wg floats
+ * fit the local memory left to the kernel. Smallest: one work-item, 4 bytes.
  */
 __kernel void rmsnorm(__global const float *x, ulong xo, __global const float *w, ulong wo, float eps, uint dim,
                       __global float *y, ulong yo, __local float *red) {

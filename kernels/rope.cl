@@ -10,6 +10,8 @@
  * the table transformers builds): OpenCL's pow may differ by ulps, and at
  * position 2000 one ulp of inv_freq is a visible angle error. The angle is
  * pos * inv_freq in fp32, as in transformers.
+ * Size rule: no local size (the driver chooses within its limits), no local
+ * memory; any device runs it.
  */
 __kernel void rope(__global float *x, ulong xo, __global const float *inv_freq, uint stride, uint head_dim, int pos0) {
     x = IDF_AT(__global float *, x, xo);

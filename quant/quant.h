@@ -69,7 +69,12 @@
     { -117, -86, -65, -49, -36, -24, -13, -2, 9, 20, 33, 47, 62, 78, 98, 127 }
 
 #ifdef __OPENCL_VERSION__
-__constant char IDFX_Q4_CODEBOOK[16] = IDFX_Q4_CODEBOOK_INIT;
+/* No program-scope __constant copy for OpenCL: the kernels take the codebook
+ * as a __constant kernel argument (a 16-byte buffer the backend uploads from
+ * IDFX_Q4_CODEBOOK). Mesa's Rusticl turns every read of program-scope
+ * constant data into a read of a hidden kernel argument placed at the read,
+ * and a read inside divergent control flow is one llvmpipe can only treat as
+ * uniform (its "load_kernel_arg in control flow" warning). */
 #else /* ---------------------------------------------------------- C only below */
 
 #include <stddef.h>

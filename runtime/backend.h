@@ -29,7 +29,7 @@
 #include "internal.h"
 
 /* Bumped whenever a slot's signature or meaning changes. */
-#define IDF_BACKEND_API_VERSION 2 /* 2: register_host, host_access */
+#define IDF_BACKEND_API_VERSION 3 /* 2: register_host, host_access; 3: last_error */
 
 typedef enum idf_op {
     IDF_OP_MATMUL = 0, /* y[n, m] = x[n, k] W[m, k]^T (+ bias[m]) */
@@ -139,6 +139,12 @@ struct idf_backend {
      * memory. Ops on unregistered memory stay synchronous, as above. */
     idefics_status (*register_host)(void *ctx, void *p, size_t bytes);
     idefics_status (*host_access)(void *ctx, const void *p, size_t bytes);
+
+    /* (optional) Why the backend's last failed op failed, in words a bug
+     * report can use (for OpenCL: the call, its error code and name, the
+     * kernel and its global and local sizes), or "" when it has nothing to
+     * add. Valid until the next op; NULL slot = nothing to add. */
+    const char *(*last_error)(void *ctx);
 };
 
 /* The scalar fp32 reference backend (backend_ref.c). n_threads <= 0 = all cores. */

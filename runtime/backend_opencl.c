@@ -15,6 +15,7 @@
 #include "backend_opencl.h"
 
 #include <ctype.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,40 @@
 static const char *const program_files[] = {"prelude.cl", "quant.h",      "matmul_q4.cl", "matmul_q8.cl",
                                             "matmul_f.cl", "gemm_tiled.cl", "norm.cl",     "rope.cl",
                                             "attention.cl", "act.cl",       "get_rows.cl"};
+
+/* ============================================================ error names */
+
+const char *idf_cl_err_name(cl_int e) {
+    static const char *const names[] = {
+        "CL_SUCCESS", "CL_DEVICE_NOT_FOUND", "CL_DEVICE_NOT_AVAILABLE", "CL_COMPILER_NOT_AVAILABLE",
+        "CL_MEM_OBJECT_ALLOCATION_FAILURE", "CL_OUT_OF_RESOURCES", "CL_OUT_OF_HOST_MEMORY",
+        "CL_PROFILING_INFO_NOT_AVAILABLE", "CL_MEM_COPY_OVERLAP", "CL_IMAGE_FORMAT_MISMATCH",
+        "CL_IMAGE_FORMAT_NOT_SUPPORTED", "CL_BUILD_PROGRAM_FAILURE", "CL_MAP_FAILURE",
+        "CL_MISALIGNED_SUB_BUFFER_OFFSET", "CL_EXEC_STATUS_ERROR_FOR_EVENTS_IN_WAIT_LIST", "CL_COMPILE_PROGRAM_FAILURE",
+        "CL_LINKER_NOT_AVAILABLE", "CL_LINK_PROGRAM_FAILURE", "CL_DEVICE_PARTITION_FAILED",
+        "CL_KERNEL_ARG_INFO_NOT_AVAILABLE"}; /* 0 .. -19 */
+    static const char *const names30[] = {
+        "CL_INVALID_VALUE", "CL_INVALID_DEVICE_TYPE", "CL_INVALID_PLATFORM", "CL_INVALID_DEVICE",
+        "CL_INVALID_CONTEXT", "CL_INVALID_QUEUE_PROPERTIES", "CL_INVALID_COMMAND_QUEUE", "CL_INVALID_HOST_PTR",
+        "CL_INVALID_MEM_OBJECT", "CL_INVALID_IMAGE_FORMAT_DESCRIPTOR", "CL_INVALID_IMAGE_SIZE", "CL_INVALID_SAMPLER",
+        "CL_INVALID_BINARY", "CL_INVALID_BUILD_OPTIONS", "CL_INVALID_PROGRAM", "CL_INVALID_PROGRAM_EXECUTABLE",
+        "CL_INVALID_KERNEL_NAME", "CL_INVALID_KERNEL_DEFINITION", "CL_INVALID_KERNEL", "CL_INVALID_ARG_INDEX",
+        "CL_INVALID_ARG_VALUE", "CL_INVALID_ARG_SIZE", "CL_INVALID_KERNEL_ARGS", "CL_INVALID_WORK_DIMENSION",
+        "CL_INVALID_WORK_GROUP_SIZE", "CL_INVALID_WORK_ITEM_SIZE", "CL_INVALID_GLOBAL_OFFSET",
+        "CL_INVALID_EVENT_WAIT_LIST", "CL_INVALID_EVENT", "CL_INVALID_OPERATION", "CL_INVALID_GL_OBJECT",
+        "CL_INVALID_BUFFER_SIZE", "CL_INVALID_MIP_LEVEL", "CL_INVALID_GLOBAL_WORK_SIZE", "CL_INVALID_PROPERTY",
+        "CL_INVALID_IMAGE_DESCRIPTOR", "CL_INVALID_COMPILER_OPTIONS", "CL_INVALID_LINKER_OPTIONS",
+        "CL_INVALID_DEVICE_PARTITION_COUNT", "CL_INVALID_PIPE_SIZE", "CL_INVALID_DEVICE_QUEUE",
+        "CL_INVALID_SPEC_ID", "CL_MAX_SIZE_RESTRICTION_EXCEEDED"}; /* -30 .. -72 */
+    _Static_assert(sizeof names / sizeof names[0] == 20 && sizeof names30 / sizeof names30[0] == 43, "code tables");
+    if (e <= 0 && e >= -19)
+        return names[-e];
+    if (e <= -30 && e >= -72)
+        return names30[-30 - e];
+    if (e == -1001)
+        return "CL_PLATFORM_NOT_FOUND_KHR";
+    return "unknown OpenCL error";
+}
 
 /* ============================================================ embedded files */
 
@@ -182,6 +217,8 @@ static bool ini_apply(const char *text, size_t len, const idf_ocl_probe *p, idf_
                 t->subgroups = u != 0;
             else if (strcmp(key, "auto_select") == 0)
                 t->auto_select = u != 0;
+            else if (strcmp(key, "host_cpu") == 0)
+                t->host_cpu = u != 0;
             else if (strcmp(key, "use_host_ptr") == 0)
                 t->use_host_ptr = u != 0;
             else if (strcmp(key, "max_alloc_kb") == 0)
@@ -246,6 +283,61 @@ static unsigned dev_uint(const idf_cl_api *cl, cl_device_id d, cl_device_info wh
     return cl->clGetDeviceInfo(d, what, sizeof v, &v, NULL) == CL_SUCCESS ? v : 0;
 }
 
+/* IDEFICS_OPENCL_CLAMP="local=16384,wg=256,alloc=268435456,nozerocopy" (test
+ * only; sizes in bytes, K/M/G suffixes allowed): lower what the device
+ * reports to the limits of the small GPUs we target, so a CPU device in CI
+ * exercises the size rules the kernels' header comments give. Values only
+ * ever lower a limit; an item that does not parse is named in p->clamp. */
+static void apply_clamp(idf_ocl_probe *p) {
+    const char *env = getenv("IDEFICS_OPENCL_CLAMP");
+    p->clamp[0] = '\0';
+    if (!env || !env[0])
+        return;
+    char buf[160];
+    snprintf(buf, sizeof buf, "%s", env);
+    size_t o = 0;
+    for (char *save = NULL, *it = strtok_r(buf, ",", &save); it; it = strtok_r(NULL, ",", &save)) {
+        it = trim(it);
+        char *eq = strchr(it, '=');
+        unsigned long long v = 0;
+        bool ok = false;
+        if (eq) {
+            char *end;
+            v = strtoull(eq + 1, &end, 10);
+            const unsigned long long mul = *end == 'K' || *end == 'k'   ? 1ull << 10
+                                           : *end == 'M' || *end == 'm' ? 1ull << 20
+                                           : *end == 'G' || *end == 'g' ? 1ull << 30
+                                                                        : 1;
+            if (mul > 1)
+                end++;
+            ok = end != eq + 1 && !*end && v > 0 && v <= (1ull << 40);
+            v *= mul;
+            *eq = '\0';
+        }
+        const char *what = NULL;
+        if (ok && strcmp(it, "local") == 0) {
+            p->local_mem = v < p->local_mem ? v : p->local_mem;
+            what = "local";
+        } else if (ok && strcmp(it, "wg") == 0) {
+            p->max_wg = v < p->max_wg ? (unsigned)v : p->max_wg;
+            what = "wg";
+        } else if (ok && strcmp(it, "alloc") == 0) {
+            p->max_alloc = v < p->max_alloc ? v : p->max_alloc;
+            what = "alloc";
+        } else if (!eq && strcmp(it, "nozerocopy") == 0) {
+            p->no_zero_copy = true;
+            p->unified_memory = false;
+            what = "nozerocopy";
+        }
+        const char *sep = o ? ", " : "";
+        const int w = !what ? snprintf(p->clamp + o, sizeof p->clamp - o, "%sbad item \"%s\"", sep, it)
+                      : eq  ? snprintf(p->clamp + o, sizeof p->clamp - o, "%s%s %llu", sep, what, v)
+                            : snprintf(p->clamp + o, sizeof p->clamp - o, "%s%s", sep, what);
+        if (w > 0 && (size_t)w < sizeof p->clamp - o)
+            o += (size_t)w;
+    }
+}
+
 static void probe_device(const idf_cl_api *cl, cl_platform_id pl, cl_device_id d, idf_ocl_probe *p) {
     memset(p, 0, sizeof *p);
     size_t got = 0;
@@ -286,6 +378,26 @@ static void probe_device(const idf_cl_api *cl, cl_platform_id pl, cl_device_id d
     size_t ib = 0;
     if (p->images && cl->clGetDeviceInfo(d, CL_DEVICE_IMAGE_MAX_BUFFER_SIZE, sizeof ib, &ib, NULL) == CL_SUCCESS)
         p->image1d_buffer_max = ib;
+    apply_clamp(p);
+}
+
+/* gemm_tiled.cl's size rule: its block of (gm_tm / gm_wm) x (gm_tn / gm_wn)
+ * work-items within mx, and its float tiles, (gm_tm + gm_tn) * 33 + 16
+ * values, within local bytes; gm_tn halves first, then gm_tm. Where even the
+ * smallest block does not fit, the tiled GEMM is off (gm_min_n = UINT_MAX). */
+static void gemm_shrink(idf_ocl_tuning *t, unsigned mx, uint64_t local) {
+#define GM_FITS()                                                                                                      \
+    ((t->gm_tm / t->gm_wm) * (t->gm_tn / t->gm_wn) <= mx &&                                                            \
+     ((uint64_t)(t->gm_tm + t->gm_tn) * (IDFX_QK + 1) + 16) * sizeof(float) <= local)
+    while (!GM_FITS() && (t->gm_tm > t->gm_wm || t->gm_tn > t->gm_wn)) {
+        if (t->gm_tn > t->gm_wn)
+            t->gm_tn /= 2;
+        else
+            t->gm_tm /= 2;
+    }
+    if (!GM_FITS())
+        t->gm_min_n = UINT_MAX;
+#undef GM_FITS
 }
 
 /* Clamp work-group sizes to what the device allows (a power of two at most
@@ -293,6 +405,8 @@ static void probe_device(const idf_cl_api *cl, cl_platform_id pl, cl_device_id d
 static void tuning_clamp(idf_ocl_tuning *t, idf_ocl_probe *p) {
     if (t->max_alloc_kb && t->max_alloc_kb * 1024 < p->max_alloc)
         p->max_alloc = t->max_alloc_kb * 1024;
+    if (p->no_zero_copy)
+        t->use_host_ptr = false;
     unsigned mx = 1;
     while (mx * 2 <= (p->max_wg ? p->max_wg : 1))
         mx *= 2;
@@ -309,15 +423,22 @@ static void tuning_clamp(idf_ocl_tuning *t, idf_ocl_probe *p) {
         t->gm_wm = t->gm_tm;
     if (t->gm_wn > t->gm_tn)
         t->gm_wn = t->gm_tn;
-    while ((t->gm_tm / t->gm_wm) * (t->gm_tn / t->gm_wn) > mx && (t->gm_tm > t->gm_wm || t->gm_tn > t->gm_wn)) {
-        if (t->gm_tn > t->gm_wn)
-            t->gm_tn /= 2;
-        else
-            t->gm_tm /= 2;
-    }
+    gemm_shrink(t, mx, p->local_mem);
     /* Q4/Q8 groups are tile_rows * mm_lanes; lanes shrink per call when R is large (ops file). */
     if (t->mm_lanes > mx)
         t->mm_lanes = mx;
+}
+
+const char *idf_ocl_auto_skip_reason(const idf_ocl_probe *p, const idf_ocl_tuning *t) {
+    if (p->type & CL_DEVICE_TYPE_CPU)
+        return "a CPU-type device (CL_DEVICE_TYPE_CPU): the native CPU backend is faster on the same cores";
+    if (t->host_cpu)
+        return "runs on the host CPU cores (its tuning file says host_cpu = 1): the native CPU backend is faster";
+    if (!(p->type & (CL_DEVICE_TYPE_GPU | CL_DEVICE_TYPE_ACCELERATOR)))
+        return "neither a GPU nor an accelerator";
+    if (!t->auto_select)
+        return "its tuning file says auto_select = 0";
+    return NULL;
 }
 
 /* ======================================================= device enumeration */
@@ -526,7 +647,7 @@ static idefics_status build_program(idf_ocl_device *dev, idf_err *err) {
         dev->prog = dev->cl.clCreateProgramWithSource(dev->ctx, 1, &s, NULL, &e);
         if (!dev->prog || e != CL_SUCCESS) {
             idf_free(&dev->alloc, src);
-            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "clCreateProgramWithSource failed (%d)", (int)e);
+            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "clCreateProgramWithSource failed (%s %d)", idf_cl_err_name(e), (int)e);
         }
         e = dev->cl.clBuildProgram(dev->prog, 1, &dev->device, opts, NULL, NULL);
         if (e != CL_SUCCESS) {
@@ -538,8 +659,8 @@ static idefics_status build_program(idf_ocl_device *dev, idf_err *err) {
                 if (*c == '\n')
                     *c = ' ';
             idf_free(&dev->alloc, src);
-            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "the OpenCL program does not build on %s (%d): %.300s",
-                            dev->probe.device, (int)e, blog);
+            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "the OpenCL program does not build on %s (%s %d): %.300s",
+                            dev->probe.device, idf_cl_err_name(e), (int)e, blog);
         }
         if (have_cache)
             cache_store(dev, path, key);
@@ -547,6 +668,37 @@ static idefics_status build_program(idf_ocl_device *dev, idf_err *err) {
     dev->build_ms = idf_time_ms() - t0;
     idf_free(&dev->alloc, src);
     return IDEFICS_OK;
+}
+
+/* The program, built for the tuning's tiled-GEMM block; when the built
+ * gemm_tiled kernel allows fewer work-items than that block
+ * (CL_KERNEL_WORK_GROUP_SIZE below the device's limit: Rusticl 22.3 answers
+ * 32 for every kernel on llvmpipe), rebuilt once with a block that fits
+ * (gemm_tiled.cl's size rule). */
+static idefics_status build_fit(idf_ocl_device *dev, idf_err *err) {
+    IDF_FORWARD(build_program(dev, err));
+    if (dev->tune.gm_min_n == UINT_MAX)
+        return IDEFICS_OK;
+    cl_int e = CL_SUCCESS;
+    cl_kernel k = dev->cl.clCreateKernel(dev->prog, "gemm_tiled", &e);
+    size_t mx = 0;
+    if (k && dev->cl.clGetKernelWorkGroupInfo(k, dev->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof mx, &mx, NULL) !=
+                 CL_SUCCESS)
+        mx = 0;
+    if (k)
+        dev->cl.clReleaseKernel(k);
+    const unsigned block = (dev->tune.gm_tm / dev->tune.gm_wm) * (dev->tune.gm_tn / dev->tune.gm_wn);
+    if (!mx || mx >= block)
+        return IDEFICS_OK;
+    const unsigned tm = dev->tune.gm_tm, tn = dev->tune.gm_tn;
+    gemm_shrink(&dev->tune, (unsigned)mx, dev->probe.local_mem);
+    idf_logf(&dev->log, IDEFICS_LOG_DEBUG, "opencl: gemm_tiled allows %zu work-items, not %u: block %ux%u -> %ux%u%s",
+             mx, block, tm, tn, dev->tune.gm_tm, dev->tune.gm_tn, dev->tune.gm_min_n == UINT_MAX ? " (off)" : "");
+    if (dev->tune.gm_min_n == UINT_MAX)
+        return IDEFICS_OK; /* the kernel is never launched; the program stays */
+    dev->cl.clReleaseProgram(dev->prog);
+    dev->prog = NULL;
+    return build_program(dev, err);
 }
 
 /* ============================================================== self-test */
@@ -630,7 +782,7 @@ static idefics_status self_test(idf_ocl_device *dev, idf_err *err) {
     }
     /* the tiled GEMM (prefill shapes): gm_min_n + 3 input rows, so the last
      * row and column blocks are partial */
-    const int64_t GN = dev->tune.gm_min_n + 3;
+    const int64_t GN = dev->tune.gm_min_n <= 4096 ? (int64_t)dev->tune.gm_min_n + 3 : 19;
     gx = idf_malloc(al, (size_t)GN * (K + 2 * M) * sizeof(float));
     if (!gx) {
         st = idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the OpenCL self-test");
@@ -672,9 +824,11 @@ static idefics_status self_test(idf_ocl_device *dev, idf_err *err) {
         goto mismatch;
     }
     goto done;
-failed:
-    st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "self-test %s failed on %s: %s", what, dev->probe.device,
-                  idefics_status_str(st));
+failed: {
+    const char *detail = cl->last_error ? cl->last_error(cl->ctx) : "";
+    st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "self-test %s failed on %s: %s%s%.300s", what, dev->probe.device,
+                  idefics_status_str(st), detail[0] ? ": " : "", detail);
+}
     goto done;
 mismatch:
     st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "self-test %s on %s differs from the reference (nmse %.3g)", what,
@@ -767,16 +921,18 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
                                          : ci_contains(dev->probe.device, want) || ci_contains(dev->probe.platform, want) ||
                                                ci_contains(dev->probe.vendor, want) || ci_contains(dev->probe.version, want))
                         chosen = (int)i;
-                } else if (pass == 0 ? (dev->probe.type & CL_DEVICE_TYPE_GPU) && dev->tune.auto_select
-                                     : !auto_mode || dev->tune.auto_select) {
+                } else if (pass == 0 ? (dev->probe.type & CL_DEVICE_TYPE_GPU) &&
+                                           !idf_ocl_auto_skip_reason(&dev->probe, &dev->tune)
+                                     : !auto_mode || !idf_ocl_auto_skip_reason(&dev->probe, &dev->tune)) {
                     chosen = (int)i;
                 }
             }
         if (chosen < 0)
             st = want ? idf_errf(err, IDEFICS_ERR_NO_DEVICE, "no OpenCL device matches \"%s\" (%u device(s))", want, n)
                       : idf_errf(err, IDEFICS_ERR_NO_DEVICE,
-                                 "no OpenCL device qualifies for AUTO (%u device(s); a CPU OpenCL device such as PoCL "
-                                 "is only used when named: IDEFICS_DEVICE or params.device)",
+                                 "no OpenCL device qualifies for AUTO (%u device(s); AUTO takes GPU and accelerator "
+                                 "devices only: a CPU-type one such as PoCL or llvmpipe is used when named, "
+                                 "IDEFICS_DEVICE or params.device; `idefics devices` says why each is skipped)",
                                  n);
     }
     if (st == IDEFICS_OK) {
@@ -789,7 +945,7 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
         const cl_context_properties props[] = {CL_CONTEXT_PLATFORM, (cl_context_properties)dev->platform, 0};
         dev->ctx = dev->cl.clCreateContext(props, 1, &dev->device, NULL, NULL, &e);
         if (!dev->ctx || e != CL_SUCCESS)
-            st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "clCreateContext on %s failed (%d)", dev->probe.device, (int)e);
+            st = idf_errf(err, IDEFICS_ERR_NO_DEVICE, "clCreateContext on %s failed (%s %d)", dev->probe.device, idf_cl_err_name(e), (int)e);
     }
     idf_free(&al, list);
     if (st == IDEFICS_OK && dev->probe.max_wg < 16)
@@ -803,7 +959,7 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
                    strcmp(dev->probe.subgroup_ext, "cl_qcom_reqd_sub_group_size") != 0; /* no reductions in that one */
     const bool variant = dev->fp16_math || dev->sg_math;
     if (st == IDEFICS_OK)
-        st = build_program(dev, err);
+        st = build_fit(dev, err);
     if (st == IDEFICS_OK && variant)
         st = self_test(dev, err);
     if (st != IDEFICS_OK && variant && dev->ctx) {
@@ -813,7 +969,7 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
             dev->cl.clReleaseProgram(dev->prog);
         dev->prog = NULL;
         dev->fp16_math = dev->sg_math = false;
-        st = build_program(dev, err);
+        st = build_fit(dev, err);
     }
     if (st == IDEFICS_OK && dev->tune.clblast) {
         /* optional: without the library the matmuls stay on our kernels */
@@ -827,6 +983,8 @@ idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_a
         st = self_test(dev, err); /* the plain build (a variant was tested above) */
     if (st == IDEFICS_OK && dev->fp16_note[0])
         idf_logf(&dev->log, IDEFICS_LOG_INFO, "opencl: %s", dev->fp16_note);
+    if (st == IDEFICS_OK && dev->probe.clamp[0]) /* tests: say which limits are not the driver's */
+        idf_logf(&dev->log, IDEFICS_LOG_INFO, "opencl: limits clamped by IDEFICS_OPENCL_CLAMP: %s", dev->probe.clamp);
     if (st) {
         idf_ocl_device_free(dev);
         return st;
@@ -913,8 +1071,8 @@ static idefics_status bind_one(idf_ocl_device *dev, idf_weight *w, idf_err *err)
             return idf_errf(err,
                             e == CL_MEM_OBJECT_ALLOCATION_FAILURE || e == CL_OUT_OF_RESOURCES ? IDEFICS_ERR_OUT_OF_MEMORY
                                                                                                : IDEFICS_ERR_BACKEND,
-                            "cannot make an OpenCL buffer of %.1f MiB for weight %s (%d)", (double)len / 1048576.0,
-                            w->name, (int)e);
+                            "cannot make an OpenCL buffer of %.1f MiB for weight %s (%s %d)", (double)len / 1048576.0,
+                            w->name, idf_cl_err_name(e), (int)e);
         if (zero_copy)
             dev->w_zero_copy += len;
         else
@@ -989,7 +1147,7 @@ static idefics_status const_add(idf_ocl_device *dev, const float *p, uint64_t n,
     cl_mem m = dev->cl.clCreateBuffer(dev->ctx, CL_MEM_READ_ONLY | (zero_copy ? CL_MEM_USE_HOST_PTR : CL_MEM_COPY_HOST_PTR),
                                       bytes, (void *)(uintptr_t)p, &e);
     if (!m || e != CL_SUCCESS)
-        return idf_errf(err, IDEFICS_ERR_BACKEND, "cannot make an OpenCL buffer for a model vector (%d)", (int)e);
+        return idf_errf(err, IDEFICS_ERR_BACKEND, "cannot make an OpenCL buffer for a model vector (%s %d)", idf_cl_err_name(e), (int)e);
     dev->consts[dev->n_consts++] = (idf_ocl_const){(const uint8_t *)p, bytes, m};
     return IDEFICS_OK;
 }

@@ -29,7 +29,8 @@ typedef struct idf_ocl_tuning {
     unsigned gm_min_n;         /* input rows from which matmuls use the tiled GEMM */
     bool fp16;                 /* half compute type (IDF_CT) where the device has cl_khr_fp16 */
     bool subgroups;            /* subgroup reductions in the Q4/Q8 matmuls where the device has them */
-    bool auto_select;          /* AUTO may pick the device */
+    bool auto_select;          /* AUTO may pick the device (a family file may opt out) */
+    bool host_cpu;             /* the device executes on the host CPU cores whatever type it reports (llvmpipe) */
     bool use_host_ptr;         /* wrap host memory with CL_MEM_USE_HOST_PTR */
     bool clblast;              /* F32-weight matmuls with n >= clblast_min_n through CLBlast, when it loads */
     unsigned selftest_exp;     /* 0, or N: the self-test allows NMSE 10^-N in every check (quirk; tests) */
@@ -50,6 +51,11 @@ typedef struct idf_ocl_probe {
     uint64_t max_alloc, global_mem, local_mem; /* max_alloc: the driver's value, lowered by tuning max_alloc_kb */
     unsigned compute_units, max_wg, base_align; /* base_align in bytes */
     uint64_t image1d_buffer_max; /* CL_DEVICE_IMAGE_MAX_BUFFER_SIZE, texels */
+    /* IDEFICS_OPENCL_CLAMP (tests: a CPU device made to report a small GPU's
+     * limits): max_alloc, local_mem and max_wg above are already lowered to
+     * it; no_zero_copy turns host-pointer buffers off whatever the tuning says */
+    bool no_zero_copy;
+    char clamp[96]; /* what was clamped ("local 16384, wg 256, ..."), or "" */
 } idf_ocl_probe;
 
 typedef struct idf_ocl_device idf_ocl_device;
@@ -57,7 +63,7 @@ typedef struct idf_ocl_device idf_ocl_device;
 /* Open the device for a model: load the library, pick the device (want: index
  * or name substring; NULL/"" = env IDEFICS_DEVICE, else the first device that
  * qualifies), probe, build (or load the cached) program, run the self-test.
- * auto_mode: skip devices whose tuning says auto_select = 0 unless named.
+ * auto_mode: skip devices idf_ocl_auto_skip_reason names unless named.
  * Any failure returns IDEFICS_ERR_NO_DEVICE (or OUT_OF_MEMORY) with the reason. */
 idefics_status idf_ocl_device_open(const char *want, bool auto_mode, const idf_alloc *alloc, const idf_log *log,
                                    idf_ocl_device **out, idf_err *err);
@@ -98,7 +104,20 @@ idefics_status idf_backend_opencl_create_standalone(int n_threads, const idf_all
 /* Every platform and device, probed, for `idefics devices`. fn gets the flat
  * index (what IDEFICS_DEVICE=N selects) and whether AUTO would consider it. */
 typedef void (*idf_ocl_list_fn)(void *ud, int index, const idf_ocl_probe *p, const idf_ocl_tuning *t);
+
+/* Why AUTO would not use a device, or NULL when it would. AUTO takes only
+ * GPU and accelerator devices: never CL_DEVICE_TYPE_CPU (PoCL, Rusticl's
+ * llvmpipe, Intel's CPU runtime), never one whose tuning file says host_cpu
+ * = 1 (known to run on the host cores whatever type it reports), never one
+ * whose tuning says auto_select = 0. The native CPU backend is faster on the
+ * same cores; such a device is used only when named. */
+const char *idf_ocl_auto_skip_reason(const idf_ocl_probe *p, const idf_ocl_tuning *t);
 idefics_status idf_ocl_list_devices(const idf_alloc *alloc, idf_ocl_list_fn fn, void *ud, idf_err *err);
+
+/* The symbolic name of an OpenCL error code ("CL_INVALID_WORK_GROUP_SIZE"),
+ * or "unknown OpenCL error" for codes outside the 1.2-3.0 and common
+ * extension sets. */
+const char *idf_cl_err_name(cl_int e);
 
 /* ---- inside the backend (backend_opencl.c <-> backend_opencl_ops.c) ---- */
 

@@ -27,6 +27,7 @@
  * cl_khr_fp16, self-tested).
  */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "backend_opencl.h"
@@ -85,8 +86,10 @@ typedef struct ocl_ctx {
     const idf_cl_api *cl;
     cl_command_queue q;
     cl_kernel k[K_COUNT];
-    size_t kmax_wg[K_COUNT]; /* CL_KERNEL_WORK_GROUP_SIZE */
+    size_t kmax_wg[K_COUNT]; /* CL_KERNEL_WORK_GROUP_SIZE, at most the device's (probe) max_wg */
+    uint64_t klocal[K_COUNT]; /* local memory left for __local arguments: the device's less CL_KERNEL_LOCAL_MEM_SIZE */
     cl_mem dummy;            /* bound where an optional array (bias, mask) is absent */
+    cl_mem book;             /* the Q4 codebook, a kernel argument (quant.h says why) */
     cl_mem scores;           /* attention scratch */
     size_t scores_bytes;
     cl_mem rope_inv; /* inv_freq for (rope_theta, rope_hd) */
@@ -95,11 +98,29 @@ typedef struct ocl_ctx {
     ocl_region *reg;
     size_t n_reg, cap_reg;
     idf_ocl_op_stats stats[IDF_OP_COUNT];
+    char err[480]; /* the current op's first failure in words (last_error); cleared when an op starts */
 } ocl_ctx;
 
 /* ---------------------------------------------------------------- helpers */
 
 #define MAX_ELEMS ((int64_t)1 << 31) /* kernels index with uint; sizes are checked against this */
+
+/* Record the current op's first failure: which call, its error code and name
+ * (what last_error reports, and forward.c appends to the op's error). */
+static cl_int note(ocl_ctx *c, cl_int e, const char *call, size_t bytes) {
+    if (e != CL_SUCCESS && !c->err[0])
+        snprintf(c->err, sizeof c->err, "%s%s%.0f%s returned %s (%d)", call, bytes ? " of " : "", (double)bytes,
+                 bytes ? " bytes" : "", idf_cl_err_name(e), (int)e);
+    return e;
+}
+
+static void op_begin(ocl_ctx *c) {
+    c->err[0] = '\0';
+}
+
+static const char *ocl_last_error(void *vctx) {
+    return ((const ocl_ctx *)vctx)->err;
+}
 
 /* A buffer over host memory: read-only input or read-write output. */
 static cl_mem host_buf(ocl_ctx *c, const void *p, size_t bytes, bool out) {
@@ -107,6 +128,8 @@ static cl_mem host_buf(ocl_ctx *c, const void *p, size_t bytes, bool out) {
     cl_mem_flags fl = (out ? CL_MEM_READ_WRITE : CL_MEM_READ_ONLY) | (zc ? CL_MEM_USE_HOST_PTR : CL_MEM_COPY_HOST_PTR);
     cl_int e = CL_SUCCESS;
     cl_mem m = c->cl->clCreateBuffer(c->dev->ctx, fl, bytes ? bytes : 4, (void *)(uintptr_t)p, &e);
+    note(c, e == CL_SUCCESS && !m ? CL_MEM_OBJECT_ALLOCATION_FAILURE : e,
+         zc ? "clCreateBuffer(USE_HOST_PTR)" : "clCreateBuffer(COPY_HOST_PTR)", bytes);
     return e == CL_SUCCESS ? m : NULL;
 }
 
@@ -116,11 +139,12 @@ static cl_int finish_out(ocl_ctx *c, cl_mem m, void *p, size_t bytes) {
         cl_int e = CL_SUCCESS;
         void *mp = c->cl->clEnqueueMapBuffer(c->q, m, CL_TRUE, CL_MAP_READ, 0, bytes, 0, NULL, NULL, &e);
         if (e != CL_SUCCESS)
-            return e;
-        e = c->cl->clEnqueueUnmapMemObject(c->q, m, mp, 0, NULL, NULL);
-        return e == CL_SUCCESS ? c->cl->clFinish(c->q) : e;
+            return note(c, e, "clEnqueueMapBuffer (an output)", bytes);
+        e = note(c, c->cl->clEnqueueUnmapMemObject(c->q, m, mp, 0, NULL, NULL), "clEnqueueUnmapMemObject", 0);
+        return e == CL_SUCCESS ? note(c, c->cl->clFinish(c->q), "clFinish", 0) : e;
     }
-    return c->cl->clEnqueueReadBuffer(c->q, m, CL_TRUE, 0, bytes, p, 0, NULL, NULL);
+    return note(c, c->cl->clEnqueueReadBuffer(c->q, m, CL_TRUE, 0, bytes, p, 0, NULL, NULL),
+                "clEnqueueReadBuffer (an output)", bytes);
 }
 
 static void rel(ocl_ctx *c, cl_mem m) {
@@ -147,6 +171,8 @@ static cl_int piece_release(ocl_ctx *c, ocl_region *r, unsigned i) {
     const cl_int e = r->host_ptr ? c->cl->clEnqueueUnmapMemObject(c->q, r->mem, p->mp, 0, NULL, NULL)
                                   : c->cl->clEnqueueWriteBuffer(c->q, r->mem, CL_FALSE, p->off, p->len,
                                                                 r->base + p->off, 0, NULL, NULL);
+    note(c, e, r->host_ptr ? "clEnqueueUnmapMemObject (session memory)" : "clEnqueueWriteBuffer (session memory)",
+         r->host_ptr ? 0 : p->len);
     r->pc[i] = r->pc[--r->n_pc];
     return e;
 }
@@ -192,6 +218,7 @@ static cl_int region_to_host(ocl_ctx *c, ocl_region *r, size_t off, size_t len) 
                                           NULL, &e);
     else
         e = c->cl->clEnqueueReadBuffer(c->q, r->mem, CL_TRUE, lo, hi - lo, r->base + lo, 0, NULL, NULL);
+    note(c, e, r->host_ptr ? "clEnqueueMapBuffer (session memory)" : "clEnqueueReadBuffer (session memory)", hi - lo);
     if (e == CL_SUCCESS)
         r->n_pc++;
     return e;
@@ -204,6 +231,7 @@ static idefics_status cl_fail(cl_int e) {
 
 static idefics_status ocl_register_host(void *vctx, void *p, size_t bytes) {
     ocl_ctx *c = vctx;
+    op_begin(c);
     if (!p || !bytes)
         return IDEFICS_OK;
     /* a range over the device's largest buffer stays unregistered (its ops are
@@ -223,7 +251,9 @@ static idefics_status ocl_register_host(void *vctx, void *p, size_t bytes) {
     cl_mem m = c->cl->clCreateBuffer(c->dev->ctx, CL_MEM_READ_WRITE | (hp ? CL_MEM_USE_HOST_PTR : 0), bytes,
                                      hp ? p : NULL, &e);
     if (!m || e != CL_SUCCESS)
-        return cl_fail(e);
+        return cl_fail(note(c, e != CL_SUCCESS ? e : CL_MEM_OBJECT_ALLOCATION_FAILURE,
+                            hp ? "clCreateBuffer(USE_HOST_PTR, session memory)" : "clCreateBuffer(session memory)",
+                            bytes));
     ocl_region *r = &c->reg[c->n_reg];
     *r = (ocl_region){.base = p, .bytes = bytes, .mem = m, .host_ptr = hp};
     /* the host owns it at first: mapped (a map of fresh memory costs nothing
@@ -242,6 +272,7 @@ static idefics_status ocl_register_host(void *vctx, void *p, size_t bytes) {
 
 static idefics_status ocl_host_access(void *vctx, const void *p, size_t bytes) {
     ocl_ctx *c = vctx;
+    op_begin(c);
     cl_int e = CL_SUCCESS;
     if (!p) {
         for (size_t i = 0; i < c->n_reg && e == CL_SUCCESS; i++)
@@ -293,7 +324,7 @@ static cl_int bind(ocl_ctx *c, opmem *om, const void *p, size_t bytes, bool out,
             return CL_SUCCESS;
         }
     if (om->n == MAX_TMP)
-        return CL_OUT_OF_RESOURCES;
+        return note(c, CL_OUT_OF_RESOURCES, "binding more than MAX_TMP host arrays in one op", 0);
     cl_mem m = host_buf(c, p, bytes, out);
     if (!m)
         return CL_MEM_OBJECT_ALLOCATION_FAILURE;
@@ -312,7 +343,7 @@ static cl_int op_end(ocl_ctx *c, opmem *om, cl_int e) {
         if (om->out[i])
             e = finish_out(c, om->m[i], om->out[i], om->bytes[i]);
     if (om->n && e == CL_SUCCESS)
-        e = c->cl->clFinish(c->q);
+        e = note(c, c->cl->clFinish(c->q), "clFinish", 0);
     if (e != CL_SUCCESS && om->n)
         c->cl->clFinish(c->q); /* nothing may still read a wrapped host range */
     for (unsigned i = 0; i < om->n; i++)
@@ -329,16 +360,46 @@ typedef struct karg {
 #define KL(bytes) ((karg){(bytes), NULL})
 #define KB(b) KA((b).m), KA((b).off) /* a (buffer, byte offset) pair: two arguments */
 
+/* "160x24" */
+static void fmt_sizes(char *buf, size_t size, cl_uint dims, const size_t *v) {
+    int o = 0;
+    buf[0] = '\0';
+    for (cl_uint d = 0; d < dims && o >= 0 && (size_t)o < size; d++)
+        o += snprintf(buf + o, size - (size_t)o, "%s%zu", d ? "x" : "", v[d]);
+}
+
+/* The launch's failure in words: the call, the code, the kernel, its sizes
+ * and the limits they were chosen from. */
+static cl_int launch_fail(ocl_ctx *c, cl_int e, const char *call, int ki, cl_uint dims, const size_t *gsz,
+                          const size_t *lsz) {
+    if (c->err[0])
+        return e;
+    char g[64], l[64] = "NULL (driver's choice)";
+    fmt_sizes(g, sizeof g, dims, gsz);
+    if (lsz)
+        fmt_sizes(l, sizeof l, dims, lsz);
+    snprintf(c->err, sizeof c->err,
+             "%s returned %s (%d) for kernel %s, global %s, local %s (device: max work-group %u, local memory %llu "
+             "bytes; kernel: max work-group %zu)",
+             call, idf_cl_err_name(e), (int)e, kernel_names[ki], g, l, c->dev->probe.max_wg,
+             (unsigned long long)c->dev->probe.local_mem, c->kmax_wg[ki]);
+    return e;
+}
+
 static cl_int launch(ocl_ctx *c, int ki, const karg *a, int na, cl_uint dims, const size_t *gsz, const size_t *lsz) {
     for (int i = 0; i < na; i++) {
         const cl_int e = c->cl->clSetKernelArg(c->k[ki], (cl_uint)i, a[i].size, a[i].ptr);
-        if (e != CL_SUCCESS)
-            return e;
+        if (e != CL_SUCCESS) {
+            char call[64];
+            snprintf(call, sizeof call, "clSetKernelArg(arg %d, %zu bytes%s)", i, a[i].size, a[i].ptr ? "" : " local");
+            return launch_fail(c, e, call, ki, dims, gsz, lsz);
+        }
     }
     for (cl_uint d = 0; d < dims; d++)
         if (gsz[d] == 0)
             return CL_SUCCESS;
-    return c->cl->clEnqueueNDRangeKernel(c->q, c->k[ki], dims, NULL, gsz, lsz, 0, NULL, NULL);
+    const cl_int e = c->cl->clEnqueueNDRangeKernel(c->q, c->k[ki], dims, NULL, gsz, lsz, 0, NULL, NULL);
+    return e == CL_SUCCESS ? e : launch_fail(c, e, "clEnqueueNDRangeKernel", ki, dims, gsz, lsz);
 }
 
 static uint64_t weight_bytes(const idf_weight *w) {
@@ -378,8 +439,10 @@ static cl_mem weight_buf(ocl_ctx *c, const idf_weight *w, uint32_t ci, int64_t r
         off = (uint64_t)r0 * row;
         len = (uint64_t)(r1 - r0) * row;
     }
-    if (len > c->dev->probe.max_alloc || len > SIZE_MAX)
+    if (len > c->dev->probe.max_alloc || len > SIZE_MAX) {
+        note(c, CL_INVALID_BUFFER_SIZE, "a weight chunk over the device's max alloc", (size_t)len);
         return NULL;
+    }
     *tmp = host_buf(c, (const uint8_t *)w->data + off, (size_t)len, false);
     return *tmp;
 }
@@ -416,8 +479,10 @@ static bool ocl_supports(void *vctx, const idf_op_desc *d) {
             return false;
         return (uint64_t)d->n * (uint64_t)d->k * 4 <= c->dev->probe.max_alloc;
     }
-    case IDF_OP_ATTENTION:
-        return d->kv_type == IDEFICS_KV_F32 || d->kv_type == IDEFICS_KV_F16;
+    case IDF_OP_ATTENTION: /* attention.cl's size rule: the query head and one work-item's share in local memory */
+        return (d->kv_type == IDEFICS_KV_F32 || d->kv_type == IDEFICS_KV_F16) && d->k > 0 &&
+               (uint64_t)(d->k + 1) * sizeof(float) <=
+                   c->klocal[d->kv_type == IDEFICS_KV_F32 ? K_ATTN_F32 : K_ATTN_F16];
     default:
         return d->op < IDF_OP_COUNT;
     }
@@ -452,35 +517,49 @@ static cl_int matmul_chunk(ocl_ctx *c, const idf_weight *w, cl_mem wm, int64_t r
         const cl_uint type = w->type, R = w->tile_rows ? w->tile_rows : 1;
         const size_t g[2] = {((size_t)rows + t->gm_tm - 1) / t->gm_tm * glx, ((size_t)n + t->gm_tn - 1) / t->gm_tn * gly},
                      l[2] = {glx, gly};
-        karg a[14] = {KA(wm), KA(type), KA(R), KA(rows), KB(xb), KA(nn), KA(k), KB(bb), KA(hb), KB(yb), KA(ld)};
-        e = launch(c, K_GEMM, a, 14, 2, g, l);
+        karg a[15] = {KA(wm), KA(type), KA(R),  KA(rows), KB(xb),    KA(nn), KA(k),
+                      KB(bb), KA(hb),   KB(yb), KA(ld),   KA(c->book)};
+        e = launch(c, K_GEMM, a, 15, 2, g, l);
         *w_read += len * (g[1] / gly);
     } else if (e == CL_SUCCESS && w->layout == IDFX_LAYOUT_ROWTILE) {
+        /* matmul_q4/q8.cl's size rule: RG rows (R, or a power of two dividing
+         * it) times lanes work-items within the kernel's work-group limit, and
+         * their partial sums within its local memory; lanes shrink first */
         const bool q4 = w->type == IDFX_TYPE_Q4;
         const int ki = q4 ? (nb == 1 ? K_MM_Q4_NB1 : K_MM_Q4) : (nb == 1 ? K_MM_Q8_NB1 : K_MM_Q8);
         const cl_uint R = w->tile_rows, ng = k / IDFX_QK;
+        cl_uint RG = R;
         size_t lanes = t->mm_lanes;
-        while (lanes > 1 && R * lanes > c->kmax_wg[ki])
+        const uint64_t cbytes = q4 ? 16 * sizeof(float) : 0;
+#define MM_FITS() (RG * lanes <= c->kmax_wg[ki] && (uint64_t)RG * lanes * nb * sizeof(float) + cbytes <= c->klocal[ki])
+        while (lanes > 1 && !MM_FITS())
             lanes /= 2;
-        if (R * lanes > c->kmax_wg[ki]) {
-            e = CL_INVALID_WORK_GROUP_SIZE;
+        while (RG > 1 && !MM_FITS())
+            RG /= 2;
+        if (!MM_FITS()) {
+            const size_t g1[2] = {((size_t)rows + R - 1) / R * R, ((size_t)n + nb - 1) / nb}, l1[2] = {1, 1};
+            e = launch_fail(c, CL_INVALID_WORK_GROUP_SIZE, "no launch: not even one work-item's partial sums fit", ki,
+                            2, g1, l1);
         } else {
             const size_t ntiles = ((size_t)rows + R - 1) / R;
-            const size_t g[2] = {ntiles * R * lanes, ((size_t)n + nb - 1) / nb}, l[2] = {R * lanes, 1};
-            karg a[16] = {KA(wm), KA(R),  KA(ng),  KA(rows),
-                          KB(xb), KA(nn), KA(k),   KB(bb),
-                          KA(hb), KB(yb), KA(ld),  KL(R * lanes * nb * sizeof(float)),
-                          KL(16 * sizeof(float))};
-            e = launch(c, ki, a, q4 ? 16 : 15, 2, g, l);
+            const size_t g[2] = {ntiles * R * lanes, ((size_t)n + nb - 1) / nb}, l[2] = {RG * lanes, 1};
+            karg a[18] = {KA(wm), KA(R),  KA(RG), KA(ng), KA(rows), KB(xb), KA(nn), KA(k), KB(bb), KA(hb), KB(yb),
+                          KA(ld), KL(RG * lanes * nb * sizeof(float)), KA(c->book), KL(16 * sizeof(float))};
+            e = launch(c, ki, a, q4 ? 18 : 16, 2, g, l);
             *w_read += len * g[1];
         }
+#undef MM_FITS
     } else if (e == CL_SUCCESS) {
         const int ki = nb == 1 ? K_MM_F_NB1 : K_MM_F;
+        /* matmul_f.cl's size rule: rows first, then lanes, until the group and
+         * its partial sums fit the kernel's limits */
         size_t lanes = t->f_lanes, rw = t->f_rows;
-        while (lanes * rw > c->kmax_wg[ki] && rw > 1)
+#define MF_FITS() (lanes * rw <= c->kmax_wg[ki] && (uint64_t)lanes * rw * nb * sizeof(float) <= c->klocal[ki])
+        while (!MF_FITS() && rw > 1)
             rw /= 2;
-        while (lanes * rw > c->kmax_wg[ki] && lanes > 1)
+        while (!MF_FITS() && lanes > 1)
             lanes /= 2;
+#undef MF_FITS
         const cl_uint f16 = w->type == IDFX_TYPE_F16;
         const size_t g[3] = {lanes, ((size_t)rows + rw - 1) / rw * rw, ((size_t)n + nb - 1) / nb}, l[3] = {lanes, rw, 1};
         karg a[14] = {KA(wm), KA(f16), KA(rows), KB(xb), KA(nn), KA(k), KB(bb), KA(hb), KB(yb), KA(ld),
@@ -498,6 +577,7 @@ static idefics_status ocl_matmul(void *vctx, const idf_weight *w, const float *b
         return IDEFICS_ERR_INVALID_ARG;
     if (n == 0)
         return IDEFICS_OK;
+    op_begin(c);
     const double t0 = idf_time_ms();
     const uint64_t wb = weight_bytes(w), xe = (uint64_t)n * (uint64_t)w->cols,
                    ye = (uint64_t)(n - 1) * (uint64_t)ldy + (uint64_t)w->rows;
@@ -568,8 +648,8 @@ static cl_int get_rows_run(ocl_ctx *c, const idf_weight *w, cl_mem wm, const int
     if (e == CL_SUCCESS) {
         const cl_uint type = w->type, R = w->tile_rows ? w->tile_rows : 1, k = (cl_uint)w->cols;
         const size_t g[2] = {k, (size_t)n};
-        karg a[8] = {KA(wm), KA(type), KA(R), KA(k), KB(ib), KB(yb)};
-        e = launch(c, K_GET_ROWS, a, 8, 2, g, NULL);
+        karg a[9] = {KA(wm), KA(type), KA(R), KA(k), KB(ib), KB(yb), KA(c->book)};
+        e = launch(c, K_GET_ROWS, a, 9, 2, g, NULL);
     }
     return op_end(c, &om, e);
 }
@@ -584,6 +664,7 @@ static idefics_status ocl_get_rows(void *vctx, const idf_weight *w, const int32_
         return IDEFICS_OK;
     if ((uint64_t)n * (uint64_t)w->cols >= (uint64_t)MAX_ELEMS)
         return IDEFICS_ERR_UNSUPPORTED;
+    op_begin(c);
     const double t0 = idf_time_ms();
     const uint64_t wb = weight_bytes(w);
     const int64_t per = wb ? chunk_rows(c, w, wb) : 0;
@@ -625,6 +706,7 @@ static idefics_status norm(ocl_ctx *c, bool layer, const float *x, const float *
         return IDEFICS_ERR_INVALID_ARG;
     if (n == 0)
         return IDEFICS_OK;
+    op_begin(c);
     const double t0 = idf_time_ms();
     const size_t bytes = (size_t)(n * dim) * 4;
     opmem om = {0};
@@ -637,9 +719,9 @@ static idefics_status norm(ocl_ctx *c, bool layer, const float *x, const float *
     if (e == CL_SUCCESS && b)
         e = bind(c, &om, b, (size_t)dim * 4, false, &bb);
     if (e == CL_SUCCESS) {
-        size_t wg = c->dev->tune.wg_norm;
+        size_t wg = c->dev->tune.wg_norm; /* norm.cl's size rule */
         const int ki = layer ? K_LAYERNORM : K_RMSNORM;
-        while (wg > c->kmax_wg[ki])
+        while (wg > 1 && (wg > c->kmax_wg[ki] || wg * sizeof(float) > c->klocal[ki]))
             wg /= 2;
         const size_t g = (size_t)n * wg;
         const cl_uint d = (cl_uint)dim, hb = b ? 1u : 0u;
@@ -688,7 +770,8 @@ static cl_int rope_table(ocl_ctx *c, float theta, int head_dim) {
     idf_free(&c->alloc, inv);
     if (!c->rope_inv || e != CL_SUCCESS) {
         c->rope_inv = NULL;
-        return e != CL_SUCCESS ? e : CL_MEM_OBJECT_ALLOCATION_FAILURE;
+        return note(c, e != CL_SUCCESS ? e : CL_MEM_OBJECT_ALLOCATION_FAILURE, "clCreateBuffer (rope table)",
+                    (size_t)half * 4);
     }
     c->rope_theta = theta;
     c->rope_hd = head_dim;
@@ -706,6 +789,7 @@ static idefics_status ocl_rope(void *vctx, float *x, int64_t n, int64_t stride, 
     const uint64_t el = (uint64_t)(n - 1) * (uint64_t)stride + (uint64_t)n_heads * (uint64_t)head_dim;
     if (el >= (uint64_t)MAX_ELEMS)
         return IDEFICS_ERR_UNSUPPORTED;
+    op_begin(c);
     const double t0 = idf_time_ms();
     opmem om = {0};
     barg xb;
@@ -737,6 +821,7 @@ static idefics_status ocl_attention(void *vctx, const idf_attn *a) {
         return IDEFICS_ERR_INVALID_ARG;
     if (a->n_q == 0)
         return IDEFICS_OK;
+    op_begin(c);
     const uint64_t qe = (uint64_t)(a->n_q - 1) * (uint64_t)a->q_stride + (uint64_t)row,
                    oe = (uint64_t)(a->n_q - 1) * (uint64_t)a->out_stride + (uint64_t)row,
                    kve = a->n_kv ? (uint64_t)(a->n_kv - 1) * (uint64_t)a->kv_stride + (uint64_t)row : 0,
@@ -747,9 +832,9 @@ static idefics_status ocl_attention(void *vctx, const idf_attn *a) {
         return IDEFICS_ERR_UNSUPPORTED;
     size_t wg = c->dev->tune.wg_attn;
     const int ki = a->kv_type == IDEFICS_KV_F32 ? K_ATTN_F32 : K_ATTN_F16;
-    while (wg > c->kmax_wg[ki])
+    while (wg > 1 && (wg > c->kmax_wg[ki] || (uint64_t)(a->head_dim + wg) * 4 > c->klocal[ki]))
         wg /= 2;
-    if ((uint64_t)(a->head_dim + wg) * 4 > c->dev->probe.local_mem)
+    if ((uint64_t)(a->head_dim + wg) * 4 > c->klocal[ki])
         return IDEFICS_ERR_UNSUPPORTED;
     const double t0 = idf_time_ms();
     if (se * 4 > c->scores_bytes) {
@@ -760,7 +845,8 @@ static idefics_status ocl_attention(void *vctx, const idf_attn *a) {
         c->scores = c->cl->clCreateBuffer(c->dev->ctx, CL_MEM_READ_WRITE, (size_t)se * 4, NULL, &e);
         c->scores_bytes = c->scores ? (size_t)se * 4 : 0;
         if (!c->scores)
-            return cl_fail(e);
+            return cl_fail(note(c, e != CL_SUCCESS ? e : CL_MEM_OBJECT_ALLOCATION_FAILURE,
+                                "clCreateBuffer (attention scores)", (size_t)se * 4));
     }
     opmem om = {0};
     barg qb, ob, kb = {c->dummy, 0}, vb = {c->dummy, 0}, mb = {c->dummy, 0};
@@ -800,6 +886,7 @@ static idefics_status elem(ocl_ctx *c, idf_op op, int ki, float *x, const float 
         return IDEFICS_ERR_INVALID_ARG;
     if (n == 0)
         return IDEFICS_OK;
+    op_begin(c);
     const double t0 = idf_time_ms();
     const size_t bytes = (size_t)n * 4;
     opmem om = {0};
@@ -810,8 +897,8 @@ static idefics_status elem(ocl_ctx *c, idf_op op, int ki, float *x, const float 
     if (e == CL_SUCCESS && a3)
         e = bind(c, &om, a3, bytes, false, &ab);
     if (e == CL_SUCCESS) {
-        size_t wg = c->dev->tune.wg_elem;
-        while (wg > c->kmax_wg[ki])
+        size_t wg = c->dev->tune.wg_elem; /* act.cl's size rule */
+        while (wg > 1 && wg > c->kmax_wg[ki])
             wg /= 2;
         const size_t g = ((size_t)n + wg - 1) / wg * wg;
         const cl_uint nn = (cl_uint)n, d = (cl_uint)dim;
@@ -899,6 +986,7 @@ static void ocl_free(idf_backend *b) {
         for (size_t i = 0; i < c->n_reg; i++)
             rel(c, c->reg[i].mem);
         rel(c, c->dummy);
+        rel(c, c->book);
         rel(c, c->scores);
         rel(c, c->rope_inv);
         if (c->q)
@@ -946,6 +1034,7 @@ idefics_status idf_backend_opencl_create(idf_ocl_device *dev, const idf_alloc *a
         .gated_add = ocl_gated_add,
         .register_host = ocl_register_host,
         .host_access = ocl_host_access,
+        .last_error = ocl_last_error,
     };
     cl_int e = CL_SUCCESS;
     /* clCreateCommandQueue first: every 1.x/2.x/3.x driver has it, while the 2.0
@@ -958,27 +1047,37 @@ idefics_status idf_backend_opencl_create(idf_ocl_device *dev, const idf_alloc *a
     }
     if (!c->q || e != CL_SUCCESS) {
         ocl_free(b);
-        return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "cannot create an OpenCL queue on %s (%d)", dev->probe.device,
-                        (int)e);
+        return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "cannot create an OpenCL queue on %s (%s %d)", dev->probe.device,
+                        idf_cl_err_name(e), (int)e);
     }
     for (int i = 0; i < K_COUNT; i++) {
         c->k[i] = c->cl->clCreateKernel(dev->prog, kernel_names[i], &e);
         if (!c->k[i] || e != CL_SUCCESS) {
             ocl_free(b);
-            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "OpenCL kernel %s is missing from the program (%d)",
-                            kernel_names[i], (int)e);
+            return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "OpenCL kernel %s is missing from the program (%s %d)",
+                            kernel_names[i], idf_cl_err_name(e), (int)e);
         }
+        /* the kernel's own limits, never above the device's (which a test
+         * clamp may have lowered: IDEFICS_OPENCL_CLAMP) */
         size_t mx = 0;
         if (c->cl->clGetKernelWorkGroupInfo(c->k[i], dev->device, CL_KERNEL_WORK_GROUP_SIZE, sizeof mx, &mx, NULL) !=
                 CL_SUCCESS ||
-            mx == 0)
+            mx == 0 || mx > dev->probe.max_wg)
             mx = dev->probe.max_wg;
         c->kmax_wg[i] = mx;
+        cl_ulong kl = 0;
+        if (c->cl->clGetKernelWorkGroupInfo(c->k[i], dev->device, CL_KERNEL_LOCAL_MEM_SIZE, sizeof kl, &kl, NULL) !=
+            CL_SUCCESS)
+            kl = 0;
+        c->klocal[i] = kl < dev->probe.local_mem ? dev->probe.local_mem - kl : 0;
     }
     c->dummy = c->cl->clCreateBuffer(dev->ctx, CL_MEM_READ_WRITE, 64, NULL, &e);
-    if (!c->dummy) {
+    if (c->dummy)
+        c->book = c->cl->clCreateBuffer(dev->ctx, CL_MEM_READ_ONLY | CL_MEM_COPY_HOST_PTR, sizeof IDFX_Q4_CODEBOOK,
+                                        (void *)(uintptr_t)IDFX_Q4_CODEBOOK, &e);
+    if (!c->dummy || !c->book) {
         ocl_free(b);
-        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "cannot create a small OpenCL buffer (%d)", (int)e);
+        return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "cannot create a small OpenCL buffer (%s %d)", idf_cl_err_name(e), (int)e);
     }
     *out = b;
     return IDEFICS_OK;

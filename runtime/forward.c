@@ -65,8 +65,12 @@ struct idf_state {
 
 /* ============================================================ op dispatch */
 
-static idefics_status op_fail(idf_err *err, idefics_status st, const char *op, const char *what) {
-    return idf_errf(err, st, "op %s on %s failed: %s", op, what, idefics_status_str(st));
+static idefics_status op_fail(const idf_backend *b, idf_err *err, idefics_status st, const char *op,
+                              const char *what) {
+    /* the backend's own account (device call, error code, kernel, sizes) where it keeps one */
+    const char *detail = b && b->last_error ? b->last_error(b->ctx) : NULL;
+    return idf_errf(err, st, "op %s on %s failed: %s%s%s", op, what, idefics_status_str(st),
+                    detail && detail[0] ? ": " : "", detail && detail[0] ? detail : "");
 }
 
 /* A device backend may keep the registered scratch on the device between ops
@@ -75,7 +79,7 @@ static idefics_status host_access(const idf_state *s, const void *p, size_t byte
     if (!s->be->host_access)
         return IDEFICS_OK;
     const idefics_status st = s->be->host_access(s->be->ctx, p, bytes);
-    return st ? op_fail(err, st, "host_access", "activations") : IDEFICS_OK;
+    return st ? op_fail(s->be, err, st, "host_access", "activations") : IDEFICS_OK;
 }
 
 /* The backend to run op d: the session's own, unless it declines (then the
@@ -94,7 +98,7 @@ static idefics_status mm(idf_state *s, const idf_weight *w, const float *bias, c
     const idf_backend *b;
     IDF_FORWARD(pick(s, &d, &b, err));
     const idefics_status st = b->matmul(b->ctx, w, bias, x, n, y, ldy);
-    return st ? op_fail(err, st, "matmul", w->name) : IDEFICS_OK;
+    return st ? op_fail(b, err, st, "matmul", w->name) : IDEFICS_OK;
 }
 
 static idefics_status rows_of(idf_state *s, const idf_weight *w, int32_t id, float *y, idf_err *err) {
@@ -102,7 +106,7 @@ static idefics_status rows_of(idf_state *s, const idf_weight *w, int32_t id, flo
     const idf_backend *b;
     IDF_FORWARD(pick(s, &d, &b, err));
     const idefics_status st = b->get_rows(b->ctx, w, &id, 1, y);
-    return st ? op_fail(err, st, "get_rows", w->name) : IDEFICS_OK;
+    return st ? op_fail(b, err, st, "get_rows", w->name) : IDEFICS_OK;
 }
 
 static idefics_status rms(idf_state *s, const float *x, const float *w, float eps, int64_t n, int64_t dim, float *y,
@@ -110,7 +114,7 @@ static idefics_status rms(idf_state *s, const float *x, const float *w, float ep
     const idf_backend *b;
     IDF_FORWARD(pick(s, SIMPLE_DESC(IDF_OP_RMSNORM), &b, err));
     const idefics_status st = b->rmsnorm(b->ctx, x, w, eps, n, dim, y);
-    return st ? op_fail(err, st, "rmsnorm", "activations") : IDEFICS_OK;
+    return st ? op_fail(b, err, st, "rmsnorm", "activations") : IDEFICS_OK;
 }
 
 static idefics_status ln(idf_state *s, const float *x, const float *w, const float *bias, float eps, int64_t n,
@@ -118,7 +122,7 @@ static idefics_status ln(idf_state *s, const float *x, const float *w, const flo
     const idf_backend *b;
     IDF_FORWARD(pick(s, SIMPLE_DESC(IDF_OP_LAYERNORM), &b, err));
     const idefics_status st = b->layernorm(b->ctx, x, w, bias, eps, n, dim, y);
-    return st ? op_fail(err, st, "layernorm", "activations") : IDEFICS_OK;
+    return st ? op_fail(b, err, st, "layernorm", "activations") : IDEFICS_OK;
 }
 
 static idefics_status attend(idf_state *s, const idf_attn *a, idf_err *err) {
@@ -126,7 +130,7 @@ static idefics_status attend(idf_state *s, const idf_attn *a, idf_err *err) {
     const idf_backend *b;
     IDF_FORWARD(pick(s, &d, &b, err));
     const idefics_status st = b->attention(b->ctx, a);
-    return st ? op_fail(err, st, "attention", "activations") : IDEFICS_OK;
+    return st ? op_fail(b, err, st, "attention", "activations") : IDEFICS_OK;
 }
 
 typedef enum { ACT_GELU, ACT_QUICK_GELU, ACT_RELU } act_kind;
@@ -138,21 +142,21 @@ static idefics_status act(idf_state *s, act_kind k, float *x, int64_t n, idf_err
     const idefics_status st = k == ACT_GELU         ? b->gelu(b->ctx, x, n)
                               : k == ACT_QUICK_GELU ? b->quick_gelu(b->ctx, x, n)
                                                     : b->relu(b->ctx, x, n);
-    return st ? op_fail(err, st, "activation", "activations") : IDEFICS_OK;
+    return st ? op_fail(b, err, st, "activation", "activations") : IDEFICS_OK;
 }
 
 static idefics_status silu_mul(idf_state *s, float *g, const float *u, int64_t n, idf_err *err) {
     const idf_backend *b;
     IDF_FORWARD(pick(s, SIMPLE_DESC(IDF_OP_SILU_MUL), &b, err));
     const idefics_status st = b->silu_mul(b->ctx, g, u, n);
-    return st ? op_fail(err, st, "silu_mul", "activations") : IDEFICS_OK;
+    return st ? op_fail(b, err, st, "silu_mul", "activations") : IDEFICS_OK;
 }
 
 static idefics_status add(idf_state *s, float *y, const float *x, int64_t n, idf_err *err) {
     const idf_backend *b;
     IDF_FORWARD(pick(s, SIMPLE_DESC(IDF_OP_ADD), &b, err));
     const idefics_status st = b->add(b->ctx, y, x, n);
-    return st ? op_fail(err, st, "add", "activations") : IDEFICS_OK;
+    return st ? op_fail(b, err, st, "add", "activations") : IDEFICS_OK;
 }
 
 static idefics_status gated_add(idf_state *s, float *h, const float *gate, const float *a, int64_t n, int64_t dim,
@@ -160,7 +164,7 @@ static idefics_status gated_add(idf_state *s, float *h, const float *gate, const
     const idf_backend *b;
     IDF_FORWARD(pick(s, SIMPLE_DESC(IDF_OP_GATED_ADD), &b, err));
     const idefics_status st = b->gated_add(b->ctx, h, gate, a, n, dim);
-    return st ? op_fail(err, st, "gated_add", "activations") : IDEFICS_OK;
+    return st ? op_fail(b, err, st, "gated_add", "activations") : IDEFICS_OK;
 }
 
 static idefics_status rope(idf_state *s, float *x, int64_t n, int pos0, idf_err *err) {
@@ -168,7 +172,7 @@ static idefics_status rope(idf_state *s, float *x, int64_t n, int pos0, idf_err 
     const idf_backend *b;
     IDF_FORWARD(pick(s, SIMPLE_DESC(IDF_OP_ROPE), &b, err));
     const idefics_status st = b->rope(b->ctx, x, n, c->hidden, (int)c->n_heads, (int)c->head_dim, pos0, c->rope_theta);
-    return st ? op_fail(err, st, "rope", "activations") : IDEFICS_OK;
+    return st ? op_fail(b, err, st, "rope", "activations") : IDEFICS_OK;
 }
 
 /* ============================================================ low_memory paging
@@ -634,7 +638,7 @@ static idefics_status ensure_slot(idf_state *s, int idx, img_slot **out, idf_err
                 if (st) { /* freed again: a slot's buffers are all registered or absent */
                     idf_free(&s->alloc, *ps[i]);
                     *ps[i] = NULL;
-                    return op_fail(err, st, "register_host", "an image slot");
+                    return op_fail(s->be, err, st, "register_host", "an image slot");
                 }
             }
         if (!sl->latents || !sl->xk || !sl->xv)

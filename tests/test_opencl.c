@@ -31,6 +31,16 @@
  *   test_opencl noicd MODEL.idfx
  *     Run with OCL_ICD_VENDORS=an empty folder (the ICD loader finds no
  *     driver): the same two checks.
+ *   test_opencl auto MODEL.idfx
+ *     With two OpenCL implementations present, PoCL and Mesa Rusticl's
+ *     llvmpipe (RUSTICL_ENABLE=llvmpipe; skips 77 when either is missing):
+ *     idefics_list_devices lists the CPU backend first (with its kernel set)
+ *     and both devices as CPU type that AUTO skips, with a reason; AUTO (no
+ *     device named) loads on the CPU backend with one INFO line; naming each
+ *     device takes OpenCL on that device; the list's argument checks.
+ * The OpenCL modes run on whichever device IDEFICS_DEVICE names (unset: the
+ * first one); tests/meson.build runs them on PoCL and on Rusticl, and the op
+ * table and e2e again under IDEFICS_OPENCL_CLAMP (GPU-sized limits).
  */
 #include <math.h>
 #include <stdarg.h>
@@ -473,6 +483,74 @@ static int run_clblast(const char *ini) {
     unsetenv("IDEFICS_OPENCL_TUNING");
     return n_fail ? 1 : 0;
 }
+/* AUTO with PoCL and llvmpipe both present: never a CPU-type device unless named. */
+static int run_auto(const char *model) {
+    unsetenv("IDEFICS_DEVICE");
+    int n = 0;
+    char note[512];
+    idefics_status st = idefics_list_devices(NULL, 0, &n, note, sizeof note);
+    check(st == IDEFICS_OK && n >= 1, "idefics_list_devices counts %d device(s) (%s)", n, idefics_status_str(st));
+    check(idefics_list_devices(NULL, 0, NULL, NULL, 0) == IDEFICS_ERR_INVALID_ARG,
+          "idefics_list_devices without n_devices: IDEFICS_ERR_INVALID_ARG");
+    idefics_device_info *d = calloc((size_t)(n > 0 ? n : 1), sizeof *d);
+    int n2 = 0;
+    st = idefics_list_devices(d, n, &n2, note, sizeof note);
+    int pocl = -1, pipe = -1;
+    for (int i = 0; i < n2 && i < n; i++) {
+        if (d[i].backend == IDEFICS_BACKEND_OPENCL && strstr(d[i].platform, "Portable Computing Language"))
+            pocl = d[i].index;
+        if (d[i].backend == IDEFICS_BACKEND_OPENCL && strstr(d[i].name, "llvmpipe"))
+            pipe = d[i].index;
+    }
+    if (pocl < 0 || pipe < 0) {
+        printf("SKIP: needs PoCL (pocl-opencl-icd) and Rusticl's llvmpipe (mesa-opencl-icd, RUSTICL_ENABLE=llvmpipe); "
+               "found %s%s%s\n",
+               pocl >= 0 ? "PoCL" : "", pipe >= 0 ? " llvmpipe" : "", pocl < 0 && pipe < 0 ? "neither" : "");
+        free(d);
+        return 77;
+    }
+    check(n2 == n && d[0].backend == IDEFICS_BACKEND_CPU && d[0].kernels[0] && d[0].auto_ok,
+          "entry 0 is the CPU backend, kernels \"%s\"", d[0].kernels);
+    bool any_gpu = false;
+    for (int i = 1; i < n; i++) {
+        if (d[i].type == IDEFICS_DEVICE_CPU)
+            check(!d[i].auto_ok && d[i].auto_why[0], "[%d] %s (cpu type): AUTO skips it: %s", d[i].index, d[i].name,
+                  d[i].auto_why);
+        any_gpu = any_gpu || d[i].auto_ok;
+        check(d[i].local_memory_bytes > 0 && d[i].max_work_group > 0 && d[i].max_alloc_bytes > 0,
+              "[%d] limits: local %llu, wg %u, max alloc %llu", d[i].index, (unsigned long long)d[i].local_memory_bytes,
+              d[i].max_work_group, (unsigned long long)d[i].max_alloc_bytes);
+    }
+    char err[512];
+    log_rec rec = {0};
+    idefics_model *m = load(model, IDEFICS_BACKEND_AUTO, NULL, &rec, &st, err, sizeof err);
+    if (m) {
+        idefics_model_info info;
+        idefics_model_get_info(m, &info);
+        if (!any_gpu) /* on a machine with a real GPU AUTO may take it */
+            check(strcmp(info.backend, "cpu") == 0 && rec.n_info_opencl == 1,
+                  "AUTO with only CPU-type OpenCL devices: backend %s, INFO \"%s\"", info.backend, rec.last);
+        idefics_model_free(m);
+    } else {
+        check(false, "AUTO load: %s", err);
+    }
+    const int named[2] = {pocl, pipe};
+    const char *want[2] = {"pthread", "llvmpipe"};
+    for (int i = 0; i < 2; i++) {
+        char idx[16];
+        snprintf(idx, sizeof idx, "%d", named[i]);
+        memset(&rec, 0, sizeof rec);
+        m = load(model, IDEFICS_BACKEND_AUTO, idx, &rec, &st, err, sizeof err);
+        idefics_model_info info = {0};
+        if (m)
+            idefics_model_get_info(m, &info);
+        check(m && strcmp(info.backend, "opencl") == 0 && strstr(rec.last, want[i]),
+              "AUTO with device \"%s\" named takes it: %s", idx, m ? rec.last : err);
+        idefics_model_free(m);
+    }
+    free(d);
+    return n_fail ? 1 : 0;
+}
 #endif /* IDF_HAVE_OPENCL */
 
 int main(int argc, char **argv) {
@@ -489,8 +567,14 @@ int main(int argc, char **argv) {
         rc = run_cache(argv[2]);
     } else if (argc == 3 && strcmp(argv[1], "clblast") == 0) {
         rc = run_clblast(argv[2]);
+    } else if (argc == 3 && strcmp(argv[1], "auto") == 0) {
+        rc = run_auto(argv[2]);
     } else if (argc == 4 && strcmp(argv[1], "selftest") == 0) {
         setenv("IDEFICS_OPENCL_TUNING", argv[2], 1);
+        /* AUTO takes a CPU-type device only when named: name the first one
+         * (PoCL) when the run names none, so AUTO meets the failing self-test */
+        if (!getenv("IDEFICS_DEVICE"))
+            setenv("IDEFICS_DEVICE", "0", 1);
         char err[512];
         log_rec rec = {0};
         idefics_status st;
@@ -515,7 +599,7 @@ int main(int argc, char **argv) {
         unsetenv("IDEFICS_OPENCL_LIB");
         rc = run_fallback(argv[2], "ICD loader without drivers");
     } else {
-        fprintf(stderr, "usage: test_opencl e2e CONVERTER MODELS_DIR OUT_DIR | cache DIR | clblast INI | selftest INI MODEL | nolib MODEL | noicd MODEL\n");
+        fprintf(stderr, "usage: test_opencl e2e CONVERTER MODELS_DIR OUT_DIR | cache DIR | clblast INI | selftest INI MODEL | nolib MODEL | noicd MODEL | auto MODEL\n");
         return 2;
     }
     if (rc == 77)

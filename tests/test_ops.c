@@ -15,6 +15,12 @@
  * too; all of them are checked after every op. An op a backend declines
  * through supports_op counts as skipped, not failed.
  *
+ * Runs: `test_ops` (every backend), `test_ops N` (case N only). With
+ * IDEFICS_TEST_OPENCL_ONLY=1 only cpu-ref and OpenCL run and a missing OpenCL
+ * device skips (77): tests/meson.build's Rusticl and clamped-limits runs pick
+ * the device with IDEFICS_DEVICE and the limits with IDEFICS_OPENCL_CLAMP. A
+ * failed op prints the backend's last_error (OpenCL: call, code, kernel, sizes).
+ *
  * Example case (a row of the table below):
  *   {.op = IDF_OP_MATMUL, .wtype = IDFX_TYPE_Q4, .tile = 8, .n = 3, .m = 17, .k = 96,
  *    .flags = F_BIAS},
@@ -384,6 +390,7 @@ typedef struct outcome {
     bool *written;
     idefics_status st;
     bool skipped;
+    char detail[512]; /* the backend's last_error when st != OK */
 } outcome;
 
 static double naive_gelu(double x) {
@@ -681,6 +688,8 @@ static void run_case(const op_case *c, idf_backend *b, uint64_t seed, outcome *o
         break;
     }
     }
+    if (o->st != IDEFICS_OK && b->last_error && b->last_error(ctx))
+        snprintf(o->detail, sizeof o->detail, "%s", b->last_error(ctx));
 }
 
 static void free_outcome(outcome *o) {
@@ -754,7 +763,13 @@ CPU_ISA_CTOR(cpu_neon_dotprod_create, IDF_CPU_ISA_NEON_DOTPROD)
 /* backends[].isa for a backend on a device that may be absent (skipped then) */
 #define ISA_DEVICE (-2)
 
-int main(void) {
+int main(int argc, char **argv) {
+    /* optional: one case number to run (debugging one case on one device) */
+    const int only = argc > 1 ? atoi(argv[1]) : -1;
+    /* IDEFICS_TEST_OPENCL_ONLY=1: the OpenCL runs of tests/meson.build (Rusticl,
+     * clamped limits): only cpu-ref and opencl, and a missing device skips (77) */
+    const char *oo = getenv("IDEFICS_TEST_OPENCL_ONLY");
+    const bool opencl_only = oo && oo[0] == '1';
     /* The reference backend first: it is checked against the naive formulas,
      * and every later entry against it. Faster backends register here. */
     static const struct {
@@ -778,6 +793,8 @@ int main(void) {
     idf_backend *be[8] = {0};
     idf_err err;
     for (int i = 0; i < nb; i++) {
+        if (opencl_only && i > 0 && backends[i].isa != ISA_DEVICE)
+            continue;
         if (backends[i].isa >= 0 && !idf_cpu_isa_available((idf_cpu_isa)backends[i].isa)) {
             printf("SKIP backend %s: this CPU or build has no %s kernels\n", backends[i].name,
                    idf_cpu_isa_name((idf_cpu_isa)backends[i].isa));
@@ -787,6 +804,8 @@ int main(void) {
         const idefics_status cst = backends[i].create(2, NULL, &be[i], &err);
         if (cst == IDEFICS_ERR_NO_DEVICE && backends[i].isa == ISA_DEVICE) { /* e.g. no OpenCL device here */
             printf("SKIP backend %s: %s\n", backends[i].name, err.msg);
+            if (opencl_only)
+                return 77;
             be[i] = NULL;
             continue;
         }
@@ -801,12 +820,23 @@ int main(void) {
         }
     }
 
+    if (opencl_only) {
+        bool any = false;
+        for (int i = 0; i < nb; i++)
+            any = any || (be[i] && backends[i].isa == ISA_DEVICE);
+        if (!any) {
+            printf("SKIP: IDEFICS_TEST_OPENCL_ONLY and no OpenCL backend in this build\n");
+            return 77;
+        }
+    }
     int n_pass = 0, n_fail = 0, n_skip = 0;
     bool covered[IDF_OP_COUNT] = {0};
     const int nc = (int)(sizeof cases / sizeof cases[0]);
     for (int ci = 0; ci < nc; ci++) {
         const op_case *c = &cases[ci];
         covered[c->op] = true;
+        if (only >= 0 && ci != only)
+            continue;
         const double case_tol = c->max_nmse > 0 ? c->max_nmse : DEFAULT_NMSE;
         outcome ref;
         run_case(c, be[0], (uint64_t)ci + 1, &ref);
@@ -829,6 +859,8 @@ int main(void) {
             }
             if (o.st != IDEFICS_OK) {
                 why = idefics_status_str(o.st);
+                if (o.detail[0])
+                    printf("     %s: %s\n", backends[bi].name, o.detail);
                 nmse = -1;
             } else if (bi == 0) {
                 nmse = compare(&o, o.want, &why);
@@ -849,7 +881,7 @@ int main(void) {
         }
         free_outcome(&ref);
     }
-    for (int op = 0; op < IDF_OP_COUNT; op++)
+    for (int op = 0; op < IDF_OP_COUNT && only < 0; op++)
         if (!covered[op]) {
             printf("FAIL op %s has no case in the table\n", op_name((idf_op)op));
             n_fail++;

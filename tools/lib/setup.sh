@@ -9,6 +9,7 @@ libcjson-dev ocl-icd-opencl-dev opencl-headers ocl-icd-libopencl1 pocl-opencl-ic
 openjdk-17-jdk-headless"
 # openjdk-17-jdk-headless: javac/java and jni.h for libidefics_jni.so and its test (tests/test_jni.sh).
 # tools/run-cross-tests adds its own: gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user dpkg-dev.
+IDEFICS_APT_PACKAGES+=" mesa-opencl-icd"  # Mesa Rusticl (llvmpipe): the OpenCL suites' second implementation (tests/meson.build)
 
 idefics_install_deps() {
     local missing=()
