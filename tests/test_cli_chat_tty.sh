@@ -12,11 +12,11 @@ command -v tmux >/dev/null || { echo "SKIP: tmux not found"; exit 77; }
 [ -f "$model" ] || { echo "SKIP: no model $model"; exit 77; }
 sock=idefics-chat-test-$$
 tmp=$(mktemp -d)
-trap 'tmux -L "$sock" kill-server 2>/dev/null; rm -rf "$tmp"' EXIT
+trap 'tmux -L "$sock" kill-server 2>/dev/null; tmux -L "$sock-2" kill-server 2>/dev/null; rm -rf "$tmp"' EXIT
 fail=0
 screen() { tmux -L "$sock" capture-pane -p -t chat; }
-wait_for() { # wait_for PATTERN COUNT: until the screen shows PATTERN COUNT times (10 s)
-    for _ in $(seq 100); do
+wait_for() { # wait_for PATTERN COUNT: until the screen shows PATTERN COUNT times (30 s: CI machines are loaded)
+    for _ in $(seq 300); do
         [ "$(screen | grep -c -- "$1")" -ge "$2" ] && return 0
         sleep 0.1
     done
@@ -49,6 +49,8 @@ if [ "$mode" = libedit ]; then
     # the history is kept: a new chat recalls the last session's lines
     grep -qx "/help" "$tmp/history" 2>/dev/null || { echo "FAIL: history not saved to \$IDEFICS_HISTORY"; fail=1; }
     tmux -L "$sock" kill-server 2>/dev/null
+    # a new server on a socket of its own: restarting one on the same socket can race its exit
+    sock=$sock-2
     start
     wait_for '^>' 1 || { echo "FAIL: no prompt (second run)"; fail=1; }
     keys Up Up Enter
