@@ -185,6 +185,8 @@ typedef struct idefics_session_params {
     idefics_kv_type kv_type;    /* default F16 */
     int64_t max_image_pixels;   /* decoded width*height limit; default 40 megapixels */
     int64_t max_image_bytes;    /* encoded file size limit; default 64 MiB */
+    bool exif_orientation;      /* turn file and memory images upright by their EXIF Orientation tag
+                                   (default true; HF's processor does not, see docs/IMAGES.md) */
 } idefics_session_params;
 
 IDEFICS_API idefics_session_params idefics_session_default_params(void);
@@ -275,6 +277,40 @@ IDEFICS_API int idefics_session_get_tokens(const idefics_session *session, const
 
 /* Logits of the last evaluated position (n_vocab floats), valid until the next call. */
 IDEFICS_API const float *idefics_session_get_logits(const idefics_session *session);
+
+/* ---------------------------------------- captioning: images and model identity (issue 12) */
+
+/* Width and height of the last image added to the session (file, memory or
+ * pixels) as the file declares it, after EXIF orientation and before any
+ * reduced-scale decode or resize. IDEFICS_ERR_INVALID_ARG when no image has
+ * been added since the session was created or reset. */
+IDEFICS_API idefics_status idefics_session_last_image_size(const idefics_session *session, int *width,
+                                                           int *height);
+
+/* A stable identity of the model file's content, NUL-terminated into buf:
+ * "xxh3:" and 16 hex digits of XXH3-64 over the file's header, metadata and
+ * tensor index (which holds every chunk's checksum, so any change of any
+ * weight changes it). Needs size >= 22; *len (may be NULL) gets the length. */
+IDEFICS_API idefics_status idefics_model_identity(const idefics_model *model, char *buf, size_t size, size_t *len);
+
+/* Image limits. max_image_pixels bounds the pixels a decode may allocate.
+ * A JPEG over it is decoded at a reduced DCT scale (1/2 .. 1/8) that fits,
+ * and refused only when even 1/8 does not. Other formats over it are
+ * refused, and so is any image larger than 4 megapixels whose decoded RGB
+ * would be more than IDEFICS_IMAGE_MAX_RATIO times its encoded size (a
+ * "decompression bomb"; a JPEG is decoded at reduced scale instead). Board
+ * profiles set max_image_pixels by the device's memory (boards/README.md). */
+#define IDEFICS_IMAGE_MAX_RATIO 20
+
+/* A small RGB copy of an encoded image, for previews (the caption review
+ * page): decoded under max_pixels (<= 0: 40 megapixels) with the rules above,
+ * turned upright when exif_orientation, then shrunk with the processor's
+ * bicubic filter so that its longer side is at most max_side (never
+ * enlarged). rgb must hold max_side * max_side * 3 bytes; *width and *height
+ * get the result's size. Thread-safe; needs no model. */
+IDEFICS_API idefics_status idefics_image_thumbnail(const void *data, size_t size, int max_side, int64_t max_pixels,
+                                                   bool exif_orientation, uint8_t *rgb, int *width, int *height,
+                                                   char *errbuf, size_t errbuf_size);
 
 /* ----------------------------------------------------------- board profiles */
 

@@ -33,6 +33,7 @@ struct idefics_session {
     idf_state *st;
     int n_ctx, n_vocab;
     idf_image_limits lim;
+    int last_img_w, last_img_h; /* idefics_session_last_image_size; 0 = none */
 
     idf_prompt prompt;  /* the conversation text */
     idf_prompt edit;    /* an add_* builds its edit here, then swaps */
@@ -127,6 +128,7 @@ idefics_session_params idefics_session_default_params(void) {
         .kv_type = IDEFICS_KV_F16,
         .max_image_pixels = 40 * 1000 * 1000,
         .max_image_bytes = 64 * 1024 * 1024,
+        .exif_orientation = true,
     };
 }
 
@@ -178,6 +180,7 @@ static idefics_status session_init(idefics_session *s, idefics_model *model, con
     s->n_vocab = (int)c->n_vocab;
     s->lim.max_pixels = p->max_image_pixels;
     s->lim.max_bytes = p->max_image_bytes;
+    s->lim.exif_orientation = p->exif_orientation;
 
     size_t cap = (size_t)s->n_ctx + 1;
     int32_t **bufs[] = {&s->ids, &s->img, &s->tmp_ids, &s->tmp_img, &s->ev_ids, &s->ev_img};
@@ -265,6 +268,7 @@ void idefics_session_reset(idefics_session *s) {
     s->n_ids = 1;
     s->n_eval = 0;
     s->logits_ok = false;
+    s->last_img_w = s->last_img_h = 0;
     memset(&s->tm, 0, sizeof s->tm);
     idf_err_clear(&s->err);
 }
@@ -281,6 +285,7 @@ static idefics_status add_decoded_image(idefics_session *s, idf_image *im, const
     int sz = (int)c->v_image_size;
     idf_image rs = {0};
     float *chw = NULL;
+    int src_w = im->src_w > 0 ? im->src_w : im->w, src_h = im->src_h > 0 ? im->src_h : im->h;
     idefics_status st = idf_image_resize_bicubic(im, sz, sz, s->al, &rs, &s->err);
     idf_image_free(im, s->al);
     if (st != IDEFICS_OK) return st;
@@ -315,6 +320,15 @@ static idefics_status add_decoded_image(idefics_session *s, idf_image *im, const
     }
     commit_edit(s);
     s->px[s->n_px++] = chw;
+    s->last_img_w = src_w;
+    s->last_img_h = src_h;
+    return IDEFICS_OK;
+}
+
+idefics_status idefics_session_last_image_size(const idefics_session *s, int *width, int *height) {
+    if (!s || s->last_img_w <= 0) return IDEFICS_ERR_INVALID_ARG;
+    if (width) *width = s->last_img_w;
+    if (height) *height = s->last_img_h;
     return IDEFICS_OK;
 }
 
