@@ -73,6 +73,11 @@ static void on_signal(int sig) {
     g_signal = sig;
 }
 
+static bool load_progress(void *ud, float fraction) {
+    (void)ud, (void)fraction;
+    return !g_signal; /* a signal during the load cancels it */
+}
+
 static void log_stderr(void *ud, idefics_log_level level, const char *msg) {
     (void)ud;
     static const char *names[] = {"error", "warn", "info", "debug"};
@@ -554,6 +559,7 @@ int cmd_caption(int argc, char **argv) {
         }
     } else board = NULL;
     mp.log = log_stderr;
+    mp.progress = load_progress;
     mp.log_level = o.verbose ? IDEFICS_LOG_INFO : IDEFICS_LOG_WARN;
     mp.device = o.device;
     if (o.set_threads || !board) mp.n_threads = sp.n_threads = o.n_threads;
@@ -562,6 +568,17 @@ int cmd_caption(int argc, char **argv) {
     if (o.low_memory) mp.low_memory = true;
     if (o.max_image_pixels > 0) sp.max_image_pixels = o.max_image_pixels;
     sp.exif_orientation = !o.no_exif;
+
+    /* signals: finish the record, sync, summarise; during the model load, stop it */
+    struct sigaction sa, old_int, old_term;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    g_signal = 0;
+    sigaction(SIGINT, &sa, &old_int);
+    sigaction(SIGTERM, &sa, &old_term);
+    signal(SIGXFSZ, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
 
     /* OUT first: a bad OUT is reported before minutes of model loading */
     cap_out out = {.fd = -1};
@@ -580,10 +597,11 @@ int cmd_caption(int argc, char **argv) {
     idefics_session *s = NULL;
     idefics_status st = in.n ? idefics_model_load(o.model, &mp, &model, err, sizeof err) : IDEFICS_OK;
     if (st != IDEFICS_OK) {
-        fprintf(stderr, "idefics caption: cannot load %s: %s (%s)\n", o.model, err, idefics_status_str(st));
+        if (g_signal) fprintf(stderr, "idefics caption: interrupted while loading the model\n");
+        else fprintf(stderr, "idefics caption: cannot load %s: %s (%s)\n", o.model, err, idefics_status_str(st));
         cap_out_close(&out, err, sizeof err);
         cap_inputs_free(&in);
-        return 1;
+        return g_signal ? 128 + (int)g_signal : 1;
     }
     if (model) st = idefics_session_create(model, &sp, &s, err, sizeof err);
     if (st != IDEFICS_OK) {
@@ -612,17 +630,6 @@ int cmd_caption(int argc, char **argv) {
     if (o.verbose)
         fprintf(stderr, "idefics caption: %zu input(s), prompt \"%s\", model %s (%s), seed %llu\n", in.n,
                 prompt ? prompt : "", info.name ? info.name : "", model_id, (unsigned long long)gen.seed);
-
-    /* signals: finish the record, sync, summarise */
-    struct sigaction sa, old_int, old_term;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    g_signal = 0;
-    sigaction(SIGINT, &sa, &old_int);
-    sigaction(SIGTERM, &sa, &old_term);
-    signal(SIGXFSZ, SIG_IGN);
-    signal(SIGPIPE, SIG_IGN);
 
     reader rd = {.in = &in, .max_bytes = sp.max_image_bytes > 0 ? sp.max_image_bytes : INT64_MAX};
     pthread_mutex_init(&rd.mu, NULL);
