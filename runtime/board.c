@@ -92,6 +92,9 @@ static idefics_status apply_key(const char *file, int line, const char *k, const
         else if (!strcmp(v, "cpu-ref")) b = IDEFICS_BACKEND_CPU_REF;
         else goto bad;
         if (mp) mp->backend = b;
+    } else if (!strcmp(k, "max_image_pixels")) { /* decode limit by memory (issue 15, point 5) */
+        if (!parse_int(v, 1, 1 << 28, &x)) goto bad;
+        if (sp) sp->max_image_pixels = x;
     } else if (profile && !strcmp(k, "profile")) {
         if (!*v || strlen(v) >= profile_size || strspn(v, "abcdefghijklmnopqrstuvwxyz0123456789-_.") != strlen(v))
             goto bad;
