@@ -551,6 +551,13 @@ static idefics_status decode_any(const void *data, size_t size, const idf_image_
 #if IDF_HAVE_LIBJPEG
     jpeg_scaled = fmt == FMT_JPEG;
 #endif
+    /* A JPEG that even 1/8 scale cannot fit is refused here, before libjpeg
+     * (whose own ceiling, 65500, would make it a decode error). */
+    if (jpeg_scaled && peek_dims(fmt, d, size, &pw, &ph) &&
+        ((pw + 7) / 8) * ((ph + 7) / 8) > (uint64_t)idf_image_budget(lim, size))
+        return idf_errf(err, IDEFICS_ERR_IMAGE_TOO_LARGE,
+                        "image: JPEG header says %llux%llu, over the decode budget of %lld pixels even at 1/8 scale",
+                        (unsigned long long)pw, (unsigned long long)ph, (long long)idf_image_budget(lim, size));
     bool peeked = !jpeg_scaled && peek_dims(fmt, d, size, &pw, &ph) && pw > 0 && ph > 0;
     if (peeked && (!idf_mul_u64(pw, ph, &ppx) || ppx > (uint64_t)lim_decode_pixels(lim) || pw > INT_MAX || ph > INT_MAX))
         return idf_errf(err, IDEFICS_ERR_IMAGE_TOO_LARGE,
