@@ -73,6 +73,7 @@ typedef struct cap_record {
     const char *model, *model_id, *prompt;
     double ms;
     const char *time;    /* ISO 8601 UTC */
+    const char *finish;  /* "stop", "length", ... (jsonl only); NULL when nothing was generated */
 } cap_record;
 
 /* One record as read back from an output file, for resume. */

@@ -306,6 +306,7 @@ void cap_format_record(cap_buf *b, cap_format fmt, const cap_record *r) {
         json_str(b, r->model ? r->model : "", r->model ? strlen(r->model) : 0);
         cb_printf(b, ",\"model_id\":\"%s\",\"prompt\":", r->model_id ? r->model_id : "");
         json_str(b, r->prompt ? r->prompt : "", r->prompt ? strlen(r->prompt) : 0);
+        if (ok && r->finish) cb_printf(b, ",\"finish\":\"%s\"", r->finish);
         cb_printf(b, ",\"ms\":%s,\"time\":\"%s\"}\n", ms, r->time ? r->time : "");
     } else {
         const char *f[N_COLUMNS] = {r->path, p64.s ? p64.s : "", r->status, error, caption,

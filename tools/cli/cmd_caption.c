@@ -469,16 +469,12 @@ static idefics_status caption_one(idefics_session *s, const job *j, const char *
 /* -p, else the model's chat.caption_prompt, else the default. */
 static char *caption_prompt(const caption_opts *o, const idefics_model *model) {
     if (o->prompt) return strdup(o->prompt);
-#ifdef IDEFICS_VERSION_NUMBER /* the metadata getter (issue-api) */
     size_t len = 0;
     if (idefics_model_meta(model, "chat.caption_prompt", NULL, 0, &len) == IDEFICS_OK && len > 0) {
         char *p = malloc(len + 1);
         if (p && idefics_model_meta(model, "chat.caption_prompt", p, len + 1, NULL) == IDEFICS_OK) return p;
         free(p);
     }
-#else
-    (void)model;
-#endif
     return strdup(CAPTION_DEFAULT_PROMPT);
 }
 
@@ -688,7 +684,8 @@ int cmd_caption(int argc, char **argv) {
         cap_record r = {.path = ip->path, .path_len = ip->len, .status = status_buf, .error = errmsg,
                         .caption = text.s ? text.s : "", .width = w, .height = h, .hash = j.hash,
                         .model = info.name, .model_id = model_id, .prompt = prompt, .ms = now_ms() - t0,
-                        .time = when};
+                        .time = when,
+                        .finish = j.st == IDEFICS_OK ? idefics_finish_reason_str(idefics_session_finish_reason(s)) : NULL};
         bool ok = !strcmp(status_buf, "ok");
         progress_clear(&bar);
         if (!ok || o.verbose) {
