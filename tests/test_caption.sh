@@ -187,6 +187,55 @@ check '[ "$(wc -l <"$tmp/odd.jsonl")" -eq 5 ] && [ "$(dups "$tmp/odd.jsonl")" -e
     "after retry: one record per path ($(wc -l <"$tmp/odd.jsonl"))"
 check '[ "$(grep -c "\"status\":\"ok\"" "$tmp/odd.jsonl")" -eq 4 ]' "after retry: the 4 present inputs are ok"
 
+# ---- 5. XMP sidecars: written, merged, never clobbered; read back by exiftool
+sc=$tmp/sidecar
+mkdir -p "$sc"
+cp "$(find "$lib" -name img0001.png)" "$sc/a.png"
+cp "$(find "$lib" -name img0002.png)" "$sc/b.png"
+cp "$(find "$lib" -name img0003.png)" "$sc/c.png"
+cat >"$sc/b.png.xmp" <<'XMP'
+<?xpacket begin="" id="W5M0MpCehiHzreSzNTczkc9d"?>
+<x:xmpmeta xmlns:x="adobe:ns:meta/">
+ <rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">
+  <rdf:Description rdf:about="" xmlns:dc="http://purl.org/dc/elements/1.1/"
+    xmlns:xmp="http://ns.adobe.com/xap/1.0/" xmp:CreatorTool="Camera 1.0" xmp:Rating="4">
+   <dc:subject><rdf:Bag><rdf:li>holiday</rdf:li></rdf:Bag></dc:subject>
+  </rdf:Description>
+ </rdf:RDF>
+</x:xmpmeta>
+<?xpacket end="w"?>
+XMP
+printf '<x:xmpmeta><broken' >"$sc/c.png.xmp"
+cp "$sc/c.png.xmp" "$tmp/c.xmp.before"
+cap "$sc" --sidecar xmp -o "$tmp/sc.jsonl" 2>"$tmp/sc.err"
+rc=$?
+check '[ $rc -eq 1 ]' "sidecar run exit $rc (expected 1: c.png.xmp is not XML)"
+check 'grep -q "\"path\":\"$sc/c.png\",\"status\":\"sidecar_error\",\"error\":\"sidecar $sc/c.png.xmp: existing sidecar is not well-formed XML" "$tmp/sc.jsonl"' \
+    "a sidecar that cannot be merged gets an error record"
+check 'cmp -s "$sc/c.png.xmp" "$tmp/c.xmp.before"' "the broken sidecar is left untouched"
+cap_a=$(grep -o '"path":"[^"]*/a.png","status":"ok","caption":"[^"]*"' "$tmp/sc.jsonl" | cut -d'"' -f12)
+cap_b=$(grep -o '"path":"[^"]*/b.png","status":"ok","caption":"[^"]*"' "$tmp/sc.jsonl" | cut -d'"' -f12)
+check '[ -n "$cap_a" ] && grep -q "$cap_a" "$sc/a.png.xmp"' "a.png.xmp holds the caption"
+cap "$sc/a.png" --sidecar xmp --sidecar-name stem --json >/dev/null 2>&1
+check '[ -f "$sc/a.xmp" ]' "--sidecar-name stem writes a.xmp"
+if command -v exiftool >/dev/null; then
+    got=$(exiftool -s3 -XMP-iptcCore:AltTextAccessibility "$sc/a.png.xmp")
+    check '[ "$got" = "$cap_a" ]' "exiftool reads the alt text of a.png.xmp ('$got' vs '$cap_a')"
+    got=$(exiftool -s3 -XMP-iptcCore:AltTextAccessibility "$sc/b.png.xmp")
+    check '[ "$got" = "$cap_b" ]' "exiftool reads the merged alt text of b.png.xmp"
+    check '[ "$(exiftool -s3 -XMP-xmp:Rating "$sc/b.png.xmp")" = 4 ]' "merge keeps xmp:Rating"
+    check '[ "$(exiftool -s3 -XMP-dc:Subject "$sc/b.png.xmp")" = holiday ]' "merge keeps dc:subject"
+    check '[ "$(exiftool -s3 -XMP-xmp:CreatorTool "$sc/b.png.xmp")" = "Camera 1.0" ]' "merge keeps the image's CreatorTool"
+    check 'exiftool -s3 -XMP-xmp:CreatorTool "$sc/a.png.xmp" | grep -q "^idefics-edge .*(model "' "a new sidecar names idefics-edge and the model"
+    echo "FIGURE: exiftool -G1 -XMP:all $sc/a.png.xmp:"
+    exiftool -G1 -XMP:all "$sc/a.png.xmp" | sed 's/^/    /'
+    # a second run updates the caption in place, keeping one x-default entry
+    cap "$sc/a.png" --sidecar xmp --force -o "$tmp/sc2.jsonl" -p "What is shown?" 2>/dev/null
+    check '[ "$(grep -c "xml:lang=\"x-default\"" "$sc/a.png.xmp")" -eq 1 ]' "one x-default entry after a rerun"
+else
+    echo "note: exiftool not installed (Debian libimage-exiftool-perl); sidecars not read back"
+fi
+
 # usage errors
 cap >/dev/null 2>&1
 check '[ $? -eq 2 ]' "no input: exit 2"

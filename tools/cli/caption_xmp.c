@@ -106,11 +106,10 @@ char *cap_xmp_merge(const char *existing, size_t n, const char *caption, const c
                             XML_PARSE_NONET | XML_PARSE_NOERROR | XML_PARSE_NOWARNING);
         if (!doc) {
             const xmlError *e = xmlGetLastError();
-            snprintf(msg, msg_size, "existing sidecar is not well-formed XML%s%s; left untouched",
-                     e && e->message ? ": " : "", e && e->message ? e->message : "");
-            /* strip libxml2's trailing newline */
-            size_t l = strlen(msg);
-            if (l && msg[l - 1] == '\n') msg[l - 1] = '\0';
+            char why[200] = "";
+            if (e && e->message) snprintf(why, sizeof why, ": %s", e->message);
+            why[strcspn(why, "\n")] = '\0'; /* libxml2 ends its messages with a newline */
+            snprintf(msg, msg_size, "existing sidecar is not well-formed XML%s; left untouched", why);
             return NULL;
         }
     } else {
