@@ -450,6 +450,22 @@ IDEFICS_API idefics_status idefics_image_thumbnail(const void *data, size_t size
                                                    bool exif_orientation, uint8_t *rgb, int *width, int *height,
                                                    char *errbuf, size_t errbuf_size);
 
+/* Images prepared away from the session: decoded, turned upright and resized
+ * to the model's input size, e.g. on a worker thread while another image is
+ * being captioned. idefics_image_prepare reads only the immutable model, so
+ * it may run on any thread at once with anything else on that model; limits
+ * and exif_orientation come from params (NULL = idefics_session_default_params()).
+ * Adding a prepared image gives exactly what idefics_add_image_memory gives
+ * for the same bytes. The image belongs to the caller until
+ * idefics_image_free; it may be added to any session of the same model, any
+ * number of times. On failure *out is NULL and errbuf holds the reason. */
+typedef struct idefics_image idefics_image;
+IDEFICS_API idefics_status idefics_image_prepare(const idefics_model *model, const void *data, size_t size,
+                                                 const idefics_session_params *params, idefics_image **out,
+                                                 char *errbuf, size_t errbuf_size);
+IDEFICS_API idefics_status idefics_add_image_prepared(idefics_session *session, const idefics_image *image);
+IDEFICS_API void idefics_image_free(idefics_image *image); /* NULL is fine */
+
 /* ----------------------------------------------------------- board profiles */
 
 /* Defaults for a device from the board data (boards/README.md): name is a board

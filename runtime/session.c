@@ -937,3 +937,76 @@ idefics_status idefics_session_restore(idefics_session *s, const idefics_snapsho
     s->finish = IDEFICS_FINISH_NONE;
     return IDEFICS_OK;
 }
+
+/* ------------------------------------------------- prepared images (issue 12) */
+
+struct idefics_image {
+    const idefics_model *model;
+    int side, src_w, src_h;
+    uint8_t *rgb; /* side x side x 3, the processor's resize already done */
+};
+
+idefics_status idefics_image_prepare(const idefics_model *m, const void *data, size_t size,
+                                     const idefics_session_params *p, idefics_image **out, char *errbuf,
+                                     size_t errbuf_size) {
+    idf_err err;
+    idf_err_clear(&err);
+    idefics_status st = IDEFICS_OK;
+    if (out) *out = NULL;
+    idefics_session_params dp = idefics_session_default_params();
+    if (!p) p = &dp;
+    idf_image im = {0}, rs = {0};
+    idefics_image *img = NULL;
+    if (!m || !out || !data || size == 0) {
+        st = idf_errf(&err, IDEFICS_ERR_INVALID_ARG, "image_prepare: need a model, data and out");
+        goto done;
+    }
+    if (m->cfg.text_only) {
+        st = idf_errf(&err, IDEFICS_ERR_UNSUPPORTED, "image_prepare: this model is text-only and takes no images");
+        goto done;
+    }
+    idf_image_limits lim = {p->max_image_pixels, p->max_image_bytes, p->exif_orientation};
+    int sz = (int)m->cfg.v_image_size;
+    if ((st = idf_image_load_memory(data, size, &lim, &m->alloc, &im, &err)) != IDEFICS_OK) goto done;
+    if ((st = idf_image_resize_bicubic(&im, sz, sz, &m->alloc, &rs, &err)) != IDEFICS_OK) goto done;
+    img = idf_calloc(&m->alloc, 1, sizeof *img);
+    if (!img) {
+        st = idf_errf(&err, IDEFICS_ERR_OUT_OF_MEMORY, "image_prepare: out of memory");
+        goto done;
+    }
+    img->model = m;
+    img->side = sz;
+    img->src_w = im.src_w > 0 ? im.src_w : im.w;
+    img->src_h = im.src_h > 0 ? im.src_h : im.h;
+    img->rgb = rs.rgb;
+    rs.rgb = NULL;
+    *out = img;
+done:
+    idf_image_free(&im, m ? &m->alloc : NULL);
+    idf_image_free(&rs, m ? &m->alloc : NULL);
+    if (errbuf && errbuf_size) snprintf(errbuf, errbuf_size, "%s", st == IDEFICS_OK ? "" : err.msg);
+    return st;
+}
+
+idefics_status idefics_add_image_prepared(idefics_session *s, const idefics_image *img) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    idf_err_clear(&s->err);
+    if (!img || !img->rgb) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_image_prepared: no image");
+    if (img->model != s->model)
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_image_prepared: the image was prepared for another model");
+    IDF_FORWARD(refuse_text_only(s, "add_image_prepared"));
+    idf_image im = {0};
+    /* a copy at the model's size: the resize in add_decoded_image is then an exact copy */
+    idefics_status st = idf_image_from_pixels(img->rgb, img->side, img->side, 3, 0, NULL, s->al, &im, &s->err);
+    if (st != IDEFICS_OK) return st;
+    im.src_w = img->src_w;
+    im.src_h = img->src_h;
+    return add_decoded_image(s, &im, "add_image_prepared");
+}
+
+void idefics_image_free(idefics_image *img) {
+    if (!img) return;
+    const idf_alloc *al = &img->model->alloc;
+    idf_free(al, img->rgb);
+    idf_free(al, img);
+}

@@ -236,6 +236,15 @@ else
     echo "note: exiftool not installed (Debian libimage-exiftool-perl); sidecars not read back"
 fi
 
+# ---- 6. the reader thread's prepared images caption exactly as `ask` (file decoded in the session)
+same=0
+for f in $(ls "$imgs"/*.png | head -n 6); do
+    a=$("$bin" ask -m "$model" -t 1 -i "$f" -p "Describe the image." -n 48 2>/dev/null)
+    c=$(cap "$f" 2>/dev/null)
+    [ "$c" = "$f: $a" ] && same=$((same + 1)) || echo "  differs: '$c' vs ask '$a'"
+done
+check '[ $same -eq 6 ]' "caption (prepared on the reader thread) = ask for 6 images ($same)"
+
 # usage errors
 cap >/dev/null 2>&1
 check '[ $? -eq 2 ]' "no input: exit 2"

@@ -276,8 +276,17 @@ typedef struct job {
     size_t size;
     char hash[48];
     idefics_status st; /* IDEFICS_OK, or why the file could not be read */
-    char err[256];
+    char err[512];
+    idefics_image *img;      /* decoded and resized on the reader thread */
+    idefics_status prep_st;  /* why it could not be (then err holds the message) */
 } job;
+
+static void job_free(job *j) {
+    free(j->data);
+    j->data = NULL;
+    idefics_image_free(j->img);
+    j->img = NULL;
+}
 
 /* Opens without blocking (a FIFO or device never blocks), refuses anything
  * but a regular file, then reads it whole. */
@@ -345,6 +354,32 @@ static void read_input(const char *path, int64_t max_bytes, job *j) {
              (unsigned long long)h.low64);
 }
 
+/* Same-content, same-model, same-prompt: the resume rule. txt records hold no
+ * hash or model, so there the path alone decides. */
+static bool same_work(const cap_prev *p, const char *hash, const char *model_id, const char *prompt) {
+    if (!p->hash && !p->model_id) return true;
+    return p->hash && !strcmp(p->hash, hash) && p->model_id && !strcmp(p->model_id, model_id) && p->prompt &&
+           !strcmp(p->prompt, prompt);
+}
+
+/* What resume needs to decide; the previous records are read-only while the
+ * run goes, so the reader thread may decide too (and not decode skipped files). */
+typedef struct skip_ctx {
+    const cap_out *out; /* NULL without -o or with --force */
+    bool retry_errors;
+    const char *model_id, *prompt;
+} skip_ctx;
+
+/* The previous record that makes this input already done, or NULL. */
+static const cap_prev *done_before(const skip_ctx *c, const cap_input *ip, const job *j) {
+    const cap_prev *prev = c->out ? cap_out_find(c->out, ip->path, ip->len) : NULL;
+    if (!prev) return NULL;
+    /* a file read now is matched by content; one unreadable now and before (no hash) by its path */
+    bool same = j->st == IDEFICS_OK ? same_work(prev, j->hash, c->model_id, c->prompt)
+                                    : !prev->ok && (!prev->hash || !*prev->hash);
+    return same && (prev->ok || !c->retry_errors) ? prev : NULL;
+}
+
 enum { AHEAD = 2 };
 
 typedef struct reader {
@@ -353,6 +388,9 @@ typedef struct reader {
     pthread_cond_t cv;
     const cap_inputs *in;
     int64_t max_bytes;
+    const idefics_model *model;         /* for idefics_image_prepare; NULL = decode in the session */
+    const idefics_session_params *sp;
+    const skip_ctx *skip;
     job ring[AHEAD];
     size_t produced, consumed;
     bool stop;
@@ -369,6 +407,9 @@ static void *reader_main(void *arg) {
         if (stop || i >= r->in->n) return NULL;
         job j;
         read_input(r->in->v[i].path, r->max_bytes, &j);
+        /* decode and resize here too, overlapped with the model's work on the previous image */
+        if (j.st == IDEFICS_OK && r->model && !done_before(r->skip, &r->in->v[i], &j))
+            j.prep_st = idefics_image_prepare(r->model, j.data, j.size, r->sp, &j.img, j.err, sizeof j.err);
         pthread_mutex_lock(&r->mu);
         r->ring[i % AHEAD] = j;
         r->produced++;
@@ -393,7 +434,7 @@ static void reader_stop(reader *r) {
     pthread_cond_broadcast(&r->cv);
     pthread_mutex_unlock(&r->mu);
     pthread_join(r->thread, NULL);
-    for (size_t i = r->consumed; i < r->produced; i++) free(r->ring[i % AHEAD].data);
+    for (size_t i = r->consumed; i < r->produced; i++) job_free(&r->ring[i % AHEAD]);
 }
 
 /* ---- progress (stderr, terminal only) */
@@ -453,7 +494,7 @@ static idefics_status caption_one(idefics_session *s, const job *j, const char *
     if (t->s) t->s[0] = '\0';
     *w = *h = 0;
     idefics_session_reset(s);
-    idefics_status st = idefics_add_image_memory(s, j->data, j->size);
+    idefics_status st = j->img ? idefics_add_image_prepared(s, j->img) : idefics_add_image_memory(s, j->data, j->size);
     if (st == IDEFICS_OK) idefics_session_last_image_size(s, w, h);
     if (st == IDEFICS_OK) st = idefics_add_user_turn(s, prompt);
     if (st == IDEFICS_OK) {
@@ -501,14 +542,6 @@ static const char *boards_dir(void) {
     if (e && *e) return e;
     if (access(IDF_BOARDS_INSTALL_DIR "/memory-profiles.ini", R_OK) == 0) return IDF_BOARDS_INSTALL_DIR;
     return IDF_BOARDS_SOURCE_DIR;
-}
-
-/* Same-content, same-model, same-prompt: the resume rule. txt records hold no
- * hash or model, so there the path alone decides. */
-static bool same_work(const cap_prev *p, const char *hash, const char *model_id, const char *prompt) {
-    if (!p->hash && !p->model_id) return true;
-    return p->hash && !strcmp(p->hash, hash) && p->model_id && !strcmp(p->model_id, model_id) && p->prompt &&
-           !strcmp(p->prompt, prompt);
 }
 
 int cmd_caption(int argc, char **argv) {
@@ -627,7 +660,9 @@ int cmd_caption(int argc, char **argv) {
         fprintf(stderr, "idefics caption: %zu input(s), prompt \"%s\", model %s (%s), seed %llu\n", in.n,
                 prompt ? prompt : "", info.name ? info.name : "", model_id, (unsigned long long)gen.seed);
 
-    reader rd = {.in = &in, .max_bytes = sp.max_image_bytes > 0 ? sp.max_image_bytes : INT64_MAX};
+    skip_ctx skip = {use_out && !o.force ? &out : NULL, o.retry_errors, model_id, prompt ? prompt : ""};
+    reader rd = {.skip = &skip, .in = &in, .max_bytes = sp.max_image_bytes > 0 ? sp.max_image_bytes : INT64_MAX, .model = model,
+                 .sp = &sp};
     pthread_mutex_init(&rd.mu, NULL);
     pthread_cond_init(&rd.cv, NULL);
     bool threaded = in.n > 0 && pthread_create(&rd.thread, NULL, reader_main, &rd) == 0;
@@ -642,14 +677,11 @@ int cmd_caption(int argc, char **argv) {
         job j;
         if (threaded) reader_take(&rd, &j);
         else read_input(ip->path, rd.max_bytes, &j);
-        const cap_prev *prev = use_out && !o.force ? cap_out_find(&out, ip->path, ip->len) : NULL;
-        /* a file read now is matched by content; one unreadable now and before (no hash) by its path */
-        bool same = prev && (j.st == IDEFICS_OK ? same_work(prev, j.hash, model_id, prompt)
-                                                : !prev->ok && (!prev->hash || !*prev->hash));
-        if (same && (prev->ok || !o.retry_errors)) {
+        const cap_prev *prev = done_before(&skip, ip, &j);
+        if (prev) {
             if (prev->ok) n_done_before++;
             else n_failed_before++;
-            free(j.data);
+            job_free(&j);
             bar.done++;
             continue;
         }
@@ -659,13 +691,13 @@ int cmd_caption(int argc, char **argv) {
         char status_buf[64] = "ok";
         const char *errmsg = NULL;
         char errtext[768];
-        if (j.st != IDEFICS_OK) {
-            snprintf(status_buf, sizeof status_buf, "%s", idefics_status_str(j.st));
+        if (j.st != IDEFICS_OK || j.prep_st != IDEFICS_OK) {
+            snprintf(status_buf, sizeof status_buf, "%s", idefics_status_str(j.st != IDEFICS_OK ? j.st : j.prep_st));
             errmsg = j.err;
         } else {
             st = caption_one(s, &j, prompt, &gen, &text, &w, &h);
             if (st == IDEFICS_ERR_CANCELLED && g_signal) {
-                free(j.data);
+                job_free(&j);
                 break; /* a second signal: no record for this one */
             }
             if (st != IDEFICS_OK) {
@@ -678,7 +710,7 @@ int cmd_caption(int argc, char **argv) {
                 errmsg = errtext;
             }
         }
-        free(j.data);
+        job_free(&j);
         char when[32];
         utc_now(when, sizeof when);
         cap_record r = {.path = ip->path, .path_len = ip->len, .status = status_buf, .error = errmsg,
