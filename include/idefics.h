@@ -335,8 +335,8 @@ IDEFICS_API void idefics_batch_free(idefics_batch *batch); /* NULL is fine */
 
 /* Called once when a member leaves by itself, with the status
  * idefics_generate would have returned (IDEFICS_OK, _CANCELLED, _CONTEXT_FULL,
- * a backend error, ...); the session is no longer a member and may be reset,
- * freed or added again from here. */
+ * a backend error, ...); the session is no longer a member and may be read,
+ * reset or freed from here (add it again after the step returns). */
 typedef void (*idefics_batch_done_fn)(void *user_data, idefics_session *session, idefics_status status);
 
 /* Join: generate for the session, as idefics_generate(session, params,
