@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "forward.h"
+#include "parallel.h"
 #include "idefics.h"
 #include "model.h"
 #include "platform.h"
@@ -33,11 +34,13 @@ typedef struct opts {
     idefics_kv_type kv;
     bool json;
     bool no_image; /* --no-image: skip image encode and TTFT (decode profiling) */
+    int par[BENCH_MAX_PAR], n_par; /* --parallel 1,2,4,8: batched decode widths (issue 11) */
 } opts;
 
 static void usage(FILE *f) {
     fprintf(f, "usage: idefics-bench -m MODEL.idfx [-t THREADS] [--backend cpu|cpu-ref|auto] [--ctx N (default 2048 or the model's maximum)]\n"
-               "                     [-p 64,512] [-n 64] [-r REPS] [--kv f16|f32|q8] [--no-image] [--json]\n");
+               "                     [-p 64,512] [-n 64] [-r REPS] [--kv f16|f32|q8] [--no-image] [--json]\n"
+               "                     [--parallel 1,2,4,8 (aggregate decode of B sequences stepped together)]\n");
 }
 
 static int cmp_d(const void *a, const void *b) {
@@ -215,6 +218,17 @@ static int parse(int argc, char **argv, opts *o) {
                 else if (*s)
                     return fprintf(stderr, "idefics-bench: bad -p list\n"), 2;
             }
+        } else if (!strcmp(a, "--parallel")) {
+            o->n_par = 0;
+            for (char *s = argv[++i]; *s;) {
+                const long b = strtol(s, &s, 10);
+                if (b < 1 || b > 64 || o->n_par == BENCH_MAX_PAR || (*s && *s != ','))
+                    return fprintf(stderr, "idefics-bench: bad --parallel list (up to %d widths in 1..64)\n",
+                                   BENCH_MAX_PAR), 2;
+                o->par[o->n_par++] = (int)b;
+                if (*s == ',')
+                    s++;
+            }
         } else if (!strcmp(a, "--backend")) {
             i++;
             if (!strcmp(v, "cpu"))
@@ -368,6 +382,15 @@ int main(int argc, char **argv) {
         read3 = stats(vread, o.reps);
         frac3 = stats(vfrac, o.reps);
     }
+    par_result par[BENCH_MAX_PAR];
+    if (o.n_par) { /* after the single-sequence figures, so their peak RSS is not raised by B states */
+        char perr[512] = "";
+        if (bench_parallel(m, o.ctx, o.kv, o.threads, o.tg, o.reps, o.par, o.n_par, par, perr, sizeof perr)) {
+            fprintf(stderr, "idefics-bench: %s\n", perr);
+            rc = 1;
+            goto done;
+        }
+    }
     {
         const double peak_mb = (double)idf_peak_rss_bytes() / 1048576.0;
         const double anon_mb = (double)idf_anon_rss_bytes() / 1048576.0;
@@ -394,6 +417,20 @@ int main(int argc, char **argv) {
                        pp[p].med, pp[p].lo, pp[p].hi);
             printf("},\n \"decode_tok_s\": {\"tg%d\": {\"median\": %.3f, \"min\": %.3f, \"max\": %.3f}},\n", o.tg,
                    tg.med, tg.lo, tg.hi);
+            if (o.n_par) {
+                printf(" \"decode_tok_s_parallel\": {");
+                for (int k = 0; k < o.n_par; k++)
+                    printf("%s\"%d\": %.3f", k ? ", " : "", par[k].width, par[k].agg_tok_s);
+                printf("},\n \"decode_parallel\": {");
+                for (int k = 0; k < o.n_par; k++)
+                    printf("%s\n  \"%d\": {\"aggregate_tok_s\": %.3f, \"aggregate_range\": [%.3f, %.3f], "
+                           "\"per_seq_tok_s\": %.3f, \"step_ms\": %.1f, \"peak_rss_mb\": %.1f, "
+                           "\"anon_rss_mb\": %.1f, \"kv_written_mb\": %.1f, \"speedup\": %.3f}",
+                           k ? "," : "", par[k].width, par[k].agg_tok_s, par[k].agg_lo, par[k].agg_hi,
+                           par[k].per_seq_tok_s, par[k].step_ms, par[k].peak_rss_mb, par[k].anon_rss_mb, par[k].kv_mb,
+                           par[k].agg_tok_s / par[0].agg_tok_s);
+                printf("},\n");
+            }
             printf(" \"peak_rss_mb\": %.1f, \"anon_rss_mb\": %.1f, \"decode_weight_bytes\": %.0f, "
                    "\"effective_gb_s\": %.2f, \"mem_bw_gb_s\": %.2f, \"read_bw_gb_s\": %.2f, "
                    "\"mem_bw_gb_s_range\": [%.2f, %.2f],\n \"effective_over_copy\": %.3f, "
@@ -419,6 +456,12 @@ int main(int argc, char **argv) {
                    wb / 1e9, eff, copy_bw, copy3.lo, copy3.hi, read_bw);
             printf("             effective / copy test next to each decode run: %.0f%% (range %.0f%% .. %.0f%%)\n",
                    100.0 * frac3.med, 100.0 * frac3.lo, 100.0 * frac3.hi);
+            for (int k = 0; k < o.n_par; k++)
+                printf("parallel %-3d aggregate %.3f tok/s (range %.3f .. %.3f, x%.2f of width %d), per sequence "
+                       "%.3f tok/s, step %.1f ms, peak RSS %.1f MB, anon RSS %.1f MB, KV written %.1f MB\n",
+                       par[k].width, par[k].agg_tok_s, par[k].agg_lo, par[k].agg_hi,
+                       par[k].agg_tok_s / par[0].agg_tok_s, par[0].width, par[k].per_seq_tok_s, par[k].step_ms,
+                       par[k].peak_rss_mb, par[k].anon_rss_mb, par[k].kv_mb);
         }
     }
 done:
