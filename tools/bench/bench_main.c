@@ -35,12 +35,13 @@ typedef struct opts {
     bool json;
     bool no_image; /* --no-image: skip image encode and TTFT (decode profiling) */
     int par[BENCH_MAX_PAR], n_par; /* --parallel 1,2,4,8: batched decode widths (issue 11) */
+    bool par_only;                 /* --parallel-only: skip image, prefill and the single decode */
 } opts;
 
 static void usage(FILE *f) {
     fprintf(f, "usage: idefics-bench -m MODEL.idfx [-t THREADS] [--backend cpu|cpu-ref|auto] [--ctx N (default 2048 or the model's maximum)]\n"
                "                     [-p 64,512] [-n 64] [-r REPS] [--kv f16|f32|q8] [--no-image] [--json]\n"
-               "                     [--parallel 1,2,4,8 (aggregate decode of B sequences stepped together)]\n");
+               "                     [--parallel 1,2,4,8 (aggregate decode of B sequences stepped together)] [--parallel-only]\n");
 }
 
 static int cmp_d(const void *a, const void *b) {
@@ -187,6 +188,8 @@ static int parse(int argc, char **argv, opts *o) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--json")) {
             o->json = true;
+        } else if (!strcmp(a, "--parallel-only")) {
+            o->par_only = true;
         } else if (!strcmp(a, "--no-image")) {
             o->no_image = true;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -257,6 +260,10 @@ static int parse(int argc, char **argv, opts *o) {
     }
     if (o->threads <= 0)
         o->threads = idf_cpu_count();
+    if (o->par_only) {
+        o->no_image = true;
+        o->n_pp = 0;
+    }
     return 0;
 }
 
@@ -362,7 +369,7 @@ int main(int argc, char **argv) {
         pp[p] = stats(v, o.reps);
     }
     const double wb = (double)decode_bytes(m);
-    if (o.tg > 0 && o.tg + 1 <= o.ctx) {
+    if (o.tg > 0 && o.tg + 1 <= o.ctx && !o.par_only) {
         for (int r = 0; r < o.reps; r++) {
             double c0, r0, c1, r1;
             mem_bw_isolated(o.threads, 2, &c0, &r0);
@@ -395,7 +402,7 @@ int main(int argc, char **argv) {
         const double peak_mb = (double)idf_peak_rss_bytes() / 1048576.0;
         const double anon_mb = (double)idf_anon_rss_bytes() / 1048576.0;
         double copy_bw = copy3.med, read_bw = read3.med;
-        if (!(o.tg > 0 && o.tg + 1 <= o.ctx))
+        if (!(o.tg > 0 && o.tg + 1 <= o.ctx) && !o.par_only)
             mem_bw_isolated(o.threads, 3, &copy_bw, &read_bw);
         const double eff = wb * tg.med / 1e9;
         idefics_model_info info;
