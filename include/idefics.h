@@ -366,6 +366,13 @@ IDEFICS_API int idefics_batch_n_sessions(const idefics_batch *batch);
 IDEFICS_API bool idefics_batch_contains(const idefics_batch *batch, const idefics_session *session);
 IDEFICS_API const char *idefics_batch_last_error(const idefics_batch *batch);
 
+/* The board data's `parallel` (sessions a batch may hold in that memory: each
+ * member has its own KV cache) into params->max_sessions, where the board's
+ * profile or [defaults] say so; every other field is left alone. Errors and
+ * names as idefics_board_apply (declared below); nothing changes on error. */
+IDEFICS_API idefics_status idefics_board_apply_batch(const char *boards_dir, const char *name,
+                                                     idefics_batch_params *params, char *errbuf, size_t errbuf_size);
+
 /* ----------------------------------------------------------- board profiles */
 
 /* Defaults for a device from the board data (boards/README.md): name is a board
