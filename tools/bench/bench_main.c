@@ -21,6 +21,7 @@
 
 #include "forward.h"
 #include "parallel.h"
+#include "sched.h"
 #include "idefics.h"
 #include "model.h"
 #include "platform.h"
@@ -36,12 +37,14 @@ typedef struct opts {
     bool no_image; /* --no-image: skip image encode and TTFT (decode profiling) */
     int par[BENCH_MAX_PAR], n_par; /* --parallel 1,2,4,8: batched decode widths (issue 11) */
     bool par_only;                 /* --parallel-only: skip image, prefill and the single decode */
+    int sched_prompt;              /* --sched P: prefill scheduling through idefics_batch, P-token prompts */
 } opts;
 
 static void usage(FILE *f) {
     fprintf(f, "usage: idefics-bench -m MODEL.idfx [-t THREADS] [--backend cpu|cpu-ref|auto] [--ctx N (default 2048 or the model's maximum)]\n"
                "                     [-p 64,512] [-n 64] [-r REPS] [--kv f16|f32|q8] [--no-image] [--json]\n"
-               "                     [--parallel 1,2,4,8 (aggregate decode of B sequences stepped together)] [--parallel-only]\n");
+               "                     [--parallel 1,2,4,8 (aggregate decode of B sequences stepped together)] [--parallel-only]\n"
+               "                     [--sched PROMPT_TOKENS (2 x width requests joining a batch of the largest --parallel width)]\n");
 }
 
 static int cmp_d(const void *a, const void *b) {
@@ -202,6 +205,8 @@ static int parse(int argc, char **argv, opts *o) {
             }
             fprintf(stderr, "idefics-bench: %s needs a value\n", a);
             return 2;
+        } else if (!strcmp(a, "--sched")) {
+            o->sched_prompt = atoi(v), i++;
         } else if (!strcmp(a, "-m")) {
             o->model = v, i++;
         } else if (!strcmp(a, "-t")) {
@@ -397,6 +402,27 @@ int main(int argc, char **argv) {
             rc = 1;
             goto done;
         }
+    }
+    static const int sched_chunks[] = {0, 8, 32};
+    sched_result sch[3];
+    const int n_sch = o.sched_prompt > 0 ? 3 : 0;
+    if (n_sch) {
+        int wmax = 1;
+        for (int k = 0; k < o.n_par; k++)
+            wmax = o.par[k] > wmax ? o.par[k] : wmax;
+        char serr[512] = "";
+        if (bench_sched(m, o.threads, o.ctx, wmax, 2 * wmax, o.sched_prompt, o.tg, sched_chunks, n_sch, sch, serr,
+                        sizeof serr)) {
+            fprintf(stderr, "idefics-bench: %s\n", serr);
+            rc = 1;
+            goto done;
+        }
+        for (int k = 0; k < n_sch; k++)
+            fprintf(o.json ? stderr : stdout,
+                    "sched width %d, %d requests of ~%d prompt + %d new tokens, prefill_chunk %2d: %.2f s, %.3f gen "
+                    "tok/s, TTFT mean %.0f ms max %.0f ms, token gap mean %.0f ms max %.0f ms\n",
+                    wmax, 2 * wmax, o.sched_prompt, o.tg, sch[k].chunk, sch[k].wall_s, sch[k].gen_tok_s,
+                    sch[k].ttft_mean_ms, sch[k].ttft_max_ms, sch[k].gap_mean_ms, sch[k].gap_max_ms);
     }
     {
         const double peak_mb = (double)idf_peak_rss_bytes() / 1048576.0;

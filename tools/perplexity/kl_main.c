@@ -6,13 +6,16 @@
  *   idefics-perplexity -m MODEL.idfx [--backend cpu|cpu-ref|opencl]
  *                      [--ref REF.idfx] [--ref-backend cpu-ref|cpu|opencl]
  *                      --questions FILE.tsv [--images DIR] [-t THREADS] [--json]
+ *                      [--fixture-format]
  *
  * The reference is REF.idfx (e.g. the F32 file of the same checkpoint) on
  * --ref-backend, default: the same MODEL file on cpu-ref (the exact path for
  * the stored weights). FILE.tsv holds held-out questions, one per line:
  *   image \t type \t question \t answer [\t ...]     ('#' lines are comments)
  * (tests/fixtures/demo/questions.tsv's format). Each becomes one conversation
- * through the public prompt calls (image, user turn, then the answer as text),
+ * through the public prompt calls (image, user turn, then the answer as text;
+ * --fixture-format: "User:" image question<EOU> "\nAssistant: " answer<EOU>,
+ * the format tests/fixtures/models/tiny-trained was trained on),
  * evaluated by both models with logits at every position (teacher forcing, so
  * both see the same tokens). Per text position (not predicting or inside the
  * image placeholders): KL(ref || model) of the softmaxed
@@ -85,10 +88,11 @@ int main(int argc, char **argv) {
     side a = {.backend = "cpu"}, r = {.backend = "cpu-ref"};
     const char *tsv = NULL, *imgdir = NULL;
     int threads = 2;
-    bool json = false;
+    bool json = false, fixture_fmt = false;
     for (int i = 1; i < argc; i++) {
         const char *k = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(k, "--json")) { json = true; continue; }
+        if (!strcmp(k, "--fixture-format")) { fixture_fmt = true; continue; }
         if (!v) return fprintf(stderr, "idefics-perplexity: %s needs a value (see the comment atop kl_main.c)\n", k), 2;
         i++;
         if (!strcmp(k, "-m")) a.path = v;
@@ -174,7 +178,21 @@ int main(int argc, char **argv) {
         char path[8192];
         snprintf(path, sizeof path, "%s/%s", imgdir, fld[0]);
         idefics_session_reset(sess);
-        if (idefics_add_image_file(sess, path) || idefics_add_user_turn(sess, fld[2]) || idefics_add_text(sess, fld[3])) {
+        idefics_status ps;
+        if (fixture_fmt) { /* the fixture models' training format (tools/reference/train_tiny_fixture.py) */
+            char q[2048], ans[2048];
+            snprintf(q, sizeof q, "%s<end_of_utterance>", fld[2]);
+            snprintf(ans, sizeof ans, "\nAssistant: %s<end_of_utterance>", fld[3]);
+            ps = idefics_add_text(sess, "User:");
+            if (!ps) ps = idefics_add_image_file(sess, path);
+            if (!ps) ps = idefics_add_text(sess, q);
+            if (!ps) ps = idefics_add_text(sess, ans);
+        } else {
+            ps = idefics_add_image_file(sess, path);
+            if (!ps) ps = idefics_add_user_turn(sess, fld[2]);
+            if (!ps) ps = idefics_add_text(sess, fld[3]);
+        }
+        if (ps) {
             fprintf(stderr, "idefics-perplexity: %s: %s\n", path, idefics_session_last_error(sess));
             rc = 1;
             break;
