@@ -65,6 +65,8 @@ struct idefics_session {
 
     volatile int cancel;
     idefics_timings tm;
+    idefics_finish_reason finish; /* of the last generate */
+    idefics_kv_type kv_type;
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -80,8 +82,8 @@ static bool is_special(const idefics_session *s, int32_t id) {
 /* Tokenize p's text into tmp_ids/tmp_img, checking it fits the context. */
 static idefics_status tokenize_into_tmp(idefics_session *s, const idf_prompt *p, const char *what) {
     int n = 0;
-    idefics_status st =
-        idf_tokenize(s->model->tok, p->text, p->len, false, s->tmp_ids, s->n_ctx, &n, &s->err);
+    idefics_status st = idf_tokenize_spans(s->model->tok, p->text, p->len, p->sp, p->n_sp, false, s->tmp_ids,
+                                           s->n_ctx, &n, &s->err);
     if (st != IDEFICS_OK) return st;
     if (n > s->n_ctx)
         return idf_errf(&s->err, IDEFICS_ERR_CONTEXT_FULL,
@@ -173,6 +175,7 @@ static idefics_status session_init(idefics_session *s, idefics_model *model, con
     if (n_ctx <= 0 || n_ctx > (1 << 24))
         return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "session: n_ctx %d out of range", n_ctx);
     IDF_FORWARD(idf_state_create(model, n_ctx, p->kv_type, p->n_threads, &s->st, &s->err));
+    s->kv_type = p->kv_type;
     idf_state_set_cancel_flag(s->st, &s->cancel);
     s->n_ctx = idf_state_n_ctx(s->st);
     s->n_vocab = (int)c->n_vocab;
@@ -266,6 +269,7 @@ void idefics_session_reset(idefics_session *s) {
     s->n_eval = 0;
     s->logits_ok = false;
     memset(&s->tm, 0, sizeof s->tm);
+    s->finish = IDEFICS_FINISH_NONE;
     idf_err_clear(&s->err);
 }
 
@@ -363,25 +367,83 @@ idefics_status idefics_add_image_pixels(idefics_session *s, const uint8_t *pixel
     return add_decoded_image(s, &im, "add_image_pixels");
 }
 
-idefics_status idefics_add_text(idefics_session *s, const char *text) {
+/* Text from outside: a length, and no NUL inside it (never silently cut). */
+static idefics_status check_text(idefics_session *s, const char *text, size_t len, const char *what) {
+    if (!text && len > 0) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "%s: text is NULL", what);
+    if (len > 0 && memchr(text, '\0', len))
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "%s: the text holds a NUL byte at offset %zu", what,
+                        (size_t)((const char *)memchr(text, '\0', len) - text));
+    return IDEFICS_OK;
+}
+
+idefics_status idefics_add_text_n(idefics_session *s, const char *text, size_t len, unsigned flags) {
     if (!s) return IDEFICS_ERR_INVALID_ARG;
     idf_err_clear(&s->err);
     if (!text) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_text: text is NULL");
+    if (flags & ~IDEFICS_TEXT_SPECIAL)
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_text: unknown flags 0x%x", flags);
+    IDF_FORWARD(check_text(s, text, len, "add_text"));
     IDF_FORWARD(begin_edit(s, "add_text"));
-    if (idf_prompt_add_text(&s->edit, text, strlen(text)) != IDEFICS_OK)
+    if (idf_prompt_add_text(&s->edit, text, len, (flags & IDEFICS_TEXT_SPECIAL) != 0) != IDEFICS_OK)
         return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "add_text: out of memory");
     IDF_FORWARD(tokenize_into_tmp(s, &s->edit, "add_text"));
     commit_edit(s);
     return IDEFICS_OK;
 }
 
-idefics_status idefics_add_user_turn(idefics_session *s, const char *question) {
+idefics_status idefics_add_text(idefics_session *s, const char *text) {
     if (!s) return IDEFICS_ERR_INVALID_ARG;
+    if (!text) {
+        idf_err_clear(&s->err);
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_text: text is NULL");
+    }
+    return idefics_add_text_n(s, text, strlen(text), 0);
+}
+
+idefics_status idefics_add_user_turn_n(idefics_session *s, const char *question, size_t len) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    idf_err_clear(&s->err);
+    if (!question) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_user_turn: question is NULL");
+    IDF_FORWARD(check_text(s, question, len, "add_user_turn"));
     IDF_FORWARD(begin_edit(s, "add_user_turn"));
-    IDF_FORWARD(idf_prompt_add_user_turn(&s->edit, question, cfg_of(s)->is_instruct, &s->err));
+    IDF_FORWARD(idf_prompt_add_user_turn(&s->edit, question, len, cfg_of(s)->is_instruct, &s->err));
     IDF_FORWARD(tokenize_into_tmp(s, &s->edit, "add_user_turn"));
     commit_edit(s);
     return IDEFICS_OK;
+}
+
+idefics_status idefics_add_user_turn(idefics_session *s, const char *question) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    if (!question) {
+        idf_err_clear(&s->err);
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_user_turn: question is NULL");
+    }
+    return idefics_add_user_turn_n(s, question, strlen(question));
+}
+
+idefics_status idefics_begin_user_turn(idefics_session *s) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    IDF_FORWARD(begin_edit(s, "begin_user_turn"));
+    IDF_FORWARD(idf_prompt_begin_turn(&s->edit, &s->err));
+    IDF_FORWARD(tokenize_into_tmp(s, &s->edit, "begin_user_turn"));
+    commit_edit(s);
+    return IDEFICS_OK;
+}
+
+idefics_status idefics_end_user_turn(idefics_session *s) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    IDF_FORWARD(begin_edit(s, "end_user_turn"));
+    IDF_FORWARD(idf_prompt_end_turn(&s->edit, cfg_of(s)->is_instruct, &s->err));
+    IDF_FORWARD(tokenize_into_tmp(s, &s->edit, "end_user_turn"));
+    commit_edit(s);
+    return IDEFICS_OK;
+}
+
+/* generate and eval inside an open turn would answer half a question */
+static idefics_status check_no_turn(idefics_session *s, const char *what) {
+    if (!s->prompt.turn_open) return IDEFICS_OK;
+    return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG,
+                    "%s: a user turn is open (idefics_begin_user_turn); end it with idefics_end_user_turn first", what);
 }
 
 /* ------------------------------------------------------------- generation */
@@ -413,6 +475,13 @@ static bool is_stop(const idefics_session *s, int32_t id, bool stop_at_eos) {
 static int conversation_piece(const idefics_session *s, int32_t prev, int32_t id, char *buf) {
     int32_t p = (prev < 0 || is_special(s, prev)) ? -1 : prev;
     return idf_token_to_piece(s->model->tok, p, id, buf, PIECE_MAX);
+}
+
+/* Append a generated token's text to the conversation. */
+static idefics_status add_generated(idefics_session *s, int32_t tok, const char *piece, size_t n) {
+    /* a generated special token stays one on re-tokenization; generated text
+     * that merely spells one ("<" "image" ">") stays text */
+    return idf_prompt_add_generated(&s->prompt, piece, n, idf_tokenizer_is_special(s->model->tok, tok));
 }
 
 /* Evaluate ids[from..n_ids) after the cache; on failure the cache is put back. */
@@ -466,22 +535,16 @@ static idefics_status encode_images(idefics_session *s) {
     return IDEFICS_OK;
 }
 
-idefics_status idefics_generate(idefics_session *s, const idefics_generate_params *params, idefics_token_fn on_token,
-                                void *user_data) {
-    if (!s) return IDEFICS_ERR_INVALID_ARG;
-    idf_err_clear(&s->err);
-    idefics_generate_params gp = params ? *params : idefics_generate_default_params();
-    IDF_FORWARD(check_gen_params(s, &gp));
-    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
-    memset(&s->tm, 0, sizeof s->tm);
-    const idf_config *c = cfg_of(s);
-
+/* Encode the new images and prefill the conversation, keeping the longest
+ * evaluated prefix; afterwards s->logits hold the last position's logits. */
+static idefics_status prepare(idefics_session *s, const char *what) {
+    IDF_FORWARD(check_no_turn(s, what));
     if (s->n_ids <= 1)
         return idf_errf(&s->err, IDEFICS_ERR_EMPTY_PROMPT,
-                        "generate: the conversation is empty; add a user turn, text or an image first");
+                        "%s: the conversation is empty; add a user turn, text or an image first", what);
     if (s->n_ids > s->n_ctx)
         return idf_errf(&s->err, IDEFICS_ERR_CONTEXT_FULL,
-                        "generate: the conversation is %d tokens, more than the context of %d; reset the session",
+                        "%s: the conversation is %d tokens, more than the context of %d; reset the session", what,
                         s->n_ids, s->n_ctx);
 
     IDF_FORWARD(encode_images(s));
@@ -501,8 +564,36 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
         s->tm.n_prompt_tokens = s->n_ids - keep;
         IDF_FORWARD(eval_tail(s, keep));
     }
+    s->tm.prefill_ms = idf_time_ms() - t0;
+    return IDEFICS_OK;
+}
+
+idefics_status idefics_session_eval(idefics_session *s) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    idf_err_clear(&s->err);
+    s->finish = IDEFICS_FINISH_NONE;
+    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
+    memset(&s->tm, 0, sizeof s->tm);
+    return prepare(s, "eval");
+}
+
+idefics_status idefics_generate(idefics_session *s, const idefics_generate_params *params, idefics_token_fn on_token,
+                                void *user_data) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    idf_err_clear(&s->err);
+    s->finish = IDEFICS_FINISH_NONE;
+    idefics_generate_params gp = params ? *params : idefics_generate_default_params();
+    IDF_FORWARD(check_gen_params(s, &gp));
+    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
+    memset(&s->tm, 0, sizeof s->tm);
+    const idf_config *c = cfg_of(s);
+
+    idefics_status st = prepare(s, "generate");
+    if (st != IDEFICS_OK) {
+        if (st == IDEFICS_ERR_CANCELLED) s->finish = IDEFICS_FINISH_CANCELLED;
+        return st;
+    }
     double t1 = idf_time_ms();
-    s->tm.prefill_ms = t1 - t0;
 
     idf_sampling sp = {gp.temperature, gp.top_k, gp.top_p, gp.repetition_penalty};
     idf_rng rng;
@@ -512,7 +603,7 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
     char conv[PIECE_MAX];
     idf_stream so;
     idf_stream_init(&so, s->model->tok, s->byte_id);
-    idefics_status st = IDEFICS_OK;
+    if (gp.max_new_tokens == 0) s->finish = IDEFICS_FINISH_LENGTH;
 
     for (int i = 0; i < gp.max_new_tokens; i++) {
         memcpy(s->work, s->logits, (size_t)s->n_vocab * sizeof(float));
@@ -531,19 +622,25 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
         s->n_ids++;
         s->tm.n_generated++;
         int nc = conversation_piece(s, prev, tok, conv);
-        if (nc < 0 || idf_prompt_add_generated(&s->prompt, conv, (size_t)nc) != IDEFICS_OK) {
+        if (nc < 0 || add_generated(s, tok, conv, (size_t)nc) != IDEFICS_OK) {
             st = idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "generate: cannot append token %d to the text", tok);
             break;
         }
 
         bool stop = is_stop(s, tok, gp.stop_at_eos);
-        bool last = stop || i + 1 == gp.max_new_tokens || s->n_eval >= s->n_ctx;
+        bool full = s->n_eval >= s->n_ctx;
+        bool last = stop || i + 1 == gp.max_new_tokens || full;
 
         const char *piece = idf_stream_token(&so, tok, is_special(s, tok), last);
         bool go_on = on_token ? on_token(user_data, tok, piece) : true;
 
         if (!go_on || last) {
-            if (s->n_eval >= s->n_ctx && !stop)
+            /* one reason, most specific first: a stop token ends the answer whatever else holds */
+            s->finish = stop     ? IDEFICS_FINISH_STOP
+                        : !go_on ? IDEFICS_FINISH_CALLBACK
+                        : full   ? IDEFICS_FINISH_CONTEXT_FULL
+                                 : IDEFICS_FINISH_LENGTH;
+            if (full && !stop)
                 idf_logf(&s->model->log, IDEFICS_LOG_INFO, "generate: stopped at the end of the context (%d tokens)",
                          s->n_ctx);
             break;
@@ -555,8 +652,26 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
         st = eval_tail(s, s->n_ids - 1);
         if (st != IDEFICS_OK) break;
     }
+    if (st == IDEFICS_ERR_CANCELLED) s->finish = IDEFICS_FINISH_CANCELLED;
+    else if (st != IDEFICS_OK) s->finish = IDEFICS_FINISH_NONE;
     s->tm.decode_ms = idf_time_ms() - t1;
     return st;
+}
+
+idefics_finish_reason idefics_session_finish_reason(const idefics_session *s) {
+    return s ? s->finish : IDEFICS_FINISH_NONE;
+}
+
+idefics_status idefics_session_render_prompt(const idefics_session *s, char *buf, size_t size, size_t *len) {
+    if (!s || (size > 0 && !buf)) return IDEFICS_ERR_INVALID_ARG;
+    const idf_prompt *p = &s->prompt;
+    if (size > 0) {
+        size_t k = p->len < size ? p->len : size - 1;
+        memcpy(buf, p->text, k);
+        buf[k] = '\0';
+    }
+    if (len) *len = p->len;
+    return IDEFICS_OK;
 }
 
 void idefics_session_cancel(idefics_session *s) {
@@ -600,6 +715,24 @@ idefics_status idefics_tokenize(const idefics_model *model, const char *text, bo
     return idf_tokenize(model->tok, text, strlen(text), add_bos, ids, max_ids, n_ids, err);
 }
 
+idefics_status idefics_tokenize_n(const idefics_model *model, const char *text, size_t len, unsigned flags,
+                                  bool add_bos, int32_t *ids, int max_ids, int *n_ids) {
+    static const idf_span none = {0, 0};
+    if (!model) return IDEFICS_ERR_INVALID_ARG;
+    idf_err *err = (idf_err *)&model->err;
+    idf_err_clear(err);
+    if ((!text && len > 0) || !n_ids || max_ids < 0 || (max_ids > 0 && !ids))
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idefics_tokenize_n: need text, n_ids, and ids when max_ids > 0");
+    if (flags & ~IDEFICS_TEXT_SPECIAL)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idefics_tokenize_n: unknown flags 0x%x", flags);
+    if (len > 0 && memchr(text, '\0', len))
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idefics_tokenize_n: the text holds a NUL byte at offset %zu",
+                        (size_t)((const char *)memchr(text, '\0', len) - text));
+    if (!model->tok) return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "idefics_tokenize_n: the model has no tokenizer");
+    if (flags & IDEFICS_TEXT_SPECIAL) return idf_tokenize(model->tok, text, len, add_bos, ids, max_ids, n_ids, err);
+    return idf_tokenize_spans(model->tok, text, len, &none, 0, add_bos, ids, max_ids, n_ids, err);
+}
+
 int idefics_token_to_text(const idefics_model *model, int32_t prev, int32_t id, char *buf, size_t buf_size) {
     if (!model || !buf || buf_size == 0) return IDEFICS_ERR_INVALID_ARG;
     idf_err *err = (idf_err *)&model->err;
@@ -616,6 +749,180 @@ int idefics_token_to_text(const idefics_model *model, int32_t prev, int32_t id, 
     return n;
 }
 
+/* ------------------------------------------------------- snapshot / restore */
+
+/* Everything a session's conversation is, copied: restoring it gives a session
+ * indistinguishable from the one snapshotted (timings and finish reason aside). */
+struct idefics_snapshot {
+    const idefics_model *model;
+    const idf_alloc *al;
+    idefics_kv_type kv_type;
+    idf_prompt prompt;
+    int32_t *ids, *img; /* [n_ids] */
+    int n_ids;
+    int32_t *ev_ids, *ev_img; /* [n_eval] */
+    int n_eval;
+    float **px; /* [n_px]: NULL for encoded images, else the pending pixels */
+    int n_px, n_encoded;
+    float *logits; /* [n_vocab] when logits_ok */
+    bool logits_ok;
+    void *state; /* idf_state_save: KV rows, image slots */
+    size_t state_bytes;
+    int st_n_past, st_n_img;
+    size_t bytes; /* all of the above, for idefics_snapshot_bytes */
+};
+
+static size_t px_floats(const idefics_session *s) {
+    size_t sz = cfg_of(s)->v_image_size;
+    return 3 * sz * sz; /* v_image_size <= 4096 (session_init) */
+}
+
+void idefics_snapshot_free(idefics_snapshot *snap) {
+    if (!snap) return;
+    const idf_alloc *al = snap->al;
+    idf_prompt_free(&snap->prompt);
+    for (int i = 0; snap->px && i < snap->n_px; i++) idf_free(al, snap->px[i]);
+    void *bufs[] = {snap->ids, snap->img, snap->ev_ids, snap->ev_img, snap->px, snap->logits, snap->state};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) idf_free(al, bufs[i]);
+    idf_free(al, snap);
+}
+
+size_t idefics_snapshot_bytes(const idefics_snapshot *snap) { return snap ? snap->bytes : 0; }
+
+/* A copy of n int32s (n may be 0). */
+static int32_t *dup_ids(const idf_alloc *al, const int32_t *src, int n) {
+    int32_t *d = idf_calloc(al, (size_t)(n > 0 ? n : 1), sizeof(int32_t));
+    if (d && n > 0) memcpy(d, src, (size_t)n * sizeof(int32_t));
+    return d;
+}
+
+idefics_status idefics_session_snapshot(const idefics_session *cs, idefics_snapshot **out) {
+    if (out) *out = NULL;
+    if (!cs) return IDEFICS_ERR_INVALID_ARG;
+    /* The snapshot changes nothing in the session; the state is only written
+     * through to host memory where a device backend keeps it (host_access). */
+    idefics_session *s = (idefics_session *)cs;
+    idf_err_clear(&s->err);
+    if (!out) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "snapshot: out is NULL");
+    const idf_alloc *al = s->al;
+    idefics_snapshot *snap = idf_calloc(al, 1, sizeof *snap);
+    if (!snap) return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "snapshot: out of memory");
+    snap->model = s->model;
+    snap->al = al;
+    snap->kv_type = s->kv_type;
+    snap->n_ids = s->n_ids;
+    snap->n_eval = s->n_eval;
+    snap->n_px = s->n_px;
+    snap->n_encoded = s->n_encoded;
+    snap->logits_ok = s->logits_ok;
+    snap->st_n_past = idf_state_n_past(s->st);
+    snap->st_n_img = idf_state_n_images(s->st);
+    snap->state_bytes = idf_state_save_bytes(s->st);
+    snap->prompt.al = al;
+    idefics_status st = idf_prompt_copy(&snap->prompt, &s->prompt);
+    snap->ids = dup_ids(al, s->ids, s->n_ids);
+    snap->img = dup_ids(al, s->img, s->n_ids);
+    snap->ev_ids = dup_ids(al, s->ev_ids, s->n_eval);
+    snap->ev_img = dup_ids(al, s->ev_img, s->n_eval);
+    snap->px = idf_calloc(al, (size_t)(s->n_px > 0 ? s->n_px : 1), sizeof(float *));
+    snap->logits = s->logits_ok ? idf_malloc(al, (size_t)s->n_vocab * sizeof(float)) : NULL;
+    snap->state = idf_malloc(al, snap->state_bytes > 0 ? snap->state_bytes : 1);
+    bool ok = st == IDEFICS_OK && snap->ids && snap->img && snap->ev_ids && snap->ev_img && snap->px && snap->state &&
+              (snap->logits || !s->logits_ok);
+    const size_t npx = px_floats(s);
+    size_t bytes = sizeof *snap + snap->prompt.cap + (size_t)snap->prompt.cap_sp * sizeof(idf_span) +
+                   (size_t)(2 * s->n_ids + 2 * s->n_eval) * sizeof(int32_t) + (size_t)s->n_px * sizeof(float *) +
+                   snap->state_bytes + (s->logits_ok ? (size_t)s->n_vocab * sizeof(float) : 0);
+    for (int i = s->n_encoded; ok && i < s->n_px; i++) {
+        snap->px[i] = idf_malloc(al, npx * sizeof(float));
+        ok = snap->px[i] != NULL;
+        if (ok) memcpy(snap->px[i], s->px[i], npx * sizeof(float));
+        bytes += npx * sizeof(float);
+    }
+    if (!ok) {
+        idefics_snapshot_free(snap);
+        return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "snapshot: out of memory (%zu bytes)", bytes);
+    }
+    if (s->logits_ok) memcpy(snap->logits, s->logits, (size_t)s->n_vocab * sizeof(float));
+    st = idf_state_save(s->st, snap->state, snap->state_bytes, &s->err);
+    if (st != IDEFICS_OK) {
+        idefics_snapshot_free(snap);
+        return st;
+    }
+    snap->bytes = bytes;
+    *out = snap;
+    return IDEFICS_OK;
+}
+
+static const char *kv_name(idefics_kv_type t) {
+    return t == IDEFICS_KV_F32 ? "f32" : t == IDEFICS_KV_F16 ? "f16" : t == IDEFICS_KV_Q8 ? "q8" : "?";
+}
+
+idefics_status idefics_session_restore(idefics_session *s, const idefics_snapshot *snap) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    idf_err_clear(&s->err);
+    if (!snap) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "restore: snapshot is NULL");
+    if (snap->model != s->model)
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG,
+                        "restore: the snapshot was taken from a session of another model handle");
+    if (snap->kv_type != s->kv_type)
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG,
+                        "restore: the snapshot's KV cache is %s, this session's is %s (session kv_type)",
+                        kv_name(snap->kv_type), kv_name(s->kv_type));
+    /* ids hold up to n_ctx + 1 tokens (the last sampled one is not evaluated yet) */
+    if (snap->n_ids > s->n_ctx + 1 || snap->n_eval > s->n_ctx || snap->st_n_past > s->n_ctx)
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG,
+                        "restore: the snapshot holds %d tokens, more than this session's context of %d (n_ctx)",
+                        snap->n_ids, s->n_ctx);
+
+    /* Everything that can fail comes first, so that a failure changes nothing:
+     * the prompt copy, pixel copies and pointer array, the state's image slots. */
+    const idf_alloc *al = s->al;
+    const size_t npx = px_floats(s);
+    idefics_status st = idf_prompt_copy(&s->edit, &snap->prompt);
+    int cap = snap->n_px > 4 ? snap->n_px : 4;
+    float **px = st == IDEFICS_OK ? idf_calloc(al, (size_t)cap, sizeof *px) : NULL;
+    bool ok = px != NULL;
+    for (int i = snap->n_encoded; ok && i < snap->n_px; i++) {
+        px[i] = idf_malloc(al, npx * sizeof(float));
+        ok = px[i] != NULL;
+        if (ok) memcpy(px[i], snap->px[i], npx * sizeof(float));
+    }
+    if (ok) st = idf_state_load(s->st, snap->state, snap->state_bytes, snap->st_n_past, snap->st_n_img, &s->err);
+    if (!ok || st != IDEFICS_OK) {
+        for (int i = 0; px && i < snap->n_px; i++) idf_free(al, px[i]);
+        idf_free(al, px);
+        if (st == IDEFICS_OK || st == IDEFICS_ERR_OUT_OF_MEMORY)
+            return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "restore: out of memory");
+        /* a device failure while loading: the cache and image slots are gone,
+         * so the session cannot continue its conversation; start it afresh */
+        char msg[sizeof s->err.msg];
+        memcpy(msg, s->err.msg, sizeof msg);
+        idefics_session_reset(s);
+        memcpy(s->err.msg, msg, sizeof msg);
+        return st;
+    }
+
+    /* commit: nothing below fails */
+    idf_prompt_swap(&s->prompt, &s->edit);
+    free_pixels(s);
+    idf_free(al, s->px);
+    s->px = px;
+    s->cap_px = cap;
+    s->n_px = snap->n_px;
+    s->n_encoded = snap->n_encoded;
+    memcpy(s->ids, snap->ids, (size_t)snap->n_ids * sizeof(int32_t));
+    memcpy(s->img, snap->img, (size_t)snap->n_ids * sizeof(int32_t));
+    s->n_ids = snap->n_ids;
+    memcpy(s->ev_ids, snap->ev_ids, (size_t)snap->n_eval * sizeof(int32_t));
+    memcpy(s->ev_img, snap->ev_img, (size_t)snap->n_eval * sizeof(int32_t));
+    s->n_eval = snap->n_eval;
+    s->logits_ok = snap->logits_ok;
+    if (snap->logits_ok) memcpy(s->logits, snap->logits, (size_t)s->n_vocab * sizeof(float));
+    memset(&s->tm, 0, sizeof s->tm);
+    s->finish = IDEFICS_FINISH_NONE;
+    return IDEFICS_OK;
+}
 /* ------------------------------------------------ batched generation steps
  *
  * The batch scheduler (batch.c, batch.h) runs a session's generation as the
@@ -642,8 +949,10 @@ idefics_status idf_gen_begin(idefics_session *s, const idefics_generate_params *
                              void *user_data, idf_gen **out) {
     *out = NULL;
     idf_err_clear(&s->err);
+    s->finish = IDEFICS_FINISH_NONE;
     idefics_generate_params gp = params ? *params : idefics_generate_default_params();
     IDF_FORWARD(check_gen_params(s, &gp));
+    IDF_FORWARD(check_no_turn(s, "generate"));
     if (s->n_ids <= 1)
         return idf_errf(&s->err, IDEFICS_ERR_EMPTY_PROMPT,
                         "generate: the conversation is empty; add a user turn, text or an image first");
@@ -723,7 +1032,10 @@ idefics_status idf_gen_sample(idefics_session *s, idf_gen *g, bool *done) {
         g->t_decode = idf_time_ms();
         s->tm.prefill_ms = g->t_decode - g->t_prefill;
     }
-    if (g->n_new >= g->gp.max_new_tokens) return IDEFICS_OK;
+    if (g->n_new >= g->gp.max_new_tokens) {
+        s->finish = IDEFICS_FINISH_LENGTH;
+        return IDEFICS_OK;
+    }
     const idf_config *c = cfg_of(s);
     memcpy(s->work, s->logits, (size_t)s->n_vocab * sizeof(float));
     idf_penalize_repetition(s->work, s->n_vocab, s->ids, s->n_ids, g->gp.repetition_penalty, s->seen);
@@ -740,15 +1052,21 @@ idefics_status idf_gen_sample(idefics_session *s, idf_gen *g, bool *done) {
     g->n_new++;
     char conv[PIECE_MAX];
     int nc = conversation_piece(s, prev, tok, conv);
-    if (nc < 0 || idf_prompt_add_generated(&s->prompt, conv, (size_t)nc) != IDEFICS_OK)
+    if (nc < 0 || add_generated(s, tok, conv, (size_t)nc) != IDEFICS_OK)
         return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "generate: cannot append token %d to the text", tok);
 
     bool stop = is_stop(s, tok, g->gp.stop_at_eos);
-    bool last = stop || g->n_new == g->gp.max_new_tokens || s->n_eval >= s->n_ctx;
+    bool full = s->n_eval >= s->n_ctx;
+    bool last = stop || g->n_new == g->gp.max_new_tokens || full;
     const char *piece = idf_stream_token(&g->so, tok, is_special(s, tok), last);
     bool go_on = g->on_token ? g->on_token(g->ud, tok, piece) : true;
     if (!go_on || last) {
-        if (s->n_eval >= s->n_ctx && !stop)
+        /* as idefics_generate: one reason, most specific first */
+        s->finish = stop     ? IDEFICS_FINISH_STOP
+                    : !go_on ? IDEFICS_FINISH_CALLBACK
+                    : full   ? IDEFICS_FINISH_CONTEXT_FULL
+                             : IDEFICS_FINISH_LENGTH;
+        if (full && !stop)
             idf_logf(&s->model->log, IDEFICS_LOG_INFO, "generate: stopped at the end of the context (%d tokens)",
                      s->n_ctx);
         return IDEFICS_OK;
@@ -760,7 +1078,8 @@ idefics_status idf_gen_sample(idefics_session *s, idf_gen *g, bool *done) {
 }
 
 void idf_gen_end(idefics_session *s, idf_gen *g, idefics_status st) {
-    (void)st;
+    if (st == IDEFICS_ERR_CANCELLED) s->finish = IDEFICS_FINISH_CANCELLED;
+    else if (st != IDEFICS_OK) s->finish = IDEFICS_FINISH_NONE;
     if (g && g->decoding) s->tm.decode_ms = idf_time_ms() - g->t_decode;
     else if (g) s->tm.prefill_ms = idf_time_ms() - g->t_prefill;
     idf_free(s->al, g);

@@ -189,8 +189,19 @@ static void run_scenario(const scenario *sc) {
             CHECK(x->st == y->st, "%s/%d: status %s alone, %s batched", sc->name, i, idefics_status_str(x->st),
                   idefics_status_str(y->st));
             CHECK(x->n == y->n, "%s/%d: %d tokens alone, %d batched", sc->name, i, x->n, y->n);
+            const idefics_finish_reason fx = idefics_session_finish_reason(x->s), fy = idefics_session_finish_reason(y->s);
+            CHECK(fx == fy, "%s/%d: finish reason %s alone, %s batched", sc->name, i, idefics_finish_reason_str(fx),
+                  idefics_finish_reason_str(fy));
+            if (sc->cancel_after[i])
+                CHECK(fy == IDEFICS_FINISH_CANCELLED, "%s/%d: cancelled but %s", sc->name, i,
+                      idefics_finish_reason_str(fy));
+            if (sc->ctx_room[i])
+                CHECK(fy == IDEFICS_FINISH_CONTEXT_FULL || fy == IDEFICS_FINISH_STOP, "%s/%d: context %s", sc->name,
+                      i, idefics_finish_reason_str(fy));
         } else {
             CHECK(y->n > 0 && y->n < x->n, "%s/%d: removed after %d tokens (alone %d)", sc->name, i, y->n, x->n);
+            CHECK(idefics_session_finish_reason(y->s) == IDEFICS_FINISH_CANCELLED, "%s/%d: removed but %s", sc->name,
+                  i, idefics_finish_reason_str(idefics_session_finish_reason(y->s)));
         }
         for (int t = 0; t < x->n && t < y->n; t++) {
             CHECK(x->ids[t] == y->ids[t], "%s/%d: token %d: %d alone, %d batched", sc->name, i, t, x->ids[t],
