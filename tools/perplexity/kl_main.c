@@ -185,8 +185,9 @@ int main(int argc, char **argv) {
             snprintf(ans, sizeof ans, "\nAssistant: %s<end_of_utterance>", fld[3]);
             ps = idefics_add_text(sess, "User:");
             if (!ps) ps = idefics_add_image_file(sess, path);
-            if (!ps) ps = idefics_add_text(sess, q);
-            if (!ps) ps = idefics_add_text(sess, ans);
+            /* raw prompt text: <end_of_utterance> is the special token */
+            if (!ps) ps = idefics_add_text_n(sess, q, strlen(q), IDEFICS_TEXT_SPECIAL);
+            if (!ps) ps = idefics_add_text_n(sess, ans, strlen(ans), IDEFICS_TEXT_SPECIAL);
         } else {
             ps = idefics_add_image_file(sess, path);
             if (!ps) ps = idefics_add_user_turn(sess, fld[2]);
