@@ -245,6 +245,28 @@ for f in $(ls "$imgs"/*.png | head -n 6); do
 done
 check '[ $same -eq 6 ]' "caption (prepared on the reader thread) = ask for 6 images ($same)"
 
+# ---- 7. --parallel 3 (idefics_batch): the same records as one at a time; kill + resume; SIGTERM
+cap -r "$lib" -o "$tmp/par.jsonl" --parallel 3 2>/dev/null
+check '[ $? -eq 0 ] && [ "$(wc -l <"$tmp/par.jsonl")" -eq $N ]' "--parallel 3 writes $N records"
+check 'diff <(grep -o "\"path\":\"[^\"]*\",\"status\":\"ok\",\"caption\":\"[^\"]*\"" "$tmp/par.jsonl" | sort) <(grep -o "\"path\":\"[^\"]*\",\"status\":\"ok\",\"caption\":\"[^\"]*\"" "$tmp/full.jsonl" | sort) >/dev/null' \
+    "--parallel 3 captions equal the sequential run's (greedy)"
+rm -f "$tmp/par2.jsonl"
+"$bin" caption -m "$model" -t 1 -r "$lib" -o "$tmp/par2.jsonl" --parallel 3 2>/dev/null &
+pid=$!
+sleep "$(printf '%d.%03d' $((wall / 4000)) $((wall / 4 % 1000)))"
+kill -KILL $pid 2>/dev/null
+wait $pid 2>/dev/null
+"$bin" caption -m "$model" -t 1 -r "$lib" -o "$tmp/par2.jsonl" --parallel 3 2>/dev/null &
+pid=$!
+sleep "$(printf '%d.%03d' $((wall / 4000)) $((wall / 4 % 1000)))"
+kill -TERM $pid
+wait $pid
+rc=$?
+check '[ $rc -eq 143 ] || [ "$(wc -l <"$tmp/par2.jsonl")" -eq $N ]' "--parallel SIGTERM exit $rc"
+cap -r "$lib" -o "$tmp/par2.jsonl" --parallel 3 2>/dev/null
+check '[ $? -eq 0 ] && [ "$(wc -l <"$tmp/par2.jsonl")" -eq $N ] && [ "$(dups "$tmp/par2.jsonl")" -eq 0 ]' \
+    "--parallel 3 after SIGKILL and SIGTERM: one record per input"
+
 # usage errors
 cap >/dev/null 2>&1
 check '[ $? -eq 2 ]' "no input: exit 2"

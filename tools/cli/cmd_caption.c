@@ -63,12 +63,15 @@ typedef struct caption_opts {
 } caption_opts;
 
 static volatile sig_atomic_t g_signal;
-static idefics_session *volatile g_session;
+/* The run's sessions, for a second signal; set before the handler can see them. */
+static idefics_session *const *volatile g_sessions;
+static volatile int g_n_sessions;
 
 static void on_signal(int sig) {
-    if (g_signal) { /* a second signal: stop the current image now */
-        idefics_session *s = g_session;
-        if (s) idefics_session_cancel(s);
+    if (g_signal) { /* a second signal: stop the current images now (idefics_session_cancel is a flag store) */
+        idefics_session *const *v = g_sessions;
+        for (int i = 0; v && i < g_n_sessions; i++)
+            if (v[i]) idefics_session_cancel(v[i]);
     }
     g_signal = sig;
 }
@@ -113,7 +116,7 @@ static void usage(FILE *f) {
             "      --seed S            sampling seed (default: random, printed with -v)\n"
             "  -c, --ctx-size N        context length (default: the board's, else the model's)\n"
             "  -t, --threads N         compute threads (default: all cores)\n"
-            "      --parallel N        images per batch; this build captions one at a time\n"
+            "      --parallel N        caption N images at once in one batch (idefics_batch; default 1)\n"
             "      --board NAME        defaults for a board or memory profile (boards/; env IDEFICS_BOARD)\n"
             "      --low-memory        page the weights in per layer (small-RAM boards)\n"
             "      --backend NAME      auto | cpu | cpu-ref | opencl (default auto)\n"
@@ -470,12 +473,6 @@ static void progress_draw(const progress *p) {
 
 /* ---- captioning one image */
 
-static bool on_token(void *ud, int32_t token, const char *piece) {
-    (void)token;
-    cap_buf *t = ud;
-    cb_str(t, piece);
-    return !t->oom;
-}
 
 static void trim(cap_buf *t) {
     if (!t->s) return;
@@ -487,24 +484,128 @@ static void trim(cap_buf *t) {
     t->s[t->len] = '\0';
 }
 
-static idefics_status caption_one(idefics_session *s, const job *j, const char *prompt,
-                                  const idefics_generate_params *gen, cap_buf *t, int *w, int *h) {
-    t->len = 0;
-    t->oom = false;
-    if (t->s) t->s[0] = '\0';
-    *w = *h = 0;
-    idefics_session_reset(s);
-    idefics_status st = j->img ? idefics_add_image_prepared(s, j->img) : idefics_add_image_memory(s, j->data, j->size);
-    if (st == IDEFICS_OK) idefics_session_last_image_size(s, w, h);
-    if (st == IDEFICS_OK) st = idefics_add_user_turn(s, prompt);
-    if (st == IDEFICS_OK) {
-        g_session = s;
-        st = idefics_generate(s, gen, on_token, t);
-        g_session = NULL;
-        if (st == IDEFICS_OK && t->oom) st = IDEFICS_ERR_OUT_OF_MEMORY;
-    }
-    if (st == IDEFICS_OK) trim(t);
+static void utc_now(char *buf, size_t n) {
+    time_t t = time(NULL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* One session of the run: the image it captions and what came back. */
+typedef struct slot {
+    idefics_session *s;
+    bool busy, finished;
+    idefics_status st; /* of the generation */
+    size_t input;
+    char hash[48];
+    cap_buf text;
+    double t0;
+    int w, h;
+} slot;
+
+typedef struct run_ctx {
+    const caption_opts *o;
+    cap_out *out; /* NULL: stdout */
+    progress *bar;
+    const char *prompt, *model_id, *model_name;
+    size_t n_ok, n_failed;
+    bool write_failed;
+    int write_errno;
+} run_ctx;
+
+static bool slot_token(void *ud, int32_t token, const char *piece) {
+    (void)token;
+    slot *sl = ud;
+    cb_str(&sl->text, piece);
+    return !sl->text.oom;
+}
+
+static void slot_done(void *ud, idefics_session *s, idefics_status st) {
+    (void)s;
+    slot *sl = ud;
+    sl->st = st;
+    sl->finished = true;
+}
+
+/* A fresh conversation with the image and the caption question. */
+static idefics_status slot_start(slot *sl, const job *j, const char *prompt) {
+    sl->text.len = 0;
+    sl->text.oom = false;
+    if (sl->text.s) sl->text.s[0] = '\0';
+    sl->w = sl->h = 0;
+    sl->st = IDEFICS_OK;
+    sl->finished = false;
+    idefics_session_reset(sl->s);
+    idefics_status st = j->img ? idefics_add_image_prepared(sl->s, j->img) : idefics_add_image_memory(sl->s, j->data, j->size);
+    if (st == IDEFICS_OK) idefics_session_last_image_size(sl->s, &sl->w, &sl->h);
+    if (st == IDEFICS_OK) st = idefics_add_user_turn(sl->s, prompt);
     return st;
+}
+
+static int write_stdout(const char *p, size_t n);
+
+/* One record: the sidecar first (its failure makes the record an error), the
+ * message on stderr, then OUT or stdout. */
+static void emit(run_ctx *R, const cap_input *ip, const char *hash, const char *status, const char *errmsg,
+                 const char *caption, int w, int h, double ms, const char *finish) {
+    char errtext[768];
+    bool ok = !strcmp(status, "ok");
+    if (ok && R->o->sidecar &&
+        cap_xmp_write(ip->path, R->o->sidecar_name, caption ? caption : "", R->model_name, errtext, sizeof errtext) != 0) {
+        status = "sidecar_error";
+        errmsg = errtext;
+        ok = false;
+    }
+    char when[32];
+    utc_now(when, sizeof when);
+    cap_record r = {.path = ip->path, .path_len = ip->len, .status = status, .error = errmsg,
+                    .caption = caption ? caption : "", .width = w, .height = h, .hash = hash,
+                    .model = R->model_name, .model_id = R->model_id, .prompt = R->prompt, .ms = ms, .time = when,
+                    .finish = finish};
+    progress_clear(R->bar);
+    if (!ok || R->o->verbose) {
+        cap_buf m = {0};
+        cb_path_escaped(&m, ip->path, ip->len, false); /* the library's message never repeats the path */
+        if (ok) fprintf(stderr, "idefics caption: %s: %.1f ms\n", m.s ? m.s : "", ms);
+        else fprintf(stderr, "idefics caption: %s: %s (%s)\n", m.s ? m.s : "", errmsg ? errmsg : "", status);
+        cb_free(&m);
+    }
+    int wr;
+    if (R->out) wr = cap_out_write(R->out, &r);
+    else {
+        cap_buf b = {0};
+        cap_format_record(&b, R->o->format, &r);
+        wr = b.oom ? -1 : write_stdout(b.s, b.len);
+        if (b.oom) errno = ENOMEM;
+        cb_free(&b);
+    }
+    if (wr != 0) {
+        R->write_failed = true;
+        R->write_errno = errno;
+        return;
+    }
+    if (ok) R->n_ok++;
+    else R->n_failed++;
+    R->bar->done++;
+    R->bar->captioned += ok;
+    R->bar->failed = R->n_failed;
+    progress_draw(R->bar);
+}
+
+/* A slot's generation ended: its record, unless a second signal cancelled it. */
+static void slot_finish(run_ctx *R, slot *sl, const cap_inputs *in) {
+    sl->busy = false;
+    sl->finished = false;
+    idefics_status st = sl->st;
+    if (st == IDEFICS_OK && sl->text.oom) st = IDEFICS_ERR_OUT_OF_MEMORY;
+    if (st == IDEFICS_ERR_CANCELLED && g_signal) return; /* interrupted: no record, redone on resume */
+    if (st == IDEFICS_OK) trim(&sl->text);
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", idefics_session_last_error(sl->s));
+    idefics_finish_reason fr = idefics_session_finish_reason(sl->s);
+    emit(R, &in->v[sl->input], sl->hash, st == IDEFICS_OK ? "ok" : idefics_status_str(st), msg,
+         sl->text.s ? sl->text.s : "", sl->w, sl->h, now_ms() - sl->t0,
+         fr != IDEFICS_FINISH_NONE ? idefics_finish_reason_str(fr) : NULL);
 }
 
 /* -p, else the model's chat.caption_prompt, else the default. */
@@ -519,12 +620,6 @@ static char *caption_prompt(const caption_opts *o, const idefics_model *model) {
     return strdup(CAPTION_DEFAULT_PROMPT);
 }
 
-static void utc_now(char *buf, size_t n) {
-    time_t t = time(NULL);
-    struct tm tm;
-    gmtime_r(&t, &tm);
-    strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
 
 static int write_stdout(const char *p, size_t n) {
     while (n) {
@@ -571,8 +666,6 @@ int cmd_caption(int argc, char **argv) {
         cap_inputs_free(&in);
         return 1;
     }
-    if (o.parallel > 1 && o.verbose)
-        fprintf(stderr, "idefics caption: --parallel %d: this build captions one image at a time\n", o.parallel);
 
     /* the model and the session, board defaults first, explicit flags win */
     idefics_model_params mp = idefics_model_default_params();
@@ -623,7 +716,6 @@ int cmd_caption(int argc, char **argv) {
                 o.out, out.repaired_bytes);
 
     idefics_model *model = NULL;
-    idefics_session *s = NULL;
     idefics_status st = in.n ? idefics_model_load(o.model, &mp, &model, err, sizeof err) : IDEFICS_OK;
     if (st != IDEFICS_OK) {
         if (g_signal) fprintf(stderr, "idefics caption: interrupted while loading the model\n");
@@ -632,21 +724,39 @@ int cmd_caption(int argc, char **argv) {
         cap_inputs_free(&in);
         return g_signal ? 128 + (int)g_signal : 1;
     }
-    if (model) st = idefics_session_create(model, &sp, &s, err, sizeof err);
-    if (st != IDEFICS_OK) {
-        fprintf(stderr, "idefics caption: cannot create a session: %s (%s)\n", err, idefics_status_str(st));
-        idefics_model_free(model);
-        cap_out_close(&out, err, sizeof err);
-        cap_inputs_free(&in);
-        return 1;
-    }
-    char *prompt = model ? caption_prompt(&o, model) : strdup("");
     idefics_model_info info = {0};
     char model_id[64] = "";
     if (model) {
         idefics_model_get_info(model, &info);
         idefics_model_identity(model, model_id, sizeof model_id, NULL);
     }
+    /* A caption needs ~64 prompt tokens plus -n: a 512-token context (when no
+     * -c or board says otherwise) keeps each session's KV cache small, which
+     * is what lets --parallel hold several. */
+    if (!o.set_ctx && !board) sp.n_ctx = info.n_ctx_max > 512 && o.n_predict < 400 ? 512 : 0;
+    int n_slots = in.n ? o.parallel : 0;
+    slot *slots = calloc((size_t)(n_slots ? n_slots : 1), sizeof *slots);
+    idefics_batch *batch = NULL;
+    if (!slots) st = IDEFICS_ERR_OUT_OF_MEMORY, snprintf(err, sizeof err, "out of memory");
+    for (int k = 0; k < n_slots && st == IDEFICS_OK; k++)
+        st = idefics_session_create(model, &sp, &slots[k].s, err, sizeof err);
+    if (st == IDEFICS_OK && n_slots > 1) {
+        idefics_batch_params bp = idefics_batch_default_params();
+        bp.max_sessions = n_slots;
+        bp.n_threads = mp.n_threads;
+        st = idefics_batch_create(model, &bp, &batch, err, sizeof err);
+    }
+    if (st != IDEFICS_OK) {
+        fprintf(stderr, "idefics caption: cannot create %d session(s)%s: %s (%s)\n", n_slots,
+                n_slots > 1 ? " and a batch (try a smaller --parallel)" : "", err, idefics_status_str(st));
+        for (int k = 0; slots && k < n_slots; k++) idefics_session_free(slots[k].s);
+        free(slots);
+        idefics_model_free(model);
+        cap_out_close(&out, err, sizeof err);
+        cap_inputs_free(&in);
+        return 1;
+    }
+    char *prompt = model ? caption_prompt(&o, model) : strdup("");
     idefics_generate_params gen = idefics_generate_default_params();
     gen.max_new_tokens = o.n_predict;
     gen.temperature = o.temperature;
@@ -667,85 +777,84 @@ int cmd_caption(int argc, char **argv) {
     pthread_cond_init(&rd.cv, NULL);
     bool threaded = in.n > 0 && pthread_create(&rd.thread, NULL, reader_main, &rd) == 0;
 
+    idefics_session **all = calloc((size_t)(n_slots ? n_slots : 1), sizeof *all);
+    for (int k = 0; all && k < n_slots; k++) all[k] = slots[k].s;
+    g_n_sessions = all ? n_slots : 0;
+    g_sessions = all;
     progress bar = {.on = isatty(STDERR_FILENO) && !o.verbose, .total = in.n, .t0 = now_ms()};
-    cap_buf text = {0};
-    size_t n_ok = 0, n_failed = 0, n_done_before = 0, n_failed_before = 0;
-    bool write_failed = false;
-    int write_errno = 0;
-    for (size_t i = 0; i < in.n && !g_signal && prompt; i++) {
-        const cap_input *ip = &in.v[i];
-        job j;
-        if (threaded) reader_take(&rd, &j);
-        else read_input(ip->path, rd.max_bytes, &j);
-        const cap_prev *prev = done_before(&skip, ip, &j);
-        if (prev) {
-            if (prev->ok) n_done_before++;
-            else n_failed_before++;
-            job_free(&j);
-            bar.done++;
-            continue;
-        }
-        progress_draw(&bar);
-        double t0 = now_ms();
-        int w = 0, h = 0;
-        char status_buf[64] = "ok";
-        const char *errmsg = NULL;
-        char errtext[768];
-        if (j.st != IDEFICS_OK || j.prep_st != IDEFICS_OK) {
-            snprintf(status_buf, sizeof status_buf, "%s", idefics_status_str(j.st != IDEFICS_OK ? j.st : j.prep_st));
-            errmsg = j.err;
-        } else {
-            st = caption_one(s, &j, prompt, &gen, &text, &w, &h);
-            if (st == IDEFICS_ERR_CANCELLED && g_signal) {
+    run_ctx rc_ = {.o = &o, .out = use_out ? &out : NULL, .bar = &bar, .prompt = prompt, .model_id = model_id,
+                   .model_name = info.name};
+    run_ctx *R = &rc_;
+    size_t n_done_before = 0, n_failed_before = 0;
+    size_t next = 0;
+    for (;;) {
+        /* fill the free slots with the next inputs */
+        while (!g_signal && !R->write_failed && next < in.n && prompt) {
+            slot *sl = NULL;
+            for (int k = 0; k < n_slots && !sl; k++)
+                if (!slots[k].busy) sl = &slots[k];
+            if (!sl) break;
+            const cap_input *ip = &in.v[next];
+            job j;
+            if (threaded) reader_take(&rd, &j);
+            else read_input(ip->path, rd.max_bytes, &j);
+            const cap_prev *prev = done_before(&skip, ip, &j);
+            if (prev) {
+                if (prev->ok) n_done_before++;
+                else n_failed_before++;
                 job_free(&j);
-                break; /* a second signal: no record for this one */
+                bar.done++;
+                next++;
+                continue;
             }
-            if (st != IDEFICS_OK) {
-                snprintf(status_buf, sizeof status_buf, "%s", idefics_status_str(st));
-                snprintf(errtext, sizeof errtext, "%s", idefics_session_last_error(s));
-                errmsg = errtext;
-            } else if (o.sidecar && cap_xmp_write(ip->path, o.sidecar_name, text.s ? text.s : "", info.name, errtext,
-                                                  sizeof errtext) != 0) {
-                snprintf(status_buf, sizeof status_buf, "sidecar_error");
-                errmsg = errtext;
+            progress_draw(&bar);
+            sl->input = next++;
+            sl->t0 = now_ms();
+            snprintf(sl->hash, sizeof sl->hash, "%s", j.hash);
+            if (j.st != IDEFICS_OK || j.prep_st != IDEFICS_OK) {
+                emit(R, ip, j.hash, idefics_status_str(j.st != IDEFICS_OK ? j.st : j.prep_st), j.err, NULL, 0, 0, 0,
+                     NULL);
+                job_free(&j);
+                continue;
             }
+            idefics_status gst = slot_start(sl, &j, prompt);
+            job_free(&j);
+            if (gst == IDEFICS_OK) {
+                if (batch) gst = idefics_batch_add(batch, sl->s, &gen, slot_token, slot_done, sl);
+                else {
+                    sl->st = idefics_generate(sl->s, &gen, slot_token, sl);
+                    sl->finished = true;
+                }
+            }
+            if (gst != IDEFICS_OK) { /* refused before generating: the session's message */
+                sl->st = gst;
+                sl->finished = true;
+            }
+            sl->busy = true;
+            if (sl->finished) slot_finish(R, sl, &in);
         }
-        job_free(&j);
-        char when[32];
-        utc_now(when, sizeof when);
-        cap_record r = {.path = ip->path, .path_len = ip->len, .status = status_buf, .error = errmsg,
-                        .caption = text.s ? text.s : "", .width = w, .height = h, .hash = j.hash,
-                        .model = info.name, .model_id = model_id, .prompt = prompt, .ms = now_ms() - t0,
-                        .time = when,
-                        .finish = j.st == IDEFICS_OK ? idefics_finish_reason_str(idefics_session_finish_reason(s)) : NULL};
-        bool ok = !strcmp(status_buf, "ok");
-        progress_clear(&bar);
-        if (!ok || o.verbose) {
-            cap_buf m = {0};
-            cb_path_escaped(&m, ip->path, ip->len, false); /* the library's message never repeats the path */
-            if (ok) fprintf(stderr, "idefics caption: %s: %.1f ms\n", m.s ? m.s : "", r.ms);
-            else fprintf(stderr, "idefics caption: %s: %s (%s)\n", m.s ? m.s : "", errmsg ? errmsg : "", status_buf);
-            cb_free(&m);
+        int busy = 0;
+        for (int k = 0; k < n_slots; k++) busy += slots[k].busy;
+        if (!busy) break;
+        if (batch) {
+            idefics_batch_step(batch);
+            for (int k = 0; k < n_slots; k++)
+                if (slots[k].busy && slots[k].finished) slot_finish(R, &slots[k], &in);
         }
-        int wr;
-        if (use_out) wr = cap_out_write(&out, &r);
-        else {
-            cap_buf b = {0};
-            cap_format_record(&b, o.format, &r);
-            wr = b.oom ? -1 : write_stdout(b.s, b.len);
-            cb_free(&b);
+        if (R->write_failed && batch) { /* stop: the records that cannot be written are not waited for */
+            for (int k = 0; k < n_slots; k++)
+                if (slots[k].busy) {
+                    idefics_batch_remove(batch, slots[k].s);
+                    slots[k].busy = false;
+                }
         }
-        if (wr != 0) {
-            write_failed = true;
-            write_errno = errno;
-            break;
-        }
-        if (ok) n_ok++;
-        else n_failed++;
-        bar.done++;
-        bar.captioned += ok;
-        bar.failed = n_failed;
     }
+    size_t n_ok = R->n_ok, n_failed = R->n_failed;
+    bool write_failed = R->write_failed;
+    int write_errno = R->write_errno;
+    g_sessions = NULL;
+    g_n_sessions = 0;
+    free(all);
     if (threaded) reader_stop(&rd);
     pthread_mutex_destroy(&rd.mu);
     pthread_cond_destroy(&rd.cv);
@@ -784,10 +893,14 @@ int cmd_caption(int argc, char **argv) {
             exit_code = 1;
         } else if (o.verbose) fprintf(stderr, "idefics caption: review page %s\n", o.html);
     }
-    cb_free(&text);
     bool have_prompt = prompt != NULL;
     free(prompt);
-    idefics_session_free(s);
+    idefics_batch_free(batch);
+    for (int k = 0; k < n_slots; k++) {
+        idefics_session_free(slots[k].s);
+        cb_free(&slots[k].text);
+    }
+    free(slots);
     idefics_model_free(model);
     cap_inputs_free(&in);
     if (g_signal) return 128 + (int)g_signal;
