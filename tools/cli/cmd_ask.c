@@ -28,6 +28,8 @@ typedef struct opts {
     bool json, verbose;
     const char *board;  /* --board / IDEFICS_BOARD: defaults from boards/ (boards/README.md) */
     bool low_memory, set_ctx, set_threads, set_backend;
+    int64_t max_image_pixels; /* --max-image-pixels; 0 = the board's or library's default (issue 15) */
+    bool no_exif;             /* --no-exif-orientation (issue 12) */
 } opts;
 
 /* The session a Ctrl-C should cancel. A signal handler can only reach it
@@ -70,6 +72,8 @@ static void usage(FILE *f, const char *cmd) {
             "                          n_ctx, KV type, low_memory, threads, backend; flags given override them\n"
             "      --low-memory        let the OS page weights in and out of the model file per layer\n"
             "      --device D          OpenCL device: index or name substring (idefics devices lists them)\n"
+            "      --max-image-pixels N  image decode limit (default: the board's, else 40000000)\n"
+            "      --no-exif-orientation  do not turn images upright by their EXIF tag\n"
             "%s"
             "  -v, --verbose           log progress and timings to stderr\n",
             ask ? "" : " per answer", ask ? "      --json              print one JSON object instead of streaming\n" : "");
@@ -114,6 +118,8 @@ static int parse_opts(int argc, char **argv, const char *cmd, opts *o) {
             o->verbose = true, takes = false;
         } else if (!strcmp(a, "--low-memory")) {
             o->low_memory = true, takes = false;
+        } else if (!strcmp(a, "--no-exif-orientation")) {
+            o->no_exif = true, takes = false;
         } else if (!v) {
             fprintf(stderr, "idefics %s: %s needs a value (or is unknown)\n", cmd, a);
             return 2;
@@ -160,6 +166,12 @@ static int parse_opts(int argc, char **argv, const char *cmd, opts *o) {
             o->set_backend = true;
         } else if (!strcmp(a, "--device")) {
             o->device = v;
+        } else if (!strcmp(a, "--max-image-pixels")) {
+            char *end;
+            errno = 0;
+            long long px = strtoll(v, &end, 10);
+            ok = !errno && end != v && !*end && px > 0;
+            o->max_image_pixels = px;
         } else {
             fprintf(stderr, "idefics %s: unknown option %s\n\n", cmd, a);
             usage(stderr, cmd);
@@ -209,6 +221,8 @@ static int open_model(const opts *o, const char *cmd, idefics_model **model, ide
     if (o->set_backend || !board) mp.backend = o->backend;
     if (o->set_ctx || !board) sp.n_ctx = o->n_ctx;
     if (o->low_memory) mp.low_memory = true;
+    if (o->max_image_pixels > 0) sp.max_image_pixels = o->max_image_pixels;
+    sp.exif_orientation = !o->no_exif;
     if (o->verbose && board)
         fprintf(stderr, "idefics: board %s: n_ctx %d, kv_type %d, low_memory %d, threads %d, backend %d\n", board,
                 sp.n_ctx, (int)sp.kv_type, (int)mp.low_memory, sp.n_threads, (int)mp.backend);
@@ -236,7 +250,8 @@ static int open_model(const opts *o, const char *cmd, idefics_model **model, ide
 static int add_image(idefics_session *s, const char *cmd, const char *path) {
     idefics_status st = idefics_add_image_file(s, path);
     if (st == IDEFICS_OK) return 0;
-    fprintf(stderr, "idefics %s: %s: %s (%s)\n", cmd, path, idefics_session_last_error(s), idefics_status_str(st));
+    /* the library's message names the file already (known bug: the path was printed twice) */
+    fprintf(stderr, "idefics %s: %s (%s)\n", cmd, idefics_session_last_error(s), idefics_status_str(st));
     return 1;
 }
 
