@@ -267,6 +267,22 @@ cap -r "$lib" -o "$tmp/par2.jsonl" --parallel 3 2>/dev/null
 check '[ $? -eq 0 ] && [ "$(wc -l <"$tmp/par2.jsonl")" -eq $N ] && [ "$(dups "$tmp/par2.jsonl")" -eq 0 ]' \
     "--parallel 3 after SIGKILL and SIGTERM: one record per input"
 
+# ---- 8. EXIF orientation through the CLI: a JPEG tagged "rotate 90 CW" (32x16 as stored)
+exif=${IDEFICS_SOURCE_ROOT:-$(dirname "$0")/..}/tests/fixtures/images/exif-orientation-6.jpg
+if [ -f "$exif" ]; then
+    cap "$exif" --json >"$tmp/exif-on.jsonl" 2>/dev/null
+    cap "$exif" --json --no-exif-orientation >"$tmp/exif-off.jsonl" 2>/dev/null
+    check 'grep -q "\"width\":16,\"height\":32" "$tmp/exif-on.jsonl"' "EXIF orientation applied by default (16x32)"
+    check 'grep -q "\"width\":32,\"height\":16" "$tmp/exif-off.jsonl"' "--no-exif-orientation keeps 32x16"
+    "$bin" ask -m "$model" -i "$exif" -p "Describe the image." -n 4 --no-exif-orientation --max-image-pixels 1000000 \
+        >/dev/null 2>&1
+    check '[ $? -eq 0 ]' "ask takes --no-exif-orientation and --max-image-pixels"
+    "$bin" ask -m "$model" -i "$exif" -p "x" -n 4 --max-image-pixels 0 >/dev/null 2>&1
+    check '[ $? -eq 2 ]' "ask --max-image-pixels 0 is a usage error"
+else
+    echo "note: $exif missing; CLI orientation checks skipped"
+fi
+
 # usage errors
 cap >/dev/null 2>&1
 check '[ $? -eq 2 ]' "no input: exit 2"

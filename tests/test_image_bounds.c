@@ -504,6 +504,21 @@ static void test_formats(void) {
 int main(int argc, char **argv) {
     g_self = argv[0];
     if (argc == 3 && !strcmp(argv[1], "decode")) return child_decode(argv[2]);
+    if (argc == 3 && !strcmp(argv[1], "write-exif-fixture")) {
+        /* regenerates tests/fixtures/images/exif-orientation-6.jpg (committed): 32x16, left red,
+         * right blue, EXIF Orientation 6 (shown upright it is 16x32, red on top) */
+        uint8_t rgb[32 * 16 * 3], ex[64];
+        for (int i = 0; i < 32 * 16; i++) {
+            int x = i % 32;
+            rgb[3 * i] = x < 16 ? 255 : 0, rgb[3 * i + 1] = 0, rgb[3 * i + 2] = x < 16 ? 0 : 255;
+        }
+        mem j = jpeg_make(32, 16, rgb, false, ex, exif_block(ex, 6, true));
+        FILE *f = fopen(argv[2], "wb");
+        bool ok = f && fwrite(j.d, 1, j.n, f) == j.n;
+        if (f) ok = fclose(f) == 0 && ok;
+        free(j.d);
+        return ok ? 0 : 1;
+    }
     if (argc != 2) {
         fprintf(stderr, "usage: test_image_bounds SCRATCH_DIR\n");
         return 2;
