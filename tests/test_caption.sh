@@ -226,6 +226,8 @@ if command -v exiftool >/dev/null; then
     check '[ "$(exiftool -s3 -XMP-xmp:Rating "$sc/b.png.xmp")" = 4 ]' "merge keeps xmp:Rating"
     check '[ "$(exiftool -s3 -XMP-dc:Subject "$sc/b.png.xmp")" = holiday ]' "merge keeps dc:subject"
     check '[ "$(exiftool -s3 -XMP-xmp:CreatorTool "$sc/b.png.xmp")" = "Camera 1.0" ]' "merge keeps the image's CreatorTool"
+    check 'exiftool -s3 -XMP-xmpMM:HistorySoftwareAgent "$sc/b.png.xmp" | grep -q "^idefics-edge .*(model "' \
+        "a merged sidecar names idefics-edge and the model in xmpMM:History"
     check 'exiftool -s3 -XMP-xmp:CreatorTool "$sc/a.png.xmp" | grep -q "^idefics-edge .*(model "' "a new sidecar names idefics-edge and the model"
     echo "FIGURE: exiftool -G1 -XMP:all $sc/a.png.xmp:"
     exiftool -G1 -XMP:all "$sc/a.png.xmp" | sed 's/^/    /'

@@ -9,7 +9,8 @@
  * libxml2 (no network, no entity expansion, no DTD loading), only the
  * x-default entry of AltTextAccessibility is set (other languages stay), and
  * xmp:CreatorTool is added only when absent (it names the tool that made the
- * image; an earlier idefics-edge entry is updated). Every other element,
+ * image; an earlier idefics-edge entry is updated); when the image has its
+ * own, an xmpMM:History event names idefics-edge and the model instead. Every other element,
  * attribute, namespace and processing instruction is kept as it was. A file
  * that is not XML, has no rdf:RDF, or cannot be read is left untouched and the
  * caller writes an error record. The new content is written to NAME.tmp.PID,
@@ -35,6 +36,8 @@
 #define NS_IPTC "http://iptc.org/std/Iptc4xmpCore/1.0/xmlns/"
 #define NS_XMP "http://ns.adobe.com/xap/1.0/"
 #define NS_XML "http://www.w3.org/XML/1998/namespace"
+#define NS_XMPMM "http://ns.adobe.com/xap/1.0/mm/"
+#define NS_STEVT "http://ns.adobe.com/xap/1.0/sType/ResourceEvent#"
 #define MAX_SIDECAR_BYTES (16 << 20)
 
 bool cap_xmp_available(void) { return true; }
@@ -91,6 +94,46 @@ static bool set_lang_alt(xmlNode *prop, xmlNs *rdf, const char *text) {
     }
     xmlNodeSetContent(li, NULL);
     xmlNodeAddContent(li, (const xmlChar *)text); /* escaped on output */
+    return true;
+}
+
+/* The image's own CreatorTool is kept; the caption is then recorded as an
+ * xmpMM:History event ("edited", /metadata, softwareAgent = us). An earlier
+ * event of ours is updated, so reruns do not pile up entries. */
+static bool history_event(xmlNode *desc, xmlNs *rdf, const char *tool) {
+    xmlNode *hist = NULL;
+    for (xmlNode *c = desc->children; c && !hist; c = c->next)
+        if (is_el(c, NS_XMPMM, "History")) hist = c;
+    if (!hist) {
+        xmlNs *mm = ns_for(desc, NS_XMPMM, "xmpMM");
+        if (!mm || !(hist = xmlNewChild(desc, mm, (const xmlChar *)"History", NULL))) return false;
+    }
+    xmlNode *seq = NULL;
+    for (xmlNode *c = hist->children; c && !seq; c = c->next)
+        if (is_el(c, NS_RDF, "Seq")) seq = c;
+    if (!seq && !(seq = xmlNewChild(hist, rdf, (const xmlChar *)"Seq", NULL))) return false;
+    for (xmlNode *li = seq->children; li; li = li->next) { /* ours already there: update it */
+        if (!is_el(li, NS_RDF, "li")) continue;
+        for (xmlNode *c = li->children; c; c = c->next)
+            if (is_el(c, NS_STEVT, "softwareAgent")) {
+                xmlChar *t = xmlNodeGetContent(c);
+                bool ours = t && !strncmp((const char *)t, "idefics-edge", 12);
+                xmlFree(t);
+                if (ours) {
+                    xmlNodeSetContent(c, NULL);
+                    xmlNodeAddContent(c, (const xmlChar *)tool);
+                    return true;
+                }
+            }
+    }
+    xmlNs *ev = ns_for(desc, NS_STEVT, "stEvt");
+    xmlNode *li = ev ? xmlNewChild(seq, rdf, (const xmlChar *)"li", NULL) : NULL;
+    if (!li || !xmlSetNsProp(li, rdf, (const xmlChar *)"parseType", (const xmlChar *)"Resource")) return false;
+    xmlNode *a = xmlNewChild(li, ev, (const xmlChar *)"action", (const xmlChar *)"edited");
+    xmlNode *ch = xmlNewChild(li, ev, (const xmlChar *)"changed", (const xmlChar *)"/metadata");
+    xmlNode *sw = xmlNewChild(li, ev, (const xmlChar *)"softwareAgent", NULL);
+    if (!a || !ch || !sw) return false;
+    xmlNodeAddContent(sw, (const xmlChar *)tool);
     return true;
 }
 
@@ -177,6 +220,8 @@ char *cap_xmp_merge(const char *existing, size_t n, const char *caption, const c
         xmlNode *t = xns ? xmlNewChild(desc, xns, (const xmlChar *)"CreatorTool", NULL) : NULL;
         if (!t) goto oom;
         xmlNodeAddContent(t, (const xmlChar *)creator_tool);
+    } else if (!history_event(desc, rdf, creator_tool)) {
+        goto oom;
     }
     xmlChar *buf = NULL;
     int len = 0;
