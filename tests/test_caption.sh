@@ -285,6 +285,17 @@ else
     echo "note: $exif missing; CLI orientation checks skipped"
 fi
 
+# ---- 9. one writer per OUT: a second run on the same OUT is refused while the first runs
+"$bin" caption -m "$model" -t 1 -r "$lib" -o "$tmp/lock.jsonl" 2>/dev/null &
+pid=$!
+for _ in $(seq 1 50); do [ -s "$tmp/lock.jsonl" ] && break; sleep 0.05; done
+cap "$lib/img0003.png" -o "$tmp/lock.jsonl" 2>"$tmp/lock.err"
+rc=$?
+kill -TERM $pid 2>/dev/null
+wait $pid 2>/dev/null
+check '[ $rc -eq 1 ] && grep -q "in use by another idefics caption run" "$tmp/lock.err"' "a second writer is refused (exit $rc)"
+check '[ "$(dups "$tmp/lock.jsonl")" -eq 0 ]' "no duplicates with two runs on one OUT"
+
 # usage errors
 cap >/dev/null 2>&1
 check '[ $? -eq 2 ]' "no input: exit 2"

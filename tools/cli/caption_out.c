@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -606,6 +607,15 @@ int cap_out_open(cap_out *o, const char *path, cap_format fmt, bool fresh, char 
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         snprintf(msg, msg_size, "%s is not a regular file", path);
+        close(fd);
+        return -1;
+    }
+    /* One writer per OUT: a second run appending (or compacting) at the same
+     * time would interleave records or drop the other's. The lock goes with the
+     * process, so a killed run never leaves it behind. */
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        snprintf(msg, msg_size, "%s is in use by another idefics caption run (%s)", path,
+                 errno == EWOULDBLOCK ? "locked" : strerror(errno));
         close(fd);
         return -1;
     }
