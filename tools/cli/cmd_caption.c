@@ -114,7 +114,7 @@ static void usage(FILE *f) {
             "  -n, --n-predict N       most tokens per caption (default %d)\n"
             "      --temp T            temperature; 0 = greedy (default)\n"
             "      --seed S            sampling seed (default: random, printed with -v)\n"
-            "  -c, --ctx-size N        context length (default: the board's, else the model's)\n"
+            "  -c, --ctx-size N        context length (default: the board's, else 512: captions are short)\n"
             "  -t, --threads N         compute threads (default: all cores)\n"
             "      --parallel N        caption N images at once in one batch (idefics_batch; default 1)\n"
             "      --board NAME        defaults for a board or memory profile (boards/; env IDEFICS_BOARD)\n"
