@@ -42,6 +42,7 @@
 #endif
 
 #include "image.h"
+#include "image_formats.h"
 
 /* Pillow's coefficients are computed in double without fused multiply-add
  * (x86-64 wheels); contracting a*b+c into an fma could move a coefficient
@@ -53,7 +54,7 @@
 
 /* ------------------------------------------------------------ helpers */
 
-typedef enum { FMT_UNKNOWN, FMT_PNG, FMT_JPEG, FMT_GIF, FMT_BMP, FMT_PNM } img_format;
+typedef enum { FMT_UNKNOWN, FMT_PNG, FMT_JPEG, FMT_GIF, FMT_BMP, FMT_PNM, FMT_WEBP, FMT_HEIF, FMT_TIFF } img_format;
 
 static const char *format_name(img_format f) {
     switch (f) {
@@ -62,6 +63,9 @@ static const char *format_name(img_format f) {
     case FMT_GIF: return "GIF";
     case FMT_BMP: return "BMP";
     case FMT_PNM: return "PNM";
+    case FMT_WEBP: return "WebP";
+    case FMT_HEIF: return "HEIF";
+    case FMT_TIFF: return "TIFF";
     default: return "unknown";
     }
 }
@@ -77,6 +81,14 @@ static img_format sniff(const uint8_t *d, size_t n) {
     if (n >= 3 && d[0] == 'P' && (d[1] == '5' || d[1] == '6') &&
         (d[2] == ' ' || d[2] == '\t' || d[2] == '\n' || d[2] == '\r' || d[2] == '#'))
         return FMT_PNM;
+    if (n >= 12 && memcmp(d, "RIFF", 4) == 0 && memcmp(d + 8, "WEBP", 4) == 0) return FMT_WEBP;
+    if (n >= 4 && (memcmp(d, "II*\0", 4) == 0 || memcmp(d, "MM\0*", 4) == 0)) return FMT_TIFF;
+    /* ISO BMFF: a leading ftyp box naming a HEIF brand (libheif decides the rest). */
+    if (n >= 12 && memcmp(d + 4, "ftyp", 4) == 0) {
+        static const char *brands[] = {"heic", "heix", "heim", "heis", "hevc", "hevx", "mif1", "msf1"};
+        for (size_t i = 0; i < sizeof brands / sizeof brands[0]; i++)
+            if (memcmp(d + 8, brands[i], 4) == 0) return FMT_HEIF;
+    }
     return FMT_UNKNOWN;
 }
 
@@ -201,6 +213,20 @@ static int64_t lim_decode_pixels(const idf_image_limits *lim) {
 }
 static int64_t lim_bytes(const idf_image_limits *lim) {
     return lim && lim->max_bytes > 0 ? lim->max_bytes : INT64_MAX;
+}
+
+/* The most pixels an encoded image of `size` bytes may decode to (issue 15,
+ * point 5): the caller's limit, and, above a 4-megapixel floor, no more than
+ * IDEFICS_IMAGE_MAX_RATIO times its encoded size in RGB bytes. Real photos
+ * compress 3-15:1; a small file declaring a huge canvas is a bomb. A JPEG over
+ * the budget is decoded at a reduced DCT scale; other formats are refused. */
+#define BOMB_FLOOR_PIXELS ((int64_t)4 * 1000 * 1000)
+int64_t idf_image_budget(const idf_image_limits *lim, size_t size) {
+    int64_t m = lim_decode_pixels(lim);
+    uint64_t r = (uint64_t)size * IDEFICS_IMAGE_MAX_RATIO / 3;
+    int64_t ratio = r > (uint64_t)BOMB_FLOOR_PIXELS ? (r > (uint64_t)INT64_MAX ? INT64_MAX : (int64_t)r)
+                                                     : BOMB_FLOOR_PIXELS;
+    return ratio < m ? ratio : m;
 }
 
 /* w*h*3 bytes for an RGB image, after checking the pixel limit. */
@@ -343,6 +369,14 @@ static inline uint8_t cmyk_channel(unsigned inv_v, unsigned inv_k) {
 
 /* Everything between setjmp and the end lives in *cinfo / *x or is volatile,
  * so a longjmp from libjpeg leaves nothing indeterminate. */
+/* libjpeg's own pools (the coefficient buffer of a progressive file is the
+ * whole image, 2 bytes per sample) are capped too: without a backing store
+ * libjpeg-turbo then fails with "Backing store not supported". */
+#define JPEG_MIN_POOL_BYTES ((long)48 * 1024 * 1024)
+static long jpeg_pool_max(size_t n) {
+    return n < (size_t)(LONG_MAX / 32) && (long)n * 32 > JPEG_MIN_POOL_BYTES ? (long)n * 32 : JPEG_MIN_POOL_BYTES;
+}
+
 static idefics_status decode_jpeg(const uint8_t *d, size_t n, const idf_image_limits *lim, const idf_alloc *al,
                                   idf_image *out, idf_err *err) {
     struct jpeg_decompress_struct cinfo;
@@ -350,6 +384,7 @@ static idefics_status decode_jpeg(const uint8_t *d, size_t n, const idf_image_li
     memset(&cinfo, 0, sizeof cinfo); /* destroy is safe even if create fails early */
     memset(&x, 0, sizeof x);
     uint8_t *volatile rgb = NULL;
+    int64_t budget = idf_image_budget(lim, n);
     volatile idefics_status st = IDEFICS_OK;
     cinfo.err = jpeg_std_error(&x.pub);
     x.pub.error_exit = jpeg_on_error;
@@ -359,10 +394,14 @@ static idefics_status decode_jpeg(const uint8_t *d, size_t n, const idf_image_li
         jpeg_destroy_decompress(&cinfo);
         idf_free(al, rgb);
         if (st != IDEFICS_OK) return st; /* ours, already described */
+        if (x.pub.msg_code == JERR_NO_BACKING_STORE)
+            return idf_errf(err, IDEFICS_ERR_IMAGE_TOO_LARGE,
+                            "image: progressive JPEG needs more than %ld MiB of decoder memory", jpeg_pool_max(n) / 1048576);
         return idf_errf(err, x.pub.msg_code == JERR_OUT_OF_MEMORY ? IDEFICS_ERR_OUT_OF_MEMORY : IDEFICS_ERR_IMAGE_DECODE,
                         "image: JPEG decode failed: %s", x.msg);
     }
     jpeg_create_decompress(&cinfo);
+    cinfo.mem->max_memory_to_use = jpeg_pool_max(n);
     x.progress.progress_monitor = jpeg_on_progress;
     cinfo.progress = &x.progress;
     jpeg_mem_src(&cinfo, d, (unsigned long)n);
@@ -370,16 +409,13 @@ static idefics_status decode_jpeg(const uint8_t *d, size_t n, const idf_image_li
 
     /* The header, now parsed by libjpeg itself, against the limits before
      * anything is decompressed or allocated for pixels. */
-    uint64_t px;
-    if (cinfo.image_width > INT_MAX || cinfo.image_height > INT_MAX ||
-        !idf_mul_u64(cinfo.image_width, cinfo.image_height, &px) || px > (uint64_t)lim_decode_pixels(lim)) {
-        st = idf_errf(err, IDEFICS_ERR_IMAGE_TOO_LARGE, "image: JPEG %ux%u is over the pixel limit %lld",
-                      (unsigned)cinfo.image_width, (unsigned)cinfo.image_height, (long long)lim_decode_pixels(lim));
+    if (cinfo.image_width > INT_MAX || cinfo.image_height > INT_MAX || cinfo.image_width == 0 ||
+        cinfo.image_height == 0) {
+        st = idf_errf(err, IDEFICS_ERR_IMAGE_TOO_LARGE, "image: JPEG %ux%u is out of range",
+                      (unsigned)cinfo.image_width, (unsigned)cinfo.image_height);
         longjmp(x.jb, 1);
     }
-    int w = (int)cinfo.image_width, h = (int)cinfo.image_height, nc = cinfo.num_components;
-    size_t rgb_bytes;
-    if ((st = check_dims(w, h, lim, &rgb_bytes, err)) != IDEFICS_OK) longjmp(x.jb, 1);
+    int nc = cinfo.num_components;
     if (cinfo.data_precision != 8 || (nc != 1 && nc != 3 && nc != 4)) {
         st = idf_errf(err, IDEFICS_ERR_IMAGE_DECODE, "image: JPEG with %d components of %d bits unsupported", nc,
                       cinfo.data_precision);
@@ -388,6 +424,27 @@ static idefics_status decode_jpeg(const uint8_t *d, size_t n, const idf_image_li
     cinfo.out_color_space = nc == 1 ? JCS_GRAYSCALE : nc == 3 ? JCS_RGB : JCS_CMYK;
     cinfo.dct_method = JDCT_ISLOW;
     cinfo.do_fancy_upsampling = TRUE;
+    /* Full scale (Pillow's decode, bit-exact) when it fits the budget; else the
+     * largest DCT scale M/8 that does. The result is then resized to the
+     * model's 224 pixels anyway, so the loss is a slightly different
+     * antialiasing, not a visible one. */
+    uint64_t px = 0;
+    for (int m = 8; m >= 1; m--) {
+        cinfo.scale_num = (unsigned)m;
+        cinfo.scale_denom = 8;
+        jpeg_calc_output_dimensions(&cinfo);
+        if (idf_mul_u64(cinfo.output_width, cinfo.output_height, &px) && px <= (uint64_t)budget) break;
+        px = 0;
+    }
+    if (px == 0) {
+        st = idf_errf(err, IDEFICS_ERR_IMAGE_TOO_LARGE,
+                      "image: JPEG %ux%u is over the decode budget of %lld pixels even at 1/8 scale",
+                      (unsigned)cinfo.image_width, (unsigned)cinfo.image_height, (long long)budget);
+        longjmp(x.jb, 1);
+    }
+    int w = (int)cinfo.output_width, h = (int)cinfo.output_height;
+    size_t rgb_bytes;
+    if ((st = check_dims(w, h, lim, &rgb_bytes, err)) != IDEFICS_OK) longjmp(x.jb, 1);
     jpeg_start_decompress(&cinfo);
     if ((int)cinfo.output_width != w || (int)cinfo.output_height != h || cinfo.output_components != nc) {
         st = idf_errf(err, IDEFICS_ERR_IMAGE_DECODE, "image: JPEG output %ux%ux%d differs from header %dx%dx%d",
@@ -418,6 +475,8 @@ static idefics_status decode_jpeg(const uint8_t *d, size_t n, const idf_image_li
         }
     }
     jpeg_finish_decompress(&cinfo);
+    out->src_w = (int)cinfo.image_width;
+    out->src_h = (int)cinfo.image_height;
     jpeg_destroy_decompress(&cinfo);
     out->w = w;
     out->h = h;
@@ -438,10 +497,37 @@ const char *idf_image_jpeg_decoder(void) {
 #endif
 }
 
+static idefics_status decode_any(const void *data, size_t size, const idf_image_limits *lim, const idf_alloc *al,
+                                 idf_image *out, idf_err *err);
+
+/* Decode, then turn upright by the EXIF Orientation when asked. */
 idefics_status idf_image_load_memory(const void *data, size_t size, const idf_image_limits *lim,
                                      const idf_alloc *al, idf_image *out, idf_err *err) {
     if (!out) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "image: out is NULL");
     memset(out, 0, sizeof *out);
+    IDF_FORWARD(decode_any(data, size, lim, al, out, err));
+    if (out->src_w <= 0) {
+        out->src_w = out->w;
+        out->src_h = out->h;
+    }
+    if (lim && lim->exif_orientation) {
+        int o = idf_image_exif_orientation(data, size);
+        if (o >= 5) { /* the declared size turns too */
+            int t = out->src_w;
+            out->src_w = out->src_h;
+            out->src_h = t;
+        }
+        idefics_status st = idf_image_orient(out, o, al, err);
+        if (st != IDEFICS_OK) {
+            idf_image_free(out, al);
+            return st;
+        }
+    }
+    return IDEFICS_OK;
+}
+
+static idefics_status decode_any(const void *data, size_t size, const idf_image_limits *lim, const idf_alloc *al,
+                                 idf_image *out, idf_err *err) {
     if (!data && size) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "image: data is NULL with size %zu", size);
     if (size == 0) return idf_errf(err, IDEFICS_ERR_IMAGE_DECODE, "image: empty input (0 bytes)");
     if ((uint64_t)size > (uint64_t)lim_bytes(lim))
@@ -456,21 +542,42 @@ idefics_status idf_image_load_memory(const void *data, size_t size, const idf_im
     if (fmt == FMT_UNKNOWN)
         return idf_errf(err, IDEFICS_ERR_IMAGE_DECODE,
                         "image: unrecognised format (first bytes %02x %02x %02x %02x; expected PNG, JPEG, GIF, BMP, "
-                        "binary PNM)",
+                        "binary PNM, WebP, HEIC/HEIF, TIFF)",
                         d[0], size > 1 ? d[1] : 0, size > 2 ? d[2] : 0, size > 3 ? d[3] : 0);
 
     /* Header only: dimensions before any pixel allocation. */
     uint64_t pw, ph, ppx;
-    if (peek_dims(fmt, d, size, &pw, &ph) && pw > 0 && ph > 0 &&
-        (!idf_mul_u64(pw, ph, &ppx) || ppx > (uint64_t)lim_decode_pixels(lim) || pw > INT_MAX || ph > INT_MAX))
+    bool jpeg_scaled = false; /* libjpeg decodes over-budget JPEGs at reduced scale */
+#if IDF_HAVE_LIBJPEG
+    jpeg_scaled = fmt == FMT_JPEG;
+#endif
+    /* A JPEG that even 1/8 scale cannot fit is refused here, before libjpeg
+     * (whose own ceiling, 65500, would make it a decode error). */
+    if (jpeg_scaled && peek_dims(fmt, d, size, &pw, &ph) &&
+        ((pw + 7) / 8) * ((ph + 7) / 8) > (uint64_t)idf_image_budget(lim, size))
+        return idf_errf(err, IDEFICS_ERR_IMAGE_TOO_LARGE,
+                        "image: JPEG header says %llux%llu, over the decode budget of %lld pixels even at 1/8 scale",
+                        (unsigned long long)pw, (unsigned long long)ph, (long long)idf_image_budget(lim, size));
+    bool peeked = !jpeg_scaled && peek_dims(fmt, d, size, &pw, &ph) && pw > 0 && ph > 0;
+    if (peeked && (!idf_mul_u64(pw, ph, &ppx) || ppx > (uint64_t)lim_decode_pixels(lim) || pw > INT_MAX || ph > INT_MAX))
         return idf_errf(err, IDEFICS_ERR_IMAGE_TOO_LARGE,
                         "image: %s header says %llux%llu, over the pixel limit %lld (max_pixels %lld, decoder %lld)",
                         format_name(fmt), (unsigned long long)pw, (unsigned long long)ph,
                         (long long)lim_decode_pixels(lim), (long long)lim_pixels(lim), (long long)DECODE_MAX_PIXELS);
+    if (peeked && ppx > (uint64_t)idf_image_budget(lim, size))
+        return idf_errf(err, IDEFICS_ERR_IMAGE_TOO_LARGE,
+                        "image: %s header says %llux%llu from only %zu bytes: more than %d:1 is not a plausible "
+                        "compression ratio above %lld pixels (a decompression bomb?)",
+                        format_name(fmt), (unsigned long long)pw, (unsigned long long)ph, size,
+                        IDEFICS_IMAGE_MAX_RATIO, (long long)BOMB_FLOOR_PIXELS);
     if (fmt == FMT_PNM) IDF_FORWARD(pnm_check(d, size, err));
 #if IDF_HAVE_LIBJPEG
     if (fmt == FMT_JPEG) return decode_jpeg(d, size, lim, al, out, err);
 #endif
+    if (fmt == FMT_WEBP) return idf_decode_webp(d, size, idf_image_budget(lim, size), al, out, err);
+    if (fmt == FMT_HEIF)
+        return idf_decode_heif(d, size, idf_image_budget(lim, size), lim && lim->exif_orientation, al, out, err);
+    if (fmt == FMT_TIFF) return idf_decode_tiff(d, size, idf_image_budget(lim, size), al, out, err);
     int w = 0, h = 0, comp = 0;
     if (!stbi_info_from_memory(d, len, &w, &h, &comp)) {
         const char *why = stbi_failure_reason();

@@ -13,19 +13,28 @@
 #define IDF_IMAGE_H
 
 #include <stddef.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "internal.h"
 
 typedef struct idf_image {
     int w, h;
+    int src_w, src_h; /* the size the file declares, after EXIF orientation (0 = w, h) */
     uint8_t *rgb; /* [h][w][3], allocated with the idf_alloc given to the producer */
 } idf_image;
 
 typedef struct idf_image_limits {
     int64_t max_pixels; /* w*h */
     int64_t max_bytes;  /* encoded size */
+    bool exif_orientation; /* turn the decoded image upright by its EXIF Orientation tag */
 } idf_image_limits;
+
+/* The EXIF Orientation (1..8) of an encoded image, 1 when it has none or the
+ * build has no EXIF reader (libexif). Exposed for tests and the fuzz target. */
+int idf_image_exif_orientation(const void *data, size_t size);
+/* Rotate / mirror an RGB image in place (new buffer) as Orientation o asks. */
+idefics_status idf_image_orient(idf_image *img, int o, const idf_alloc *al, idf_err *err);
 
 idefics_status idf_image_load_file(const char *path, const idf_image_limits *lim, const idf_alloc *al,
                                    idf_image *out, idf_err *err);

@@ -377,7 +377,7 @@ static int count_id(const int32_t *ids, int n, int32_t id) {
 static float *pixels_of(const char *path) {
     static const idf_alloc al = {{0}};
     const idf_config *c = &g_model->cfg;
-    idf_image_limits lim = {40 * 1000 * 1000, 64 << 20};
+    idf_image_limits lim = {40 * 1000 * 1000, 64 << 20, false}; /* HF does not apply EXIF orientation */
     idf_image im = {0}, rs = {0};
     idf_err err = {{0}};
     int sz = (int)c->v_image_size;

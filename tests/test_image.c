@@ -496,7 +496,9 @@ static void test_bad_jpegs(void) {
         /* 5000x4000 (libjpeg's own ceiling is 65500) behind a junk byte
          * before SOF, which our header peek gives up on and libjpeg skips
          * with a warning: the decoder's own header is checked against the
-         * limits before decompression (stb: its header, likewise). */
+         * limits before decompression. Over them, libjpeg decodes at a
+         * reduced DCT scale that fits (issue 15 point 5); stb, without
+         * libjpeg, refuses from its header. */
         jp[sof + 5] = 0x0F; /* height 4000 */
         jp[sof + 6] = 0xA0;
         jp[sof + 7] = 0x13; /* width 5000 */
@@ -506,9 +508,20 @@ static void test_bad_jpegs(void) {
         junk[sof] = 0x00;
         memcpy(junk + sof + 1, jp + sof, n - sof);
         idf_err_clear(&err);
-        expect_status("JPEG 5000x4000 behind a junk byte", idf_image_load_memory(junk, n + 1, &lim, &al, &img, &err),
-                      IDEFICS_ERR_IMAGE_TOO_LARGE, &err);
-        CHECK(cnt.allocs == before, "%ld allocations for a refused JPEG header", cnt.allocs - before);
+        idefics_status jst = idf_image_load_memory(junk, n + 1, &lim, &al, &img, &err);
+        if (libjpeg) {
+            /* the data is a 120x100 image's, so libjpeg may also give up on it */
+            CHECK(jst == IDEFICS_OK || jst == IDEFICS_ERR_IMAGE_DECODE, "JPEG 5000x4000 behind a junk byte: %s (%s)",
+                  idefics_status_str(jst), err.msg);
+            if (jst == IDEFICS_OK)
+                CHECK((int64_t)img.w * img.h <= lim.max_pixels && img.src_w == 5000 && img.src_h == 4000,
+                      "reduced-scale decode %dx%d of %dx%d", img.w, img.h, img.src_w, img.src_h);
+            printf("  %-34s -> %s: %dx%d\n", "JPEG 5000x4000 behind a junk byte", idefics_status_str(jst), img.w, img.h);
+            idf_image_free(&img, &al);
+        } else {
+            expect_status("JPEG 5000x4000 behind a junk byte", jst, IDEFICS_ERR_IMAGE_TOO_LARGE, &err);
+            CHECK(cnt.allocs == before, "%ld allocations for a refused JPEG header", cnt.allocs - before);
+        }
         free(junk);
         jp[sof + 5] = 0; /* height 0: DNL-style sizes are not supported */
         jp[sof + 6] = 0;

@@ -2,6 +2,8 @@
  * fuzz_image.c - libFuzzer target for image decoding and preprocessing:
  * idf_image_load_memory on arbitrary bytes, then (when it decodes) the
  * bicubic resize to a small square and normalisation, as the runtime would.
+ * Covers WebP, HEIF and TIFF (runtime/image_formats.c) in builds that have
+ * them, and the EXIF orientation readers.
  * Built only with meson -Dfuzz=true and CC=clang.
  */
 #include <stddef.h>
@@ -13,7 +15,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     /* Small limits keep each run fast and find size-check bugs sooner. */
-    idf_image_limits lim = {.max_pixels = 1 << 20, .max_bytes = 1 << 20};
+    /* EXIF orientation on: the tag readers (libexif, the PNG chunk walk, WebP demux, libtiff) are fuzzed too */
+    idf_image_limits lim = {.max_pixels = 1 << 20, .max_bytes = 1 << 20, .exif_orientation = true};
     idf_alloc al = {{0}};
     idf_err err;
     idf_image img;

@@ -53,6 +53,8 @@ void cli_usage_common(FILE *f, bool ask) {
             "                          threads, backend; flags given override them\n"
             "      --low-memory        let the OS page weights in and out of the model file per layer\n"
             "      --device D          OpenCL device: index or name substring (idefics devices lists them)\n"
+            "      --max-image-pixels N  image decode limit (default: the board's, else the library's)\n"
+            "      --no-exif-orientation  do not turn images upright by their EXIF tag\n"
             "  -v, --verbose           log progress, the prompt and timings to stderr\n"
             "  -h, --help              this text\n",
             ask ? "" : " per answer");
@@ -95,6 +97,7 @@ static const flag flags[] = {
     {"-t", "--threads", true, false},      {"-c", "--ctx-size", true, false},
     {NULL, "--board", true, false},        {NULL, "--backend", true, false},
     {NULL, "--device", true, false},       {NULL, "--kv-type", true, false},
+    {NULL, "--max-image-pixels", true, false}, {NULL, "--no-exif-orientation", false, false},
 };
 
 static const flag *find_flag(const char *a) {
@@ -221,6 +224,14 @@ int cli_parse(int argc, char **argv, const char *cmd, void (*usage)(FILE *), cli
         } else if (!strcmp(l, "--json")) o->json = true;
         else if (!strcmp(l, "--verbose")) o->verbose = true;
         else if (!strcmp(l, "--low-memory")) o->low_memory = true;
+        else if (!strcmp(l, "--no-exif-orientation")) o->no_exif = true;
+        else if (!strcmp(l, "--max-image-pixels")) {
+            char *end;
+            errno = 0;
+            long long px = strtoll(v, &end, 10);
+            ok = !errno && end != v && !*end && px > 0;
+            o->max_image_pixels = px;
+        }
         else if (!strcmp(l, "--raw")) o->raw = true;
         else if (!strcmp(l, "--dry-run")) o->dry_run = true;
         else if (!strcmp(l, "--model")) o->model = v;
@@ -390,6 +401,8 @@ int cli_open(const cli_opts *o, idefics_model **model, idefics_session **session
     if (o->set_ctx || !board) sp.n_ctx = o->n_ctx;
     if (o->set_kv || !board) sp.kv_type = o->kv_type;
     if (o->low_memory) mp.low_memory = true;
+    if (o->max_image_pixels > 0) sp.max_image_pixels = o->max_image_pixels;
+    sp.exif_orientation = !o->no_exif;
     idefics_status st = idefics_model_load(o->model, &mp, model, err, sizeof err);
     ls.loading = false;
     if (st != IDEFICS_OK) {

@@ -38,6 +38,8 @@ typedef struct cli_opts {
     const char *board;  /* --board / IDEFICS_BOARD: defaults from boards/ (boards/README.md) */
     bool json, verbose, raw, dry_run;
     bool low_memory, set_ctx, set_threads, set_backend, set_kv;
+    int64_t max_image_pixels; /* --max-image-pixels; 0 = the board's or library's default */
+    bool no_exif;             /* --no-exif-orientation */
 } cli_opts;
 
 /* Returns 0 when parsed, 1 when help was printed, 2 on a usage error (message printed). */

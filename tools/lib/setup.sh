@@ -10,6 +10,7 @@ openjdk-17-jdk-headless"
 # openjdk-17-jdk-headless: javac/java and jni.h for libidefics_jni.so and its test (tests/test_jni.sh).
 # tools/run-cross-tests adds its own: gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user dpkg-dev.
 IDEFICS_APT_PACKAGES+=" mesa-opencl-icd"  # Mesa Rusticl (llvmpipe): the OpenCL suites' second implementation (tests/meson.build)
+IDEFICS_APT_PACKAGES+=" libwebp-dev libheif-dev libtiff-dev libexif-dev libxml2-dev zlib1g-dev libimage-exiftool-perl chromium"  # caption (issue 12): WebP/HEIC/TIFF decoders, EXIF orientation, XMP sidecars, bomb-set PNGs, exiftool and headless Chromium in tests
 
 idefics_install_deps() {
     local missing=()
