@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "cli_faults.h"
 #include "idefics.h"
 #include "prompt.h" /* idf_session_text, for -v */
 
@@ -28,6 +29,7 @@ typedef struct opts {
     bool json, verbose;
     const char *board;  /* --board / IDEFICS_BOARD: defaults from boards/ (boards/README.md) */
     bool low_memory, set_ctx, set_threads, set_backend;
+    int verify; /* --verify / --no-verify (cli_faults.h); -1 = the library's default (first load) */
 } opts;
 
 /* The session a Ctrl-C should cancel. A signal handler can only reach it
@@ -71,6 +73,8 @@ static void usage(FILE *f, const char *cmd) {
             "      --low-memory        let the OS page weights in and out of the model file per layer\n"
             "      --device D          OpenCL device: index or name substring (idefics devices lists them)\n"
             "%s"
+            "      --verify            check the whole model file at load (default: first load of a file only)\n"
+            "      --no-verify         skip that check\n"
             "  -v, --verbose           log progress and timings to stderr\n",
             ask ? "" : " per answer", ask ? "      --json              print one JSON object instead of streaming\n" : "");
     if (!ask)
@@ -101,6 +105,7 @@ static int parse_opts(int argc, char **argv, const char *cmd, opts *o) {
     memset(o, 0, sizeof *o);
     o->gen = idefics_generate_default_params();
     o->backend = IDEFICS_BACKEND_AUTO;
+    o->verify = -1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -114,6 +119,8 @@ static int parse_opts(int argc, char **argv, const char *cmd, opts *o) {
             o->verbose = true, takes = false;
         } else if (!strcmp(a, "--low-memory")) {
             o->low_memory = true, takes = false;
+        } else if (cli_verify_flag(a) >= 0) {
+            o->verify = cli_verify_flag(a), takes = false;
         } else if (!v) {
             fprintf(stderr, "idefics %s: %s needs a value (or is unknown)\n", cmd, a);
             return 2;
@@ -209,6 +216,7 @@ static int open_model(const opts *o, const char *cmd, idefics_model **model, ide
     if (o->set_backend || !board) mp.backend = o->backend;
     if (o->set_ctx || !board) sp.n_ctx = o->n_ctx;
     if (o->low_memory) mp.low_memory = true;
+    if (o->verify >= 0) mp.verify = o->verify;
     if (o->verbose && board)
         fprintf(stderr, "idefics: board %s: n_ctx %d, kv_type %d, low_memory %d, threads %d, backend %d\n", board,
                 sp.n_ctx, (int)sp.kv_type, (int)mp.low_memory, sp.n_threads, (int)mp.backend);
@@ -217,9 +225,11 @@ static int open_model(const opts *o, const char *cmd, idefics_model **model, ide
         fprintf(stderr, "idefics %s: cannot load %s: %s (%s)\n", cmd, o->model, err, idefics_status_str(st));
         return 1;
     }
+    cli_sigbus_watch(*model); /* a model file truncated while mapped: a message, not a bare SIGBUS */
     st = idefics_session_create(*model, &sp, session, err, sizeof err);
     if (st != IDEFICS_OK) {
         fprintf(stderr, "idefics %s: cannot create a session: %s (%s)\n", cmd, err, idefics_status_str(st));
+        cli_sigbus_watch(NULL);
         idefics_model_free(*model);
         *model = NULL;
         return 1;
@@ -227,7 +237,8 @@ static int open_model(const opts *o, const char *cmd, idefics_model **model, ide
     if (o->verbose) {
         idefics_model_info info;
         idefics_model_get_info(*model, &info);
-        fprintf(stderr, "idefics: model %s, %s, backend %s\n", info.name[0] ? info.name : o->model,
+        char name[256];
+        fprintf(stderr, "idefics: model %s, %s, backend %s\n", cli_escape(name, sizeof name, info.name[0] ? info.name : o->model),
                 info.is_instruct ? "instruct" : "base", info.backend ? info.backend : "?");
     }
     return 0;
@@ -358,6 +369,8 @@ int cmd_ask(int argc, char **argv) {
         if (o.verbose) print_timings(&t);
     }
     free(a.text);
+    if (cli_check_stdout("ask")) rc = 1; /* e.g. stdout on a full disk */
+    cli_sigbus_watch(NULL);
     idefics_session_free(s);
     idefics_model_free(model);
     return rc;
@@ -377,6 +390,7 @@ int cmd_chat(int argc, char **argv) {
     for (int i = 0; i < o.n_images; i++)
         if (add_image(s, "chat", o.images[i])) {
             idefics_session_free(s);
+            cli_sigbus_watch(NULL);
             idefics_model_free(model);
             return 1;
         }
@@ -428,6 +442,8 @@ int cmd_chat(int argc, char **argv) {
         }
     }
     free(line);
+    if (cli_check_stdout("chat")) rc = 1;
+    cli_sigbus_watch(NULL);
     idefics_session_free(s);
     idefics_model_free(model);
     return rc;

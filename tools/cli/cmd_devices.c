@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_faults.h"
 #include "idefics.h"
 #ifdef IDF_HAVE_OPENCL
 #include "backend_opencl.h"
@@ -53,9 +54,10 @@ int cmd_devices(int argc, char **argv) {
     const idefics_status st = idf_ocl_list_devices(NULL, print_dev, NULL, &err);
     if (st != IDEFICS_OK) {
         printf("no OpenCL device: %s\n", err.msg);
+        cli_check_stdout("devices");
         return 1;
     }
-    return 0;
+    return cli_check_stdout("devices"); /* stdout on a full disk: exit 1, not 0 */
 #else
     printf("this build has no OpenCL backend (CL/cl.h was not found at build time)\n");
     return 1;
