@@ -142,7 +142,9 @@ IDEFICS_API idefics_status idefics_model_load(const char *path, const idefics_mo
                                               idefics_model **out, char *errbuf, size_t errbuf_size);
 IDEFICS_API void idefics_model_free(idefics_model *model); /* NULL is fine */
 
-/* Text of the last error on this model (e.g. from idefics_tokenize); "" if none. */
+/* Text of the last error of a call on this model made by the calling thread
+ * (e.g. idefics_tokenize; per thread like errno, so concurrent calls from
+ * several threads do not race); "" if none. */
 IDEFICS_API const char *idefics_model_last_error(const idefics_model *model);
 
 typedef struct idefics_model_info {

@@ -12,6 +12,7 @@
 #ifndef IDF_FORWARD_H
 #define IDF_FORWARD_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -52,6 +53,6 @@ int idf_state_n_ctx(const idf_state *s);
 /* Drop cached positions >= n_past (e.g. to undo a failed turn). */
 void idf_state_truncate(idf_state *s, int n_past);
 /* A flag polled during eval; set it from any thread to cancel. NULL = none. */
-void idf_state_set_cancel_flag(idf_state *s, const volatile int *flag);
+void idf_state_set_cancel_flag(idf_state *s, const atomic_int *flag);
 
 #endif /* IDF_FORWARD_H */

@@ -751,8 +751,22 @@ bool idefics_model_contains_address(const idefics_model *m, const void *addr) {
     return a >= b && a - b < m->map.size;
 }
 
+/* The last error of a call on a model, kept per calling thread (like errno):
+ * a model is shared by any number of threads, and one buffer in the model
+ * written by all of them was a data race (TSan, issue 15). Thread-local
+ * storage is not shared state, so the "no mutable globals" rule holds. */
+static _Thread_local struct {
+    const idefics_model *model;
+    idf_err err;
+} tls_model_err;
+
+idf_err *idf_model_err(const idefics_model *m) {
+    tls_model_err.model = m;
+    return &tls_model_err.err;
+}
+
 const char *idefics_model_last_error(const idefics_model *m) {
-    return m ? m->err.msg : "";
+    return m && tls_model_err.model == m ? tls_model_err.err.msg : "";
 }
 
 void idefics_model_get_info(const idefics_model *m, idefics_model_info *info) {

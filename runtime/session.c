@@ -63,7 +63,7 @@ struct idefics_session {
     int n_special;
     int32_t byte_id[256]; /* the <0xNN> byte-fallback tokens, -1 when absent */
 
-    volatile int cancel;
+    atomic_int cancel; /* set from any thread (idefics_session_cancel); read by forward.c per layer */
     idefics_timings tm;
 };
 
@@ -472,7 +472,7 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
     idf_err_clear(&s->err);
     idefics_generate_params gp = params ? *params : idefics_generate_default_params();
     IDF_FORWARD(check_gen_params(s, &gp));
-    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
+    atomic_store(&s->cancel, 0);
     memset(&s->tm, 0, sizeof s->tm);
     const idf_config *c = cfg_of(s);
 
@@ -548,7 +548,7 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
                          s->n_ctx);
             break;
         }
-        if (__atomic_load_n(&s->cancel, __ATOMIC_SEQ_CST)) {
+        if (atomic_load(&s->cancel)) {
             st = idf_errf(&s->err, IDEFICS_ERR_CANCELLED, "generate: cancelled after %d tokens", s->tm.n_generated);
             break;
         }
@@ -560,7 +560,7 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
 }
 
 void idefics_session_cancel(idefics_session *s) {
-    if (s) __atomic_store_n(&s->cancel, 1, __ATOMIC_SEQ_CST);
+    if (s) atomic_store(&s->cancel, 1);
 }
 
 void idefics_session_get_timings(const idefics_session *s, idefics_timings *t) {
@@ -587,12 +587,12 @@ const float *idefics_session_get_logits(const idefics_session *s) {
 
 /* -------------------------------------------------------- tokenizer (public) */
 
-/* The model is shared and otherwise immutable; its error text is the one
- * field these calls write (the header's per-handle error contract). */
+/* The model is shared and immutable; the error text these calls write is the
+ * calling thread's (idf_model_err), so concurrent calls do not race. */
 idefics_status idefics_tokenize(const idefics_model *model, const char *text, bool add_bos, int32_t *ids, int max_ids,
                                 int *n_ids) {
     if (!model) return IDEFICS_ERR_INVALID_ARG;
-    idf_err *err = (idf_err *)&model->err;
+    idf_err *err = idf_model_err(model);
     idf_err_clear(err);
     if (!text || !n_ids || max_ids < 0 || (max_ids > 0 && !ids))
         return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idefics_tokenize: need text, n_ids, and ids when max_ids > 0");
@@ -602,7 +602,7 @@ idefics_status idefics_tokenize(const idefics_model *model, const char *text, bo
 
 int idefics_token_to_text(const idefics_model *model, int32_t prev, int32_t id, char *buf, size_t buf_size) {
     if (!model || !buf || buf_size == 0) return IDEFICS_ERR_INVALID_ARG;
-    idf_err *err = (idf_err *)&model->err;
+    idf_err *err = idf_model_err(model);
     idf_err_clear(err);
     if (!model->tok) return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "idefics_token_to_text: the model has no tokenizer");
     uint32_t nv = idf_tokenizer_n_vocab(model->tok);
