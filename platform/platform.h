@@ -71,7 +71,7 @@ int idf_map_file(const char *path, idf_mapping *m);
 int idf_open_regular(const char *path, uint64_t *size, int *err);
 /* The same as a stdio stream ("rb"); NULL with *err set on failure. */
 void *idf_fopen_regular(const char *path, int *err); /* returns FILE * */
-/* "is a FIFO (named pipe), not a regular file", ..., or strerror(e). */
+/* "it is a FIFO (named pipe), not a regular file", ..., or strerror(e). */
 const char *idf_open_strerror(int e);
 
 /* The per-user cache folder, created if needed: $IDEFICS_CACHE_DIR, else

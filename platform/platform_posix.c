@@ -33,12 +33,12 @@ static int not_regular_code(mode_t mode) {
 
 const char *idf_open_strerror(int e) {
     switch (e) {
-    case IDF_ENOTREG_FIFO: return "is a FIFO (named pipe), not a regular file";
-    case IDF_ENOTREG_DIR: return "is a directory, not a regular file";
-    case IDF_ENOTREG_CHR: return "is a character device, not a regular file";
-    case IDF_ENOTREG_BLK: return "is a block device, not a regular file";
-    case IDF_ENOTREG_SOCK: return "is a socket, not a regular file";
-    case IDF_ENOTREG_OTHER: return "is not a regular file";
+    case IDF_ENOTREG_FIFO: return "it is a FIFO (named pipe), not a regular file";
+    case IDF_ENOTREG_DIR: return "it is a directory, not a regular file";
+    case IDF_ENOTREG_CHR: return "it is a character device, not a regular file";
+    case IDF_ENOTREG_BLK: return "it is a block device, not a regular file";
+    case IDF_ENOTREG_SOCK: return "it is a socket, not a regular file";
+    case IDF_ENOTREG_OTHER: return "it is not a regular file";
     default: return strerror(e);
     }
 }

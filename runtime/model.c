@@ -662,7 +662,7 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
     if (st == IDEFICS_OK) {
         const int e = idf_map_file(path, &m->map);
         if (e)
-            st = idf_errf(&err, IDEFICS_ERR_IO, "cannot open %s: it %s", path, idf_open_strerror(e));
+            st = idf_errf(&err, IDEFICS_ERR_IO, "cannot open %s: %s", path, idf_open_strerror(e));
     }
     if (st == IDEFICS_OK) {
         /* Without low_memory every weight is read soon anyway: ask for read-ahead. */

@@ -46,7 +46,9 @@ static void on_sigint(int sig) {
 static void log_stderr(void *ud, idefics_log_level level, const char *msg) {
     (void)ud;
     static const char *names[] = {"error", "warn", "info", "debug"};
-    fprintf(stderr, "idefics: %s: %s\n", names[level >= 0 && level <= 3 ? level : 0], msg);
+    fprintf(stderr, "idefics: %s: ", names[level >= 0 && level <= 3 ? level : 0]);
+    cli_put_escaped(stderr, msg); /* messages quote model names and paths: no raw escape codes */
+    fputc('\n', stderr);
 }
 
 static void usage(FILE *f, const char *cmd) {

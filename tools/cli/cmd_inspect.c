@@ -167,7 +167,7 @@ int cmd_inspect(int argc, char **argv) {
     idf_mapping m;
     int r = idf_map_file(path, &m);
     if (r != 0) {
-        fprintf(stderr, "idefics inspect: %s: IDEFICS_ERR_IO: cannot open: it %s\n", path, idf_open_strerror(r));
+        fprintf(stderr, "idefics inspect: %s: IDEFICS_ERR_IO: cannot open: %s\n", path, idf_open_strerror(r));
         return 1;
     }
     idfx_file f;

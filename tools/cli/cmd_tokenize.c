@@ -73,7 +73,7 @@ static int tokenizer_from_model(const char *path, idf_tokenizer **t) {
     idf_mapping m;
     int r = idf_map_file(path, &m);
     if (r != 0) {
-        fprintf(stderr, "idefics tokenize: %s: IDEFICS_ERR_IO: cannot open: it %s\n", path, idf_open_strerror(r));
+        fprintf(stderr, "idefics tokenize: %s: IDEFICS_ERR_IO: cannot open: %s\n", path, idf_open_strerror(r));
         return 1;
     }
     idfx_file f;

@@ -324,7 +324,7 @@ static int convert(const options *o) {
     path = join_path(o->model_dir, "config.json");
     config_text = path ? idf_read_text_file(path, MAX_CONFIG_BYTES, &config_len) : NULL;
     if (!config_text) {
-        fprintf(stderr, "idefics-convert: %s: cannot read: it %s\n", path ? path : o->model_dir, idf_open_strerror(errno));
+        fprintf(stderr, "idefics-convert: %s: cannot read: %s\n", path ? path : o->model_dir, idf_open_strerror(errno));
         st = IDEFICS_ERR_BAD_CHECKPOINT;
         goto done;
     }

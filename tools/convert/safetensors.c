@@ -235,7 +235,7 @@ int idf_st_open(const char *path, idf_st_file *f, char *err, size_t errsz) {
     if (e) {
         memset(f, 0, sizeof *f);
         f->map.fd = -1;
-        return fail(err, errsz, IDEFICS_ERR_IO, "%s: cannot open: it %s", path, idf_open_strerror(e));
+        return fail(err, errsz, IDEFICS_ERR_IO, "%s: cannot open: %s", path, idf_open_strerror(e));
     }
     int st = idf_st_parse(map.data, map.size, path, f, err, errsz);
     if (st) {

@@ -183,7 +183,7 @@ static int read_file(const char *path, char **data, size_t *size, char *err, siz
     if (!f) {
         if (oe == ENOENT)
             return 1;
-        return fail(err, errsz, "%s: it %s", path, idf_open_strerror(oe));
+        return fail(err, errsz, "%s: %s", path, idf_open_strerror(oe));
     }
     char *buf = NULL;
     size_t n = 0, cap = 0;
