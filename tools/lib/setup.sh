@@ -8,6 +8,8 @@ IDEFICS_APT_PACKAGES="meson ninja-build gcc clang pkg-config libzstd-dev libxxha
 libcjson-dev ocl-icd-opencl-dev opencl-headers ocl-icd-libopencl1 pocl-opencl-icd libclblast-dev clinfo zstd \
 openjdk-17-jdk-headless"
 # openjdk-17-jdk-headless: javac/java and jni.h for libidefics_jni.so and its test (tests/test_jni.sh).
+# libjpeg62-turbo-dev is Debian's name; Ubuntu calls the same package libjpeg-turbo8-dev (known bug).
+if grep -qsi '^ID=ubuntu' /etc/os-release; then IDEFICS_APT_PACKAGES=${IDEFICS_APT_PACKAGES/libjpeg62-turbo-dev/libjpeg-turbo8-dev}; fi
 # tools/run-cross-tests adds its own: gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user dpkg-dev.
 
 idefics_install_deps() {
