@@ -20,6 +20,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "cpu_features.h"
 #include "quant.h"
 
 #define U64(x) ((unsigned long long)(x))
@@ -99,6 +100,42 @@ static idefics_status check_chunk_scales(const idfx_tensor *t, uint32_t chunk, c
     return scales_result(t, chunk, &s, err);
 }
 
+/* ------------------------------------------------------------ hashing */
+
+uint64_t idf_hash_slices(const uint8_t *src, uint64_t size, uint64_t slice, idf_slice_fn fn, void *ud) {
+    XXH3_state_t st;
+    XXH3_64bits_reset(&st);
+    for (uint64_t off = 0; off < size; off += slice) {
+        const uint64_t n = size - off < slice ? size - off : slice;
+        XXH3_64bits_update(&st, src + off, (size_t)n);
+        if (fn) fn(ud, src + off, off, n);
+    }
+    return XXH3_64bits_digest(&st);
+}
+
+typedef uint64_t (*hash_fn)(const uint8_t *, uint64_t, uint64_t, idf_slice_fn, void *);
+
+static hash_fn pick_hash(void) {
+#if defined(__x86_64__)
+    idf_cpu_features cf;
+    idf_cpu_detect(&cf);
+    if (cf.avx2) return idf_hash_slices_avx2;
+#endif
+    return idf_hash_slices;
+}
+
+/* scan_tiles for one slice of a raw chunk (whole tiles) */
+typedef struct slice_scan {
+    const idfx_tensor *t;
+    uint64_t tile_bytes, tile0;
+    scale_scan s;
+} slice_scan;
+
+static void scan_slice(void *ud, const uint8_t *p, uint64_t off, uint64_t n) {
+    slice_scan *ss = ud;
+    scan_tiles(ss->t, p, ss->tile0 + off / ss->tile_bytes, n / ss->tile_bytes, &ss->s);
+}
+
 /* ------------------------------------------------------------ one chunk */
 
 typedef struct vjob {
@@ -112,6 +149,7 @@ typedef struct vctx {
     idefics_status *st;
     idf_err *errs;   /* one per job: messages are kept for the report */
     uint8_t **bufs;  /* decode buffer per thread (o->decode) */
+    hash_fn hash;
 } vctx;
 
 static idefics_status hash_mismatch(const idfx_tensor *t, uint32_t k, uint64_t want, uint64_t got, idf_err *err) {
@@ -132,24 +170,19 @@ static void verify_task(void *vc, int64_t i, int thread_id) {
     idefics_status st = IDEFICS_OK;
     if (plain && tb) {
         /* fused: hash a slice of whole tiles, then scan its scales while it is in cache */
-        uint64_t per = SLICE_BYTES / tb;
+        const uint64_t per = SLICE_BYTES / tb;
         const uint64_t slice = (per ? per : 1) * tb;
-        XXH3_state_t hs;
-        XXH3_64bits_reset(&hs);
-        scale_scan s = {0};
-        const uint64_t tile0 = ch->raw_offset / tb;
-        for (uint64_t off = 0; off < ch->stored_size; off += slice) {
-            const uint64_t n = ch->stored_size - off < slice ? ch->stored_size - off : slice;
-            if (c->o->checksums) XXH3_64bits_update(&hs, src + off, (size_t)n);
-            scan_tiles(t, src + off, tile0 + off / tb, n / tb, &s);
-        }
+        slice_scan ss = {t, tb, ch->raw_offset / tb, {0}};
         if (c->o->checksums) {
-            const uint64_t h = XXH3_64bits_digest(&hs);
+            const uint64_t h = c->hash(src, ch->stored_size, slice, scan_slice, &ss);
             if (h != ch->checksum) st = hash_mismatch(t, k, ch->checksum, h, err);
+        } else {
+            for (uint64_t off = 0; off < ch->stored_size; off += slice)
+                scan_slice(&ss, src + off, off, ch->stored_size - off < slice ? ch->stored_size - off : slice);
         }
-        if (st == IDEFICS_OK) st = scales_result(t, k, &s, err);
+        if (st == IDEFICS_OK) st = scales_result(t, k, &ss.s, err);
     } else if (c->o->checksums) {
-        const uint64_t h = XXH3_64bits(src, (size_t)ch->stored_size);
+        const uint64_t h = c->hash(src, ch->stored_size, SLICE_BYTES, NULL, NULL);
         if (h != ch->checksum) st = hash_mismatch(t, k, ch->checksum, h, err);
     }
     if (st == IDEFICS_OK && !plain && c->o->decode) {
@@ -258,7 +291,7 @@ idefics_status idfx_verify(const idfx_file *f, idf_pool *pool, const idfx_verify
     uint64_t j = 0;
     for (uint32_t i = 0; i < f->n_tensors; i++)
         for (uint32_t k = 0; k < f->tensors[i].n_chunks; k++) jobs[j++] = (vjob){i, k};
-    vctx c = {f, o, jobs, st, errs, bufs};
+    vctx c = {f, o, jobs, st, errs, bufs, pick_hash()};
     idf_pool_run(pool, (int64_t)n, verify_task, &c);
     for (j = 0; j < n; j++) {
         if (st[j] == IDEFICS_OK) continue;

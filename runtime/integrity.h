@@ -30,6 +30,14 @@ typedef struct idfx_verify_stats {
     int threads;
 } idfx_verify_stats;
 
+/* XXH3-64 of src[0, size) fed in slices; fn (may be NULL) sees each slice
+ * right after it is hashed, while it is still in cache. */
+typedef void (*idf_slice_fn)(void *ud, const uint8_t *p, uint64_t off, uint64_t n);
+uint64_t idf_hash_slices(const uint8_t *src, uint64_t size, uint64_t slice, idf_slice_fn fn, void *ud);
+#if defined(__x86_64__)
+uint64_t idf_hash_slices_avx2(const uint8_t *src, uint64_t size, uint64_t slice, idf_slice_fn fn, void *ud);
+#endif
+
 /* Called once per failure, in file order, from the calling thread. */
 typedef void (*idfx_verify_report_fn)(void *user_data, idefics_status st, const char *msg);
 
