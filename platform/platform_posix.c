@@ -112,7 +112,11 @@ int idf_map_file(const char *path, idf_mapping *m) {
     m->fd = fd;
     m->dev = (uint64_t)st.st_dev;
     m->ino = (uint64_t)st.st_ino;
+#ifdef __APPLE__
+    m->mtime_ns = (int64_t)st.st_mtimespec.tv_sec * 1000000000 + st.st_mtimespec.tv_nsec;
+#else
     m->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+#endif
     return 0;
 }
 
