@@ -146,6 +146,16 @@ int main(int argc, char **argv) {
         return 1;
     }
     CHECK(!idefics_model_contains_address(model, &st), "a stack address is not in the model");
+    {
+        /* an out-of-range verify mode is refused, not treated as one of the three */
+        idefics_model_params bad = mp;
+        bad.verify = 7;
+        idefics_model *m2 = NULL;
+        st = idefics_model_load(argv[1], &bad, &m2, err, sizeof err);
+        CHECK(st == IDEFICS_ERR_INVALID_ARG && !m2 && strstr(err, "params.verify"), "verify = 7: %s (%s)",
+              idefics_status_str(st), err);
+        st = IDEFICS_OK;
+    }
     CHECK(!idefics_model_contains_address(NULL, &st), "NULL model contains nothing");
 
     /* 1. reference tokens one at a time, then all three at once */
