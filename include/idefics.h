@@ -123,7 +123,7 @@ typedef struct idefics_model_params {
     idefics_log_level log_level;     /* messages above this level are dropped; default INFO */
     idefics_progress_fn progress;    /* NULL = none */
     void *progress_user_data;
-    int n_threads;                   /* threads for chunk decompression at load; 0 = all cores */
+    int n_threads;                   /* threads for chunk decompression and verification at load; 0 = all cores */
     idefics_backend backend;         /* default AUTO */
     const char *device;              /* OpenCL device: index or name substring; NULL = env IDEFICS_DEVICE or first */
     bool verify_checksums;           /* true: verify at this load whatever `verify` says (as IDEFICS_VERIFY_ALWAYS) */
