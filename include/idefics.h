@@ -125,11 +125,15 @@ typedef struct idefics_model_params {
     idefics_log_level log_level;     /* messages above this level are dropped; default INFO */
     idefics_progress_fn progress;    /* NULL = none */
     void *progress_user_data;
-    int n_threads;                   /* threads for chunk decompression at load; 0 = all cores */
+    int n_threads;                   /* threads for chunk decompression and verification at load; 0 = all cores */
     idefics_backend backend;         /* default AUTO */
     const char *device;              /* OpenCL device: index or name substring; NULL = env IDEFICS_DEVICE or first */
-    bool verify_checksums;           /* check every chunk's checksum at load (reads the whole file) */
+    bool verify_checksums;           /* true: verify at this load whatever `verify` says (as IDEFICS_VERIFY_ALWAYS) */
     bool low_memory;                 /* let the OS page weights in and out of the mapping as needed */
+    /* issue 15: load-time integrity (see "integrity and faults" below) */
+    int verify;                      /* an idefics_verify_mode; default IDEFICS_VERIFY_AUTO */
+    const char *verify_cache_dir;    /* where the verified-file stamps live; NULL = env IDEFICS_CACHE_DIR,
+                                        else $XDG_CACHE_HOME/idefics, else ~/.cache/idefics (+ "/verified") */
 } idefics_model_params;
 
 IDEFICS_API idefics_model_params idefics_model_default_params(void);
@@ -140,7 +144,9 @@ IDEFICS_API idefics_status idefics_model_load(const char *path, const idefics_mo
                                               idefics_model **out, char *errbuf, size_t errbuf_size);
 IDEFICS_API void idefics_model_free(idefics_model *model); /* NULL is fine */
 
-/* Text of the last error on this model (e.g. from idefics_tokenize); "" if none. */
+/* Text of the last error of a call on this model made by the calling thread
+ * (e.g. idefics_tokenize; per thread like errno, so concurrent calls from
+ * several threads do not race); "" if none. */
 IDEFICS_API const char *idefics_model_last_error(const idefics_model *model);
 
 typedef struct idefics_model_info {
@@ -608,6 +614,32 @@ typedef struct idefics_device_info {
  * or out == NULL with max > 0. */
 IDEFICS_API idefics_status idefics_list_devices(idefics_device_info *out, int max, int *n_devices, char *err,
                                                 size_t err_size);
+/* ---------------------------------------- integrity and faults (issue 15) */
+
+/* Load-time verification (idefics_model_params.verify). Verifying reads the
+ * whole file once, on all load threads: every chunk's XXH3 checksum, and every
+ * fp16 scale of every Q4/Q8 chunk must be finite. A file that fails is refused
+ * (IDEFICS_ERR_CHECKSUM or IDEFICS_ERR_CORRUPT) with the tensor and chunk named.
+ * AUTO verifies the first time a file is loaded, then writes a stamp to the
+ * cache folder keyed by the file's device, inode, size, mtime and header
+ * checksum; a later load with a matching stamp skips the read, and any change
+ * to one of these verifies again. A stamp that cannot be written (read-only
+ * cache) only costs the next load another check. */
+typedef enum idefics_verify_mode {
+    IDEFICS_VERIFY_AUTO = 0,   /* first load of a file (no matching stamp): verify, then stamp */
+    IDEFICS_VERIFY_ALWAYS = 1, /* verify on every load (and refresh the stamp) */
+    IDEFICS_VERIFY_NEVER = 2,  /* never read the whole file; header and index are still checked */
+} idefics_verify_mode;
+
+/* The model's weights are mapped from its file (MAP_SHARED, read-only). If the
+ * file is truncated or overwritten in place while a model is loaded, touching
+ * the lost pages raises SIGBUS in whichever thread reads them. The library
+ * installs no signal handler; a host that wants to survive or report this
+ * installs its own (sigaction with SA_SIGINFO) and asks this function whether
+ * info->si_addr lies in a model's mapping. It only compares two pointers, so it
+ * is async-signal-safe. Replacing a file by rename (what idefics-convert does)
+ * is safe: the old inode stays mapped until the model is freed. */
+IDEFICS_API bool idefics_model_contains_address(const idefics_model *model, const void *addr);
 
 /* ----------------------------------------------------------- board profiles */
 

@@ -44,11 +44,47 @@ typedef struct idf_mapping {
     const uint8_t *data; /* NULL for an empty file */
     uint64_t size;
     int fd;              /* kept open for madvise/reads; -1 when closed */
+    /* identity of the mapped file (fstat of fd), for the verification stamp */
+    uint64_t dev, ino;
+    int64_t mtime_ns;
 } idf_mapping;
 
-/* Map a whole file read-only. Returns 0, or an errno value (the file is not
- * touched and *m is zeroed on failure). */
+/* Map a whole file read-only. Returns 0, or an errno value, or one of the
+ * IDF_ENOTREG_* codes below (the file is not touched and *m is zeroed on
+ * failure); idf_open_strerror() turns either into text. */
 int idf_map_file(const char *path, idf_mapping *m);
+
+/* ---- opening only regular files (issue 15) ----
+ * A FIFO would block open() or read() forever, a device may never end, a
+ * directory "reads" as a huge or failing file. Every file the runtime and the
+ * tools read from a path is opened with O_NONBLOCK (so a FIFO cannot block the
+ * open), checked with fstat and refused unless it is a regular file; the
+ * flag is then cleared. The codes are negative so they never clash with errno. */
+#define IDF_ENOTREG_FIFO (-1001)
+#define IDF_ENOTREG_DIR (-1002)
+#define IDF_ENOTREG_CHR (-1003)
+#define IDF_ENOTREG_BLK (-1004)
+#define IDF_ENOTREG_SOCK (-1005)
+#define IDF_ENOTREG_OTHER (-1006)
+/* Returns an fd (>= 0, O_CLOEXEC, blocking) or -1 with *err set to an errno
+ * value or an IDF_ENOTREG_* code. size (may be NULL) receives st_size. */
+int idf_open_regular(const char *path, uint64_t *size, int *err);
+/* The same as a stdio stream ("rb"); NULL with *err set on failure. */
+void *idf_fopen_regular(const char *path, int *err); /* returns FILE * */
+/* "it is a FIFO (named pipe), not a regular file", ..., or strerror(e). */
+const char *idf_open_strerror(int e);
+
+/* The per-user cache folder, created if needed: $IDEFICS_CACHE_DIR, else
+ * $XDG_CACHE_HOME/idefics, else $HOME/.cache/idefics (the same folder the
+ * OpenCL program cache uses). false when none can be made. */
+bool idf_user_cache_dir(char *buf, size_t size);
+/* mkdir -p; true when path is a folder afterwards. */
+bool idf_make_dirs(const char *path);
+/* Write a small file whole: a temporary next to it, then rename. */
+bool idf_write_file_atomic(const char *path, const void *data, size_t len);
+/* Read a small regular file into buf (NUL-terminated); -1 when absent,
+ * unreadable or larger than size - 1, else the byte count. */
+long idf_read_small_file(const char *path, char *buf, size_t size);
 void idf_unmap_file(idf_mapping *m);
 /* Hints for a byte range of a mapping: will be needed soon / may be dropped. */
 void idf_map_advise_willneed(const idf_mapping *m, uint64_t off, uint64_t len);

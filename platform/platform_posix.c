@@ -22,25 +22,87 @@
 
 /* ------------------------------------------------------------------ mapping */
 
+static int not_regular_code(mode_t mode) {
+    if (S_ISFIFO(mode)) return IDF_ENOTREG_FIFO;
+    if (S_ISDIR(mode)) return IDF_ENOTREG_DIR;
+    if (S_ISCHR(mode)) return IDF_ENOTREG_CHR;
+    if (S_ISBLK(mode)) return IDF_ENOTREG_BLK;
+    if (S_ISSOCK(mode)) return IDF_ENOTREG_SOCK;
+    return IDF_ENOTREG_OTHER;
+}
+
+const char *idf_open_strerror(int e) {
+    switch (e) {
+    case IDF_ENOTREG_FIFO: return "it is a FIFO (named pipe), not a regular file";
+    case IDF_ENOTREG_DIR: return "it is a directory, not a regular file";
+    case IDF_ENOTREG_CHR: return "it is a character device, not a regular file";
+    case IDF_ENOTREG_BLK: return "it is a block device, not a regular file";
+    case IDF_ENOTREG_SOCK: return "it is a socket, not a regular file";
+    case IDF_ENOTREG_OTHER: return "it is not a regular file";
+    default: return strerror(e);
+    }
+}
+
+/* open + fstat on the same descriptor (no check-then-open race). O_NONBLOCK
+ * makes open() of a FIFO return at once instead of waiting for a writer. */
+static int open_regular(const char *path, struct stat *st, int *err) {
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        /* opening a socket gives ENXIO; say what it is when stat can tell */
+        int e = errno ? errno : EIO;
+        struct stat ls;
+        if (e == ENXIO && stat(path, &ls) == 0 && !S_ISREG(ls.st_mode)) e = not_regular_code(ls.st_mode);
+        *err = e;
+        return -1;
+    }
+    if (fstat(fd, st) != 0) {
+        *err = errno;
+        close(fd);
+        return -1;
+    }
+    if (!S_ISREG(st->st_mode)) {
+        *err = not_regular_code(st->st_mode);
+        close(fd);
+        return -1;
+    }
+    int fl = fcntl(fd, F_GETFL);
+    if (fl >= 0) fcntl(fd, F_SETFL, fl & ~O_NONBLOCK);
+    return fd;
+}
+
+int idf_open_regular(const char *path, uint64_t *size, int *err) {
+    struct stat st;
+    int e = 0, fd = open_regular(path, &st, &e);
+    if (err) *err = e;
+    if (fd >= 0 && size) *size = (uint64_t)st.st_size;
+    return fd;
+}
+
+void *idf_fopen_regular(const char *path, int *err) {
+    int e = 0, fd = idf_open_regular(path, NULL, &e);
+    if (fd < 0) {
+        if (err) *err = e;
+        return NULL;
+    }
+    FILE *f = fdopen(fd, "rb");
+    if (!f) {
+        if (err) *err = errno;
+        close(fd);
+    }
+    return f;
+}
+
 int idf_map_file(const char *path, idf_mapping *m) {
     memset(m, 0, sizeof(*m));
     m->fd = -1;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return errno ? errno : EIO;
     struct stat st;
-    if (fstat(fd, &st) != 0) {
-        int e = errno;
-        close(fd);
-        return e;
-    }
-    if (!S_ISREG(st.st_mode)) {
-        close(fd);
-        return EINVAL;
-    }
+    int e = 0;
+    int fd = open_regular(path, &st, &e);
+    if (fd < 0) return e ? e : EIO;
     if (st.st_size > 0) {
         void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
         if (p == MAP_FAILED) {
-            int e = errno;
+            e = errno;
             close(fd);
             return e;
         }
@@ -48,7 +110,73 @@ int idf_map_file(const char *path, idf_mapping *m) {
     }
     m->size = (uint64_t)st.st_size;
     m->fd = fd;
+    m->dev = (uint64_t)st.st_dev;
+    m->ino = (uint64_t)st.st_ino;
+#ifdef __APPLE__
+    m->mtime_ns = (int64_t)st.st_mtimespec.tv_sec * 1000000000 + st.st_mtimespec.tv_nsec;
+#else
+    m->mtime_ns = (int64_t)st.st_mtim.tv_sec * 1000000000 + st.st_mtim.tv_nsec;
+#endif
     return 0;
+}
+
+bool idf_user_cache_dir(char *buf, size_t size) {
+    const char *d = getenv("IDEFICS_CACHE_DIR"), *x = getenv("XDG_CACHE_HOME"), *h = getenv("HOME");
+    int n;
+    if (d && d[0]) n = snprintf(buf, size, "%s", d);
+    else if (x && x[0]) n = snprintf(buf, size, "%s/idefics", x);
+    else if (h && h[0]) n = snprintf(buf, size, "%s/.cache/idefics", h);
+    else return false;
+    if (n <= 0 || (size_t)n >= size) return false;
+    return idf_make_dirs(buf);
+}
+
+bool idf_make_dirs(const char *path) {
+    char buf[4096];
+    if (!path[0] || snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return false;
+    for (char *s = buf + 1;; s++) { /* each prefix in turn; folders that exist are fine */
+        if (*s == '/' || *s == '\0') {
+            const char c = *s;
+            *s = '\0';
+            mkdir(buf, 0755);
+            *s = c;
+            if (!c) break;
+        }
+    }
+    struct stat st;
+    return stat(buf, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool idf_write_file_atomic(const char *path, const void *data, size_t len) {
+    char tmp[4096];
+    const int n = snprintf(tmp, sizeof tmp, "%s.%ld.tmp", path, (long)getpid());
+    if (n <= 0 || (size_t)n >= sizeof tmp) return false;
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) return false;
+    bool ok = write(fd, data, len) == (ssize_t)len;
+    ok = close(fd) == 0 && ok;
+    if (!ok || rename(tmp, path) != 0) {
+        unlink(tmp);
+        return false;
+    }
+    return true;
+}
+
+long idf_read_small_file(const char *path, char *buf, size_t size) {
+    int e;
+    uint64_t sz = 0;
+    int fd = idf_open_regular(path, &sz, &e);
+    if (fd < 0) return -1;
+    long r = -1;
+    if (size > 0 && sz < size) {
+        ssize_t got = read(fd, buf, size - 1);
+        if (got >= 0) {
+            buf[got] = '\0';
+            r = (long)got;
+        }
+    }
+    close(fd);
+    return r;
 }
 
 void idf_unmap_file(idf_mapping *m) {

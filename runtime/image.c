@@ -646,8 +646,10 @@ idefics_status idf_image_load_file(const char *path, const idf_image_limits *lim
     if (!out) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "image: out is NULL");
     memset(out, 0, sizeof *out);
     if (!path) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "image: path is NULL");
-    FILE *f = fopen(path, "rb");
-    if (!f) return idf_errf(err, IDEFICS_ERR_IO, "image: cannot open '%s'", path);
+    /* regular files only: a FIFO would block, a directory has no size (issue 15) */
+    int oe = 0;
+    FILE *f = idf_fopen_regular(path, &oe);
+    if (!f) return idf_errf(err, IDEFICS_ERR_IO, "image: cannot open '%s': %s", path, idf_open_strerror(oe));
     idefics_status st = IDEFICS_OK;
     uint8_t *buf = NULL;
     off_t end = -1;

@@ -16,6 +16,7 @@
 #include <xxhash.h>
 
 #include "idfx_keys.h"
+#include "integrity.h"
 #include "model.h"
 #ifdef IDF_HAVE_OPENCL
 #include "backend_opencl.h"
@@ -544,6 +545,8 @@ idefics_model_params idefics_model_default_params(void) {
         .device = NULL,
         .verify_checksums = false,
         .low_memory = false,
+        .verify = IDEFICS_VERIFY_AUTO,
+        .verify_cache_dir = NULL,
     };
 }
 
@@ -595,6 +598,40 @@ static idefics_status pick_backend(idefics_model *m, idefics_backend want, const
     return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "params.backend = %d is not a known backend", (int)want);
 }
 
+/* Verify (integrity.c) when the mode and the stamp say so, then materialise.
+ * Checksums come before decoding, so a damaged zstd frame is reported as a
+ * checksum failure rather than whatever the decompressor makes of it. */
+static idefics_status load_verify_materialize(idefics_model *m, const idefics_model_params *p, const char *path,
+                                              idf_pool *pool, idf_err *err) {
+    const int mode = p->verify_checksums ? IDEFICS_VERIFY_ALWAYS : p->verify;
+    idf_stamp stamp;
+    bool need = mode == IDEFICS_VERIFY_ALWAYS;
+    if (mode == IDEFICS_VERIFY_AUTO) {
+        idf_stamp_init(&stamp, p->verify_cache_dir, &m->map);
+        need = !idf_stamp_present(&stamp);
+        if (!need)
+            idf_logf(&m->log, IDEFICS_LOG_INFO, "verify: %s was verified before (stamp %s); skipped", path,
+                     stamp.path);
+    }
+    if (need) {
+        const idfx_verify_opts vo = {.checksums = true, .scales = true};
+        idfx_verify_stats vs;
+        IDF_FORWARD(idfx_verify(&m->file, pool, &vo, NULL, NULL, &vs, err));
+        idf_logf(&m->log, IDEFICS_LOG_INFO, "verify: %llu chunks, %.1f MiB in %.1f ms (%.2f GB/s, %d threads)",
+                 (unsigned long long)vs.chunks, (double)vs.bytes / (1024.0 * 1024.0), vs.ms,
+                 vs.ms > 0 ? (double)vs.bytes / vs.ms / 1e6 : 0.0, vs.threads);
+    }
+    IDF_FORWARD(idfx_materialize(&m->file, pool, false, err));
+    if (need) {
+        IDF_FORWARD(idfx_verify_decoded_scales(&m->file, err));
+        if (mode == IDEFICS_VERIFY_ALWAYS) idf_stamp_init(&stamp, p->verify_cache_dir, &m->map);
+        if (!idf_stamp_write(&stamp))
+            idf_logf(&m->log, IDEFICS_LOG_DEBUG, "verify: cannot write a stamp under %s; the next load verifies again",
+                     stamp.path[0] ? stamp.path : "the cache folder");
+    }
+    return IDEFICS_OK;
+}
+
 idefics_status idefics_model_load(const char *path, const idefics_model_params *params, idefics_model **out,
                                   char *errbuf, size_t errbuf_size) {
     idf_err err;
@@ -627,7 +664,7 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
     if (st == IDEFICS_OK) {
         const int e = idf_map_file(path, &m->map);
         if (e)
-            st = idf_errf(&err, IDEFICS_ERR_IO, "cannot map %s: %s", path, strerror(e));
+            st = idf_errf(&err, IDEFICS_ERR_IO, "cannot open %s: %s", path, idf_open_strerror(e));
     }
     if (st == IDEFICS_OK) {
         /* Without low_memory every weight is read soon anyway: ask for read-ahead. */
@@ -637,12 +674,15 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
     }
     if (st == IDEFICS_OK && !progress(&p, 0.1f))
         st = idf_errf(&err, IDEFICS_ERR_CANCELLED, "model load cancelled by the progress callback");
+    if (st == IDEFICS_OK && p.verify != IDEFICS_VERIFY_AUTO && p.verify != IDEFICS_VERIFY_ALWAYS &&
+        p.verify != IDEFICS_VERIFY_NEVER)
+        st = idf_errf(&err, IDEFICS_ERR_INVALID_ARG, "params.verify = %d is not an idefics_verify_mode", p.verify);
     if (st == IDEFICS_OK) {
         idf_pool *pool = idf_pool_create(p.n_threads, idf_malloc_cb, idf_free_cb, &m->alloc);
         if (!pool)
             st = idf_errf(&err, IDEFICS_ERR_OUT_OF_MEMORY, "cannot create a pool of %d threads", p.n_threads);
         if (st == IDEFICS_OK)
-            st = idfx_materialize(&m->file, pool, p.verify_checksums, &err);
+            st = load_verify_materialize(m, &p, path, pool, &err);
         idf_pool_free(pool);
     }
     if (st == IDEFICS_OK && !progress(&p, 0.9f))
@@ -672,7 +712,9 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
     if (st == IDEFICS_OK && !progress(&p, 1.0f))
         st = idf_errf(&err, IDEFICS_ERR_CANCELLED, "model load cancelled by the progress callback");
     if (st != IDEFICS_OK) {
-        idf_logf(&m->log, IDEFICS_LOG_ERROR, "%s", err.msg);
+        /* A caller with an errbuf prints the error itself; logging it at ERROR
+         * too made every CLI print it twice (known bug). */
+        idf_logf(&m->log, errbuf && errbuf_size ? IDEFICS_LOG_DEBUG : IDEFICS_LOG_ERROR, "%s", err.msg);
         idf_err_copy(&err, errbuf, errbuf_size);
         idefics_model_free(m);
         return st;
@@ -704,8 +746,29 @@ void idefics_model_free(idefics_model *m) {
     idf_free(&al, m);
 }
 
+bool idefics_model_contains_address(const idefics_model *m, const void *addr) {
+    /* async-signal-safe: two loads and compares, nothing else */
+    if (!m || !m->map.data || !addr) return false;
+    const uintptr_t a = (uintptr_t)addr, b = (uintptr_t)m->map.data;
+    return a >= b && a - b < m->map.size;
+}
+
+/* The last error of a call on a model, kept per calling thread (like errno):
+ * a model is shared by any number of threads, and one buffer in the model
+ * written by all of them was a data race (TSan, issue 15). Thread-local
+ * storage is not shared state, so the "no mutable globals" rule holds. */
+static _Thread_local struct {
+    const idefics_model *model;
+    idf_err err;
+} tls_model_err;
+
+idf_err *idf_model_err(const idefics_model *m) {
+    tls_model_err.model = m;
+    return &tls_model_err.err;
+}
+
 const char *idefics_model_last_error(const idefics_model *m) {
-    return m ? m->err.msg : "";
+    return m && tls_model_err.model == m ? tls_model_err.err.msg : "";
 }
 
 void idefics_model_get_info(const idefics_model *m, idefics_model_info *info) {

@@ -133,4 +133,8 @@ struct idefics_model {
     bool low_memory;              /* params.low_memory: forward.c pages weights per layer */
 };
 
+/* The calling thread's error slot for calls on model m (idefics_tokenize, ...);
+ * idefics_model_last_error reads it back on the same thread. */
+idf_err *idf_model_err(const idefics_model *m);
+
 #endif /* IDF_MODEL_H */

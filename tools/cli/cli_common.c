@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli_common.h"
+#include "cli_faults.h"
 
 /* ------------------------------------------------------------ logging */
 
@@ -29,7 +30,9 @@ static void log_stderr(void *ud, idefics_log_level level, const char *msg) {
     const log_state *ls = ud;
     if (ls && ls->loading && level == IDEFICS_LOG_ERROR) return;
     static const char *names[] = {"error", "warn", "info", "debug"};
-    fprintf(stderr, "idefics: %s: %s\n", names[level >= 0 && level <= 3 ? level : 0], msg);
+    fprintf(stderr, "idefics: %s: ", names[level >= 0 && level <= 3 ? level : 0]);
+    cli_put_escaped(stderr, msg); /* messages quote model names and paths: no raw escape codes */
+    fputc('\n', stderr);
 }
 
 /* ------------------------------------------------------------ options */
@@ -55,6 +58,8 @@ void cli_usage_common(FILE *f, bool ask) {
             "      --device D          OpenCL device: index or name substring (idefics devices lists them)\n"
             "      --max-image-pixels N  image decode limit (default: the board's, else the library's)\n"
             "      --no-exif-orientation  do not turn images upright by their EXIF tag\n"
+            "      --verify            check the whole model file at load (default: first load of a file only)\n"
+            "      --no-verify         skip that check\n"
             "  -v, --verbose           log progress, the prompt and timings to stderr\n"
             "  -h, --help              this text\n",
             ask ? "" : " per answer");
@@ -98,6 +103,7 @@ static const flag flags[] = {
     {NULL, "--board", true, false},        {NULL, "--backend", true, false},
     {NULL, "--device", true, false},       {NULL, "--kv-type", true, false},
     {NULL, "--max-image-pixels", true, false}, {NULL, "--no-exif-orientation", false, false},
+    {NULL, "--verify", false, false},      {NULL, "--no-verify", false, false},
 };
 
 static const flag *find_flag(const char *a) {
@@ -194,6 +200,7 @@ int cli_parse(int argc, char **argv, const char *cmd, void (*usage)(FILE *), cli
     o->gen = idefics_generate_default_params();
     o->backend = IDEFICS_BACKEND_AUTO;
     o->kv_type = idefics_session_default_params().kv_type;
+    o->verify = -1;
     bool ask = !strcmp(cmd, "ask");
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -225,6 +232,7 @@ int cli_parse(int argc, char **argv, const char *cmd, void (*usage)(FILE *), cli
         else if (!strcmp(l, "--verbose")) o->verbose = true;
         else if (!strcmp(l, "--low-memory")) o->low_memory = true;
         else if (!strcmp(l, "--no-exif-orientation")) o->no_exif = true;
+        else if (cli_verify_flag(l) >= 0) o->verify = cli_verify_flag(l);
         else if (!strcmp(l, "--max-image-pixels")) {
             char *end;
             errno = 0;
@@ -403,6 +411,7 @@ int cli_open(const cli_opts *o, idefics_model **model, idefics_session **session
     if (o->low_memory) mp.low_memory = true;
     if (o->max_image_pixels > 0) sp.max_image_pixels = o->max_image_pixels;
     sp.exif_orientation = !o->no_exif;
+    if (o->verify >= 0) mp.verify = o->verify;
     idefics_status st = idefics_model_load(o->model, &mp, model, err, sizeof err);
     ls.loading = false;
     if (st != IDEFICS_OK) {
@@ -424,9 +433,11 @@ int cli_open(const cli_opts *o, idefics_model **model, idefics_session **session
         fprintf(stderr, "idefics: board %s: n_ctx %d, kv_type %s, low_memory %d, threads %d, backend %d\n", board,
                 sp.n_ctx, (unsigned)sp.kv_type < 3 ? kv_names[sp.kv_type] : "?", (int)mp.low_memory, sp.n_threads,
                 (int)mp.backend);
+    cli_sigbus_watch(*model); /* a model file truncated while mapped: a message, not a bare SIGBUS */
     st = idefics_session_create(*model, &sp, session, err, sizeof err);
     if (st != IDEFICS_OK) {
         fprintf(stderr, "idefics %s: cannot create a session: %s (%s)\n", cmd, err, idefics_status_str(st));
+        cli_sigbus_watch(NULL);
         idefics_model_free(*model);
         *model = NULL;
         return 1;

@@ -40,6 +40,7 @@ typedef struct cli_opts {
     bool low_memory, set_ctx, set_threads, set_backend, set_kv;
     int64_t max_image_pixels; /* --max-image-pixels; 0 = the board's or library's default */
     bool no_exif;             /* --no-exif-orientation */
+    int verify;               /* --verify / --no-verify (cli_faults.h); -1 = the library's default */
 } cli_opts;
 
 /* Returns 0 when parsed, 1 when help was printed, 2 on a usage error (message printed). */

@@ -17,6 +17,7 @@
 
 #include "cli.h"
 #include "cli_common.h"
+#include "cli_faults.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -178,6 +179,7 @@ int cmd_ask(int argc, char **argv) {
         fprintf(stderr, "idefics ask: cannot write the answer to stdout\n");
         if (!rc) rc = 1;
     }
+    cli_sigbus_watch(NULL);
     idefics_session_free(s);
     idefics_model_free(model);
     cli_opts_free(&o);

@@ -27,6 +27,7 @@
 
 #include "cli.h"
 #include "cli_common.h"
+#include "cli_faults.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -413,6 +414,7 @@ int cmd_chat(int argc, char **argv) {
         fprintf(stderr, "idefics chat: cannot write to stdout\n");
         rc = 1;
     }
+    cli_sigbus_watch(NULL);
     idefics_session_free(c.probe);
     idefics_session_free(c.s);
     idefics_model_free(c.model);

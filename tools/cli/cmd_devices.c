@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_faults.h"
 #include "idefics.h"
 
 static const char *type_name(idefics_device_type t) {
@@ -124,5 +125,5 @@ int cmd_devices(int argc, char **argv) {
     else
         print_text(d, n, note);
     free(d);
-    return 0;
+    return cli_check_stdout("devices"); /* stdout on a full disk: exit 1, not 0 */
 }

@@ -2,21 +2,25 @@
  * cmd_inspect.c - `idefics inspect FILE [--verify] [-j N]`: print an IDFX file's
  * header facts, its model config (scalar metadata in full, arrays summarised),
  * a tensor table and per-type totals. With --verify every chunk's checksum is
- * checked and every compressed or filtered chunk decoded, in parallel; each
- * failure is reported by tensor and chunk and the exit code is 1.
+ * checked, every compressed or filtered chunk decoded, every Q4/Q8 scale
+ * checked for NaN/Inf and the padding for zeros (integrity.c), in parallel;
+ * each failure is reported by tensor and chunk and the exit code is 1.
  */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli.h"
+#include "cli_faults.h"
+#include "integrity.h"
 #include "idfx_reader.h"
 #include "platform.h"
 #include "quant.h"
 
 static void usage(FILE *f) {
     fprintf(f, "usage: idefics inspect FILE [--verify] [-j N]\n"
-               "  --verify   check every chunk checksum and decode every compressed chunk\n"
+               "  --verify   check every chunk checksum, decode every compressed chunk, check that every\n"
+               "             Q4/Q8 scale is finite and that the alignment padding is zero\n"
                "  -j N       threads for --verify (default: all cores)\n");
 }
 
@@ -65,7 +69,9 @@ static void print_scalar(int type, const uint8_t *v) {
 }
 
 static void print_kv(const idfx_kv *kv) {
-    printf("  %s = ", kv->key);
+    printf("  ");
+    cli_put_escaped(stdout, kv->key);
+    printf(" = ");
     if (kv->type == IDFX_KV_STR) {
         /* long blobs (config.json verbatim, chat templates) only by size */
         if (kv->count > 200) printf("[%llu bytes of text]", (unsigned long long)kv->count);
@@ -104,79 +110,33 @@ static void shape_str(char *buf, size_t n, const idfx_tensor *t) {
     if (o < n) snprintf(buf + o, n - o, "]");
 }
 
-/* ---- --verify ---- */
+/* ---- --verify: integrity.c's whole-file check, every failure reported ---- */
 
-typedef struct job {
-    const idfx_tensor *t;
-    uint32_t chunk;
-} job;
-
-typedef struct verify_ctx {
-    const idfx_file *f;
-    const job *jobs;
-    idefics_status *st;
-    idf_err *errs;
-    uint8_t **bufs; /* one decode buffer per thread */
-} verify_ctx;
-
-static void verify_task(void *vc, int64_t i, int thread_id) {
-    verify_ctx *c = vc;
-    const job *j = &c->jobs[i];
-    const idfx_chunk *ch = &j->t->chunks[j->chunk];
-    if (ch->codec == IDFX_CODEC_RAW && ch->filter == IDFX_FILTER_NONE)
-        c->st[i] = idfx_verify_chunk(c->f, j->t, j->chunk, &c->errs[i]);
-    else
-        c->st[i] = idfx_decode_chunk(c->f, j->t, j->chunk, c->bufs[thread_id], true, &c->errs[i]);
+static void report_failure(void *ud, idefics_status st, const char *msg) {
+    (void)ud;
+    fprintf(stderr, "verify: %s: ", idefics_status_str(st));
+    cli_put_escaped(stderr, msg); /* tensor names come from the file */
+    fputc('\n', stderr);
 }
 
 static int verify(const idfx_file *f, int n_threads) {
-    uint64_t n = 0, max_raw = 0, bytes = 0;
-    for (uint32_t i = 0; i < f->n_tensors; i++) {
-        n += f->tensors[i].n_chunks;
-        for (uint32_t k = 0; k < f->tensors[i].n_chunks; k++) {
-            const idfx_chunk *ch = &f->tensors[i].chunks[k];
-            bytes += ch->stored_size;
-            if ((ch->codec != IDFX_CODEC_RAW || ch->filter != IDFX_FILTER_NONE) && ch->raw_size > max_raw)
-                max_raw = ch->raw_size;
-        }
-    }
     idf_pool *pool = idf_pool_create(n_threads, NULL, NULL, NULL);
-    int nt = pool ? idf_pool_size(pool) : 1;
-    job *jobs = calloc(n ? n : 1, sizeof *jobs);
-    idefics_status *st = calloc(n ? n : 1, sizeof *st);
-    idf_err *errs = calloc(n ? n : 1, sizeof *errs);
-    uint8_t **bufs = calloc((size_t)nt, sizeof *bufs);
-    int bad = !jobs || !st || !errs || !bufs;
-    for (int i = 0; i < nt && !bad; i++)
-        if (max_raw && !(bufs[i] = malloc((size_t)max_raw))) bad = 1;
-    if (bad) {
-        fprintf(stderr, "idefics inspect: out of memory for --verify\n");
-    } else {
-        uint64_t j = 0;
-        for (uint32_t i = 0; i < f->n_tensors; i++)
-            for (uint32_t k = 0; k < f->tensors[i].n_chunks; k++) jobs[j++] = (job){&f->tensors[i], k};
-        verify_ctx c = {f, jobs, st, errs, bufs};
-        double t0 = idf_time_ms();
-        idf_pool_run(pool, (int64_t)n, verify_task, &c);
-        double ms = idf_time_ms() - t0;
-        uint64_t fails = 0;
-        for (uint64_t i = 0; i < n; i++)
-            if (st[i] != IDEFICS_OK) {
-                fails++;
-                fprintf(stderr, "verify: %s: %s\n", idefics_status_str(st[i]), errs[i].msg);
-            }
-        printf("\nverify: %llu chunks, %llu failed; %.1f MiB read in %.0f ms (%.0f MiB/s, %d threads)\n",
-               (unsigned long long)n, (unsigned long long)fails, (double)bytes / (1 << 20), ms,
-               ms > 0 ? (double)bytes / (1 << 20) / (ms / 1000.0) : 0.0, nt);
-        bad = fails != 0;
-    }
-    for (int i = 0; bufs && i < nt; i++) free(bufs[i]);
-    free(bufs);
-    free(jobs);
-    free(st);
-    free(errs);
+    /* checksums, Q4/Q8 scales, zero padding (docs/FORMAT.md), and a decode of
+     * every compressed or filtered chunk */
+    const idfx_verify_opts o = {.checksums = true, .scales = true, .padding = true, .decode = true};
+    idfx_verify_stats vs;
+    idf_err e;
+    idf_err_clear(&e);
+    idefics_status st = idfx_verify(f, pool, &o, report_failure, NULL, &vs, &e);
     idf_pool_free(pool);
-    return bad ? 1 : 0;
+    if (st == IDEFICS_ERR_OUT_OF_MEMORY && vs.failed == 0) {
+        fprintf(stderr, "idefics inspect: %s\n", e.msg);
+        return 1;
+    }
+    printf("\nverify: %llu chunks, %llu failed; %.1f MiB read in %.0f ms (%.0f MiB/s, %d threads)\n",
+           (unsigned long long)vs.chunks, (unsigned long long)vs.failed, (double)vs.bytes / (1 << 20), vs.ms,
+           vs.ms > 0 ? (double)vs.bytes / (1 << 20) / (vs.ms / 1000.0) : 0.0, vs.threads);
+    return st == IDEFICS_OK ? 0 : 1;
 }
 
 int cmd_inspect(int argc, char **argv) {
@@ -207,7 +167,7 @@ int cmd_inspect(int argc, char **argv) {
     idf_mapping m;
     int r = idf_map_file(path, &m);
     if (r != 0) {
-        fprintf(stderr, "idefics inspect: %s: IDEFICS_ERR_IO: cannot open: %s\n", path, strerror(r));
+        fprintf(stderr, "idefics inspect: %s: IDEFICS_ERR_IO: cannot open: %s\n", path, idf_open_strerror(r));
         return 1;
     }
     idfx_file f;
@@ -221,7 +181,9 @@ int cmd_inspect(int argc, char **argv) {
     }
     char b1[32], b2[32], b3[32], b4[32];
     print_bytes(b1, sizeof b1, f.size);
-    printf("file: %s\n  size: %llu bytes (%s)\n  format: IDFX v%u, alignment %u\n", path, (unsigned long long)f.size,
+    char pname[512];
+    printf("file: %s\n  size: %llu bytes (%s)\n  format: IDFX v%u, alignment %u\n",
+           cli_escape(pname, sizeof pname, path), (unsigned long long)f.size,
            b1, f.version, f.alignment);
     uint64_t ms = idf_rd64(m.data + IDFX_OFF_META_SIZE), ds = idf_rd64(m.data + IDFX_OFF_DIR_SIZE);
     print_bytes(b1, sizeof b1, ms);
@@ -251,7 +213,8 @@ int cmd_inspect(int argc, char **argv) {
         shape_str(shape, sizeof shape, t);
         print_bytes(b1, sizeof b1, t->nbytes);
         print_bytes(b2, sizeof b2, stored);
-        printf("  %-56s %-18s %-4s %-8s %11s %11s %6.3f %6u%s\n", t->name, shape, idfx_type_name(t->type),
+        char name[512];
+        printf("  %-56s %-18s %-4s %-8s %11s %11s %6.3f %6u%s\n", cli_escape(name, sizeof name, t->name), shape, idfx_type_name(t->type),
                idfx_layout_name(t->layout), b1, b2, stored ? (double)t->nbytes / (double)stored : 0.0, t->n_chunks,
                zstd == t->n_chunks ? " zstd" : zstd ? " mixed" : "");
         tot *p[2] = {&per[t->type], &per[IDFX_TYPE_COUNT]};
@@ -278,6 +241,7 @@ int cmd_inspect(int argc, char **argv) {
                p->stored ? (double)p->raw / (double)p->stored : 0.0, b4);
     }
     int rc = do_verify ? verify(&f, n_threads) : 0;
+    if (cli_check_stdout("inspect")) rc = 1;
     idfx_close(&f);
     idf_unmap_file(&m);
     return rc;

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "cli.h"
+#include "cli_faults.h"
 #include "idfx_reader.h"
 #include "tokenizer.h"
 #ifdef IDF_HAVE_TOKENIZER_IMPORT
@@ -72,7 +73,7 @@ static int tokenizer_from_model(const char *path, idf_tokenizer **t) {
     idf_mapping m;
     int r = idf_map_file(path, &m);
     if (r != 0) {
-        fprintf(stderr, "idefics tokenize: %s: IDEFICS_ERR_IO: cannot open: %s\n", path, strerror(r));
+        fprintf(stderr, "idefics tokenize: %s: IDEFICS_ERR_IO: cannot open: %s\n", path, idf_open_strerror(r));
         return 1;
     }
     idfx_file f;
@@ -199,6 +200,7 @@ int cmd_tokenize(int argc, char **argv) {
             printf(i ? " %d" : "%d", ids[i]);
         putchar('\n');
     }
+    if (!rc && cli_check_stdout("tokenize")) rc = 1; /* a write error is never a success */
     free(ids);
     free(owned);
     idf_tokenizer_free(t);

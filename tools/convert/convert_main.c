@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <libgen.h>
 #include <limits.h>
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@
 #include "quantize.h"
 #include "repack.h"
 #include "safetensors.h"
+#include "tmpfiles.h"
 #include "tokenizer_import.h"
 
 #define CONVERTER_VERSION "idefics-convert " IDEFICS_VERSION_STRING
@@ -50,6 +52,7 @@ typedef struct options {
     int threads;
     bool quiet;
     bool progress_tty;
+    bool allow_nonfinite;     /* --allow-nonfinite: convert NaN/Inf weights instead of refusing */
 } options;
 
 /* The defaults of each preset for the roles whose precision was measured
@@ -96,6 +99,7 @@ static void usage(FILE *f) {
             "  --compress C          none, or zstd[:LEVEL] (default zstd where a chunk saves >= 5%%)\n"
             "  --tokenizer DIR       read the tokenizer from DIR instead of MODEL_DIR\n"
             "  --name NAME           general.name (default: the folder name)\n"
+            "  --allow-nonfinite     convert weights that hold NaN or Inf (refused by default)\n"
             "  -j N                  threads (default: all cores)\n"
             "  -q                    quiet: errors only\n",
             IDF_QUANT_DEFAULT_SEARCH, IDF_QUANT_DEFAULT_TILE_ROWS);
@@ -320,7 +324,7 @@ static int convert(const options *o) {
     path = join_path(o->model_dir, "config.json");
     config_text = path ? idf_read_text_file(path, MAX_CONFIG_BYTES, &config_len) : NULL;
     if (!config_text) {
-        fprintf(stderr, "idefics-convert: %s: cannot read (%s)\n", path ? path : o->model_dir, strerror(errno));
+        fprintf(stderr, "idefics-convert: %s: cannot read: %s\n", path ? path : o->model_dir, idf_open_strerror(errno));
         st = IDEFICS_ERR_BAD_CHECKPOINT;
         goto done;
     }
@@ -460,6 +464,21 @@ static int convert(const options *o) {
             goto fail;
         }
         idf_convert_to_f32(pool, src_dtype(t->dtype), idf_st_data(f, t), n, x);
+        /* NaN/Inf weights make a model that answers garbage with exit 0: refuse them by name */
+        uint64_t n_bad = 0, first_bad = 0;
+        for (uint64_t j = 0; j < n; j++)
+            if (!isfinite(x[j]) && n_bad++ == 0) first_bad = j;
+        if (n_bad && !o->allow_nonfinite) {
+            st = IDEFICS_ERR_BAD_CHECKPOINT;
+            snprintf(err, sizeof err,
+                     "%s: tensor '%s' has %llu NaN or infinite values of %llu (first at index %llu); "
+                     "--allow-nonfinite converts it anyway",
+                     f->path, t->name, (unsigned long long)n_bad, (unsigned long long)n, (unsigned long long)first_bad);
+            goto fail;
+        }
+        if (n_bad && !o->quiet)
+            fprintf(stderr, "idefics-convert: warning: tensor '%s' has %llu NaN or infinite values (--allow-nonfinite)\n",
+                    t->name, (unsigned long long)n_bad);
         /* the input pages are file-backed: drop them now rather than let the whole checkpoint pile up */
         idf_map_advise_dontneed(&f->map, t->offset, t->nbytes);
         if (p->type == IDFX_TYPE_Q4 || p->type == IDFX_TYPE_Q8) {
@@ -644,6 +663,8 @@ int main(int argc, char **argv) {
         } else if (!strncmp(a, "-j", 2) && a[2]) {
             o.threads = atoi(a + 2);
             if (o.threads < 1) die_usage("-j needs a thread count >= 1, got '%s'", a + 2);
+        } else if (!strcmp(a, "--allow-nonfinite")) {
+            o.allow_nonfinite = true;
         } else if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) {
             o.quiet = true;
         } else if (!strcmp(a, "--repack")) {
@@ -665,6 +686,8 @@ int main(int argc, char **argv) {
     o.progress_tty = idf_isatty(2);
     if (repack_in) {
         if (o.model_dir) die_usage("--repack takes no MODEL_DIR ('%s')", o.model_dir);
+        conv_clean_stale(repack_out, o.quiet);
+        conv_tmp_guard(repack_out);
         return repack(&o, repack_in, repack_out);
     }
     if (!o.model_dir) die_usage("%s", "no MODEL_DIR given");
@@ -680,5 +703,8 @@ int main(int argc, char **argv) {
         snprintf(out_buf, sizeof out_buf, "%s-%s.idfx", basename(tmp), prec_names[o.preset]);
         o.out = out_buf;
     }
+    /* temporaries: those of killed runs go now, ours goes on Ctrl-C / SIGTERM */
+    conv_clean_stale(o.out, o.quiet);
+    conv_tmp_guard(o.out);
     return convert(&o) ? 1 : 0;
 }

@@ -5,8 +5,10 @@
  * tests/fixtures/convert/make_tiny_hf.py).
  */
 #include "hf_config.h"
+#include "platform.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -34,8 +36,14 @@ static int fail(char *err, size_t errsz, int status, const char *fmt, ...) {
 }
 
 char *idf_read_text_file(const char *path, size_t max, size_t *len) {
-    FILE *fp = fopen(path, "rb");
-    if (!fp) return NULL;
+    /* regular files only (a FIFO would block); on failure errno holds an errno
+     * value or an IDF_ENOTREG_* code for idf_open_strerror() */
+    int oe = 0;
+    FILE *fp = idf_fopen_regular(path, &oe);
+    if (!fp) {
+        errno = oe;
+        return NULL;
+    }
     char *buf = NULL;
     size_t cap = 0, n = 0;
     int ok = 1;

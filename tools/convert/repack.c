@@ -52,7 +52,7 @@ int idfx_repack(const char *in, const char *out, const idfx_writer_opts *o, char
     }
     int r = idf_map_file(in, &m);
     if (r != 0) {
-        snprintf(err, errsz, "%s: cannot map: %s", in, strerror(r));
+        snprintf(err, errsz, "%s: cannot open: %s", in, idf_open_strerror(r));
         return -1;
     }
     idefics_status st = idfx_open(&f, m.data, m.size, NULL, &e);

@@ -235,7 +235,7 @@ int idf_st_open(const char *path, idf_st_file *f, char *err, size_t errsz) {
     if (e) {
         memset(f, 0, sizeof *f);
         f->map.fd = -1;
-        return fail(err, errsz, IDEFICS_ERR_IO, "%s: cannot map: %s", path, strerror(e));
+        return fail(err, errsz, IDEFICS_ERR_IO, "%s: cannot open: %s", path, idf_open_strerror(e));
     }
     int st = idf_st_parse(map.data, map.size, path, f, err, errsz);
     if (st) {
@@ -270,7 +270,7 @@ const idf_st_tensor *idf_st_find(const idf_st_file *f, const char *name) {
 #define IDF_ST_MAX_INDEX (100u << 20)
 
 static char *read_small_file(const char *path, size_t max, size_t *len) {
-    FILE *fp = fopen(path, "rb");
+    FILE *fp = idf_fopen_regular(path, NULL); /* a FIFO would block */
     if (!fp) return NULL;
     char *buf = NULL;
     size_t cap = 0, n = 0;

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "idfx_format.h"
+#include "platform.h"
 #include "idfx_keys.h"
 
 #define IMP_MAX_VOCAB  (1u << 24)
@@ -177,11 +178,12 @@ static bool is_byte_piece(const char *s, size_t n) {
 static int read_file(const char *path, char **data, size_t *size, char *err, size_t errsz) {
     *data = NULL;
     *size = 0;
-    FILE *f = fopen(path, "rb");
+    int oe = 0;
+    FILE *f = idf_fopen_regular(path, &oe); /* regular files only: a FIFO would block */
     if (!f) {
-        if (errno == ENOENT)
+        if (oe == ENOENT)
             return 1;
-        return fail(err, errsz, "%s: %s", path, strerror(errno));
+        return fail(err, errsz, "%s: %s", path, idf_open_strerror(oe));
     }
     char *buf = NULL;
     size_t n = 0, cap = 0;

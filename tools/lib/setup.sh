@@ -8,6 +8,8 @@ IDEFICS_APT_PACKAGES="meson ninja-build gcc clang pkg-config libzstd-dev libxxha
 libcjson-dev ocl-icd-opencl-dev opencl-headers ocl-icd-libopencl1 pocl-opencl-icd libclblast-dev clinfo zstd \
 openjdk-17-jdk-headless"
 # openjdk-17-jdk-headless: javac/java and jni.h for libidefics_jni.so and its test (tests/test_jni.sh).
+# libjpeg62-turbo-dev is Debian's name; Ubuntu calls the same package libjpeg-turbo8-dev (known bug).
+if grep -qsi '^ID=ubuntu' /etc/os-release; then IDEFICS_APT_PACKAGES=${IDEFICS_APT_PACKAGES/libjpeg62-turbo-dev/libjpeg-turbo8-dev}; fi
 # tools/run-cross-tests adds its own: gcc-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user dpkg-dev.
 IDEFICS_APT_PACKAGES+=" mesa-opencl-icd"  # Mesa Rusticl (llvmpipe): the OpenCL suites' second implementation (tests/meson.build)
 IDEFICS_APT_PACKAGES+=" libwebp-dev libheif-dev libtiff-dev libexif-dev libxml2-dev zlib1g-dev libimage-exiftool-perl chromium"  # caption (issue 12): WebP/HEIC/TIFF decoders, EXIF orientation, XMP sidecars, bomb-set PNGs, exiftool and headless Chromium in tests
