@@ -721,7 +721,7 @@ const float *idefics_session_get_logits(const idefics_session *s) {
 idefics_status idefics_tokenize(const idefics_model *model, const char *text, bool add_bos, int32_t *ids, int max_ids,
                                 int *n_ids) {
     if (!model) return IDEFICS_ERR_INVALID_ARG;
-    idf_err *err = (idf_err *)&model->err;
+    idf_err *err = idf_model_err(model);
     idf_err_clear(err);
     if (!text || !n_ids || max_ids < 0 || (max_ids > 0 && !ids))
         return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idefics_tokenize: need text, n_ids, and ids when max_ids > 0");
@@ -733,7 +733,7 @@ idefics_status idefics_tokenize_n(const idefics_model *model, const char *text, 
                                   bool add_bos, int32_t *ids, int max_ids, int *n_ids) {
     static const idf_span none = {0, 0};
     if (!model) return IDEFICS_ERR_INVALID_ARG;
-    idf_err *err = (idf_err *)&model->err;
+    idf_err *err = idf_model_err(model);
     idf_err_clear(err);
     if ((!text && len > 0) || !n_ids || max_ids < 0 || (max_ids > 0 && !ids))
         return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idefics_tokenize_n: need text, n_ids, and ids when max_ids > 0");
@@ -749,7 +749,7 @@ idefics_status idefics_tokenize_n(const idefics_model *model, const char *text, 
 
 int idefics_token_to_text(const idefics_model *model, int32_t prev, int32_t id, char *buf, size_t buf_size) {
     if (!model || !buf || buf_size == 0) return IDEFICS_ERR_INVALID_ARG;
-    idf_err *err = (idf_err *)&model->err;
+    idf_err *err = idf_model_err(model);
     idf_err_clear(err);
     if (!model->tok) return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "idefics_token_to_text: the model has no tokenizer");
     uint32_t nv = idf_tokenizer_n_vocab(model->tok);

@@ -145,7 +145,7 @@ rc=$?
 cat "$tmp/odd.err"
 check '[ $rc -eq 1 ]' "odd folder exit $rc (expected 1: a FIFO and a cut file fail; 124 = hung)"
 check '[ "$(wc -l <"$tmp/odd.jsonl")" -eq 5 ]' "5 records: good, newline, non-UTF-8, pipe, cut"
-check 'grep -q "\"path\":\"$odd/pipe.png\",\"status\":\"IDEFICS_ERR_IO\",\"error\":\"not a regular file (a FIFO)" "$tmp/odd.jsonl"' "FIFO error record"
+check 'grep -q "\"path\":\"$odd/pipe.png\",\"status\":\"IDEFICS_ERR_IO\",\"error\":\"it is a FIFO (named pipe), not a regular file" "$tmp/odd.jsonl"' "FIFO error record"
 check 'grep -q "new\\\\nline.png\",\"status\":\"ok\"" "$tmp/odd.jsonl"' "newline kept inside one JSON record"
 b64=$(grep -o '"path_b64":"[^"]*"' "$tmp/odd.jsonl" | cut -d'"' -f4)
 check '[ "$(printf %s "$b64" | base64 -d | od -An -tx1 | tr -d " \n")" = "$(printf %s "$odd/caf" | od -An -tx1 | tr -d " \n")e92e706e67" ]' \

@@ -442,9 +442,10 @@ int cli_open(const cli_opts *o, idefics_model **model, idefics_session **session
         *model = NULL;
         return 1;
     }
+    char name[256];
     if (o->verbose)
         fprintf(stderr, "idefics: model %s, %s, backend %s, context %d tokens, KV %s\n",
-                info.name[0] ? info.name : o->model, info.is_instruct ? "instruct" : "base",
+                cli_escape(name, sizeof name, info.name[0] ? info.name : o->model), info.is_instruct ? "instruct" : "base",
                 info.backend ? info.backend : "?", sp.n_ctx ? sp.n_ctx : info.n_ctx_max,
                 (unsigned)sp.kv_type < 3 ? kv_names[sp.kv_type] : "?");
     return 0;

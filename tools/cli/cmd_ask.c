@@ -175,10 +175,7 @@ int cmd_ask(int argc, char **argv) {
         if (o.verbose) cli_print_timings(s);
         free(a.text);
     }
-    if (fflush(stdout) != 0 || ferror(stdout)) {
-        fprintf(stderr, "idefics ask: cannot write the answer to stdout\n");
-        if (!rc) rc = 1;
-    }
+    if (cli_check_stdout("ask") && !rc) rc = 1; /* e.g. stdout on a full disk */
     cli_sigbus_watch(NULL);
     idefics_session_free(s);
     idefics_model_free(model);

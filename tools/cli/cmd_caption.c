@@ -302,15 +302,21 @@ static void read_input(const char *path, int64_t max_bytes, job *j) {
         return;
     }
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstat(fd, &st) != 0) {
+        j->st = IDEFICS_ERR_IO;
+        snprintf(j->err, sizeof j->err, "cannot stat: %s", strerror(errno));
+        close(fd);
+        return;
+    }
+    if (!S_ISREG(st.st_mode)) {
         const char *what = S_ISDIR(st.st_mode)    ? "a folder"
-                           : S_ISFIFO(st.st_mode) ? "a FIFO"
+                           : S_ISFIFO(st.st_mode) ? "a FIFO (named pipe)"
                            : S_ISSOCK(st.st_mode) ? "a socket"
                            : S_ISCHR(st.st_mode)  ? "a character device"
                            : S_ISBLK(st.st_mode)  ? "a block device"
-                                                  : "not a regular file";
+                                                  : "a special file";
         j->st = IDEFICS_ERR_IO;
-        snprintf(j->err, sizeof j->err, "not a regular file (%s); not read", what);
+        snprintf(j->err, sizeof j->err, "it is %s, not a regular file; not read", what);
         close(fd);
         return;
     }

@@ -410,10 +410,7 @@ int cmd_chat(int argc, char **argv) {
     free(c.pending);
     for (int i = 0; i < c.n_kept; i++) free(c.kept[i]);
     free(c.kept);
-    if (fflush(stdout) != 0 || ferror(stdout)) {
-        fprintf(stderr, "idefics chat: cannot write to stdout\n");
-        rc = 1;
-    }
+    if (cli_check_stdout("chat")) rc = 1;
     cli_sigbus_watch(NULL);
     idefics_session_free(c.probe);
     idefics_session_free(c.s);
