@@ -215,7 +215,8 @@ IDEFICS_API idefics_status idefics_add_image_memory(idefics_session *session, co
  * white) pixels, rows stride_bytes apart (0 = width * channels). */
 IDEFICS_API idefics_status idefics_add_image_pixels(idefics_session *session, const uint8_t *pixels, int width,
                                                     int height, int channels, size_t stride_bytes);
-/* Raw text, special tokens included. */
+/* Plain text (special-token strings in it are ordinary text; see
+ * idefics_add_text_n for raw prompt text with IDEFICS_TEXT_SPECIAL). */
 IDEFICS_API idefics_status idefics_add_text(idefics_session *session, const char *text);
 
 /* One user turn in the model's chat format. The images added since the last
@@ -225,7 +226,9 @@ IDEFICS_API idefics_status idefics_add_text(idefics_session *session, const char
  *   base:     "User:" <images> question "\nAssistant:"
  *             (the docs' few-shot order; "User: " question when there is no image)
  * Turns after the first begin with "\n". The question is stripped of
- * surrounding whitespace; an empty one gives IDEFICS_ERR_EMPTY_PROMPT. */
+ * surrounding whitespace; an empty one gives IDEFICS_ERR_EMPTY_PROMPT. The
+ * question is plain text. For images elsewhere in a turn see
+ * idefics_begin_user_turn. */
 IDEFICS_API idefics_status idefics_add_user_turn(idefics_session *session, const char *question);
 
 /* -------------------------------------------------------------- generation */
@@ -261,7 +264,8 @@ typedef struct idefics_timings {
  * token, after max_new_tokens, or when the context is full (all IDEFICS_OK).
  * IDEFICS_ERR_CONTEXT_FULL when the conversation itself no longer fits, and
  * IDEFICS_ERR_CANCELLED after idefics_session_cancel(); the tokens generated
- * until then stay in the conversation, and the session remains usable. */
+ * until then stay in the conversation, and the session remains usable.
+ * idefics_session_finish_reason() tells which of these ended it. */
 IDEFICS_API idefics_status idefics_generate(idefics_session *session, const idefics_generate_params *params,
                                             idefics_token_fn on_token, void *user_data);
 
@@ -275,6 +279,132 @@ IDEFICS_API int idefics_session_get_tokens(const idefics_session *session, const
 
 /* Logits of the last evaluated position (n_vocab floats), valid until the next call. */
 IDEFICS_API const float *idefics_session_get_logits(const idefics_session *session);
+
+/* ------------------------------------------- integrators' API (issue 14) */
+
+/* Lifetimes
+ *   - A model must outlive every session created from it: free the sessions
+ *     first, then the model. A session keeps a pointer to its model.
+ *   - Strings the library returns (idefics_status_str, idefics_version_string,
+ *     idefics_finish_reason_str) are static and never freed.
+ *   - Strings and pointers owned by the model (idefics_model_info's name and
+ *     backend, idefics_model_meta_key, idefics_model_last_error) stay valid until
+ *     idefics_model_free(); the last-error text changes with the next failing
+ *     call on the model.
+ *   - Pointers owned by a session (idefics_session_get_tokens' ids,
+ *     idefics_session_get_logits, idefics_session_last_error) stay valid until
+ *     the next call that changes the session (add_*, begin/end_user_turn,
+ *     generate, eval, reset, restore) or idefics_session_free().
+ *   - A snapshot is independent of its session: it may outlive it and be
+ *     restored into any session of the same model (until idefics_model_free).
+ *   - The token callback's piece is valid only during the callback.
+ * Threads: the calls in this block follow the rules at the top of this file:
+ * model getters may be called from any thread at once (idefics_model_meta
+ * writes only the caller's buffer); session calls from one thread at a time.
+ * A snapshot is immutable once made: several threads may restore it at once. */
+
+/* The version as one number, so an application can check the library it loaded:
+ * idefics_version() >= IDEFICS_VERSION_NUMBER of the header it was built with. */
+#define IDEFICS_VERSION_NUMBER (IDEFICS_VERSION_MAJOR * 10000 + IDEFICS_VERSION_MINOR * 100 + IDEFICS_VERSION_PATCH)
+IDEFICS_API uint32_t idefics_version(void); /* the loaded library's IDEFICS_VERSION_NUMBER */
+
+/* Why the last idefics_generate() stopped. Pinned values, append only. */
+typedef enum idefics_finish_reason {
+    IDEFICS_FINISH_NONE = 0,         /* nothing generated yet, or an error before or during generation */
+    IDEFICS_FINISH_STOP = 1,         /* a stop token (</s>, <end_of_utterance>, chat.stop_tokens) */
+    IDEFICS_FINISH_LENGTH = 2,       /* max_new_tokens reached (also max_new_tokens = 0) */
+    IDEFICS_FINISH_CONTEXT_FULL = 3, /* the context filled up */
+    IDEFICS_FINISH_CANCELLED = 4,    /* idefics_session_cancel() */
+    IDEFICS_FINISH_CALLBACK = 5,     /* the token callback returned false (e.g. a stop string) */
+} idefics_finish_reason;
+/* Of the last idefics_generate() on this session (NONE after reset/restore/eval). */
+IDEFICS_API idefics_finish_reason idefics_session_finish_reason(const idefics_session *session);
+/* "none", "stop", "length", "context_full", "cancelled", "callback"; "unknown" otherwise. Never NULL. */
+IDEFICS_API const char *idefics_finish_reason_str(idefics_finish_reason reason);
+
+/* User text is plain text: idefics_add_text and idefics_add_user_turn never turn
+ * "<image>", "<fake_token_around_image>", "<end_of_utterance>", "<s>", "</s>",
+ * "<unk>" typed by a user into special tokens; such strings are tokenized as the
+ * ordinary pieces they spell (HF's split_special_tokens for that text). The
+ * structure the library writes itself (image tokens, the chat template) stays
+ * special. The conversation is still tokenized as one text, so plain text next
+ * to structure segments exactly as HF tokenizes the same text.
+ * The length-taking variants refuse a NUL byte inside [text, text + len) with
+ * IDEFICS_ERR_INVALID_ARG (text is never silently cut). */
+#define IDEFICS_TEXT_SPECIAL 1u /* raw prompt: special-token strings in this text are recognised (HF semantics) */
+/* Append text (len bytes) as a prompt item: flags 0 = plain user text,
+ * IDEFICS_TEXT_SPECIAL = raw prompt text (base models, few-shot prompts). */
+IDEFICS_API idefics_status idefics_add_text_n(idefics_session *session, const char *text, size_t len,
+                                              unsigned flags);
+/* idefics_add_user_turn with a length. */
+IDEFICS_API idefics_status idefics_add_user_turn_n(idefics_session *session, const char *question, size_t len);
+
+/* An interleaved user turn: images and text in any order between begin and end,
+ * in the chat format of idefics_add_user_turn:
+ *   instruct: "User:" items "<end_of_utterance>\nAssistant:"
+ *   base:     "User:" items "\nAssistant:"
+ * begin writes "User:" (after "\n" when the conversation has content that does
+ * not end with a newline). Items follow with the processor's rules: text is
+ * stripped of spaces and joined to its neighbours without a separator, images
+ * become their image tokens. A text right after begin is written "User: text",
+ * as add_user_turn writes its question. So begin, text q, images, end gives
+ * add_user_turn's instruct turn, and begin, images, text q, end its base turn.
+ * Inside a turn idefics_add_text / _n add plain text (unless
+ * IDEFICS_TEXT_SPECIAL) and the idefics_add_image_* calls add an image where
+ * they are called. Images added before begin stay before "User:".
+ * IDEFICS_ERR_INVALID_ARG for begin inside a turn, end outside one, and
+ * add_user_turn, generate or eval inside one; IDEFICS_ERR_EMPTY_PROMPT for an
+ * end with no image and no non-empty text since begin (the turn stays open).
+ * reset and restore close an open turn. */
+IDEFICS_API idefics_status idefics_begin_user_turn(idefics_session *session);
+IDEFICS_API idefics_status idefics_end_user_turn(idefics_session *session);
+
+/* idefics_tokenize with a length and flags: IDEFICS_TEXT_SPECIAL recognises
+ * special-token strings (what idefics_tokenize does); 0 tokenizes the text as
+ * plain text, as idefics_add_text does. NUL inside: IDEFICS_ERR_INVALID_ARG. */
+IDEFICS_API idefics_status idefics_tokenize_n(const idefics_model *model, const char *text, size_t len,
+                                              unsigned flags, bool add_bos, int32_t *ids, int max_ids, int *n_ids);
+
+/* Evaluate what was added (images encoded, prompt prefilled) without generating:
+ * a later idefics_generate() starts at once, and a snapshot taken now holds it.
+ * idefics_session_get_logits() then returns the last position's logits. */
+IDEFICS_API idefics_status idefics_session_eval(idefics_session *session);
+
+/* The conversation as the tokenizer sees it: "<s>User: ...". Written
+ * NUL-terminated and truncated to size; *len (may be NULL) gets the full length
+ * without the NUL, so a call with size 0 (buf may be NULL) measures. Generated
+ * answers are included. Special-token strings the user typed appear as typed:
+ * the text alone does not say which strings are special (the ids do). */
+IDEFICS_API idefics_status idefics_session_render_prompt(const idefics_session *session, char *buf, size_t size,
+                                                         size_t *len);
+
+/* Model metadata (the .idfx key/value pairs: "general.name",
+ * "chat.caption_prompt", "tokenizer.*", ...), values rendered as text:
+ * integers in decimal, floats with %.9g, booleans "true"/"false", strings
+ * verbatim, arrays as "[1, 2, 3]" or ["a", "b"] (JSON string escapes). */
+IDEFICS_API int idefics_model_meta_count(const idefics_model *model);
+/* The i-th key (0 <= i < count), valid until idefics_model_free(); NULL when out of range. */
+IDEFICS_API const char *idefics_model_meta_key(const idefics_model *model, int i);
+/* The value of key, written NUL-terminated and truncated to size; *len (may be
+ * NULL) gets the full length, so size 0 measures. IDEFICS_ERR_INVALID_ARG when
+ * the key is absent (see idefics_model_last_error). */
+IDEFICS_API idefics_status idefics_model_meta(const idefics_model *model, const char *key, char *buf, size_t size,
+                                              size_t *len);
+
+/* Snapshot / restore: the conversation (text, tokens, turn state), the KV cache
+ * up to the evaluated position, the encoded images with their cross-attention
+ * K/V, and the logits. Restoring then asking another question reuses the image
+ * encoding: several questions about one photo encode it once. Images added but
+ * not yet encoded are kept as pixels. A snapshot belongs to the model of the
+ * session it was taken from; restore needs a session of that model whose n_ctx
+ * is at least the snapshot's token count and whose kv_type is the same, else
+ * IDEFICS_ERR_INVALID_ARG naming the mismatch (the session is unchanged). The
+ * session's timings are zeroed; the finish reason becomes NONE. */
+typedef struct idefics_snapshot idefics_snapshot;
+IDEFICS_API idefics_status idefics_session_snapshot(const idefics_session *session, idefics_snapshot **out);
+IDEFICS_API idefics_status idefics_session_restore(idefics_session *session, const idefics_snapshot *snapshot);
+IDEFICS_API size_t idefics_snapshot_bytes(const idefics_snapshot *snapshot); /* memory it holds */
+IDEFICS_API void idefics_snapshot_free(idefics_snapshot *snapshot);          /* NULL is fine */
 
 /* ----------------------------------------------------------- board profiles */
 

@@ -38,14 +38,55 @@ static idefics_status append(idf_prompt *p, const char *s, size_t n) {
     return IDEFICS_OK;
 }
 
-static idefics_status append_str(idf_prompt *p, const char *s) { return append(p, s, strlen(s)); }
+
+/* Mark [start, end) as a special span, merged with the last span when they touch. */
+static idefics_status mark(idf_prompt *p, size_t start, size_t end) {
+    if (start >= end) return IDEFICS_OK;
+    if (p->n_sp > 0 && p->sp[p->n_sp - 1].end == start) {
+        p->sp[p->n_sp - 1].end = end;
+        return IDEFICS_OK;
+    }
+    if (p->n_sp == p->cap_sp) {
+        int cap = p->cap_sp ? p->cap_sp * 2 : 16;
+        if (cap <= p->cap_sp) return IDEFICS_ERR_OUT_OF_MEMORY;
+        idf_span *n = idf_calloc(p->al, (size_t)cap, sizeof *n);
+        if (!n) return IDEFICS_ERR_OUT_OF_MEMORY;
+        if (p->sp) memcpy(n, p->sp, (size_t)p->n_sp * sizeof *n);
+        idf_free(p->al, p->sp);
+        p->sp = n;
+        p->cap_sp = cap;
+    }
+    p->sp[p->n_sp++] = (idf_span){start, end};
+    return IDEFICS_OK;
+}
+
+/* Append structure: text the processor or the template writes (special span). */
+static idefics_status append_special(idf_prompt *p, const char *s, size_t n) {
+    size_t start = p->len;
+    IDF_FORWARD(append(p, s, n));
+    return mark(p, start, p->len);
+}
+
+static idefics_status append_special_str(idf_prompt *p, const char *s) { return append_special(p, s, strlen(s)); }
+
+/* Cut the text back to len bytes, and the spans with it. */
+static void truncate_to(idf_prompt *p, size_t len) {
+    p->len = len;
+    p->text[len] = '\0';
+    while (p->n_sp > 0 && p->sp[p->n_sp - 1].start >= len) p->n_sp--;
+    if (p->n_sp > 0 && p->sp[p->n_sp - 1].end > len) p->sp[p->n_sp - 1].end = len;
+}
 
 idefics_status idf_prompt_init(idf_prompt *p, const idf_alloc *al, bool auto_eou) {
     memset(p, 0, sizeof *p);
     p->al = al;
     p->auto_eou = auto_eou;
     idefics_status st = reserve(p, bos_len);
-    if (st != IDEFICS_OK) return st;
+    if (st == IDEFICS_OK) st = mark(p, 0, 1); /* allocates the span array for clear's BOS span */
+    if (st != IDEFICS_OK) {
+        idf_prompt_free(p);
+        return st;
+    }
     idf_prompt_clear(p);
     return IDEFICS_OK;
 }
@@ -53,14 +94,21 @@ idefics_status idf_prompt_init(idf_prompt *p, const idf_alloc *al, bool auto_eou
 void idf_prompt_free(idf_prompt *p) {
     if (!p) return;
     idf_free(p->al, p->text);
+    idf_free(p->al, p->sp);
     p->text = NULL;
+    p->sp = NULL;
     p->len = p->cap = 0;
+    p->n_sp = p->cap_sp = 0;
 }
 
 void idf_prompt_clear(idf_prompt *p) {
     /* the buffer always holds at least "<s>" (init reserved it) */
     memcpy(p->text, IDF_PROMPT_BOS, bos_len + 1);
     p->len = bos_len;
+    /* the BOS span: init reserved the span array, so this cannot fail */
+    p->n_sp = 0;
+    if (p->cap_sp > 0) p->sp[p->n_sp++] = (idf_span){0, bos_len};
+    p->turn_open = p->turn_fresh = false;
     p->last = IDF_ITEM_NONE;
     p->n_images = 0;
     p->run_start = 0;
@@ -71,6 +119,8 @@ void idf_prompt_clear(idf_prompt *p) {
 idefics_status idf_prompt_copy(idf_prompt *dst, const idf_prompt *src) {
     char *keep = dst->text;
     size_t keep_cap = dst->cap;
+    idf_span *keep_sp = dst->sp;
+    int keep_cap_sp = dst->cap_sp;
     const idf_alloc *al = dst->al ? dst->al : src->al;
     if (keep_cap < src->len + 1) {
         char *t = idf_malloc(al, src->cap);
@@ -79,11 +129,27 @@ idefics_status idf_prompt_copy(idf_prompt *dst, const idf_prompt *src) {
         keep = t;
         keep_cap = src->cap;
     }
+    if (keep_cap_sp < src->n_sp || keep_cap_sp == 0) {
+        int cap = src->cap_sp > 0 ? src->cap_sp : 16;
+        idf_span *n = idf_calloc(al, (size_t)cap, sizeof *n);
+        if (!n) {
+            /* keep what dst owns consistent: the (maybe new) text buffer stays dst's */
+            dst->text = keep;
+            dst->cap = keep_cap;
+            return IDEFICS_ERR_OUT_OF_MEMORY;
+        }
+        idf_free(al, keep_sp);
+        keep_sp = n;
+        keep_cap_sp = cap;
+    }
     *dst = *src;
     dst->al = al;
     dst->text = keep;
     dst->cap = keep_cap;
+    dst->sp = keep_sp;
+    dst->cap_sp = keep_cap_sp;
     memcpy(dst->text, src->text, src->len + 1);
+    if (src->n_sp > 0) memcpy(dst->sp, src->sp, (size_t)src->n_sp * sizeof *dst->sp);
     return IDEFICS_OK;
 }
 
@@ -98,19 +164,22 @@ static void note_text(idf_prompt *p) {
     p->run_images = 0;
 }
 
-idefics_status idf_prompt_add_text(idf_prompt *p, const char *s, size_t len) {
+idefics_status idf_prompt_add_text(idf_prompt *p, const char *s, size_t len, bool special) {
     /* str.strip(" "): spaces only, so "\nAssistant:" keeps its newline */
     while (len > 0 && s[0] == ' ') s++, len--;
     while (len > 0 && s[len - 1] == ' ') len--;
     /* the processor inserts the EOU between consecutive text items, even empty ones */
-    if (p->auto_eou && p->last == IDF_ITEM_TEXT) IDF_FORWARD(append_str(p, IDF_PROMPT_EOU));
-    IDF_FORWARD(append(p, s, len));
+    if (p->auto_eou && p->last == IDF_ITEM_TEXT) IDF_FORWARD(append_special_str(p, IDF_PROMPT_EOU));
+    /* the first text of an interleaved turn: "User: text", as add_user_turn writes it */
+    if (p->turn_fresh && len > 0) IDF_FORWARD(append_special(p, " ", 1));
+    IDF_FORWARD(special ? append_special(p, s, len) : append(p, s, len));
+    if (len > 0) p->turn_fresh = false;
     note_text(p);
     return IDEFICS_OK;
 }
 
-idefics_status idf_prompt_add_generated(idf_prompt *p, const char *s, size_t len) {
-    IDF_FORWARD(append(p, s, len));
+idefics_status idf_prompt_add_generated(idf_prompt *p, const char *s, size_t len, bool special) {
+    IDF_FORWARD(special ? append_special(p, s, len) : append(p, s, len));
     note_text(p);
     return IDEFICS_OK;
 }
@@ -120,10 +189,11 @@ idefics_status idf_prompt_add_image(idf_prompt *p) {
     idf_item_kind prev = p->last;
     if (p->last == IDF_ITEM_IMAGE) {
         /* adjacent images share the fake token between them */
-        IDF_FORWARD(append_str(p, IDF_PROMPT_IMAGE IDF_PROMPT_FAKE));
+        IDF_FORWARD(append_special_str(p, IDF_PROMPT_IMAGE IDF_PROMPT_FAKE));
     } else {
-        IDF_FORWARD(append_str(p, IDF_PROMPT_FAKE IDF_PROMPT_IMAGE IDF_PROMPT_FAKE));
+        IDF_FORWARD(append_special_str(p, IDF_PROMPT_FAKE IDF_PROMPT_IMAGE IDF_PROMPT_FAKE));
     }
+    p->turn_fresh = false;
     if (p->run_images == 0) {
         p->run_start = start;
         p->run_prev = prev;
@@ -136,9 +206,12 @@ idefics_status idf_prompt_add_image(idf_prompt *p) {
 
 static bool is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
-idefics_status idf_prompt_add_user_turn(idf_prompt *p, const char *question, bool instruct, idf_err *err) {
+idefics_status idf_prompt_add_user_turn(idf_prompt *p, const char *question, size_t qlen, bool instruct,
+                                        idf_err *err) {
     if (!question) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "add_user_turn: question is NULL");
-    size_t qlen = strlen(question);
+    if (p->turn_open)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG,
+                        "add_user_turn: a turn opened by begin_user_turn is still open; end it first");
     while (qlen > 0 && is_ws(question[0])) question++, qlen--;
     while (qlen > 0 && is_ws(question[qlen - 1])) qlen--;
     if (qlen == 0) return idf_errf(err, IDEFICS_ERR_EMPTY_PROMPT, "add_user_turn: the question is empty");
@@ -151,8 +224,7 @@ idefics_status idf_prompt_add_user_turn(idf_prompt *p, const char *question, boo
     if (st != IDEFICS_OK) return idf_errf(err, st, "add_user_turn: out of memory");
     int n_img = q.run_images;
     if (n_img > 0) {
-        q.len = q.run_start;
-        q.text[q.len] = '\0';
+        truncate_to(&q, q.run_start);
         q.last = q.run_prev;
         q.n_images -= n_img;
         q.run_images = 0;
@@ -165,13 +237,14 @@ idefics_status idf_prompt_add_user_turn(idf_prompt *p, const char *question, boo
     char head[8];
     bool q_in_head = instruct || n_img == 0;
     snprintf(head, sizeof head, "%sUser:%s", nl, q_in_head ? " " : "");
-    st = append_str(&q, head);
+    /* the template is structure (special spans), the question plain text */
+    st = append_special_str(&q, head);
     if (st == IDEFICS_OK && q_in_head) st = append(&q, question, qlen);
     if (st == IDEFICS_OK) note_text(&q);
     for (int i = 0; i < n_img && st == IDEFICS_OK; i++) st = idf_prompt_add_image(&q);
-    if (st == IDEFICS_OK && !q_in_head) st = idf_prompt_add_text(&q, question, qlen);
-    if (st == IDEFICS_OK && instruct) st = idf_prompt_add_text(&q, IDF_PROMPT_EOU, sizeof IDF_PROMPT_EOU - 1);
-    if (st == IDEFICS_OK) st = idf_prompt_add_text(&q, "\nAssistant:", 11);
+    if (st == IDEFICS_OK && !q_in_head) st = idf_prompt_add_text(&q, question, qlen, false);
+    if (st == IDEFICS_OK && instruct) st = idf_prompt_add_text(&q, IDF_PROMPT_EOU, sizeof IDF_PROMPT_EOU - 1, true);
+    if (st == IDEFICS_OK) st = idf_prompt_add_text(&q, "\nAssistant:", 11, true);
     if (st != IDEFICS_OK) {
         idf_prompt_free(&q);
         return idf_errf(err, st, "add_user_turn: out of memory");
@@ -179,6 +252,44 @@ idefics_status idf_prompt_add_user_turn(idf_prompt *p, const char *question, boo
     q.auto_eou = auto_eou;
     idf_prompt_swap(p, &q);
     idf_prompt_free(&q);
+    return IDEFICS_OK;
+}
+
+idefics_status idf_prompt_begin_turn(idf_prompt *p, idf_err *err) {
+    if (p->turn_open) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "begin_user_turn: a user turn is already open");
+    size_t len0 = p->len;
+    int n_sp0 = p->n_sp;
+    size_t end0 = n_sp0 > 0 ? p->sp[n_sp0 - 1].end : 0;
+    const char *nl = (p->len > bos_len && p->text[p->len - 1] != '\n') ? "\n" : "";
+    char head[8];
+    snprintf(head, sizeof head, "%sUser:", nl);
+    idefics_status st = append_special_str(p, head);
+    if (st != IDEFICS_OK) {
+        /* append may have grown the buffer but not the text; the span array is
+         * what mark() could not grow: put both back */
+        p->len = len0;
+        p->text[len0] = '\0';
+        p->n_sp = n_sp0;
+        if (n_sp0 > 0) p->sp[n_sp0 - 1].end = end0;
+        return idf_errf(err, st, "begin_user_turn: out of memory");
+    }
+    note_text(p);
+    p->turn_open = p->turn_fresh = true;
+    return IDEFICS_OK;
+}
+
+idefics_status idf_prompt_end_turn(idf_prompt *p, bool instruct, idf_err *err) {
+    if (!p->turn_open) return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "end_user_turn: no user turn is open");
+    if (p->turn_fresh)
+        return idf_errf(err, IDEFICS_ERR_EMPTY_PROMPT, "end_user_turn: the turn is empty; add text or an image");
+    bool auto_eou = p->auto_eou;
+    p->auto_eou = false; /* the template writes its own EOU */
+    idefics_status st = IDEFICS_OK;
+    if (instruct) st = idf_prompt_add_text(p, IDF_PROMPT_EOU, sizeof IDF_PROMPT_EOU - 1, true);
+    if (st == IDEFICS_OK) st = idf_prompt_add_text(p, "\nAssistant:", 11, true);
+    p->auto_eou = auto_eou;
+    if (st != IDEFICS_OK) return idf_errf(err, st, "end_user_turn: out of memory");
+    p->turn_open = false;
     return IDEFICS_OK;
 }
 

@@ -65,6 +65,7 @@ struct idefics_session {
 
     volatile int cancel;
     idefics_timings tm;
+    idefics_finish_reason finish; /* of the last generate */
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -80,8 +81,8 @@ static bool is_special(const idefics_session *s, int32_t id) {
 /* Tokenize p's text into tmp_ids/tmp_img, checking it fits the context. */
 static idefics_status tokenize_into_tmp(idefics_session *s, const idf_prompt *p, const char *what) {
     int n = 0;
-    idefics_status st =
-        idf_tokenize(s->model->tok, p->text, p->len, false, s->tmp_ids, s->n_ctx, &n, &s->err);
+    idefics_status st = idf_tokenize_spans(s->model->tok, p->text, p->len, p->sp, p->n_sp, false, s->tmp_ids,
+                                           s->n_ctx, &n, &s->err);
     if (st != IDEFICS_OK) return st;
     if (n > s->n_ctx)
         return idf_errf(&s->err, IDEFICS_ERR_CONTEXT_FULL,
@@ -266,6 +267,7 @@ void idefics_session_reset(idefics_session *s) {
     s->n_eval = 0;
     s->logits_ok = false;
     memset(&s->tm, 0, sizeof s->tm);
+    s->finish = IDEFICS_FINISH_NONE;
     idf_err_clear(&s->err);
 }
 
@@ -363,25 +365,83 @@ idefics_status idefics_add_image_pixels(idefics_session *s, const uint8_t *pixel
     return add_decoded_image(s, &im, "add_image_pixels");
 }
 
-idefics_status idefics_add_text(idefics_session *s, const char *text) {
+/* Text from outside: a length, and no NUL inside it (never silently cut). */
+static idefics_status check_text(idefics_session *s, const char *text, size_t len, const char *what) {
+    if (!text && len > 0) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "%s: text is NULL", what);
+    if (len > 0 && memchr(text, '\0', len))
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "%s: the text holds a NUL byte at offset %zu", what,
+                        (size_t)((const char *)memchr(text, '\0', len) - text));
+    return IDEFICS_OK;
+}
+
+idefics_status idefics_add_text_n(idefics_session *s, const char *text, size_t len, unsigned flags) {
     if (!s) return IDEFICS_ERR_INVALID_ARG;
     idf_err_clear(&s->err);
     if (!text) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_text: text is NULL");
+    if (flags & ~IDEFICS_TEXT_SPECIAL)
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_text: unknown flags 0x%x", flags);
+    IDF_FORWARD(check_text(s, text, len, "add_text"));
     IDF_FORWARD(begin_edit(s, "add_text"));
-    if (idf_prompt_add_text(&s->edit, text, strlen(text)) != IDEFICS_OK)
+    if (idf_prompt_add_text(&s->edit, text, len, (flags & IDEFICS_TEXT_SPECIAL) != 0) != IDEFICS_OK)
         return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "add_text: out of memory");
     IDF_FORWARD(tokenize_into_tmp(s, &s->edit, "add_text"));
     commit_edit(s);
     return IDEFICS_OK;
 }
 
-idefics_status idefics_add_user_turn(idefics_session *s, const char *question) {
+idefics_status idefics_add_text(idefics_session *s, const char *text) {
     if (!s) return IDEFICS_ERR_INVALID_ARG;
+    if (!text) {
+        idf_err_clear(&s->err);
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_text: text is NULL");
+    }
+    return idefics_add_text_n(s, text, strlen(text), 0);
+}
+
+idefics_status idefics_add_user_turn_n(idefics_session *s, const char *question, size_t len) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    idf_err_clear(&s->err);
+    if (!question) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_user_turn: question is NULL");
+    IDF_FORWARD(check_text(s, question, len, "add_user_turn"));
     IDF_FORWARD(begin_edit(s, "add_user_turn"));
-    IDF_FORWARD(idf_prompt_add_user_turn(&s->edit, question, cfg_of(s)->is_instruct, &s->err));
+    IDF_FORWARD(idf_prompt_add_user_turn(&s->edit, question, len, cfg_of(s)->is_instruct, &s->err));
     IDF_FORWARD(tokenize_into_tmp(s, &s->edit, "add_user_turn"));
     commit_edit(s);
     return IDEFICS_OK;
+}
+
+idefics_status idefics_add_user_turn(idefics_session *s, const char *question) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    if (!question) {
+        idf_err_clear(&s->err);
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "add_user_turn: question is NULL");
+    }
+    return idefics_add_user_turn_n(s, question, strlen(question));
+}
+
+idefics_status idefics_begin_user_turn(idefics_session *s) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    IDF_FORWARD(begin_edit(s, "begin_user_turn"));
+    IDF_FORWARD(idf_prompt_begin_turn(&s->edit, &s->err));
+    IDF_FORWARD(tokenize_into_tmp(s, &s->edit, "begin_user_turn"));
+    commit_edit(s);
+    return IDEFICS_OK;
+}
+
+idefics_status idefics_end_user_turn(idefics_session *s) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    IDF_FORWARD(begin_edit(s, "end_user_turn"));
+    IDF_FORWARD(idf_prompt_end_turn(&s->edit, cfg_of(s)->is_instruct, &s->err));
+    IDF_FORWARD(tokenize_into_tmp(s, &s->edit, "end_user_turn"));
+    commit_edit(s);
+    return IDEFICS_OK;
+}
+
+/* generate and eval inside an open turn would answer half a question */
+static idefics_status check_no_turn(idefics_session *s, const char *what) {
+    if (!s->prompt.turn_open) return IDEFICS_OK;
+    return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG,
+                    "%s: a user turn is open (idefics_begin_user_turn); end it with idefics_end_user_turn first", what);
 }
 
 /* ------------------------------------------------------------- generation */
@@ -413,6 +473,13 @@ static bool is_stop(const idefics_session *s, int32_t id, bool stop_at_eos) {
 static int conversation_piece(const idefics_session *s, int32_t prev, int32_t id, char *buf) {
     int32_t p = (prev < 0 || is_special(s, prev)) ? -1 : prev;
     return idf_token_to_piece(s->model->tok, p, id, buf, PIECE_MAX);
+}
+
+/* Append a generated token's text to the conversation. */
+static idefics_status add_generated(idefics_session *s, int32_t tok, const char *piece, size_t n) {
+    /* a generated special token stays one on re-tokenization; generated text
+     * that merely spells one ("<" "image" ">") stays text */
+    return idf_prompt_add_generated(&s->prompt, piece, n, idf_tokenizer_is_special(s->model->tok, tok));
 }
 
 /* Evaluate ids[from..n_ids) after the cache; on failure the cache is put back. */
@@ -466,22 +533,16 @@ static idefics_status encode_images(idefics_session *s) {
     return IDEFICS_OK;
 }
 
-idefics_status idefics_generate(idefics_session *s, const idefics_generate_params *params, idefics_token_fn on_token,
-                                void *user_data) {
-    if (!s) return IDEFICS_ERR_INVALID_ARG;
-    idf_err_clear(&s->err);
-    idefics_generate_params gp = params ? *params : idefics_generate_default_params();
-    IDF_FORWARD(check_gen_params(s, &gp));
-    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
-    memset(&s->tm, 0, sizeof s->tm);
-    const idf_config *c = cfg_of(s);
-
+/* Encode the new images and prefill the conversation, keeping the longest
+ * evaluated prefix; afterwards s->logits hold the last position's logits. */
+static idefics_status prepare(idefics_session *s, const char *what) {
+    IDF_FORWARD(check_no_turn(s, what));
     if (s->n_ids <= 1)
         return idf_errf(&s->err, IDEFICS_ERR_EMPTY_PROMPT,
-                        "generate: the conversation is empty; add a user turn, text or an image first");
+                        "%s: the conversation is empty; add a user turn, text or an image first", what);
     if (s->n_ids > s->n_ctx)
         return idf_errf(&s->err, IDEFICS_ERR_CONTEXT_FULL,
-                        "generate: the conversation is %d tokens, more than the context of %d; reset the session",
+                        "%s: the conversation is %d tokens, more than the context of %d; reset the session", what,
                         s->n_ids, s->n_ctx);
 
     IDF_FORWARD(encode_images(s));
@@ -501,8 +562,36 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
         s->tm.n_prompt_tokens = s->n_ids - keep;
         IDF_FORWARD(eval_tail(s, keep));
     }
+    s->tm.prefill_ms = idf_time_ms() - t0;
+    return IDEFICS_OK;
+}
+
+idefics_status idefics_session_eval(idefics_session *s) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    idf_err_clear(&s->err);
+    s->finish = IDEFICS_FINISH_NONE;
+    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
+    memset(&s->tm, 0, sizeof s->tm);
+    return prepare(s, "eval");
+}
+
+idefics_status idefics_generate(idefics_session *s, const idefics_generate_params *params, idefics_token_fn on_token,
+                                void *user_data) {
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    idf_err_clear(&s->err);
+    s->finish = IDEFICS_FINISH_NONE;
+    idefics_generate_params gp = params ? *params : idefics_generate_default_params();
+    IDF_FORWARD(check_gen_params(s, &gp));
+    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
+    memset(&s->tm, 0, sizeof s->tm);
+    const idf_config *c = cfg_of(s);
+
+    idefics_status st = prepare(s, "generate");
+    if (st != IDEFICS_OK) {
+        if (st == IDEFICS_ERR_CANCELLED) s->finish = IDEFICS_FINISH_CANCELLED;
+        return st;
+    }
     double t1 = idf_time_ms();
-    s->tm.prefill_ms = t1 - t0;
 
     idf_sampling sp = {gp.temperature, gp.top_k, gp.top_p, gp.repetition_penalty};
     idf_rng rng;
@@ -512,7 +601,7 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
     char conv[PIECE_MAX];
     idf_stream so;
     idf_stream_init(&so, s->model->tok, s->byte_id);
-    idefics_status st = IDEFICS_OK;
+    if (gp.max_new_tokens == 0) s->finish = IDEFICS_FINISH_LENGTH;
 
     for (int i = 0; i < gp.max_new_tokens; i++) {
         memcpy(s->work, s->logits, (size_t)s->n_vocab * sizeof(float));
@@ -531,19 +620,25 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
         s->n_ids++;
         s->tm.n_generated++;
         int nc = conversation_piece(s, prev, tok, conv);
-        if (nc < 0 || idf_prompt_add_generated(&s->prompt, conv, (size_t)nc) != IDEFICS_OK) {
+        if (nc < 0 || add_generated(s, tok, conv, (size_t)nc) != IDEFICS_OK) {
             st = idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "generate: cannot append token %d to the text", tok);
             break;
         }
 
         bool stop = is_stop(s, tok, gp.stop_at_eos);
-        bool last = stop || i + 1 == gp.max_new_tokens || s->n_eval >= s->n_ctx;
+        bool full = s->n_eval >= s->n_ctx;
+        bool last = stop || i + 1 == gp.max_new_tokens || full;
 
         const char *piece = idf_stream_token(&so, tok, is_special(s, tok), last);
         bool go_on = on_token ? on_token(user_data, tok, piece) : true;
 
         if (!go_on || last) {
-            if (s->n_eval >= s->n_ctx && !stop)
+            /* one reason, most specific first: a stop token ends the answer whatever else holds */
+            s->finish = stop     ? IDEFICS_FINISH_STOP
+                        : !go_on ? IDEFICS_FINISH_CALLBACK
+                        : full   ? IDEFICS_FINISH_CONTEXT_FULL
+                                 : IDEFICS_FINISH_LENGTH;
+            if (full && !stop)
                 idf_logf(&s->model->log, IDEFICS_LOG_INFO, "generate: stopped at the end of the context (%d tokens)",
                          s->n_ctx);
             break;
@@ -555,8 +650,26 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
         st = eval_tail(s, s->n_ids - 1);
         if (st != IDEFICS_OK) break;
     }
+    if (st == IDEFICS_ERR_CANCELLED) s->finish = IDEFICS_FINISH_CANCELLED;
+    else if (st != IDEFICS_OK) s->finish = IDEFICS_FINISH_NONE;
     s->tm.decode_ms = idf_time_ms() - t1;
     return st;
+}
+
+idefics_finish_reason idefics_session_finish_reason(const idefics_session *s) {
+    return s ? s->finish : IDEFICS_FINISH_NONE;
+}
+
+idefics_status idefics_session_render_prompt(const idefics_session *s, char *buf, size_t size, size_t *len) {
+    if (!s || (size > 0 && !buf)) return IDEFICS_ERR_INVALID_ARG;
+    const idf_prompt *p = &s->prompt;
+    if (size > 0) {
+        size_t k = p->len < size ? p->len : size - 1;
+        memcpy(buf, p->text, k);
+        buf[k] = '\0';
+    }
+    if (len) *len = p->len;
+    return IDEFICS_OK;
 }
 
 void idefics_session_cancel(idefics_session *s) {
@@ -600,6 +713,24 @@ idefics_status idefics_tokenize(const idefics_model *model, const char *text, bo
     return idf_tokenize(model->tok, text, strlen(text), add_bos, ids, max_ids, n_ids, err);
 }
 
+idefics_status idefics_tokenize_n(const idefics_model *model, const char *text, size_t len, unsigned flags,
+                                  bool add_bos, int32_t *ids, int max_ids, int *n_ids) {
+    static const idf_span none = {0, 0};
+    if (!model) return IDEFICS_ERR_INVALID_ARG;
+    idf_err *err = (idf_err *)&model->err;
+    idf_err_clear(err);
+    if ((!text && len > 0) || !n_ids || max_ids < 0 || (max_ids > 0 && !ids))
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idefics_tokenize_n: need text, n_ids, and ids when max_ids > 0");
+    if (flags & ~IDEFICS_TEXT_SPECIAL)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idefics_tokenize_n: unknown flags 0x%x", flags);
+    if (len > 0 && memchr(text, '\0', len))
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idefics_tokenize_n: the text holds a NUL byte at offset %zu",
+                        (size_t)((const char *)memchr(text, '\0', len) - text));
+    if (!model->tok) return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "idefics_tokenize_n: the model has no tokenizer");
+    if (flags & IDEFICS_TEXT_SPECIAL) return idf_tokenize(model->tok, text, len, add_bos, ids, max_ids, n_ids, err);
+    return idf_tokenize_spans(model->tok, text, len, &none, 0, add_bos, ids, max_ids, n_ids, err);
+}
+
 int idefics_token_to_text(const idefics_model *model, int32_t prev, int32_t id, char *buf, size_t buf_size) {
     if (!model || !buf || buf_size == 0) return IDEFICS_ERR_INVALID_ARG;
     idf_err *err = (idf_err *)&model->err;
@@ -615,3 +746,24 @@ int idefics_token_to_text(const idefics_model *model, int32_t prev, int32_t id, 
                         buf_size, id);
     return n;
 }
+
+/* ------------------------------------------------------- snapshot / restore */
+
+idefics_status idefics_session_snapshot(const idefics_session *s, idefics_snapshot **out) {
+    if (out) *out = NULL;
+    (void)s;
+    return IDEFICS_ERR_UNSUPPORTED;
+}
+
+idefics_status idefics_session_restore(idefics_session *s, const idefics_snapshot *snap) {
+    (void)snap;
+    if (!s) return IDEFICS_ERR_INVALID_ARG;
+    return idf_errf(&s->err, IDEFICS_ERR_UNSUPPORTED, "restore: not implemented yet");
+}
+
+size_t idefics_snapshot_bytes(const idefics_snapshot *snap) {
+    (void)snap;
+    return 0;
+}
+
+void idefics_snapshot_free(idefics_snapshot *snap) { (void)snap; }

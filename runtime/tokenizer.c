@@ -750,20 +750,22 @@ static idefics_status encode_segment(const idf_tokenizer *t, scratch *s, const c
     return IDEFICS_OK;
 }
 
-/* Longest special token starting at text[i], or -1. */
-static int32_t match_special(const idf_tokenizer *t, const char *text, size_t len, size_t i) {
+/* Longest special token starting at text[i] and ending by text[limit], or -1. */
+static int32_t match_special(const idf_tokenizer *t, const char *text, size_t limit, size_t i) {
     uint8_t b = (uint8_t)text[i];
     for (uint32_t k = t->special_at[b]; k < t->special_at[b + 1]; k++) {
         int32_t id = t->specials[k];
-        if (t->len[id] <= len - i && memcmp(text + i, t->text + t->off[id], t->len[id]) == 0)
+        if (t->len[id] <= limit - i && memcmp(text + i, t->text + t->off[id], t->len[id]) == 0)
             return id;
     }
     return -1;
 }
 
-idefics_status idf_tokenize(const idf_tokenizer *t, const char *text, size_t len, bool add_bos, int32_t *ids,
-                            int max_ids, int *n_ids, idf_err *err) {
-    if (!t || (!text && len > 0) || !n_ids || max_ids < 0 || (max_ids > 0 && !ids))
+/* spans NULL: the whole text may hold special tokens (idf_tokenize). */
+static idefics_status tokenize(const idf_tokenizer *t, const char *text, size_t len, const idf_span *spans,
+                               int n_spans, bool add_bos, int32_t *ids, int max_ids, int *n_ids, idf_err *err) {
+    if (!t || (!text && len > 0) || !n_ids || max_ids < 0 || (max_ids > 0 && !ids) || n_spans < 0 ||
+        (n_spans > 0 && !spans))
         return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_tokenize: NULL or negative argument");
     *n_ids = 0;
     scratch s = {.al = &t->alloc, .ids = ids, .max_ids = max_ids};
@@ -771,8 +773,21 @@ idefics_status idf_tokenize(const idf_tokenizer *t, const char *text, size_t len
     if (add_bos)
         st = emit(&s, (int32_t)t->bos, err);
     size_t seg = 0;
+    int k = 0; /* the first span that does not end at or before i */
     for (size_t i = 0; i < len && st == IDEFICS_OK;) {
-        int32_t id = t->n_specials ? match_special(t, text, len, i) : -1;
+        size_t limit = len;
+        if (spans) {
+            while (k < n_spans && spans[k].end <= i)
+                k++;
+            if (k == n_spans)
+                break; /* no span left: the rest is one plain segment */
+            if (spans[k].start > i) {
+                i = spans[k].start; /* plain text: no match can start before the span */
+                continue;
+            }
+            limit = spans[k].end < len ? spans[k].end : len;
+        }
+        int32_t id = t->n_specials ? match_special(t, text, limit, i) : -1;
         if (id < 0) {
             i++;
             continue;
@@ -791,6 +806,21 @@ idefics_status idf_tokenize(const idf_tokenizer *t, const char *text, size_t len
     idf_free(s.al, s.syms);
     idf_free(s.al, s.heap);
     return st;
+}
+
+idefics_status idf_tokenize(const idf_tokenizer *t, const char *text, size_t len, bool add_bos, int32_t *ids,
+                            int max_ids, int *n_ids, idf_err *err) {
+    return tokenize(t, text, len, NULL, 0, add_bos, ids, max_ids, n_ids, err);
+}
+
+idefics_status idf_tokenize_spans(const idf_tokenizer *t, const char *text, size_t len, const idf_span *spans,
+                                  int n_spans, bool add_bos, int32_t *ids, int max_ids, int *n_ids, idf_err *err) {
+    static const idf_span none = {0, 0};
+    return tokenize(t, text, len, n_spans > 0 ? spans : &none, n_spans, add_bos, ids, max_ids, n_ids, err);
+}
+
+bool idf_tokenizer_is_special(const idf_tokenizer *t, int32_t id) {
+    return t && id >= 0 && (uint32_t)id < t->n_vocab && is_special_type(t->type[id]);
 }
 
 /* ------------------------------------------------------------------- decode */

@@ -48,6 +48,22 @@ void idf_tokenizer_free(idf_tokenizer *t);
 idefics_status idf_tokenize(const idf_tokenizer *t, const char *text, size_t len, bool add_bos, int32_t *ids,
                             int max_ids, int *n_ids, idf_err *err);
 
+/* A byte range [start, end) of a text. */
+typedef struct idf_span {
+    size_t start, end;
+} idf_span;
+
+/* idf_tokenize, recognising special-token strings only where the whole string
+ * lies inside one of spans[0..n_spans) (sorted, disjoint); elsewhere they are
+ * ordinary text. Text between recognised special tokens is one segment
+ * whatever the spans, so SentencePiece segments plain text next to structure
+ * as it would the same text without spans. n_spans 0: no special tokens. */
+idefics_status idf_tokenize_spans(const idf_tokenizer *t, const char *text, size_t len, const idf_span *spans,
+                                  int n_spans, bool add_bos, int32_t *ids, int max_ids, int *n_ids, idf_err *err);
+/* Whether id is one of the tokens the encoder splits out (CONTROL,
+ * USER_DEFINED, UNKNOWN: <s>, <image>, ...). */
+bool idf_tokenizer_is_special(const idf_tokenizer *t, int32_t id);
+
 /* Decoded text of token id following prev (-1 at the start of a sequence):
  * "▁" -> " ", the leading space of the first piece dropped (legacy rule), byte
  * pieces emitted as raw bytes. Writes NUL-terminated; returns bytes written or

@@ -24,7 +24,7 @@ static void build(idf_prompt *p, bool auto_eou, const char *const *items, int n)
     idf_prompt_init(p, &al, auto_eou);
     for (int i = 0; i < n; i++) {
         if (items[i])
-            idf_prompt_add_text(p, items[i], strlen(items[i]));
+            idf_prompt_add_text(p, items[i], strlen(items[i]), true);
         else
             idf_prompt_add_image(p);
     }
@@ -68,7 +68,7 @@ static void expect_turn(bool instruct, const char *const *pre, int n_pre, const 
     idf_err err = {{0}};
     build(&p, false, pre, n_pre);
     int imgs = p.n_images;
-    idefics_status st = idf_prompt_add_user_turn(&p, q, instruct, &err);
+    idefics_status st = idf_prompt_add_user_turn(&p, q, strlen(q), instruct, &err);
     if (st != IDEFICS_OK || strcmp(p.text, want) != 0 || p.n_images != imgs) {
         failures++;
         fprintf(stderr, "%s:%d: FAIL turn (status %d, %s)\n  got  %s\n  want %s\n", __FILE__, line, st, err.msg,
@@ -105,13 +105,13 @@ static void test_turns(void) {
     build(&p, false, img1, 1);
     char before[256];
     snprintf(before, sizeof before, "%s", p.text);
-    CHECK(idf_prompt_add_user_turn(&p, " \n\t ", true, &err) == IDEFICS_ERR_EMPTY_PROMPT, "empty question accepted");
+    CHECK(idf_prompt_add_user_turn(&p, " \n\t ", 4, true, &err) == IDEFICS_ERR_EMPTY_PROMPT, "empty question accepted");
     CHECK(err.msg[0] != '\0', "no error text");
     CHECK(strcmp(p.text, before) == 0 && p.n_images == 1 && p.run_images == 1, "prompt changed: %s", p.text);
     /* a copy is independent of its source */
     idf_prompt q = {0};
     CHECK(idf_prompt_copy(&q, &p) == IDEFICS_OK, "copy");
-    idf_prompt_add_text(&q, "more", 4);
+    idf_prompt_add_text(&q, "more", 4, true);
     CHECK(strcmp(p.text, before) == 0 && strstr(q.text, "more"), "copy shares the buffer");
     idf_prompt_clear(&q);
     CHECK(strcmp(q.text, "<s>") == 0 && q.n_images == 0 && q.last == IDF_ITEM_NONE, "clear");

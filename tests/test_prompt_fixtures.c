@@ -18,7 +18,7 @@
 #include "tokenizer.h"
 #include "tokenizer_import.h"
 
-static int n_checked;
+static int n_checked, n_plain;
 #include "check.h"
 
 static cJSON *read_json(const char *dir, const char *name) {
@@ -52,7 +52,7 @@ static void check_case(const idf_fixture_case *c, const idf_tokenizer *tok, int3
         if (c->items[i].kind == IDF_FIXTURE_IMAGE)
             idf_prompt_add_image(&p);
         else
-            idf_prompt_add_text(&p, c->items[i].text, strlen(c->items[i].text));
+            idf_prompt_add_text(&p, c->items[i].text, strlen(c->items[i].text), true);
     }
     CHECK(strcmp(p.text, c->full_text) == 0, "%s/%s text\n  got  %s\n  want %s", c->model_name, c->case_name, p.text,
           c->full_text);
@@ -86,6 +86,45 @@ static void check_case(const idf_fixture_case *c, const idf_tokenizer *tok, int3
             }
         }
     CHECK(mask_ok, "%s/%s image_attention_mask differs", c->model_name, c->case_name);
+
+    /* The session's path: special tokens recognised only in the prompt's special
+     * spans (all of it here, every item being raw text), then every text item
+     * added as plain user text. Plain text next to structure must segment as
+     * HF segments the whole text, so the ids stay HF's whenever no item spells
+     * a special token itself. */
+    int32_t *ids2 = calloc((size_t)T + 16, sizeof *ids2);
+    int n2 = 0;
+    st = idf_tokenize_spans(tok, p.text, p.len, p.sp, p.n_sp, false, ids2, T + 16, &n2, &err);
+    CHECK(st == IDEFICS_OK && n2 == n && !memcmp(ids2, ids, sizeof(int32_t) * (size_t)n),
+          "%s/%s: the special-span tokenization differs", c->model_name, c->case_name);
+    idf_prompt q;
+    idf_prompt_init(&q, &al, c->add_eou != 0);
+    bool spells_special = false;
+    static const char *sp_str[] = {"<s>", "</s>", "<unk>", IDF_PROMPT_IMAGE, IDF_PROMPT_FAKE, IDF_PROMPT_EOU};
+    for (int i = 0; i < c->n_items; i++) {
+        if (c->items[i].kind == IDF_FIXTURE_IMAGE) {
+            idf_prompt_add_image(&q);
+            continue;
+        }
+        for (size_t k = 0; k < sizeof sp_str / sizeof sp_str[0]; k++)
+            spells_special |= strstr(c->items[i].text, sp_str[k]) != NULL;
+        idf_prompt_add_text(&q, c->items[i].text, strlen(c->items[i].text), false);
+    }
+    st = idf_tokenize_spans(tok, q.text, q.len, q.sp, q.n_sp, false, ids2, T + 16, &n2, &err);
+    if (!spells_special) {
+        same = st == IDEFICS_OK && n2 == T;
+        for (int i = 0; same && i < T; i++) same = ids2[i] == c->input_ids[i];
+        CHECK(same, "%s/%s: plain text items change the ids (n %d vs %d)", c->model_name, c->case_name, n2, T);
+        n_plain++;
+    } else {
+        /* then the spelled special strings must not become special tokens */
+        int n_img = 0;
+        for (int i = 0; i < n2; i++) n_img += ids2[i] == tok_image;
+        CHECK(st == IDEFICS_OK && n_img == q.n_images, "%s/%s: plain text made %d <image> tokens for %d images",
+              c->model_name, c->case_name, n_img, q.n_images);
+    }
+    idf_prompt_free(&q);
+    free(ids2);
     n_checked++;
     free(ids);
     free(img);
@@ -215,6 +254,7 @@ int main(void) {
         fprintf(stderr, "test_prompt_fixtures: %d failure(s) over %d cases\n", failures, n_checked);
         return 1;
     }
-    printf("test_prompt_fixtures: %d cases match the HF processor\n", n_checked);
+    printf("test_prompt_fixtures: %d cases match the HF processor (%d also with every text item plain)\n", n_checked,
+           n_plain);
     return n_checked > 0 ? 0 : 1;
 }

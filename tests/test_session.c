@@ -91,9 +91,12 @@ static void test_case(const idf_fixture_case *c) {
             st = idefics_add_image_file(s, c->items[i].image_path);
             prev_text = false;
         } else {
-            /* idefics_add_text never inserts the EOU; the processor did when add_eou */
-            if (c->add_eou && prev_text) st = idefics_add_text(s, IDF_PROMPT_EOU);
-            if (st == IDEFICS_OK) st = idefics_add_text(s, c->items[i].text);
+            /* idefics_add_text never inserts the EOU; the processor did when add_eou.
+             * The recorded items are raw prompt text (HF semantics): IDEFICS_TEXT_SPECIAL. */
+            const char *t = c->items[i].text;
+            if (c->add_eou && prev_text)
+                st = idefics_add_text_n(s, IDF_PROMPT_EOU, strlen(IDF_PROMPT_EOU), IDEFICS_TEXT_SPECIAL);
+            if (st == IDEFICS_OK) st = idefics_add_text_n(s, t, strlen(t), IDEFICS_TEXT_SPECIAL);
             prev_text = true;
         }
     }
@@ -190,8 +193,9 @@ static void test_multiturn(void) {
     if (b && img) {
         char *head = strndup(text + 3, (size_t)(img - text - 3));
         const char *rest = img + strlen(IDF_PROMPT_FAKE IDF_PROMPT_IMAGE IDF_PROMPT_FAKE);
-        CHECK(idefics_add_text(b, head) == IDEFICS_OK && idefics_add_image_file(b, g_image) == IDEFICS_OK &&
-                  idefics_add_text(b, rest) == IDEFICS_OK,
+        CHECK(idefics_add_text_n(b, head, strlen(head), IDEFICS_TEXT_SPECIAL) == IDEFICS_OK &&
+                  idefics_add_image_file(b, g_image) == IDEFICS_OK &&
+                  idefics_add_text_n(b, rest, strlen(rest), IDEFICS_TEXT_SPECIAL) == IDEFICS_OK,
               "rebuilding: %s", idefics_session_last_error(b));
         CHECK(strcmp(idf_session_text(b), text) == 0, "rebuilt text differs:\n%s\n%s", idf_session_text(b), text);
         const int32_t *ids_b;
