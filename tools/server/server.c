@@ -104,6 +104,7 @@ typedef struct server {
     idefics_model *model;
     char model_id[128];
     atomic_int state; /* 0 loading, 1 ready, 2 failed */
+    bool snapshots;   /* the library can snapshot a session (probed at load) */
     int32_t stop_ids[4];
     int n_stop_ids;
     pthread_mutex_t mu;
@@ -688,7 +689,7 @@ static void run_generation(gen_ctx *g) {
     }
     snap_ref *ref = NULL;
 #if SRV_API14
-    if (clean && (g->sl->has_image || g->n_img > 0) && sv->o.cache_mb > 0) {
+    if (clean && sv->snapshots && (g->sl->has_image || g->n_img > 0) && sv->o.cache_mb > 0) {
         idefics_snapshot *snap = NULL;
         if (idefics_session_snapshot(s, &snap) == IDEFICS_OK) {
             ref = calloc(1, sizeof *ref);
@@ -904,6 +905,14 @@ static enum MHD_Result chat_completions(server *sv, struct MHD_Connection *c, co
         return send_error(sv, c, be.status, "messages", be.code, "%s", be.msg);
     }
     g->prompt_tokens = idefics_session_get_tokens(s, NULL);
+#if SRV_API14
+    if (sv->o.verbose) { /* the conversation as the tokenizer sees it, for checking the chat format */
+        char text[1024];
+        size_t tl = 0;
+        if (idefics_session_render_prompt(s, text, sizeof text, &tl) == IDEFICS_OK)
+            srv_log("slot %d prompt (%zu bytes): %s", g->sl->id, tl, text);
+    }
+#endif
     pthread_mutex_lock(&sv->mu);
     sv->m.images_added += (uint64_t)g->n_img;
     pthread_mutex_unlock(&sv->mu);
@@ -1137,7 +1146,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         cJSON_AddStringToObject(j, "status", "ok");
         cJSON_AddStringToObject(j, "model", sv->model_id);
         cJSON_AddNumberToObject(j, "slots", sv->n_slots);
-        cJSON_AddBoolToObject(j, "snapshots", SRV_API14);
+        cJSON_AddBoolToObject(j, "snapshots", sv->snapshots);
         return send_json(sv, c, 200, j);
     }
     if (!strcmp(url, "/metrics")) {
@@ -1328,6 +1337,12 @@ static void *load_thread(void *arg) {
         if (idefics_tokenize(sv->model, stops[i], false, &id, 1, &n) == IDEFICS_OK && n == 1)
             sv->stop_ids[sv->n_stop_ids++] = id;
     }
+#if SRV_API14
+    idefics_snapshot *probe = NULL;
+    sv->snapshots = idefics_session_snapshot(sv->slots[0].s, &probe) == IDEFICS_OK;
+    idefics_snapshot_free(probe);
+#endif
+    if (!sv->snapshots) srv_log("snapshots are not available in this library: follow-ups reuse their own slot only");
     atomic_store(&sv->state, 1);
     srv_log("model %s loaded in %.1f s; %d slot(s) ready", sv->model_id, now_s() - t0, sv->n_slots);
     return NULL;
@@ -1450,6 +1465,14 @@ int cmd_serve(int argc, char **argv) {
     int sig = 0;
     if (lt_ok) sigwait(&sigs, &sig);
     atomic_store(&ld.quit, 1);
+    if (lt_ok && atomic_load(&sv->state) == 0) {
+        /* still loading (a slow disk, or a file that blocks in open): the loader
+         * may not notice the request to stop soon, so leave without it */
+        srv_log("signal %d while loading: stopping", sig);
+        MHD_stop_daemon(d);
+        fflush(stderr);
+        _exit(0);
+    }
     if (lt_ok) pthread_join(lt, NULL);
     bool failed = atomic_load(&sv->state) == 2;
     if (!failed) srv_log("signal %d: stopping", sig);
