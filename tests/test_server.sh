@@ -38,6 +38,7 @@ start() {
     done
     [ -n "$PORT" ] || { cat "$log"; echo "FAIL: server $name did not start"; exit 1; }
     URL="http://127.0.0.1:$PORT"
+    C="$URL/v1/chat/completions"
     for _ in $(seq 100); do
         [ "$(curl -s -o /dev/null -w '%{http_code}' "$URL/health")" = 200 ] && return 0
         kill -0 "$PID" 2>/dev/null || break
@@ -49,7 +50,7 @@ start() {
 }
 stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
 metric() { curl -s "$URL/metrics" "${@:2}" | awk -v m="$1" '$1 == m {print $2}'; }
-status() { curl -s -o "$SCRATCH/body" -w '%{http_code}' "$@"; }
+status() { curl -s -o "$SCRATCH/body" -w '%{http_code}' "$@" || true; }
 
 # body IMAGE QUESTION [extra JSON fields] : a request with the text before the image
 # (the order `idefics ask` uses: the question, then the image)
@@ -152,7 +153,6 @@ err() { # err NAME STATUS CURL_ARGS...
             bad "$name: body is not OpenAI error JSON: $(head -c 200 "$SCRATCH/body")"
     fi
 }
-C="$URL/v1/chat/completions"
 err "not JSON" 400 "$C" -d 'hello'
 err "empty body" 400 "$C" -X POST
 err "no messages" 400 "$C" -d '{"model":"x"}'
@@ -275,7 +275,7 @@ if [ -e /proc/net/if_inet6 ] && grep -q '00000000000000000000000000000001' /proc
     PID=$!
     PIDS+=("$PID")
     for _ in $(seq 50); do grep -q 'loaded' "$SCRATCH/v6.log" && break; sleep 0.1; done
-    P6=$(grep -o 'http://\[::1\]:[0-9]*/' "$SCRATCH/v6.log" | grep -o ':[0-9]*/' | tr -d :/)
+    P6=$(grep -o 'http://\[::1\]:[0-9]*/' "$SCRATCH/v6.log" | grep -o ':[0-9][0-9]*/' | tr -d :/)
     check "IPv6 loopback" 200 "$(status "http://[::1]:$P6/health")"
     stop
 fi

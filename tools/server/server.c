@@ -538,6 +538,7 @@ typedef struct gen_ctx {
     int32_t last_tok;
     int n_tok;
     atomic_int abort;
+    atomic_int gone; /* the client disconnect was counted */
     /* streaming: chunks for libmicrohttpd's reader */
     bool stream;
     pthread_t th;
@@ -612,6 +613,13 @@ static void emit(gen_ctx *g, size_t upto) {
     g->sent = upto;
 }
 
+static void note_disconnect(gen_ctx *g) {
+    if (atomic_exchange(&g->gone, 1)) return;
+    pthread_mutex_lock(&g->sv->mu);
+    g->sv->m.disconnects++;
+    pthread_mutex_unlock(&g->sv->mu);
+}
+
 static bool on_token(void *ud, int32_t tok, const char *piece) {
     gen_ctx *g = ud;
     g->last_tok = tok;
@@ -639,10 +647,11 @@ static bool on_token(void *ud, int32_t tok, const char *piece) {
     while (upto > g->sent && upto < g->len && ((unsigned char)g->out[upto] & 0xc0) == 0x80) upto--;
     emit(g, upto);
     if (g->sv->o.slow_ms > 0) usleep((useconds_t)g->sv->o.slow_ms * 1000);
-    if (atomic_load(&g->abort) || peer_gone(g->fd)) {
+    if (!atomic_load(&g->abort) && peer_gone(g->fd)) {
+        note_disconnect(g);
         atomic_store(&g->abort, 1);
-        return false;
     }
+    if (atomic_load(&g->abort)) return false;
     return true;
 }
 
@@ -795,11 +804,7 @@ static void stream_free(void *cls) {
         idefics_session_cancel(g->sl->s);
     }
     pthread_mutex_unlock(&g->mu);
-    if (!done) {
-        pthread_mutex_lock(&g->sv->mu);
-        g->sv->m.disconnects++;
-        pthread_mutex_unlock(&g->sv->mu);
-    }
+    if (!done) note_disconnect(g);
     if (g->th_started) pthread_join(g->th, NULL);
     gen_free(g);
 }
