@@ -32,3 +32,4 @@ idefics_build() {
     fi
     ninja -C "$dir" >&2
 }
+IDEFICS_APT_PACKAGES+=" libmicrohttpd-dev curl jq chromium"  # idefics serve (tools/server): HTTP library; its tests use curl, jq and headless Chromium
