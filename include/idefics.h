@@ -10,6 +10,8 @@
  * Thread safety: a model may be shared by any number of threads and sessions
  * at once; a session must be used by one thread at a time, except
  * idefics_session_cancel(), which may be called from any thread.
+ * Lifetimes: a model must outlive its sessions; how long returned pointers
+ * stay valid is listed under "integrators' API" below.
  *
  * Errors: every fallible call returns an idefics_status (0 = OK, negative =
  * error) and writes results through out-parameters. The detail of the last
@@ -157,8 +159,9 @@ IDEFICS_API void idefics_model_get_info(const idefics_model *model, idefics_mode
 
 /* ---------------------------------------------------------------- tokenizer */
 
-/* Tokenize text (special tokens such as <image> are recognised; no BOS is added
- * unless add_bos). Writes up to max_ids ids and sets *n_ids to the full count,
+/* Tokenize text (special tokens such as <image> are recognised, HF semantics:
+ * idefics_tokenize_n with flags 0 tokenizes user text as idefics_add_text
+ * does; no BOS is added unless add_bos). Writes up to max_ids ids and sets *n_ids to the full count,
  * so a call with max_ids = 0 measures. */
 IDEFICS_API idefics_status idefics_tokenize(const idefics_model *model, const char *text, bool add_bos,
                                             int32_t *ids, int max_ids, int *n_ids);
@@ -299,8 +302,9 @@ IDEFICS_API const float *idefics_session_get_logits(const idefics_session *sessi
  *     restored into any session of the same model (until idefics_model_free).
  *   - The token callback's piece is valid only during the callback.
  * Threads: the calls in this block follow the rules at the top of this file:
- * model getters may be called from any thread at once (idefics_model_meta
- * writes only the caller's buffer); session calls from one thread at a time.
+ * model getters may be called from any thread at once (idefics_model_meta and
+ * idefics_tokenize_n keep their error text as idefics_tokenize does); session
+ * calls from one thread at a time.
  * A snapshot is immutable once made: several threads may restore it at once. */
 
 /* The version as one number, so an application can check the library it loaded:
@@ -352,10 +356,14 @@ IDEFICS_API idefics_status idefics_add_user_turn_n(idefics_session *session, con
  * Inside a turn idefics_add_text / _n add plain text (unless
  * IDEFICS_TEXT_SPECIAL) and the idefics_add_image_* calls add an image where
  * they are called. Images added before begin stay before "User:".
+ * The first text added after a turn (end, or idefics_add_user_turn) before
+ * anything else is the assistant's answer of a few-shot prompt, written
+ * "Assistant: text"; close it with "<end_of_utterance>" (IDEFICS_TEXT_SPECIAL)
+ * on an instruct model. Generating instead writes the model's answer.
  * IDEFICS_ERR_INVALID_ARG for begin inside a turn, end outside one, and
  * add_user_turn, generate or eval inside one; IDEFICS_ERR_EMPTY_PROMPT for an
  * end with no image and no non-empty text since begin (the turn stays open).
- * reset and restore close an open turn. */
+ * reset closes an open turn; restore brings back the snapshot's. */
 IDEFICS_API idefics_status idefics_begin_user_turn(idefics_session *session);
 IDEFICS_API idefics_status idefics_end_user_turn(idefics_session *session);
 
@@ -398,8 +406,12 @@ IDEFICS_API idefics_status idefics_model_meta(const idefics_model *model, const 
  * not yet encoded are kept as pixels. A snapshot belongs to the model of the
  * session it was taken from; restore needs a session of that model whose n_ctx
  * is at least the snapshot's token count and whose kv_type is the same, else
- * IDEFICS_ERR_INVALID_ARG naming the mismatch (the session is unchanged). The
- * session's timings are zeroed; the finish reason becomes NONE. */
+ * IDEFICS_ERR_INVALID_ARG naming the mismatch (the session is unchanged; also
+ * on IDEFICS_ERR_OUT_OF_MEMORY). A backend failure while restoring resets the
+ * session. The session's timings are zeroed; the finish reason becomes NONE.
+ * The snapshot holds the KV cache in the session's kv_type: its size is about
+ * 2 * n_layers * hidden * (bytes per element) per evaluated token, plus per
+ * encoded image its latents and 2 * n_cross * n_latents * hidden elements. */
 typedef struct idefics_snapshot idefics_snapshot;
 IDEFICS_API idefics_status idefics_session_snapshot(const idefics_session *session, idefics_snapshot **out);
 IDEFICS_API idefics_status idefics_session_restore(idefics_session *session, const idefics_snapshot *snapshot);

@@ -41,7 +41,7 @@ struct idf_state {
     size_t kv_elem; /* bytes per cached element; Q8: per block of IDFX_KVQ8_BLOCK (kv_bytes) */
     void *kc, *vc;  /* [n_layers, n_ctx, hidden] */
     bool low_mem;   /* model loaded with low_memory: page weights per layer (page_weight) */
-    const volatile int *cancel;
+    const atomic_int *cancel; /* C11 atomic: written by idefics_session_cancel from any thread */
 
     img_slot *img; /* [img_cap] */
     int n_img, img_cap;
@@ -251,7 +251,8 @@ static void page_image_only(const idf_state *s, bool need) {
 }
 
 static bool cancelled(const idf_state *s) {
-    return s->cancel && *s->cancel;
+    /* relaxed: the flag publishes no other data, it only has to be seen */
+    return s->cancel && atomic_load_explicit(s->cancel, memory_order_relaxed);
 }
 
 /* Bytes of n cached elements. Every count passed here is a multiple of hidden,
@@ -463,7 +464,7 @@ void idf_state_truncate(idf_state *s, int n_past) {
         s->n_past = n_past;
 }
 
-void idf_state_set_cancel_flag(idf_state *s, const volatile int *flag) {
+void idf_state_set_cancel_flag(idf_state *s, const atomic_int *flag) {
     if (s)
         s->cancel = flag;
 }
@@ -598,10 +599,10 @@ static idefics_status perceiver(idf_state *s, float *out, idf_err *err) {
 
 /* =============================================================== images */
 
-/* A free slot with its buffers allocated (reused after a reset). */
-static idefics_status take_slot(idf_state *s, img_slot **out, idf_err *err) {
+/* Slot idx with its buffers allocated (reused after a reset); idx <= img_cap. */
+static idefics_status ensure_slot(idf_state *s, int idx, img_slot **out, idf_err *err) {
     const idf_config *c = &s->m->cfg;
-    if (s->n_img == s->img_cap) {
+    if (idx == s->img_cap) {
         if (s->img_cap >= (1 << 20))
             return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "too many images in one session");
         const int cap = s->img_cap ? 2 * s->img_cap : 4;
@@ -614,7 +615,7 @@ static idefics_status take_slot(idf_state *s, img_slot **out, idf_err *err) {
         s->img = n;
         s->img_cap = cap;
     }
-    img_slot *sl = &s->img[s->n_img];
+    img_slot *sl = &s->img[idx];
     if (!sl->latents || !sl->xk || !sl->xv) { /* new, or a slot whose allocation failed part way */
         /* Bounded config values (model.c): n_cross <= 2^10, n_img_tokens <= 2^24 + 1,
          * hidden and v_dim <= 2^16, so these products fit in 64 bits; a 32-bit
@@ -642,6 +643,11 @@ static idefics_status take_slot(idf_state *s, img_slot **out, idf_err *err) {
     }
     *out = sl;
     return IDEFICS_OK;
+}
+
+/* A free slot: the next one. */
+static idefics_status take_slot(idf_state *s, img_slot **out, idf_err *err) {
+    return ensure_slot(s, s->n_img, out, err);
 }
 
 idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot, idf_err *err) {
@@ -870,4 +876,115 @@ idefics_status idf_state_eval(idf_state *s, const int32_t *ids, const int32_t *i
         s->n_past += nb;
     }
     return IDEFICS_OK;
+}
+
+/* ============================================================ save / load
+ *
+ * The state as bytes, for session snapshots: for every layer the K rows then
+ * the V rows of positions 0 .. n_past-1 (as stored, kv_type), then for every
+ * image slot its latents (fp32), xk and xv (kv_type). Nothing else is state:
+ * the scratch is rewritten by every pass. */
+
+static size_t layer_rows_bytes(const idf_state *s) {
+    return kv_bytes(s, (size_t)s->n_past * (size_t)s->m->cfg.hidden);
+}
+
+static void slot_sizes(const idf_state *s, size_t *lat, size_t *xkv) {
+    const idf_config *c = &s->m->cfg;
+    const size_t nl = s->m->n_img_tokens;
+    *lat = nl * (size_t)c->v_dim * sizeof(float);
+    *xkv = kv_bytes(s, (size_t)c->n_cross * nl * (size_t)c->hidden);
+}
+
+/* Sizes are products of config values checked at load and of n_past <= n_ctx
+ * and n_img, whose buffers exist: they fit in size_t. */
+size_t idf_state_save_bytes(const idf_state *s) {
+    size_t lat, xkv;
+    slot_sizes(s, &lat, &xkv);
+    return 2 * (size_t)s->m->cfg.n_layers * layer_rows_bytes(s) + (size_t)s->n_img * (lat + 2 * xkv);
+}
+
+idefics_kv_type idf_state_kv_type(const idf_state *s) { return s->kv_type; }
+
+idefics_status idf_state_save(idf_state *s, void *dst, size_t size, idf_err *err) {
+    if (size != idf_state_save_bytes(s))
+        return idf_errf(err, IDEFICS_ERR_INTERNAL, "idf_state_save: %zu bytes, need %zu", size,
+                        idf_state_save_bytes(s));
+    const idf_config *c = &s->m->cfg;
+    const size_t rows = layer_rows_bytes(s);
+    uint8_t *o = dst;
+    for (uint32_t l = 0; l < c->n_layers; l++) {
+        const size_t off = kv_bytes(s, (size_t)l * (size_t)s->n_ctx * (size_t)c->hidden);
+        IDF_FORWARD(host_access(s, (uint8_t *)s->kc + off, rows, err));
+        IDF_FORWARD(host_access(s, (uint8_t *)s->vc + off, rows, err));
+        memcpy(o, (uint8_t *)s->kc + off, rows);
+        memcpy(o + rows, (uint8_t *)s->vc + off, rows);
+        o += 2 * rows;
+    }
+    size_t lat, xkv;
+    slot_sizes(s, &lat, &xkv);
+    for (int i = 0; i < s->n_img; i++) {
+        const img_slot *sl = &s->img[i];
+        IDF_FORWARD(host_access(s, sl->latents, lat, err));
+        IDF_FORWARD(host_access(s, sl->xk, xkv, err));
+        IDF_FORWARD(host_access(s, sl->xv, xkv, err));
+        memcpy(o, sl->latents, lat);
+        memcpy(o + lat, sl->xk, xkv);
+        memcpy(o + lat + xkv, sl->xv, xkv);
+        o += lat + 2 * xkv;
+    }
+    return IDEFICS_OK;
+}
+
+idefics_status idf_state_load(idf_state *s, const void *src, size_t size, int n_past, int n_img, idf_err *err) {
+    if (n_past < 0 || n_past > s->n_ctx || n_img < 0)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_load: %d positions (context %d), %d images", n_past,
+                        s->n_ctx, n_img);
+    /* the slots first: the only step that can fail for want of memory, and it
+     * changes nothing visible (n_past, n_img) */
+    for (int i = 0; i < n_img; i++) {
+        img_slot *sl;
+        IDF_FORWARD(ensure_slot(s, i, &sl, err));
+    }
+    const idf_config *c = &s->m->cfg;
+    const int keep_past = s->n_past, keep_img = s->n_img;
+    s->n_past = n_past;
+    s->n_img = n_img;
+    if (size != idf_state_save_bytes(s)) {
+        const size_t want = idf_state_save_bytes(s);
+        s->n_past = keep_past;
+        s->n_img = keep_img;
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_load: %zu bytes for %d positions and %d images, need %zu",
+                        size, n_past, n_img, want);
+    }
+    const size_t rows = layer_rows_bytes(s);
+    const uint8_t *p = src;
+    idefics_status st = IDEFICS_OK;
+    for (uint32_t l = 0; l < c->n_layers && st == IDEFICS_OK; l++) {
+        const size_t off = kv_bytes(s, (size_t)l * (size_t)s->n_ctx * (size_t)c->hidden);
+        st = host_access(s, (uint8_t *)s->kc + off, rows, err);
+        if (st == IDEFICS_OK) st = host_access(s, (uint8_t *)s->vc + off, rows, err);
+        if (st != IDEFICS_OK) break;
+        memcpy((uint8_t *)s->kc + off, p, rows);
+        memcpy((uint8_t *)s->vc + off, p + rows, rows);
+        p += 2 * rows;
+    }
+    size_t lat, xkv;
+    slot_sizes(s, &lat, &xkv);
+    for (int i = 0; i < n_img && st == IDEFICS_OK; i++) {
+        img_slot *sl = &s->img[i];
+        st = host_access(s, sl->latents, lat, err);
+        if (st == IDEFICS_OK) st = host_access(s, sl->xk, xkv, err);
+        if (st == IDEFICS_OK) st = host_access(s, sl->xv, xkv, err);
+        if (st != IDEFICS_OK) break;
+        memcpy(sl->latents, p, lat);
+        memcpy(sl->xk, p + lat, xkv);
+        memcpy(sl->xv, p + lat + xkv, xkv);
+        p += lat + 2 * xkv;
+    }
+    if (st != IDEFICS_OK) { /* a device failure part way: the cache holds nothing trustworthy */
+        s->n_past = 0;
+        s->n_img = 0;
+    }
+    return st;
 }

@@ -108,7 +108,7 @@ void idf_prompt_clear(idf_prompt *p) {
     /* the BOS span: init reserved the span array, so this cannot fail */
     p->n_sp = 0;
     if (p->cap_sp > 0) p->sp[p->n_sp++] = (idf_span){0, bos_len};
-    p->turn_open = p->turn_fresh = false;
+    p->turn_open = p->turn_fresh = p->answer_fresh = false;
     p->last = IDF_ITEM_NONE;
     p->n_images = 0;
     p->run_start = 0;
@@ -170,16 +170,18 @@ idefics_status idf_prompt_add_text(idf_prompt *p, const char *s, size_t len, boo
     while (len > 0 && s[len - 1] == ' ') len--;
     /* the processor inserts the EOU between consecutive text items, even empty ones */
     if (p->auto_eou && p->last == IDF_ITEM_TEXT) IDF_FORWARD(append_special_str(p, IDF_PROMPT_EOU));
-    /* the first text of an interleaved turn: "User: text", as add_user_turn writes it */
-    if (p->turn_fresh && len > 0) IDF_FORWARD(append_special(p, " ", 1));
+    /* the first text of an interleaved turn: "User: text", as add_user_turn
+     * writes it; the first after a turn, the answer: "Assistant: text" */
+    if ((p->turn_fresh || p->answer_fresh) && len > 0) IDF_FORWARD(append_special(p, " ", 1));
     IDF_FORWARD(special ? append_special(p, s, len) : append(p, s, len));
-    if (len > 0) p->turn_fresh = false;
+    if (len > 0) p->turn_fresh = p->answer_fresh = false;
     note_text(p);
     return IDEFICS_OK;
 }
 
 idefics_status idf_prompt_add_generated(idf_prompt *p, const char *s, size_t len, bool special) {
     IDF_FORWARD(special ? append_special(p, s, len) : append(p, s, len));
+    p->answer_fresh = false;
     note_text(p);
     return IDEFICS_OK;
 }
@@ -193,7 +195,7 @@ idefics_status idf_prompt_add_image(idf_prompt *p) {
     } else {
         IDF_FORWARD(append_special_str(p, IDF_PROMPT_FAKE IDF_PROMPT_IMAGE IDF_PROMPT_FAKE));
     }
-    p->turn_fresh = false;
+    p->turn_fresh = p->answer_fresh = false;
     if (p->run_images == 0) {
         p->run_start = start;
         p->run_prev = prev;
@@ -250,6 +252,7 @@ idefics_status idf_prompt_add_user_turn(idf_prompt *p, const char *question, siz
         return idf_errf(err, st, "add_user_turn: out of memory");
     }
     q.auto_eou = auto_eou;
+    q.answer_fresh = true;
     idf_prompt_swap(p, &q);
     idf_prompt_free(&q);
     return IDEFICS_OK;
@@ -275,6 +278,7 @@ idefics_status idf_prompt_begin_turn(idf_prompt *p, idf_err *err) {
     }
     note_text(p);
     p->turn_open = p->turn_fresh = true;
+    p->answer_fresh = false;
     return IDEFICS_OK;
 }
 
@@ -290,6 +294,7 @@ idefics_status idf_prompt_end_turn(idf_prompt *p, bool instruct, idf_err *err) {
     p->auto_eou = auto_eou;
     if (st != IDEFICS_OK) return idf_errf(err, st, "end_user_turn: out of memory");
     p->turn_open = false;
+    p->answer_fresh = true;
     return IDEFICS_OK;
 }
 

@@ -46,7 +46,8 @@ typedef struct idf_prompt {
     idf_span *sp; /* special spans */
     int n_sp, cap_sp;
     bool turn_open;  /* inside idefics_begin_user_turn .. idefics_end_user_turn */
-    bool turn_fresh; /* ... and nothing added since begin */
+    bool turn_fresh; /* ... and nothing added since begin: a text is written "User: text" */
+    bool answer_fresh; /* a turn just ended with "Assistant:": a text is written "Assistant: text" */
     idf_item_kind last; /* kind of the last item appended */
     int n_images;       /* image items so far */
     bool auto_eou;      /* processor's add_end_of_utterance_token: EOU between consecutive text items */
@@ -94,7 +95,9 @@ idefics_status idf_prompt_add_user_turn(idf_prompt *p, const char *question, siz
  * (after "\n" as above) and opens the turn; the first text added after it is
  * written "User: text". end appends "<end_of_utterance>" (instruct) and
  * "\nAssistant:" and closes it; IDEFICS_ERR_EMPTY_PROMPT when nothing was
- * added since begin, IDEFICS_ERR_INVALID_ARG when no turn / already a turn. */
+ * added since begin, IDEFICS_ERR_INVALID_ARG when no turn / already a turn.
+ * After end (and after idf_prompt_add_user_turn) the first text added, an
+ * answer written for a few-shot prompt, is written "Assistant: text". */
 idefics_status idf_prompt_begin_turn(idf_prompt *p, idf_err *err);
 idefics_status idf_prompt_end_turn(idf_prompt *p, bool instruct, idf_err *err);
 

@@ -63,9 +63,10 @@ struct idefics_session {
     int n_special;
     int32_t byte_id[256]; /* the <0xNN> byte-fallback tokens, -1 when absent */
 
-    volatile int cancel;
+    atomic_int cancel; /* set from any thread (idefics_session_cancel); read by forward.c per layer */
     idefics_timings tm;
     idefics_finish_reason finish; /* of the last generate */
+    idefics_kv_type kv_type;
 };
 
 /* ---------------------------------------------------------------- helpers */
@@ -174,6 +175,7 @@ static idefics_status session_init(idefics_session *s, idefics_model *model, con
     if (n_ctx <= 0 || n_ctx > (1 << 24))
         return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "session: n_ctx %d out of range", n_ctx);
     IDF_FORWARD(idf_state_create(model, n_ctx, p->kv_type, p->n_threads, &s->st, &s->err));
+    s->kv_type = p->kv_type;
     idf_state_set_cancel_flag(s->st, &s->cancel);
     s->n_ctx = idf_state_n_ctx(s->st);
     s->n_vocab = (int)c->n_vocab;
@@ -570,7 +572,7 @@ idefics_status idefics_session_eval(idefics_session *s) {
     if (!s) return IDEFICS_ERR_INVALID_ARG;
     idf_err_clear(&s->err);
     s->finish = IDEFICS_FINISH_NONE;
-    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
+    atomic_store(&s->cancel, 0);
     memset(&s->tm, 0, sizeof s->tm);
     return prepare(s, "eval");
 }
@@ -582,7 +584,7 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
     s->finish = IDEFICS_FINISH_NONE;
     idefics_generate_params gp = params ? *params : idefics_generate_default_params();
     IDF_FORWARD(check_gen_params(s, &gp));
-    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
+    atomic_store(&s->cancel, 0);
     memset(&s->tm, 0, sizeof s->tm);
     const idf_config *c = cfg_of(s);
 
@@ -643,7 +645,7 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
                          s->n_ctx);
             break;
         }
-        if (__atomic_load_n(&s->cancel, __ATOMIC_SEQ_CST)) {
+        if (atomic_load(&s->cancel)) {
             st = idf_errf(&s->err, IDEFICS_ERR_CANCELLED, "generate: cancelled after %d tokens", s->tm.n_generated);
             break;
         }
@@ -673,7 +675,7 @@ idefics_status idefics_session_render_prompt(const idefics_session *s, char *buf
 }
 
 void idefics_session_cancel(idefics_session *s) {
-    if (s) __atomic_store_n(&s->cancel, 1, __ATOMIC_SEQ_CST);
+    if (s) atomic_store(&s->cancel, 1);
 }
 
 void idefics_session_get_timings(const idefics_session *s, idefics_timings *t) {
@@ -749,21 +751,175 @@ int idefics_token_to_text(const idefics_model *model, int32_t prev, int32_t id, 
 
 /* ------------------------------------------------------- snapshot / restore */
 
-idefics_status idefics_session_snapshot(const idefics_session *s, idefics_snapshot **out) {
+/* Everything a session's conversation is, copied: restoring it gives a session
+ * indistinguishable from the one snapshotted (timings and finish reason aside). */
+struct idefics_snapshot {
+    const idefics_model *model;
+    const idf_alloc *al;
+    idefics_kv_type kv_type;
+    idf_prompt prompt;
+    int32_t *ids, *img; /* [n_ids] */
+    int n_ids;
+    int32_t *ev_ids, *ev_img; /* [n_eval] */
+    int n_eval;
+    float **px; /* [n_px]: NULL for encoded images, else the pending pixels */
+    int n_px, n_encoded;
+    float *logits; /* [n_vocab] when logits_ok */
+    bool logits_ok;
+    void *state; /* idf_state_save: KV rows, image slots */
+    size_t state_bytes;
+    int st_n_past, st_n_img;
+    size_t bytes; /* all of the above, for idefics_snapshot_bytes */
+};
+
+static size_t px_floats(const idefics_session *s) {
+    size_t sz = cfg_of(s)->v_image_size;
+    return 3 * sz * sz; /* v_image_size <= 4096 (session_init) */
+}
+
+void idefics_snapshot_free(idefics_snapshot *snap) {
+    if (!snap) return;
+    const idf_alloc *al = snap->al;
+    idf_prompt_free(&snap->prompt);
+    for (int i = 0; snap->px && i < snap->n_px; i++) idf_free(al, snap->px[i]);
+    void *bufs[] = {snap->ids, snap->img, snap->ev_ids, snap->ev_img, snap->px, snap->logits, snap->state};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) idf_free(al, bufs[i]);
+    idf_free(al, snap);
+}
+
+size_t idefics_snapshot_bytes(const idefics_snapshot *snap) { return snap ? snap->bytes : 0; }
+
+/* A copy of n int32s (n may be 0). */
+static int32_t *dup_ids(const idf_alloc *al, const int32_t *src, int n) {
+    int32_t *d = idf_calloc(al, (size_t)(n > 0 ? n : 1), sizeof(int32_t));
+    if (d && n > 0) memcpy(d, src, (size_t)n * sizeof(int32_t));
+    return d;
+}
+
+idefics_status idefics_session_snapshot(const idefics_session *cs, idefics_snapshot **out) {
     if (out) *out = NULL;
-    (void)s;
-    return IDEFICS_ERR_UNSUPPORTED;
+    if (!cs) return IDEFICS_ERR_INVALID_ARG;
+    /* The snapshot changes nothing in the session; the state is only written
+     * through to host memory where a device backend keeps it (host_access). */
+    idefics_session *s = (idefics_session *)cs;
+    idf_err_clear(&s->err);
+    if (!out) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "snapshot: out is NULL");
+    const idf_alloc *al = s->al;
+    idefics_snapshot *snap = idf_calloc(al, 1, sizeof *snap);
+    if (!snap) return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "snapshot: out of memory");
+    snap->model = s->model;
+    snap->al = al;
+    snap->kv_type = s->kv_type;
+    snap->n_ids = s->n_ids;
+    snap->n_eval = s->n_eval;
+    snap->n_px = s->n_px;
+    snap->n_encoded = s->n_encoded;
+    snap->logits_ok = s->logits_ok;
+    snap->st_n_past = idf_state_n_past(s->st);
+    snap->st_n_img = idf_state_n_images(s->st);
+    snap->state_bytes = idf_state_save_bytes(s->st);
+    snap->prompt.al = al;
+    idefics_status st = idf_prompt_copy(&snap->prompt, &s->prompt);
+    snap->ids = dup_ids(al, s->ids, s->n_ids);
+    snap->img = dup_ids(al, s->img, s->n_ids);
+    snap->ev_ids = dup_ids(al, s->ev_ids, s->n_eval);
+    snap->ev_img = dup_ids(al, s->ev_img, s->n_eval);
+    snap->px = idf_calloc(al, (size_t)(s->n_px > 0 ? s->n_px : 1), sizeof(float *));
+    snap->logits = s->logits_ok ? idf_malloc(al, (size_t)s->n_vocab * sizeof(float)) : NULL;
+    snap->state = idf_malloc(al, snap->state_bytes > 0 ? snap->state_bytes : 1);
+    bool ok = st == IDEFICS_OK && snap->ids && snap->img && snap->ev_ids && snap->ev_img && snap->px && snap->state &&
+              (snap->logits || !s->logits_ok);
+    const size_t npx = px_floats(s);
+    size_t bytes = sizeof *snap + snap->prompt.cap + (size_t)snap->prompt.cap_sp * sizeof(idf_span) +
+                   (size_t)(2 * s->n_ids + 2 * s->n_eval) * sizeof(int32_t) + (size_t)s->n_px * sizeof(float *) +
+                   snap->state_bytes + (s->logits_ok ? (size_t)s->n_vocab * sizeof(float) : 0);
+    for (int i = s->n_encoded; ok && i < s->n_px; i++) {
+        snap->px[i] = idf_malloc(al, npx * sizeof(float));
+        ok = snap->px[i] != NULL;
+        if (ok) memcpy(snap->px[i], s->px[i], npx * sizeof(float));
+        bytes += npx * sizeof(float);
+    }
+    if (!ok) {
+        idefics_snapshot_free(snap);
+        return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "snapshot: out of memory (%zu bytes)", bytes);
+    }
+    if (s->logits_ok) memcpy(snap->logits, s->logits, (size_t)s->n_vocab * sizeof(float));
+    st = idf_state_save(s->st, snap->state, snap->state_bytes, &s->err);
+    if (st != IDEFICS_OK) {
+        idefics_snapshot_free(snap);
+        return st;
+    }
+    snap->bytes = bytes;
+    *out = snap;
+    return IDEFICS_OK;
+}
+
+static const char *kv_name(idefics_kv_type t) {
+    return t == IDEFICS_KV_F32 ? "f32" : t == IDEFICS_KV_F16 ? "f16" : t == IDEFICS_KV_Q8 ? "q8" : "?";
 }
 
 idefics_status idefics_session_restore(idefics_session *s, const idefics_snapshot *snap) {
-    (void)snap;
     if (!s) return IDEFICS_ERR_INVALID_ARG;
-    return idf_errf(&s->err, IDEFICS_ERR_UNSUPPORTED, "restore: not implemented yet");
-}
+    idf_err_clear(&s->err);
+    if (!snap) return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG, "restore: snapshot is NULL");
+    if (snap->model != s->model)
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG,
+                        "restore: the snapshot was taken from a session of another model handle");
+    if (snap->kv_type != s->kv_type)
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG,
+                        "restore: the snapshot's KV cache is %s, this session's is %s (session kv_type)",
+                        kv_name(snap->kv_type), kv_name(s->kv_type));
+    /* ids hold up to n_ctx + 1 tokens (the last sampled one is not evaluated yet) */
+    if (snap->n_ids > s->n_ctx + 1 || snap->n_eval > s->n_ctx || snap->st_n_past > s->n_ctx)
+        return idf_errf(&s->err, IDEFICS_ERR_INVALID_ARG,
+                        "restore: the snapshot holds %d tokens, more than this session's context of %d (n_ctx)",
+                        snap->n_ids, s->n_ctx);
 
-size_t idefics_snapshot_bytes(const idefics_snapshot *snap) {
-    (void)snap;
-    return 0;
-}
+    /* Everything that can fail comes first, so that a failure changes nothing:
+     * the prompt copy, pixel copies and pointer array, the state's image slots. */
+    const idf_alloc *al = s->al;
+    const size_t npx = px_floats(s);
+    idefics_status st = idf_prompt_copy(&s->edit, &snap->prompt);
+    int cap = snap->n_px > 4 ? snap->n_px : 4;
+    float **px = st == IDEFICS_OK ? idf_calloc(al, (size_t)cap, sizeof *px) : NULL;
+    bool ok = px != NULL;
+    for (int i = snap->n_encoded; ok && i < snap->n_px; i++) {
+        px[i] = idf_malloc(al, npx * sizeof(float));
+        ok = px[i] != NULL;
+        if (ok) memcpy(px[i], snap->px[i], npx * sizeof(float));
+    }
+    if (ok) st = idf_state_load(s->st, snap->state, snap->state_bytes, snap->st_n_past, snap->st_n_img, &s->err);
+    if (!ok || st != IDEFICS_OK) {
+        for (int i = 0; px && i < snap->n_px; i++) idf_free(al, px[i]);
+        idf_free(al, px);
+        if (st == IDEFICS_OK || st == IDEFICS_ERR_OUT_OF_MEMORY)
+            return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "restore: out of memory");
+        /* a device failure while loading: the cache and image slots are gone,
+         * so the session cannot continue its conversation; start it afresh */
+        char msg[sizeof s->err.msg];
+        memcpy(msg, s->err.msg, sizeof msg);
+        idefics_session_reset(s);
+        memcpy(s->err.msg, msg, sizeof msg);
+        return st;
+    }
 
-void idefics_snapshot_free(idefics_snapshot *snap) { (void)snap; }
+    /* commit: nothing below fails */
+    idf_prompt_swap(&s->prompt, &s->edit);
+    free_pixels(s);
+    idf_free(al, s->px);
+    s->px = px;
+    s->cap_px = cap;
+    s->n_px = snap->n_px;
+    s->n_encoded = snap->n_encoded;
+    memcpy(s->ids, snap->ids, (size_t)snap->n_ids * sizeof(int32_t));
+    memcpy(s->img, snap->img, (size_t)snap->n_ids * sizeof(int32_t));
+    s->n_ids = snap->n_ids;
+    memcpy(s->ev_ids, snap->ev_ids, (size_t)snap->n_eval * sizeof(int32_t));
+    memcpy(s->ev_img, snap->ev_img, (size_t)snap->n_eval * sizeof(int32_t));
+    s->n_eval = snap->n_eval;
+    s->logits_ok = snap->logits_ok;
+    if (snap->logits_ok) memcpy(s->logits, snap->logits, (size_t)s->n_vocab * sizeof(float));
+    memset(&s->tm, 0, sizeof s->tm);
+    s->finish = IDEFICS_FINISH_NONE;
+    return IDEFICS_OK;
+}
