@@ -417,6 +417,103 @@ IDEFICS_API idefics_status idefics_session_snapshot(const idefics_session *sessi
 IDEFICS_API idefics_status idefics_session_restore(idefics_session *session, const idefics_snapshot *snapshot);
 IDEFICS_API size_t idefics_snapshot_bytes(const idefics_snapshot *snapshot); /* memory it holds */
 IDEFICS_API void idefics_snapshot_free(idefics_snapshot *snapshot);          /* NULL is fine */
+/* ---------------------------------------- batched generation (issue 11) */
+
+/* An idefics_batch generates for several sessions at once. Each step
+ * evaluates one new token of every member in ONE pass over the weights (the
+ * weight matmuls run once for all members; attention stays per session, over
+ * its own KV cache and images), so B members cost little more time per step
+ * than one: decode is memory-bound. Sessions join and leave between steps
+ * (continuous batching):
+ *
+ *     idefics_batch *b = NULL;
+ *     idefics_batch_create(model, NULL, &b, err, sizeof err);
+ *     // per request: build the prompt with the usual calls, then join
+ *     idefics_add_user_turn(s1, "Describe the image.");
+ *     idefics_batch_add(b, s1, &gen_params, on_token, on_done, user_data1);
+ *     while (idefics_batch_n_sessions(b) > 0)
+ *         idefics_batch_step(b);   // add more sessions between steps at will
+ *
+ * Per session everything is as with idefics_generate(s, params, on_token,
+ * user_data): the same tokens for greedy decoding (the same logits up to
+ * float rounding of the batched matmuls), the prompt reuse of earlier turns,
+ * the answer appended to the conversation, timings, the stop rules, and
+ * idefics_session_cancel(). A session leaves the batch at once when it
+ * finishes (stop token, max_new_tokens, full context, on_token returned
+ * false, cancel, or an error of its own); on_done then reports the status
+ * idefics_generate would have returned, and idefics_session_finish_reason()
+ * the reason (IDEFICS_FINISH_CANCELLED after idefics_batch_remove too). Cancelling one session, or one
+ * filling its context, leaves the others untouched. A joining session's
+ * images and prompt are evaluated at the start of the next step (see
+ * prefill_chunk); its first token comes in that step.
+ *
+ * Thread rules: a batch is used by one thread at a time; all callbacks
+ * (on_token, on_done) run on that thread inside idefics_batch_step() or
+ * idefics_batch_run() and must not call idefics_batch_* on the same batch.
+ * While a session is a member, only idefics_session_cancel() (any thread) and,
+ * inside its own callbacks, the read-only session getters may be called on
+ * it; after on_done (or idefics_batch_remove) it is the caller's again. A
+ * session belongs to at most one batch; all members use the batch's model.
+ * Free the batch before the model; freeing the batch removes its members
+ * (without on_done) and leaves the sessions usable. */
+typedef struct idefics_batch idefics_batch;
+
+typedef struct idefics_batch_params {
+    int max_sessions;  /* members at once (rows of a decode step), 1..64; default 8 */
+    int n_threads;     /* compute threads of the batched pass; 0 = all cores */
+    /* 0 (default): a joining session's prompt is evaluated in a prefill of its
+     * own at the start of the step, then it decodes with the others.
+     * > 0: prompts ride along the decode steps, at most this many prompt
+     * tokens per step in all (chunked prefill: steady decode for the others,
+     * later first token for the joiner). */
+    int prefill_chunk;
+} idefics_batch_params;
+
+IDEFICS_API idefics_batch_params idefics_batch_default_params(void);
+
+IDEFICS_API idefics_status idefics_batch_create(idefics_model *model, const idefics_batch_params *params,
+                                                idefics_batch **out, char *errbuf, size_t errbuf_size);
+IDEFICS_API void idefics_batch_free(idefics_batch *batch); /* NULL is fine */
+
+/* Called once when a member leaves by itself, with the status
+ * idefics_generate would have returned (IDEFICS_OK, _CANCELLED, _CONTEXT_FULL,
+ * a backend error, ...); the session is no longer a member and may be read,
+ * reset or freed from here (add it again after the step returns). */
+typedef void (*idefics_batch_done_fn)(void *user_data, idefics_session *session, idefics_status status);
+
+/* Join: generate for the session, as idefics_generate(session, params,
+ * on_token, user_data) would, from the next step on. params NULL = defaults;
+ * on_token and on_done may be NULL. The checks idefics_generate makes before
+ * evaluating (params, empty or too long conversation) fail here, and the
+ * session does not join; likewise IDEFICS_ERR_INVALID_ARG when the batch is
+ * full (idefics_batch_n_sessions == max_sessions), the session is a member
+ * already, or belongs to another model. */
+IDEFICS_API idefics_status idefics_batch_add(idefics_batch *batch, idefics_session *session,
+                                             const idefics_generate_params *params, idefics_token_fn on_token,
+                                             idefics_batch_done_fn on_done, void *user_data);
+
+/* Leave before finishing, without on_done: the tokens generated so far stay in
+ * the conversation (as after a cancel). IDEFICS_ERR_INVALID_ARG if not a member. */
+IDEFICS_API idefics_status idefics_batch_remove(idefics_batch *batch, idefics_session *session);
+
+/* One step: prefill the joining sessions, sample one token for every member
+ * (callbacks), then evaluate all the new tokens in one batched pass.
+ * Per-session failures go to that session's on_done only; a step returns an
+ * error only for misuse (NULL batch). With no members it returns at once. */
+IDEFICS_API idefics_status idefics_batch_step(idefics_batch *batch);
+/* Step until no member is left. */
+IDEFICS_API idefics_status idefics_batch_run(idefics_batch *batch);
+
+IDEFICS_API int idefics_batch_n_sessions(const idefics_batch *batch);
+IDEFICS_API bool idefics_batch_contains(const idefics_batch *batch, const idefics_session *session);
+IDEFICS_API const char *idefics_batch_last_error(const idefics_batch *batch);
+
+/* The board data's `parallel` (sessions a batch may hold in that memory: each
+ * member has its own KV cache) into params->max_sessions, where the board's
+ * profile or [defaults] say so; every other field is left alone. Errors and
+ * names as idefics_board_apply (declared below); nothing changes on error. */
+IDEFICS_API idefics_status idefics_board_apply_batch(const char *boards_dir, const char *name,
+                                                     idefics_batch_params *params, char *errbuf, size_t errbuf_size);
 
 /* ----------------------------------------------------------- board profiles */
 

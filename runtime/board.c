@@ -8,7 +8,8 @@
  *
  * Format: "[section]" lines, "key = value" lines, '#' starts a comment
  * anywhere on a line. Keys: n_ctx, kv_type (f32|f16|q8), low_memory (0|1),
- * n_threads, backend (auto|cpu|opencl|cpu-ref); in board.ini [defaults] also
+ * n_threads, backend (auto|cpu|opencl|cpu-ref), parallel (1..64: sessions of a
+ * batch, idefics_board_apply_batch; issue 11); in board.ini [defaults] also
  * profile. Other sections (build flags, notes) are for people, not parsed.
  */
 #include <errno.h>
@@ -65,9 +66,13 @@ static bool parse_int(const char *v, long lo, long hi, int *out) {
 
 /* Apply one key. profile (board.ini only) is returned through *profile. */
 static idefics_status apply_key(const char *file, int line, const char *k, const char *v, idefics_model_params *mp,
-                                idefics_session_params *sp, char *profile, size_t profile_size, idf_err *err) {
+                                idefics_session_params *sp, char *profile, size_t profile_size, int *parallel,
+                                idf_err *err) {
     int x;
-    if (!strcmp(k, "n_ctx")) {
+    if (!strcmp(k, "parallel")) {
+        if (!parse_int(v, 1, 64, &x)) goto bad;
+        if (parallel) *parallel = x;
+    } else if (!strcmp(k, "n_ctx")) {
         if (!parse_int(v, 0, 1 << 20, &x)) goto bad;
         if (sp) sp->n_ctx = x;
     } else if (!strcmp(k, "n_threads")) {
@@ -107,8 +112,8 @@ bad:
 /* Apply the keys of [section] in text (modified in place). *found tells
  * whether the section exists. */
 static idefics_status apply_section(char *text, const char *file, const char *section, idefics_model_params *mp,
-                                    idefics_session_params *sp, char *profile, size_t profile_size, bool *found,
-                                    idf_err *err) {
+                                    idefics_session_params *sp, char *profile, size_t profile_size, int *parallel,
+                                    bool *found, idf_err *err) {
     bool in = false;
     *found = false;
     int line = 0;
@@ -134,7 +139,7 @@ static idefics_status apply_section(char *text, const char *file, const char *se
         char *eq = strchr(s, '=');
         if (!eq) return idf_errf(err, IDEFICS_ERR_BAD_CONFIG, "board profile %s:%d: expected key = value", file, line);
         *eq = '\0';
-        IDF_FORWARD(apply_key(file, line, trim(s), trim(eq + 1), mp, sp, profile, profile_size, err));
+        IDF_FORWARD(apply_key(file, line, trim(s), trim(eq + 1), mp, sp, profile, profile_size, parallel, err));
     }
     return IDEFICS_OK;
 }
@@ -144,8 +149,9 @@ static bool safe_name(const char *s) {
            strspn(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.") == strlen(s);
 }
 
-idefics_status idefics_board_apply(const char *boards_dir, const char *name, idefics_model_params *mp,
-                                   idefics_session_params *sp, char *errbuf, size_t errbuf_size) {
+/* par: receives the parallel key (left alone when the files have none). */
+static idefics_status board_apply(const char *boards_dir, const char *name, idefics_model_params *mp,
+                                  idefics_session_params *sp, int *par, char *errbuf, size_t errbuf_size) {
     idf_err err;
     idf_err_clear(&err);
     if (errbuf && errbuf_size) errbuf[0] = '\0';
@@ -175,7 +181,7 @@ idefics_status idefics_board_apply(const char *boards_dir, const char *name, ide
         }
         strcpy(copy, board_text);
         bool found;
-        st = apply_section(copy, path, "defaults", NULL, NULL, profile, sizeof profile, &found, &err);
+        st = apply_section(copy, path, "defaults", NULL, NULL, profile, sizeof profile, NULL, &found, &err);
         idf_free(&al, copy);
         if (st) goto done;
         if (!found || !profile[0]) {
@@ -194,20 +200,36 @@ idefics_status idefics_board_apply(const char *boards_dir, const char *name, ide
     /* Validate both before touching the caller's params: apply to copies. */
     idefics_model_params m2 = mp ? *mp : idefics_model_default_params();
     idefics_session_params s2 = sp ? *sp : idefics_session_default_params();
+    int p2 = par ? *par : 0;
     bool found;
-    if ((st = apply_section(prof_text, ppath, profile, &m2, &s2, NULL, 0, &found, &err))) goto done;
+    if ((st = apply_section(prof_text, ppath, profile, &m2, &s2, NULL, 0, &p2, &found, &err))) goto done;
     if (!found) {
         st = idf_errf(&err, board_text ? IDEFICS_ERR_BAD_CONFIG : IDEFICS_ERR_INVALID_ARG,
                       "board profile: '%s' is neither a board in %s nor a section of %s", profile, boards_dir, ppath);
         goto done;
     }
-    if (board_text && (st = apply_section(board_text, path, "defaults", &m2, &s2, profile, sizeof profile, &found, &err)))
+    if (board_text &&
+        (st = apply_section(board_text, path, "defaults", &m2, &s2, profile, sizeof profile, &p2, &found, &err)))
         goto done;
     if (mp) *mp = m2;
     if (sp) *sp = s2;
+    if (par) *par = p2;
 done:
     idf_free(&al, board_text);
     idf_free(&al, prof_text);
     if (st) idf_err_copy(&err, errbuf, errbuf_size);
+    return st;
+}
+
+idefics_status idefics_board_apply(const char *boards_dir, const char *name, idefics_model_params *mp,
+                                   idefics_session_params *sp, char *errbuf, size_t errbuf_size) {
+    return board_apply(boards_dir, name, mp, sp, NULL, errbuf, errbuf_size);
+}
+
+idefics_status idefics_board_apply_batch(const char *boards_dir, const char *name, idefics_batch_params *bp,
+                                         char *errbuf, size_t errbuf_size) {
+    int par = bp ? bp->max_sessions : 0;
+    const idefics_status st = board_apply(boards_dir, name, NULL, NULL, &par, errbuf, errbuf_size);
+    if (st == IDEFICS_OK && bp) bp->max_sessions = par;
     return st;
 }

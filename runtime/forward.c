@@ -60,6 +60,7 @@ struct idf_state {
     float *pq, *pa; /* [L, E] */
     float *pk, *pv; /* [KV, E] */
     float *pm;      /* [L, 4 D] */
+    float *lg;      /* batched passes: [n_batch, n_vocab] logits, made on first use */
     float *xtmp;    /* [n_img_tokens, hidden]: one block's image K or V before storing */
 };
 
@@ -302,7 +303,7 @@ void idf_state_free(idf_state *s) {
     }
     idf_free(&al, s->img);
     float *bufs[] = {s->h,  s->x,  s->q,  s->k,  s->v,  s->att, s->g,  s->u,  s->patches, s->vx, s->vy, s->vq,  s->vk,
-                     s->vv, s->va, s->vm, s->pz, s->py, s->pkv, s->pq, s->pa, s->pk,      s->pv, s->pm, s->xtmp};
+                     s->vv, s->va, s->vm, s->pz, s->py, s->pkv, s->pq, s->pa, s->pk,      s->pv, s->pm, s->xtmp, s->lg};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         idf_free(&al, bufs[i]);
     idf_free(&al, s->kc);
@@ -310,8 +311,10 @@ void idf_state_free(idf_state *s) {
     idf_free(&al, s);
 }
 
-idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_kv_type kv_type, int n_threads,
-                                idf_state **out, idf_err *err) {
+/* pass_only: the state of a batched pass (idf_state_create_pass): text
+ * scratch for n_ctx rows, no KV cache and no vision scratch. */
+static idefics_status state_create(const idefics_model *model, int n_ctx, idefics_kv_type kv_type, int n_threads,
+                                   bool pass_only, idf_state **out, idf_err *err) {
     if (!out)
         return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_create: out is NULL");
     *out = NULL;
@@ -360,8 +363,8 @@ idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_k
     const uint64_t H = c->hidden, B = (uint64_t)s->n_batch;
     const uint64_t kv_elems = (uint64_t)c->n_layers * (uint64_t)n_ctx * H;
     bool ok = kv_elems <= SIZE_MAX / IDFX_KVQ8_BYTES; /* bounds every kv_bytes() below */
-    size_t kv_bytes_all = ok ? kv_bytes(s, (size_t)kv_elems) : 0;
-    if (ok) {
+    size_t kv_bytes_all = ok && !pass_only ? kv_bytes(s, (size_t)kv_elems) : 0;
+    if (ok && !pass_only) {
         s->kc = idf_malloc(&s->alloc, kv_bytes_all);
         s->vc = idf_malloc(&s->alloc, kv_bytes_all);
         total += 2 * (uint64_t)kv_bytes_all;
@@ -377,7 +380,7 @@ idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_k
     s->u = alloc_f(s, B * c->intermediate, &total);
 
     const uint64_t T = (uint64_t)c->v_n_patches + 1, D = c->v_dim;
-    if (c->text_only) /* no image path: no vision scratch */
+    if (c->text_only || pass_only) /* no image path: no vision scratch */
         goto allocated;
     s->patches = alloc_f(s, (uint64_t)c->v_n_patches * c->v_channels * c->v_patch * c->v_patch, &total);
     s->vx = alloc_f(s, T * D, &total);
@@ -434,6 +437,21 @@ allocated:
              kv_type == IDEFICS_KV_F32 ? "f32" : kv_type == IDEFICS_KV_F16 ? "f16" : "q8", (double)total / (1024.0 * 1024.0), s->be->name);
     *out = s;
     return IDEFICS_OK;
+}
+
+idefics_status idf_state_create(const idefics_model *model, int n_ctx, idefics_kv_type kv_type, int n_threads,
+                                idf_state **out, idf_err *err) {
+    return state_create(model, n_ctx, kv_type, n_threads, false, out, err);
+}
+
+idefics_status idf_state_create_pass(const idefics_model *model, int rows, int n_threads, idf_state **out,
+                                     idf_err *err) {
+    if (rows <= 0 || rows > IDF_EVAL_BATCH)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "a batched pass takes 1 to %d rows, not %d", IDF_EVAL_BATCH,
+                        rows);
+    if (model && (uint32_t)rows > model->cfg.max_pos)
+        rows = (int)model->cfg.max_pos;
+    return state_create(model, rows, IDEFICS_KV_F32, n_threads, true, out, err);
 }
 
 void idf_state_reset(idf_state *s) {
@@ -656,6 +674,8 @@ idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot,
     const idf_config *c = &s->m->cfg;
     if (c->text_only)
         return idf_errf(err, IDEFICS_ERR_UNSUPPORTED, "this model is text-only (llama): it takes no images");
+    if (!s->vx)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_image: a batched-pass state holds no images");
     const idf_weights *w = s->m->w;
     img_slot *sl = NULL;
     IDF_FORWARD(take_slot(s, &sl, err));
@@ -699,15 +719,29 @@ idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot,
 
 /* ================================================================= text */
 
-/* Gated cross-attention block j on the chunk h[n] (spec §3.3). */
-static idefics_status cross_block(idf_state *s, uint32_t j, const int32_t *img, int n, idf_err *err) {
+/* The rows of one pass: sequence j (its own state: KV cache, images,
+ * position) owns rows row0[j] .. row0[j + 1] - 1 of the pass state's scratch.
+ * A single-session eval is a pass of one sequence whose state is the pass
+ * state itself; a batched step (idf_state_eval_seqs) has several, and every
+ * weight matmul runs once over all their rows. */
+typedef struct pass {
+    const idf_seq *seq;
+    int n_seq, n;                 /* sequences; rows in all */
+    int row0[IDF_EVAL_BATCH + 1];
+    int32_t img[IDF_EVAL_BATCH];  /* per row: the image slot (of its sequence's state), or -1 */
+} pass;
+
+/* Gated cross-attention block j on the pass's rows h[n] (spec §3.3). */
+static idefics_status cross_block(idf_state *s, uint32_t j, const pass *P, idf_err *err) {
     const idf_config *c = &s->m->cfg;
     const idf_cross_block *B = &s->m->w->xb[j];
     const int64_t H = c->hidden, I = c->intermediate, nl = s->m->n_img_tokens;
+    const int n = P->n;
+    const int32_t *img = P->img;
 
     bool any = false;
     for (int i = 0; i < n && !any; i++)
-        any = img && img[i] >= 0;
+        any = img[i] >= 0;
     /* Rows that see no image get a zero attention output, so a chunk without
      * any image skips the attention branch entirely; the dense branch below
      * still runs for every row. */
@@ -717,35 +751,40 @@ static idefics_status cross_block(idf_state *s, uint32_t j, const int32_t *img, 
         if (B->q_norm)
             IDF_FORWARD(rms(s, s->q, B->q_norm, c->rms_eps, (int64_t)n * c->n_heads, c->head_dim, s->q, err));
         /* Each row attends only to its own image's latents: equivalent to the
-         * HF additive mask, done as one attention call per run of equal img. */
-        for (int i0 = 0; i0 < n;) {
-            int i1 = i0 + 1;
-            while (i1 < n && img[i1] == img[i0])
-                i1++;
-            if (img[i0] < 0) {
-                IDF_FORWARD(host_access(s, s->att + i0 * H, (size_t)((i1 - i0) * H) * sizeof(float), err));
-                memset(s->att + i0 * H, 0, (size_t)((i1 - i0) * H) * sizeof(float));
-            } else {
-                const img_slot *sl = &s->img[img[i0]];
-                const size_t off = kv_bytes(s, (size_t)j * (size_t)(nl * H));
-                const idf_attn a = {
-                    .n_q = i1 - i0,
-                    .n_kv = (int)nl,
-                    .n_heads = (int)c->n_heads,
-                    .head_dim = (int)c->head_dim,
-                    .q = s->q + i0 * H,
-                    .q_stride = H,
-                    .k = (const uint8_t *)sl->xk + off,
-                    .v = (const uint8_t *)sl->xv + off,
-                    .kv_stride = H,
-                    .kv_type = s->kv_type,
-                    .scale = 1.0f / sqrtf((float)c->head_dim),
-                    .out = s->att + i0 * H,
-                    .out_stride = H,
-                };
-                IDF_FORWARD(attend(s, &a, err));
+         * HF additive mask, done as one attention call per run of equal img
+         * within a sequence (slots index that sequence's images). */
+        for (int sq = 0; sq < P->n_seq; sq++) {
+            const idf_state *st = P->seq[sq].st;
+            const int end = P->row0[sq + 1];
+            for (int i0 = P->row0[sq]; i0 < end;) {
+                int i1 = i0 + 1;
+                while (i1 < end && img[i1] == img[i0])
+                    i1++;
+                if (img[i0] < 0) {
+                    IDF_FORWARD(host_access(s, s->att + i0 * H, (size_t)((i1 - i0) * H) * sizeof(float), err));
+                    memset(s->att + i0 * H, 0, (size_t)((i1 - i0) * H) * sizeof(float));
+                } else {
+                    const img_slot *sl = &st->img[img[i0]];
+                    const size_t off = kv_bytes(st, (size_t)j * (size_t)(nl * H));
+                    const idf_attn a = {
+                        .n_q = i1 - i0,
+                        .n_kv = (int)nl,
+                        .n_heads = (int)c->n_heads,
+                        .head_dim = (int)c->head_dim,
+                        .q = s->q + i0 * H,
+                        .q_stride = H,
+                        .k = (const uint8_t *)sl->xk + off,
+                        .v = (const uint8_t *)sl->xv + off,
+                        .kv_stride = H,
+                        .kv_type = st->kv_type,
+                        .scale = 1.0f / sqrtf((float)c->head_dim),
+                        .out = s->att + i0 * H,
+                        .out_stride = H,
+                    };
+                    IDF_FORWARD(attend(s, &a, err));
+                }
+                i0 = i1;
             }
-            i0 = i1;
         }
         IDF_FORWARD(mm(s, &B->o, NULL, s->att, n, s->x, H, err));
         IDF_FORWARD(gated_add(s, s->h, B->gate_attn, s->x, n, H, err));
@@ -758,46 +797,54 @@ static idefics_status cross_block(idf_state *s, uint32_t j, const int32_t *img, 
     return gated_add(s, s->h, B->gate_dense, s->x, n, H, err);
 }
 
-/* Decoder layer l on the chunk h[n] at positions pos .. pos + n - 1 (spec §3.4). */
-static idefics_status decoder_layer(idf_state *s, uint32_t l, int pos, int n, idf_err *err) {
+/* Decoder layer l on the pass's rows h[n]; sequence j's rows sit at positions
+ * n_past .. of its own state (spec §3.4). */
+static idefics_status decoder_layer(idf_state *s, uint32_t l, const pass *P, idf_err *err) {
     const idf_config *c = &s->m->cfg;
     const idf_decoder_layer *L = &s->m->w->dl[l];
     const int64_t H = c->hidden, I = c->intermediate;
+    const int n = P->n;
 
     IDF_FORWARD(rms(s, s->h, L->ln_in, c->rms_eps, n, H, s->x, err));
     IDF_FORWARD(mm(s, &L->q, NULL, s->x, n, s->q, H, err));
     IDF_FORWARD(mm(s, &L->k, NULL, s->x, n, s->k, H, err));
     IDF_FORWARD(mm(s, &L->v, NULL, s->x, n, s->v, H, err));
-    IDF_FORWARD(rope(s, s->q, n, pos, err));
-    IDF_FORWARD(rope(s, s->k, n, pos, err)); /* the cache stores rotated keys */
-    const size_t layer_off = kv_bytes(s, (size_t)l * (size_t)s->n_ctx * (size_t)H);
-    const size_t pos_off = kv_bytes(s, (size_t)pos * (size_t)H);
-    uint8_t *kc = (uint8_t *)s->kc + layer_off, *vc = (uint8_t *)s->vc + layer_off;
-    const size_t n_el = (size_t)n * (size_t)H;
-    IDF_FORWARD(host_access(s, s->k, n_el * sizeof(float), err));
-    IDF_FORWARD(host_access(s, s->v, n_el * sizeof(float), err));
-    IDF_FORWARD(host_access(s, kc + pos_off, kv_bytes(s, n_el), err));
-    IDF_FORWARD(host_access(s, vc + pos_off, kv_bytes(s, n_el), err));
-    store_kv(s, kc + pos_off, s->k, n * H);
-    store_kv(s, vc + pos_off, s->v, n * H);
-    const idf_attn a = {
-        .n_q = n,
-        .n_kv = pos + n,
-        .n_heads = (int)c->n_heads,
-        .head_dim = (int)c->head_dim,
-        .q = s->q,
-        .q_stride = H,
-        .k = kc,
-        .v = vc,
-        .kv_stride = H,
-        .kv_type = s->kv_type,
-        .scale = 1.0f / sqrtf((float)c->head_dim),
-        .causal = true,
-        .q_pos0 = pos,
-        .out = s->att,
-        .out_stride = H,
-    };
-    IDF_FORWARD(attend(s, &a, err));
+    for (int sq = 0; sq < P->n_seq; sq++) {
+        idf_state *st = P->seq[sq].st;
+        const int r0 = P->row0[sq], nr = P->row0[sq + 1] - r0, pos = st->n_past;
+        float *q = s->q + r0 * H, *k = s->k + r0 * H, *v = s->v + r0 * H;
+        IDF_FORWARD(rope(s, q, nr, pos, err));
+        IDF_FORWARD(rope(s, k, nr, pos, err)); /* the cache stores rotated keys */
+        const size_t layer_off = kv_bytes(st, (size_t)l * (size_t)st->n_ctx * (size_t)H);
+        const size_t pos_off = kv_bytes(st, (size_t)pos * (size_t)H);
+        uint8_t *kc = (uint8_t *)st->kc + layer_off, *vc = (uint8_t *)st->vc + layer_off;
+        const size_t n_el = (size_t)nr * (size_t)H;
+        IDF_FORWARD(host_access(s, k, n_el * sizeof(float), err));
+        IDF_FORWARD(host_access(s, v, n_el * sizeof(float), err));
+        /* the cache belongs to the sequence's own backend */
+        IDF_FORWARD(host_access(st, kc + pos_off, kv_bytes(st, n_el), err));
+        IDF_FORWARD(host_access(st, vc + pos_off, kv_bytes(st, n_el), err));
+        store_kv(st, kc + pos_off, k, nr * H);
+        store_kv(st, vc + pos_off, v, nr * H);
+        const idf_attn a = {
+            .n_q = nr,
+            .n_kv = pos + nr,
+            .n_heads = (int)c->n_heads,
+            .head_dim = (int)c->head_dim,
+            .q = q,
+            .q_stride = H,
+            .k = kc,
+            .v = vc,
+            .kv_stride = H,
+            .kv_type = st->kv_type,
+            .scale = 1.0f / sqrtf((float)c->head_dim),
+            .causal = true,
+            .q_pos0 = pos,
+            .out = s->att + r0 * H,
+            .out_stride = H,
+        };
+        IDF_FORWARD(attend(s, &a, err));
+    }
     IDF_FORWARD(mm(s, &L->o, NULL, s->att, n, s->x, H, err));
     IDF_FORWARD(add(s, s->h, s->x, n * H, err));
     IDF_FORWARD(rms(s, s->h, L->ln_post, c->rms_eps, n, H, s->x, err));
@@ -808,32 +855,49 @@ static idefics_status decoder_layer(idf_state *s, uint32_t l, int pos, int n, id
     return add(s, s->h, s->x, n * H, err);
 }
 
-/* One chunk of n <= n_batch tokens at positions pos..; logits for rows
- * [first_out, n) go to out (n_vocab floats each). */
-static idefics_status eval_chunk(idf_state *s, const int32_t *ids, const int32_t *img, int n, int pos, int first_out,
-                                 float *out, idf_err *err) {
+/* Embeddings and every layer for the pass's rows, leaving h[n]. */
+static idefics_status eval_pass(idf_state *s, const pass *P, idf_err *err) {
     const idf_config *c = &s->m->cfg;
     const idf_weights *w = s->m->w;
     const int64_t H = c->hidden;
 
-    for (int i = 0; i < n; i++) {
-        /* Ids past the base vocabulary index the additional (decoupled) embedding. */
-        if ((uint32_t)ids[i] < c->vocab_size)
-            IDF_FORWARD(rows_of(s, &w->embed, ids[i], s->h + i * H, err));
-        else
-            IDF_FORWARD(rows_of(s, &w->embed_add, ids[i] - (int32_t)c->vocab_size, s->h + i * H, err));
-    }
+    for (int sq = 0; sq < P->n_seq; sq++)
+        for (int i = 0; i < P->seq[sq].n; i++) {
+            const int32_t id = P->seq[sq].ids[i];
+            float *dst = s->h + (P->row0[sq] + i) * H;
+            /* Ids past the base vocabulary index the additional (decoupled) embedding. */
+            if ((uint32_t)id < c->vocab_size)
+                IDF_FORWARD(rows_of(s, &w->embed, id, dst, err));
+            else
+                IDF_FORWARD(rows_of(s, &w->embed_add, id - (int32_t)c->vocab_size, dst, err));
+        }
     for (uint32_t l = 0; l < c->n_layers; l++) {
         if (cancelled(s))
             return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled at decoder layer %u", l);
         page_decoder_layer(s, l + 1, true);
         if (c->n_cross && l % c->cross_interval == 0)
-            IDF_FORWARD(cross_block(s, l / c->cross_interval, img, n, err));
-        IDF_FORWARD(decoder_layer(s, l, pos, n, err));
+            IDF_FORWARD(cross_block(s, l / c->cross_interval, P, err));
+        IDF_FORWARD(decoder_layer(s, l, P, err));
         page_decoder_layer(s, l, false);
     }
     /* the next chunk or token starts again at layer 0 */
     page_decoder_layer(s, 0, true);
+    return IDEFICS_OK;
+}
+
+/* One chunk of n <= n_batch tokens at positions n_past..; logits for rows
+ * [first_out, n) go to out (n_vocab floats each). */
+static idefics_status eval_chunk(idf_state *s, const int32_t *ids, const int32_t *img, int n, int first_out,
+                                 float *out, idf_err *err) {
+    const idf_config *c = &s->m->cfg;
+    const idf_weights *w = s->m->w;
+    const int64_t H = c->hidden;
+
+    const idf_seq one = {.st = s, .ids = ids, .img = img, .n = n};
+    pass P = {.seq = &one, .n_seq = 1, .n = n, .row0 = {0, n}};
+    for (int i = 0; i < n; i++)
+        P.img[i] = img ? img[i] : -1;
+    IDF_FORWARD(eval_pass(s, &P, err));
     const int n_out = n - first_out;
     if (n_out <= 0)
         return IDEFICS_OK;
@@ -845,10 +909,88 @@ static idefics_status eval_chunk(idf_state *s, const int32_t *ids, const int32_t
     return IDEFICS_OK;
 }
 
+idefics_status idf_state_eval_seqs(idf_state *s, const idf_seq *seqs, int n_seqs, idf_err *err) {
+    if (!s || !seqs || n_seqs <= 0)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_eval_seqs: needs a pass state and sequences");
+    const idf_config *c = &s->m->cfg;
+    const int64_t H = c->hidden;
+    if (n_seqs > s->n_batch)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "%d sequences are more than the %d rows of a pass", n_seqs,
+                        s->n_batch);
+    pass P = {.seq = seqs, .n_seq = n_seqs};
+    int n_out = 0;
+    for (int j = 0; j < n_seqs; j++) {
+        const idf_seq *q = &seqs[j];
+        if (!q->st || q->st == s || q->st->m != s->m || !q->ids || q->n <= 0)
+            return idf_errf(err, IDEFICS_ERR_INVALID_ARG,
+                            "sequence %d: needs its own state of the same model, ids and n > 0", j);
+        for (int i = 0; i < j; i++)
+            if (seqs[i].st == q->st)
+                return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "sequences %d and %d share a state", i, j);
+        if (q->n > s->n_batch - P.n)
+            return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "the pass holds at most %d tokens", s->n_batch);
+        if (q->n > q->st->n_ctx - q->st->n_past)
+            return idf_errf(err, IDEFICS_ERR_CONTEXT_FULL, "sequence %d: %d tokens do not fit: %d of n_ctx %d are used",
+                            j, q->n, q->st->n_past, q->st->n_ctx);
+        for (int i = 0; i < q->n; i++) {
+            if (q->ids[i] < 0 || (uint32_t)q->ids[i] >= c->n_vocab)
+                return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "sequence %d token %d: id %d is outside the vocabulary",
+                                j, i, (int)q->ids[i]);
+            const int32_t im = q->img ? q->img[i] : -1;
+            if (im < -1 || im >= q->st->n_img)
+                return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "sequence %d token %d: image slot %d does not exist", j,
+                                i, (int)im);
+            P.img[P.n + i] = im;
+        }
+        P.row0[j] = P.n;
+        P.n += q->n;
+        n_out += q->logits != NULL;
+    }
+    P.row0[n_seqs] = P.n;
+    if (n_out && !s->lg) { /* logits scratch of the pass state, made on first use */
+        size_t bytes;
+        if (!idf_mul_size((size_t)s->n_batch * c->n_vocab, sizeof(float), &bytes) ||
+            !(s->lg = idf_malloc(&s->alloc, bytes)))
+            return idf_errf(err, IDEFICS_ERR_OUT_OF_MEMORY, "out of memory for the batched logits");
+        if (s->be->register_host) {
+            const idefics_status st = s->be->register_host(s->be->ctx, s->lg, bytes);
+            if (st)
+                return op_fail(err, st, "register_host", "the batched logits");
+        }
+    }
+    /* Each sequence's cache and images belong to its own backend: a device
+     * backend hands them to the host before this pass reads and writes them. */
+    for (int j = 0; j < n_seqs; j++)
+        IDF_FORWARD(host_access(seqs[j].st, NULL, 0, err));
+    IDF_FORWARD(eval_pass(s, &P, err));
+    if (n_out) {
+        const idf_weights *w = s->m->w;
+        for (int j = 0, o = 0; j < n_seqs; j++)
+            if (seqs[j].logits)
+                IDF_FORWARD(rms(s, s->h + (P.row0[j + 1] - 1) * H, w->norm, c->rms_eps, 1, H, s->x + (o++) * H, err));
+        IDF_FORWARD(mm(s, &w->lm_head, NULL, s->x, n_out, s->lg, c->n_vocab, err));
+        if (c->additional_vocab)
+            IDF_FORWARD(mm(s, &w->lm_add, NULL, s->x, n_out, s->lg + c->vocab_size, c->n_vocab, err));
+        IDF_FORWARD(host_access(s, s->lg, (size_t)n_out * c->n_vocab * sizeof(float), err));
+        for (int j = 0, o = 0; j < n_seqs; j++)
+            if (seqs[j].logits)
+                memcpy(seqs[j].logits, s->lg + (size_t)(o++) * c->n_vocab, (size_t)c->n_vocab * sizeof(float));
+    }
+    for (int j = 0; j < n_seqs; j++)
+        seqs[j].st->n_past += seqs[j].n;
+    return IDEFICS_OK;
+}
+
+int idf_state_max_rows(const idf_state *s) {
+    return s ? s->n_batch : 0;
+}
+
 idefics_status idf_state_eval(idf_state *s, const int32_t *ids, const int32_t *img, int n, float *logits,
                               bool all_logits, idf_err *err) {
     if (!s || !ids || n <= 0 || !logits)
         return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_eval: needs a state, ids, n > 0 and logits");
+    if (!s->kc)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_eval: a batched-pass state has no KV cache");
     const idf_config *c = &s->m->cfg;
     if (n > s->n_ctx - s->n_past)
         return idf_errf(err, IDEFICS_ERR_CONTEXT_FULL, "%d tokens do not fit: %d of n_ctx %d are used", n, s->n_past,
@@ -868,7 +1010,7 @@ idefics_status idf_state_eval(idf_state *s, const int32_t *ids, const int32_t *i
         /* all_logits: every row; else only the final token's row */
         const int first_out = all_logits ? 0 : (last ? nb - 1 : nb);
         float *out = all_logits ? logits + (size_t)i0 * c->n_vocab : logits;
-        const idefics_status st = eval_chunk(s, ids + i0, img ? img + i0 : NULL, nb, s->n_past, first_out, out, err);
+        const idefics_status st = eval_chunk(s, ids + i0, img ? img + i0 : NULL, nb, first_out, out, err);
         if (st) {
             s->n_past = start; /* the state is as before the call; later writes overwrite the stale cache rows */
             return st;

@@ -64,4 +64,31 @@ void idf_state_truncate(idf_state *s, int n_past);
 /* A flag polled during eval; set it from any thread to cancel. NULL = none. */
 void idf_state_set_cancel_flag(idf_state *s, const atomic_int *flag);
 
+/* ---- batched passes (issue 11)
+ *
+ * A pass state holds the scratch and the backend of a batched pass, for up to
+ * `rows` token rows (<= 64), and no KV cache or images of its own. */
+idefics_status idf_state_create_pass(const idefics_model *model, int rows, int n_threads, idf_state **out,
+                                     idf_err *err);
+/* Rows of a pass state (or the chunk size of an ordinary state). */
+int idf_state_max_rows(const idf_state *s);
+
+/* One sequence of a batched pass: n tokens evaluated at positions n_past .. of
+ * its own state st (its KV cache and image slots), img[i] as in idf_state_eval
+ * (NULL = none). logits: n_vocab floats for the last token, or NULL. */
+typedef struct idf_seq {
+    idf_state *st;
+    const int32_t *ids, *img;
+    int n;
+    float *logits;
+} idf_seq;
+
+/* Evaluate several sequences in one pass on the pass state s: every weight
+ * matmul runs once over all rows (sum of n <= idf_state_max_rows(s)),
+ * attention per sequence over its own cache. Distinct states of s's model.
+ * On success each st->n_past grows by its n; on failure no n_past changes
+ * (the caches past n_past hold stale rows, overwritten later). A sequence's
+ * state is used by this call only: its own backend is synchronised first. */
+idefics_status idf_state_eval_seqs(idf_state *s, const idf_seq *seqs, int n_seqs, idf_err *err);
+
 #endif /* IDF_FORWARD_H */

@@ -923,3 +923,164 @@ idefics_status idefics_session_restore(idefics_session *s, const idefics_snapsho
     s->finish = IDEFICS_FINISH_NONE;
     return IDEFICS_OK;
 }
+/* ------------------------------------------------ batched generation steps
+ *
+ * The batch scheduler (batch.c, batch.h) runs a session's generation as the
+ * loop of idefics_generate cut into steps, with the evaluation of each new
+ * token done by a batched pass over several sessions. */
+
+#include "batch.h"
+
+struct idf_gen {
+    idefics_generate_params gp;
+    idefics_token_fn on_token;
+    void *ud;
+    idf_sampling sp;
+    idf_rng rng;
+    idf_stream so;
+    int32_t gen_img;
+    int n_new;        /* tokens sampled */
+    bool decoding;    /* the first token was sampled */
+    double t_prefill; /* start of the prefill */
+    double t_decode;  /* the first sample */
+};
+
+idefics_status idf_gen_begin(idefics_session *s, const idefics_generate_params *params, idefics_token_fn on_token,
+                             void *user_data, idf_gen **out) {
+    *out = NULL;
+    idf_err_clear(&s->err);
+    s->finish = IDEFICS_FINISH_NONE;
+    idefics_generate_params gp = params ? *params : idefics_generate_default_params();
+    IDF_FORWARD(check_gen_params(s, &gp));
+    IDF_FORWARD(check_no_turn(s, "generate"));
+    if (s->n_ids <= 1)
+        return idf_errf(&s->err, IDEFICS_ERR_EMPTY_PROMPT,
+                        "generate: the conversation is empty; add a user turn, text or an image first");
+    if (s->n_ids > s->n_ctx)
+        return idf_errf(&s->err, IDEFICS_ERR_CONTEXT_FULL,
+                        "generate: the conversation is %d tokens, more than the context of %d; reset the session",
+                        s->n_ids, s->n_ctx);
+    idf_gen *g = idf_calloc(s->al, 1, sizeof *g);
+    if (!g) return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "generate: out of memory");
+    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
+    memset(&s->tm, 0, sizeof s->tm);
+    g->gp = gp;
+    g->on_token = on_token;
+    g->ud = user_data;
+    g->sp = (idf_sampling){gp.temperature, gp.top_k, gp.top_p, gp.repetition_penalty};
+    idf_rng_seed(&g->rng, gp.seed);
+    idf_stream_init(&g->so, s->model->tok, s->byte_id);
+    g->t_prefill = idf_time_ms();
+    *out = g;
+    return IDEFICS_OK;
+}
+
+idefics_status idf_gen_prepare(idefics_session *s, idf_gen *g) {
+    IDF_FORWARD(encode_images(s));
+    int keep = 0;
+    while (keep < s->n_eval && keep < s->n_ids && s->ev_ids[keep] == s->ids[keep] && s->ev_img[keep] == s->img[keep])
+        keep++;
+    if (keep == s->n_ids && !(s->logits_ok && s->n_eval == s->n_ids)) keep--; /* re-run the last for its logits */
+    if (keep < s->n_eval) {
+        idf_state_truncate(s->st, keep);
+        s->n_eval = keep;
+        s->logits_ok = false;
+    }
+    s->tm.n_prompt_tokens = s->n_ids - keep;
+    g->gen_img = s->img[s->n_ids - 1]; /* generated tokens see what the last prompt token saw (§3.7) */
+    g->t_prefill = idf_time_ms();
+    return IDEFICS_OK;
+}
+
+idefics_status idf_gen_prefill(idefics_session *s, idf_gen *g) {
+    (void)g;
+    if (s->n_eval < s->n_ids) IDF_FORWARD(eval_tail(s, s->n_eval));
+    return IDEFICS_OK;
+}
+
+int idf_gen_pending(const idefics_session *s, const int32_t **ids, const int32_t **img) {
+    *ids = s->ids + s->n_eval;
+    *img = s->img + s->n_eval;
+    return s->n_ids - s->n_eval;
+}
+
+bool idf_gen_ready(const idefics_session *s) { return s->logits_ok && s->n_eval == s->n_ids; }
+
+float *idf_gen_logits_buf(idefics_session *s) { return s->logits; }
+idf_state *idf_session_state(idefics_session *s) { return s->st; }
+const idefics_model *idf_session_model(const idefics_session *s) { return s->model; }
+bool idf_session_cancelled(const idefics_session *s) { return __atomic_load_n(&s->cancel, __ATOMIC_SEQ_CST) != 0; }
+
+void idf_gen_evaluated(idefics_session *s, int n, bool logits_valid) {
+    const int from = s->n_eval;
+    memcpy(s->ev_ids + from, s->ids + from, (size_t)n * sizeof(int32_t));
+    memcpy(s->ev_img + from, s->img + from, (size_t)n * sizeof(int32_t));
+    s->n_eval += n;
+    s->logits_ok = logits_valid && s->n_eval == s->n_ids;
+}
+
+void idf_gen_failed(idefics_session *s) {
+    idf_state_truncate(s->st, s->n_eval);
+    s->logits_ok = false;
+}
+
+/* One iteration of idefics_generate's loop, up to (not including) the eval. */
+idefics_status idf_gen_sample(idefics_session *s, idf_gen *g, bool *done) {
+    *done = true;
+    if (!g->decoding) {
+        g->decoding = true;
+        g->t_decode = idf_time_ms();
+        s->tm.prefill_ms = g->t_decode - g->t_prefill;
+    }
+    if (g->n_new >= g->gp.max_new_tokens) {
+        s->finish = IDEFICS_FINISH_LENGTH;
+        return IDEFICS_OK;
+    }
+    const idf_config *c = cfg_of(s);
+    memcpy(s->work, s->logits, (size_t)s->n_vocab * sizeof(float));
+    idf_penalize_repetition(s->work, s->n_vocab, s->ids, s->n_ids, g->gp.repetition_penalty, s->seen);
+    int32_t bad[2] = {c->tok_image, c->tok_fake_image};
+    idf_ban_tokens(s->work, s->n_vocab, bad, 2);
+    int32_t tok = idf_sample_token(s->work, s->n_vocab, &g->sp, s->cand, &g->rng);
+    if (tok < 0) return idf_errf(&s->err, IDEFICS_ERR_BACKEND, "generate: no finite logit to choose a token from");
+
+    int32_t prev = s->ids[s->n_ids - 1];
+    s->ids[s->n_ids] = tok;
+    s->img[s->n_ids] = g->gen_img;
+    s->n_ids++;
+    s->tm.n_generated++;
+    g->n_new++;
+    char conv[PIECE_MAX];
+    int nc = conversation_piece(s, prev, tok, conv);
+    if (nc < 0 || add_generated(s, tok, conv, (size_t)nc) != IDEFICS_OK)
+        return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "generate: cannot append token %d to the text", tok);
+
+    bool stop = is_stop(s, tok, g->gp.stop_at_eos);
+    bool full = s->n_eval >= s->n_ctx;
+    bool last = stop || g->n_new == g->gp.max_new_tokens || full;
+    const char *piece = idf_stream_token(&g->so, tok, is_special(s, tok), last);
+    bool go_on = g->on_token ? g->on_token(g->ud, tok, piece) : true;
+    if (!go_on || last) {
+        /* as idefics_generate: one reason, most specific first */
+        s->finish = stop     ? IDEFICS_FINISH_STOP
+                    : !go_on ? IDEFICS_FINISH_CALLBACK
+                    : full   ? IDEFICS_FINISH_CONTEXT_FULL
+                             : IDEFICS_FINISH_LENGTH;
+        if (full && !stop)
+            idf_logf(&s->model->log, IDEFICS_LOG_INFO, "generate: stopped at the end of the context (%d tokens)",
+                     s->n_ctx);
+        return IDEFICS_OK;
+    }
+    if (idf_session_cancelled(s))
+        return idf_errf(&s->err, IDEFICS_ERR_CANCELLED, "generate: cancelled after %d tokens", s->tm.n_generated);
+    *done = false;
+    return IDEFICS_OK;
+}
+
+void idf_gen_end(idefics_session *s, idf_gen *g, idefics_status st) {
+    if (st == IDEFICS_ERR_CANCELLED) s->finish = IDEFICS_FINISH_CANCELLED;
+    else if (st != IDEFICS_OK) s->finish = IDEFICS_FINISH_NONE;
+    if (g && g->decoding) s->tm.decode_ms = idf_time_ms() - g->t_decode;
+    else if (g) s->tm.prefill_ms = idf_time_ms() - g->t_prefill;
+    idf_free(s->al, g);
+}

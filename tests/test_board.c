@@ -100,6 +100,33 @@ int main(void) {
               mp.backend == IDEFICS_BACKEND_CPU,
           "pi5: low %d n_ctx %d threads %d backend %d", mp.low_memory, sp.n_ctx, sp.n_threads, (int)mp.backend);
 
+    /* parallel (issue 11): every profile says how many batch sessions fit; weights
+     * + parallel x KV (+ 40 MiB scratch each) within the class, 1.5 GB for the OS */
+    for (size_t i = 0; i < sizeof classes / sizeof classes[0]; i++) {
+        idefics_batch_params bp = idefics_batch_default_params();
+        bp.max_sessions = -1;
+        idefics_model_params m3 = idefics_model_default_params();
+        idefics_session_params s3 = idefics_session_default_params();
+        CHECK(idefics_board_apply_batch(boards, classes[i].name, &bp, err, sizeof err) == IDEFICS_OK &&
+                  idefics_board_apply(boards, classes[i].name, &m3, &s3, err, sizeof err) == IDEFICS_OK,
+              "%s: %s", classes[i].name, err);
+        const double kv_gb = s3.n_ctx * 0.5 / 1024.0 + 0.04, weights_gb = m3.low_memory ? 0.5 : 5.0;
+        CHECK(bp.max_sessions >= 1 && weights_gb + bp.max_sessions * kv_gb <= classes[i].ram_gb - 1.5,
+              "%s: parallel %d does not fit", classes[i].name, bp.max_sessions);
+    }
+    {
+        idefics_batch_params bp = idefics_batch_default_params();
+        CHECK(idefics_board_apply_batch(boards, "16g", &bp, err, sizeof err) == IDEFICS_OK && bp.max_sessions == 8,
+              "16g: parallel %d", bp.max_sessions);
+        CHECK(idefics_board_apply_batch(boards, "raspberry-pi-5", &bp, err, sizeof err) == IDEFICS_OK &&
+                  bp.max_sessions == 2,
+              "pi5 (8g): parallel %d", bp.max_sessions);
+        bp.max_sessions = 5;
+        CHECK(idefics_board_apply_batch(boards, "no-such-board", &bp, err, sizeof err) == IDEFICS_ERR_INVALID_ARG &&
+                  bp.max_sessions == 5,
+              "unknown board changed the batch params");
+    }
+
     /* names */
     CHECK(idefics_board_apply(boards, "no-such-board", &mp, &sp, err, sizeof err) == IDEFICS_ERR_INVALID_ARG, "%s",
           err);
@@ -111,7 +138,8 @@ int main(void) {
     CHECK(mkdtemp(tmp) != NULL, "mkdtemp");
     char p[4096];
     snprintf(p, sizeof p, "%s/memory-profiles.ini", tmp);
-    write_file(p, "[ok]\nn_ctx = 300\n[typo]\nn_ctxx = 300\n[badval]\nkv_type = f8\n[range]\nn_ctx = -5\n");
+    write_file(p, "[ok]\nn_ctx = 300\n[typo]\nn_ctxx = 300\n[badval]\nkv_type = f8\n[range]\nn_ctx = -5\n"
+                  "[par]\nparallel = 0\n");
     snprintf(p, sizeof p, "%s/b", tmp);
     mkdir(p, 0700);
     snprintf(p, sizeof p, "%s/b/board.ini", tmp);
@@ -122,7 +150,8 @@ int main(void) {
         const char *needle;
     } bad[] = {{"typo", IDEFICS_ERR_BAD_CONFIG, ":4: unknown key 'n_ctxx'"},
                {"badval", IDEFICS_ERR_BAD_CONFIG, ":6: bad value 'f8'"},
-               {"range", IDEFICS_ERR_BAD_CONFIG, ":8: bad value '-5'"}};
+               {"range", IDEFICS_ERR_BAD_CONFIG, ":8: bad value '-5'"},
+               {"par", IDEFICS_ERR_BAD_CONFIG, ":10: bad value '0' for parallel"}};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         mp = idefics_model_default_params();
         sp = idefics_session_default_params();

@@ -20,6 +20,8 @@
 #include <unistd.h>
 
 #include "forward.h"
+#include "parallel.h"
+#include "sched.h"
 #include "idefics.h"
 #include "model.h"
 #include "platform.h"
@@ -33,11 +35,16 @@ typedef struct opts {
     idefics_kv_type kv;
     bool json;
     bool no_image; /* --no-image: skip image encode and TTFT (decode profiling) */
+    int par[BENCH_MAX_PAR], n_par; /* --parallel 1,2,4,8: batched decode widths (issue 11) */
+    bool par_only;                 /* --parallel-only: skip image, prefill and the single decode */
+    int sched_prompt;              /* --sched P: prefill scheduling through idefics_batch, P-token prompts */
 } opts;
 
 static void usage(FILE *f) {
     fprintf(f, "usage: idefics-bench -m MODEL.idfx [-t THREADS] [--backend cpu|cpu-ref|auto] [--ctx N (default 2048 or the model's maximum)]\n"
-               "                     [-p 64,512] [-n 64] [-r REPS] [--kv f16|f32|q8] [--no-image] [--json]\n");
+               "                     [-p 64,512] [-n 64] [-r REPS] [--kv f16|f32|q8] [--no-image] [--json]\n"
+               "                     [--parallel 1,2,4,8 (aggregate decode of B sequences stepped together)] [--parallel-only]\n"
+               "                     [--sched PROMPT_TOKENS (2 x width requests joining a batch of the largest --parallel width)]\n");
 }
 
 static int cmp_d(const void *a, const void *b) {
@@ -184,6 +191,8 @@ static int parse(int argc, char **argv, opts *o) {
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--json")) {
             o->json = true;
+        } else if (!strcmp(a, "--parallel-only")) {
+            o->par_only = true;
         } else if (!strcmp(a, "--no-image")) {
             o->no_image = true;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
@@ -196,6 +205,8 @@ static int parse(int argc, char **argv, opts *o) {
             }
             fprintf(stderr, "idefics-bench: %s needs a value\n", a);
             return 2;
+        } else if (!strcmp(a, "--sched")) {
+            o->sched_prompt = atoi(v), i++;
         } else if (!strcmp(a, "-m")) {
             o->model = v, i++;
         } else if (!strcmp(a, "-t")) {
@@ -214,6 +225,17 @@ static int parse(int argc, char **argv, opts *o) {
                     s++;
                 else if (*s)
                     return fprintf(stderr, "idefics-bench: bad -p list\n"), 2;
+            }
+        } else if (!strcmp(a, "--parallel")) {
+            o->n_par = 0;
+            for (char *s = argv[++i]; *s;) {
+                const long b = strtol(s, &s, 10);
+                if (b < 1 || b > 64 || o->n_par == BENCH_MAX_PAR || (*s && *s != ','))
+                    return fprintf(stderr, "idefics-bench: bad --parallel list (up to %d widths in 1..64)\n",
+                                   BENCH_MAX_PAR), 2;
+                o->par[o->n_par++] = (int)b;
+                if (*s == ',')
+                    s++;
             }
         } else if (!strcmp(a, "--backend")) {
             i++;
@@ -243,6 +265,10 @@ static int parse(int argc, char **argv, opts *o) {
     }
     if (o->threads <= 0)
         o->threads = idf_cpu_count();
+    if (o->par_only) {
+        o->no_image = true;
+        o->n_pp = 0;
+    }
     return 0;
 }
 
@@ -348,7 +374,7 @@ int main(int argc, char **argv) {
         pp[p] = stats(v, o.reps);
     }
     const double wb = (double)decode_bytes(m);
-    if (o.tg > 0 && o.tg + 1 <= o.ctx) {
+    if (o.tg > 0 && o.tg + 1 <= o.ctx && !o.par_only) {
         for (int r = 0; r < o.reps; r++) {
             double c0, r0, c1, r1;
             mem_bw_isolated(o.threads, 2, &c0, &r0);
@@ -368,11 +394,41 @@ int main(int argc, char **argv) {
         read3 = stats(vread, o.reps);
         frac3 = stats(vfrac, o.reps);
     }
+    par_result par[BENCH_MAX_PAR];
+    if (o.n_par) { /* after the single-sequence figures, so their peak RSS is not raised by B states */
+        char perr[512] = "";
+        if (bench_parallel(m, o.ctx, o.kv, o.threads, o.tg, o.reps, o.par, o.n_par, par, perr, sizeof perr)) {
+            fprintf(stderr, "idefics-bench: %s\n", perr);
+            rc = 1;
+            goto done;
+        }
+    }
+    static const int sched_chunks[] = {0, 8, 32};
+    sched_result sch[3];
+    const int n_sch = o.sched_prompt > 0 ? 3 : 0;
+    if (n_sch) {
+        int wmax = 1;
+        for (int k = 0; k < o.n_par; k++)
+            wmax = o.par[k] > wmax ? o.par[k] : wmax;
+        char serr[512] = "";
+        if (bench_sched(m, o.threads, o.ctx, wmax, 2 * wmax, o.sched_prompt, o.tg, sched_chunks, n_sch, sch, serr,
+                        sizeof serr)) {
+            fprintf(stderr, "idefics-bench: %s\n", serr);
+            rc = 1;
+            goto done;
+        }
+        for (int k = 0; k < n_sch; k++)
+            fprintf(o.json ? stderr : stdout,
+                    "sched width %d, %d requests of ~%d prompt + %d new tokens, prefill_chunk %2d: %.2f s, %.3f gen "
+                    "tok/s, TTFT mean %.0f ms max %.0f ms, token gap mean %.0f ms max %.0f ms\n",
+                    wmax, 2 * wmax, o.sched_prompt, o.tg, sch[k].chunk, sch[k].wall_s, sch[k].gen_tok_s,
+                    sch[k].ttft_mean_ms, sch[k].ttft_max_ms, sch[k].gap_mean_ms, sch[k].gap_max_ms);
+    }
     {
         const double peak_mb = (double)idf_peak_rss_bytes() / 1048576.0;
         const double anon_mb = (double)idf_anon_rss_bytes() / 1048576.0;
         double copy_bw = copy3.med, read_bw = read3.med;
-        if (!(o.tg > 0 && o.tg + 1 <= o.ctx))
+        if (!(o.tg > 0 && o.tg + 1 <= o.ctx) && !o.par_only)
             mem_bw_isolated(o.threads, 3, &copy_bw, &read_bw);
         const double eff = wb * tg.med / 1e9;
         idefics_model_info info;
@@ -394,6 +450,20 @@ int main(int argc, char **argv) {
                        pp[p].med, pp[p].lo, pp[p].hi);
             printf("},\n \"decode_tok_s\": {\"tg%d\": {\"median\": %.3f, \"min\": %.3f, \"max\": %.3f}},\n", o.tg,
                    tg.med, tg.lo, tg.hi);
+            if (o.n_par) {
+                printf(" \"decode_tok_s_parallel\": {");
+                for (int k = 0; k < o.n_par; k++)
+                    printf("%s\"%d\": %.3f", k ? ", " : "", par[k].width, par[k].agg_tok_s);
+                printf("},\n \"decode_parallel\": {");
+                for (int k = 0; k < o.n_par; k++)
+                    printf("%s\n  \"%d\": {\"aggregate_tok_s\": %.3f, \"aggregate_range\": [%.3f, %.3f], "
+                           "\"per_seq_tok_s\": %.3f, \"step_ms\": %.1f, \"peak_rss_mb\": %.1f, "
+                           "\"anon_rss_mb\": %.1f, \"kv_written_mb\": %.1f, \"speedup\": %.3f, \"cpu_ms_per_tok\": %.1f}",
+                           k ? "," : "", par[k].width, par[k].agg_tok_s, par[k].agg_lo, par[k].agg_hi,
+                           par[k].per_seq_tok_s, par[k].step_ms, par[k].peak_rss_mb, par[k].anon_rss_mb, par[k].kv_mb,
+                           par[k].agg_tok_s / par[0].agg_tok_s, par[k].cpu_ms_per_tok);
+                printf("},\n");
+            }
             printf(" \"peak_rss_mb\": %.1f, \"anon_rss_mb\": %.1f, \"decode_weight_bytes\": %.0f, "
                    "\"effective_gb_s\": %.2f, \"mem_bw_gb_s\": %.2f, \"read_bw_gb_s\": %.2f, "
                    "\"mem_bw_gb_s_range\": [%.2f, %.2f],\n \"effective_over_copy\": %.3f, "
@@ -419,6 +489,12 @@ int main(int argc, char **argv) {
                    wb / 1e9, eff, copy_bw, copy3.lo, copy3.hi, read_bw);
             printf("             effective / copy test next to each decode run: %.0f%% (range %.0f%% .. %.0f%%)\n",
                    100.0 * frac3.med, 100.0 * frac3.lo, 100.0 * frac3.hi);
+            for (int k = 0; k < o.n_par; k++)
+                printf("parallel %-3d aggregate %.3f tok/s (range %.3f .. %.3f, x%.2f of width %d), per sequence "
+                       "%.3f tok/s, step %.1f ms, peak RSS %.1f MB, anon RSS %.1f MB, KV written %.1f MB, CPU %.1f ms/token\n",
+                       par[k].width, par[k].agg_tok_s, par[k].agg_lo, par[k].agg_hi,
+                       par[k].agg_tok_s / par[0].agg_tok_s, par[0].width, par[k].per_seq_tok_s, par[k].step_ms,
+                       par[k].peak_rss_mb, par[k].anon_rss_mb, par[k].kv_mb, par[k].cpu_ms_per_tok);
         }
     }
 done:
