@@ -79,7 +79,7 @@ mkfifo "$SCRATCH/slow.idfx"
 "$IDEFICS" serve --port 0 -m "$SCRATCH/slow.idfx" >"$SCRATCH/loading.log" 2>&1 &
 LPID=$!
 PIDS+=("$LPID")
-for _ in $(seq 50); do grep -q listening "$SCRATCH/loading.log" && break; sleep 0.1; done
+for _ in $(seq 50); do grep -qs listening "$SCRATCH/loading.log" && break; sleep 0.1; done
 LPORT=$(grep -o 'http://127\.0\.0\.1:[0-9]*/' "$SCRATCH/loading.log" | grep -o ':[0-9][0-9]*/' | tr -d :/)
 check "/health is 503 while loading" 503 "$(status "http://127.0.0.1:$LPORT/health")"
 check "503 body is OpenAI error JSON" model_loading "$(jq -r .error.code "$SCRATCH/body")"
@@ -196,6 +196,21 @@ same=0
 for i in $(seq 0 7); do cmp -s "$SCRATCH/seq$i.txt" "$SCRATCH/par$i.txt" && same=$((same + 1)); done
 check "8 concurrent clients == sequential answers" 8 "$same"
 check "no slot busy after the concurrent run" 0 "$(metric idefics_slots_busy)"
+
+check "the main server generates batched" true "$(curl -s "$URL/health" | jq -r .batched)"
+
+# the same with --no-batch: each slot a session generating on its own thread
+stop
+start nobatch -m "$MODEL" --parallel 4 --no-batch
+CPIDS=()
+for i in $(seq 0 7); do
+    (chat -d @"$SCRATCH/c$i.json" | jq -r '.choices[0].message.content' >"$SCRATCH/nb$i.txt") &
+    CPIDS+=($!)
+done
+for p in "${CPIDS[@]}"; do wait "$p"; done
+same=0
+for i in $(seq 0 7); do cmp -s "$SCRATCH/seq$i.txt" "$SCRATCH/nb$i.txt" && same=$((same + 1)); done
+check "8 concurrent clients (--no-batch) == sequential answers" 8 "$same"
 
 # ---------------------------------------------------------------- follow-up: no re-encode
 body "${IMAGES[1]}" "${QUESTIONS[0]}" >"$SCRATCH/f1.json"

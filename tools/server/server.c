@@ -8,9 +8,9 @@
  * Slots: --parallel N sessions of one shared model. A request takes a free
  * slot (or waits in a queue of --queue places; a full queue gets 429) and
  * generates on its connection's thread; a streaming request generates on a
- * thread of its own while libmicrohttpd sends the chunks. Slots run
- * concurrently as separate sessions: batched generation (one forward pass for
- * several slots) is not wired in yet.
+ * thread of its own while libmicrohttpd sends the chunks. Generation is
+ * batched (batcher.c: one idefics_batch steps every busy slot in one pass over
+ * the weights); with --no-batch each slot generates on its own thread.
  *
  * Reuse: each slot remembers which messages its session holds, as a chain of
  * keyed hashes (request.c). A request whose messages extend a slot's goes to
@@ -40,8 +40,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "batcher.h"
 #include "embedded.h"
 #include "idefics.h"
+#include "options.h"
 #include "request.h"
 
 /* The public API of issue 14 (finish reason, plain user text, interleaved
@@ -53,18 +55,8 @@
 #define SRV_API14 0
 #endif
 
-#define MAX_SLOTS 64
 #define MAX_CACHE 256
 
-/* ------------------------------------------------------------------ options */
-
-typedef struct srv_opts {
-    const char *model_path, *host, *api_key, *cors, *board, *allow_dir_arg;
-    int port, parallel, queue, n_ctx, n_threads, max_tokens, max_images, slow_ms;
-    long long max_body, max_pixels, cache_mb;
-    float temperature;
-    bool verbose, set_ctx, set_threads;
-} srv_opts;
 
 /* ------------------------------------------------------------------- state */
 
@@ -105,6 +97,7 @@ typedef struct server {
     char model_id[128];
     atomic_int state; /* 0 loading, 1 ready, 2 failed */
     bool snapshots;   /* the library can snapshot a session (probed at load) */
+    srv_batcher *batcher; /* batched generation; NULL with --no-batch */
     int32_t stop_ids[4];
     int n_stop_ids;
     pthread_mutex_t mu;
@@ -547,7 +540,7 @@ typedef struct gen_ctx {
     pthread_cond_t cv;
     char *sbuf;
     size_t slen, scap, soff;
-    bool sdone, gen_done;
+    bool sdone, gen_done, batch_done;
     /* result */
     idefics_status st;
     const char *finish;
@@ -571,7 +564,7 @@ static bool buf_append(char **b, size_t *len, size_t *cap, const char *s, size_t
 static void stream_push(gen_ctx *g, const char *s, size_t n) {
     pthread_mutex_lock(&g->mu);
     buf_append(&g->sbuf, &g->slen, &g->scap, s, n);
-    pthread_cond_signal(&g->cv);
+    pthread_cond_broadcast(&g->cv); /* the reader, and (batched) the generating thread, wait here */
     pthread_mutex_unlock(&g->mu);
 }
 
@@ -671,11 +664,30 @@ static const char *finish_reason(gen_ctx *g) {
 #endif
 }
 
-/* Generate on the slot, then update the slot's record, the cache and the metrics. */
+static void on_batch_done(void *ud, idefics_session *s, idefics_status st) {
+    (void)s;
+    gen_ctx *g = ud;
+    pthread_mutex_lock(&g->mu);
+    g->st = st;
+    g->batch_done = true;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+
+/* Generate on the slot, then update the slot's record, the cache and the metrics.
+ * Batched: the batcher's thread generates (on_token runs there) while this
+ * thread waits; the result is the same as idefics_generate's. */
 static void run_generation(gen_ctx *g) {
     server *sv = g->sv;
     idefics_session *s = g->sl->s;
-    g->st = idefics_generate(s, &g->gp, on_token, g);
+    if (sv->batcher) {
+        srv_batcher_submit(sv->batcher, s, &g->gp, on_token, on_batch_done, g);
+        pthread_mutex_lock(&g->mu);
+        while (!g->batch_done) pthread_cond_wait(&g->cv, &g->mu);
+        pthread_mutex_unlock(&g->mu);
+    } else {
+        g->st = idefics_generate(s, &g->gp, on_token, g);
+    }
     idefics_session_get_timings(s, &g->tm);
     bool aborted = atomic_load(&g->abort);
     if (g->st == IDEFICS_OK && !aborted) {
@@ -1152,6 +1164,7 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         cJSON_AddStringToObject(j, "model", sv->model_id);
         cJSON_AddNumberToObject(j, "slots", sv->n_slots);
         cJSON_AddBoolToObject(j, "snapshots", sv->snapshots);
+        cJSON_AddBoolToObject(j, "batched", sv->batcher != NULL);
         return send_json(sv, c, 200, j);
     }
     if (!strcmp(url, "/metrics")) {
@@ -1180,109 +1193,6 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 }
 
 /* ------------------------------------------------------------- start-up */
-
-static void usage(FILE *f) {
-    fprintf(f,
-            "usage: idefics serve -m MODEL [options]   (docs/SERVER.md)\n\n"
-            "  -m, --model PATH          model file (.idfx)\n"
-            "      --host ADDR           address to listen on (default 127.0.0.1; ::1 for IPv6)\n"
-            "      --port N              port (default 8080; 0 = any free port, printed at start)\n"
-            "  -np, --parallel N         slots: requests generated at once (default 1)\n"
-            "      --queue N             requests that may wait for a slot; more get 429 (default 16)\n"
-            "  -c, --ctx-size N          context per slot in tokens (default: the model's)\n"
-            "  -t, --threads N           compute threads per slot (default: all cores)\n"
-            "      --board NAME          defaults for a board or memory profile (boards/; env IDEFICS_BOARD)\n"
-            "      --api-key KEY         require Authorization: Bearer KEY on /v1/* and /metrics\n"
-            "                            (env IDEFICS_API_KEY; the flag wins)\n"
-            "      --cors ORIGIN         send Access-Control-Allow-Origin: ORIGIN (default: none)\n"
-            "      --max-body BYTES      largest request body (default 20 MiB)\n"
-            "      --max-images N        images in one request (default 8)\n"
-            "      --max-image-pixels N  decoded width*height of one image (default 16777216)\n"
-            "      --max-tokens N        most tokens one answer may ask for and the default (default 256)\n"
-            "      --temp T              temperature when a request gives none (default 0 = greedy)\n"
-            "      --allow-local-files DIR  accept file:// image URLs inside DIR (after resolving symlinks)\n"
-            "      --cache-mb N          memory for cached conversation snapshots (default 256; 0 = off)\n"
-            "      --slow-tokens MS      sleep MS after each token (tests and demos of streaming only)\n"
-            "  -v, --verbose             log each request and the library's progress\n");
-}
-
-static bool parse_ll(const char *s, long long lo, long long hi, long long *out) {
-    char *end;
-    errno = 0;
-    long long v = strtoll(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) return false;
-    *out = v;
-    return true;
-}
-
-/* 0 parsed, 1 help printed, 2 usage error */
-static int parse_args(int argc, char **argv, srv_opts *o) {
-    *o = (srv_opts){.host = "127.0.0.1", .port = 8080, .parallel = 1, .queue = 16, .max_tokens = 256,
-                    .max_images = 8, .max_body = 20LL << 20, .max_pixels = 16LL << 20, .cache_mb = 256};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
-            usage(stdout);
-            return 1;
-        }
-        if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) {
-            o->verbose = true;
-            continue;
-        }
-        static const char *valued[] = {"-m", "--model", "--host", "--port", "-np", "--parallel", "--queue", "-c",
-                                       "--ctx-size", "-t", "--threads", "--board", "--api-key", "--cors",
-                                       "--max-body", "--max-images", "--max-image-pixels", "--max-tokens", "--temp",
-                                       "--allow-local-files", "--cache-mb", "--slow-tokens"};
-        bool known = false;
-        for (size_t k = 0; k < sizeof valued / sizeof valued[0]; k++) known |= !strcmp(a, valued[k]);
-        if (!known) {
-            fprintf(stderr, "idefics serve: unknown option '%s' (idefics serve --help lists them)\n", a);
-            return 2;
-        }
-        if (i + 1 >= argc) {
-            fprintf(stderr, "idefics serve: %s needs a value\n", a);
-            return 2;
-        }
-        const char *v = argv[++i];
-        long long n = 0;
-        bool ok = true;
-#define NUM(lo, hi) (ok = parse_ll(v, lo, hi, &n))
-        if (!strcmp(a, "-m") || !strcmp(a, "--model")) o->model_path = v;
-        else if (!strcmp(a, "--host")) o->host = v;
-        else if (!strcmp(a, "--port")) NUM(0, 65535), o->port = (int)n;
-        else if (!strcmp(a, "-np") || !strcmp(a, "--parallel")) NUM(1, MAX_SLOTS), o->parallel = (int)n;
-        else if (!strcmp(a, "--queue")) NUM(0, 1024), o->queue = (int)n;
-        else if (!strcmp(a, "-c") || !strcmp(a, "--ctx-size")) NUM(0, 1 << 24), o->n_ctx = (int)n, o->set_ctx = true;
-        else if (!strcmp(a, "-t") || !strcmp(a, "--threads")) NUM(0, 1024), o->n_threads = (int)n, o->set_threads = true;
-        else if (!strcmp(a, "--board")) o->board = v;
-        else if (!strcmp(a, "--api-key")) o->api_key = v;
-        else if (!strcmp(a, "--cors")) o->cors = v;
-        else if (!strcmp(a, "--max-body")) NUM(1024, 1LL << 32), o->max_body = n;
-        else if (!strcmp(a, "--max-images")) NUM(0, 1024), o->max_images = (int)n;
-        else if (!strcmp(a, "--max-image-pixels")) NUM(1, 1LL << 32), o->max_pixels = n;
-        else if (!strcmp(a, "--max-tokens")) NUM(1, 1 << 24), o->max_tokens = (int)n;
-        else if (!strcmp(a, "--allow-local-files")) o->allow_dir_arg = v;
-        else if (!strcmp(a, "--cache-mb")) NUM(0, 1 << 20), o->cache_mb = n;
-        else if (!strcmp(a, "--slow-tokens")) NUM(0, 10000), o->slow_ms = (int)n;
-        else if (!strcmp(a, "--temp")) {
-            char *end;
-            double t = strtod(v, &end);
-            ok = end != v && !*end && t >= 0 && t <= 2;
-            o->temperature = (float)t;
-        }
-#undef NUM
-        if (!ok) {
-            fprintf(stderr, "idefics serve: bad value '%s' for %s\n", v, a);
-            return 2;
-        }
-    }
-    if (!o->model_path) {
-        fprintf(stderr, "idefics serve: -m MODEL is required\n");
-        return 2;
-    }
-    if (strchr(o->host, '\n') || strchr(o->host, '\r')) return 2;
-    return 0;
-}
 
 static const char *boards_dir(void) {
     const char *e = getenv("IDEFICS_BOARDS_DIR");
@@ -1347,16 +1257,26 @@ static void *load_thread(void *arg) {
     sv->snapshots = idefics_session_snapshot(sv->slots[0].s, &probe) == IDEFICS_OK;
     idefics_snapshot_free(probe);
 #endif
+    if (!sv->o.no_batch) {
+        st = srv_batcher_start(sv->model, sv->n_slots, ld->sp.n_threads, &sv->batcher, err, sizeof err);
+        if (st != IDEFICS_OK) {
+            srv_log("cannot start batched generation: %s (%s)", err, idefics_status_str(st));
+            atomic_store(&sv->state, 2);
+            kill(getpid(), SIGTERM);
+            return NULL;
+        }
+    }
     if (!sv->snapshots) srv_log("snapshots are not available in this library: follow-ups reuse their own slot only");
     atomic_store(&sv->state, 1);
-    srv_log("model %s loaded in %.1f s; %d slot(s) ready", sv->model_id, now_s() - t0, sv->n_slots);
+    srv_log("model %s loaded in %.1f s; %d slot(s) ready%s", sv->model_id, now_s() - t0, sv->n_slots,
+            sv->batcher ? ", batched generation" : ", each generating on its own thread");
     return NULL;
 }
 
 int cmd_serve(int argc, char **argv) {
     server *sv = calloc(1, sizeof *sv);
     if (!sv) return 1;
-    int rc = parse_args(argc, argv, &sv->o);
+    int rc = srv_parse_args(argc, argv, &sv->o);
     if (rc) {
         free(sv);
         return rc == 1 ? 0 : 2;
@@ -1487,6 +1407,7 @@ int cmd_serve(int argc, char **argv) {
         if (sv->slots[i].busy) idefics_session_cancel(sv->slots[i].s);
     pthread_mutex_unlock(&sv->mu);
     MHD_stop_daemon(d);
+    srv_batcher_stop(sv->batcher);
     for (int i = 0; i < sv->n_cache; i++) snap_unref(sv->cache[i].ref);
     for (int i = 0; i < MAX_SLOTS; i++) idefics_session_free(sv->slots[i].s);
     idefics_model_free(sv->model);
