@@ -87,7 +87,7 @@ typedef struct metrics {
     uint64_t http[600];
     uint64_t completions, prompt_tokens, prompt_evaluated, completion_tokens, images_added, images_encoded_ms_x1000,
         reuse_slot, reuse_snapshot, cancelled, disconnects;
-    double decode_s;
+    double decode_s, prefill_s;
 } metrics;
 
 typedef struct server {
@@ -729,6 +729,7 @@ static void run_generation(gen_ctx *g) {
     sv->m.prompt_evaluated += (uint64_t)g->tm.n_prompt_tokens;
     sv->m.completion_tokens += (uint64_t)g->tm.n_generated;
     sv->m.decode_s += g->tm.decode_ms / 1000.0;
+    sv->m.prefill_s += g->tm.prefill_ms / 1000.0;
     sv->m.images_encoded_ms_x1000 += (uint64_t)(g->tm.image_encode_ms * 1000.0);
     if (aborted) sv->m.cancelled++;
     pthread_mutex_unlock(&sv->mu);
@@ -1039,6 +1040,7 @@ static enum MHD_Result get_metrics(server *sv, struct MHD_Connection *c) {
     PUT("# HELP idefics_tokens_per_second Generated tokens per second of decoding, over the server's life.\n"
         "# TYPE idefics_tokens_per_second gauge\nidefics_tokens_per_second %.3f\n",
         m.decode_s > 0 ? (double)m.completion_tokens / m.decode_s : 0.0);
+    PUT("# TYPE idefics_prefill_seconds_total counter\nidefics_prefill_seconds_total %.6f\n", m.prefill_s);
     PUT("# HELP idefics_image_encodes_total Images added to a session (each is encoded once there).\n"
         "# TYPE idefics_image_encodes_total counter\nidefics_image_encodes_total %llu\n",
         (unsigned long long)m.images_added);
