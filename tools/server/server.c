@@ -46,15 +46,6 @@
 #include "options.h"
 #include "request.h"
 
-/* The public API of issue 14 (finish reason, plain user text, interleaved
- * turns, snapshots). Until a library has it, the server falls back to what
- * the older API offers and says so in /health. */
-#ifdef IDEFICS_TEXT_SPECIAL
-#define SRV_API14 1
-#else
-#define SRV_API14 0
-#endif
-
 #define MAX_CACHE 256
 
 
@@ -98,8 +89,6 @@ typedef struct server {
     atomic_int state; /* 0 loading, 1 ready, 2 failed */
     bool snapshots;   /* the library can snapshot a session (probed at load) */
     srv_batcher *batcher; /* batched generation; NULL with --no-batch */
-    int32_t stop_ids[4];
-    int n_stop_ids;
     pthread_mutex_t mu;
     pthread_cond_t cv;
     slot slots[MAX_SLOTS];
@@ -263,9 +252,7 @@ static unsigned status_http(idefics_status st) {
 
 static void snap_unref(snap_ref *r) {
     if (!r || --r->refs > 0) return;
-#if SRV_API14
     idefics_snapshot_free(r->snap);
-#endif
     free(r);
 }
 
@@ -360,16 +347,6 @@ static void release_slot(server *sv, slot *sl) {
 
 /* ----------------------------------------------------- building the prompt */
 
-#if !SRV_API14
-/* The old API tokenizes added text with special tokens recognised; without
- * plain-text input, text that spells one is refused rather than obeyed. */
-static bool has_special(const char *t) {
-    static const char *sp[] = {"<image>", "<fake_token_around_image>", "<end_of_utterance>", "<s>", "</s>", "<unk>"};
-    for (size_t i = 0; i < sizeof sp / sizeof sp[0]; i++)
-        if (strstr(t, sp[i])) return true;
-    return false;
-}
-#endif
 
 typedef struct build_err {
     unsigned status;
@@ -385,18 +362,7 @@ static bool lib_fail(build_err *e, idefics_session *s, idefics_status st, int mi
 }
 
 static bool add_text_plain(idefics_session *s, const char *t, size_t n, build_err *e, int mi) {
-#if SRV_API14
     idefics_status st = idefics_add_text_n(s, t, n, 0);
-#else
-    (void)n;
-    if (has_special(t)) {
-        e->status = 400;
-        e->code = NULL;
-        snprintf(e->msg, sizeof e->msg, "messages[%d]: special-token text is not accepted by this build", mi);
-        return false;
-    }
-    idefics_status st = idefics_add_text(s, t);
-#endif
     return st == IDEFICS_OK || lib_fail(e, s, st, mi);
 }
 
@@ -433,22 +399,10 @@ static bool add_user(server *sv, idefics_session *s, const srv_message *m, int m
             }
             (*n_img)++;
         }
-#if SRV_API14
         st = idefics_add_user_turn_n(s, q, o);
-#else
-        st = has_special(q) ? IDEFICS_ERR_INVALID_ARG : idefics_add_user_turn(s, q);
-        if (st != IDEFICS_OK && has_special(q)) {
-            free(q);
-            e->status = 400;
-            e->code = NULL;
-            snprintf(e->msg, sizeof e->msg, "messages[%d]: special-token text is not accepted by this build", mi);
-            return false;
-        }
-#endif
         free(q);
         return st == IDEFICS_OK || lib_fail(e, s, st, mi);
     }
-#if SRV_API14
     if ((st = idefics_begin_user_turn(s)) != IDEFICS_OK) return lib_fail(e, s, st, mi);
     for (int k = 0; k < m->n_parts; k++) {
         const srv_part *p = &m->parts[k];
@@ -461,14 +415,6 @@ static bool add_user(server *sv, idefics_session *s, const srv_message *m, int m
     }
     st = idefics_end_user_turn(s);
     return st == IDEFICS_OK || lib_fail(e, s, st, mi);
-#else
-    (void)sv;
-    e->status = 400;
-    e->code = NULL;
-    snprintf(e->msg, sizeof e->msg,
-             "messages[%d]: this build needs the text parts of a user message before its images", mi);
-    return false;
-#endif
 }
 
 /* An earlier answer the client sends back: its text, then the end of the turn. */
@@ -477,12 +423,8 @@ static bool add_assistant(server *sv, idefics_session *s, const srv_message *m, 
         if (!add_text_plain(s, m->parts[k].text, m->parts[k].len, e, mi)) return false;
     idefics_model_info info;
     idefics_model_get_info(sv->model, &info);
-#if SRV_API14
     idefics_status st = info.is_instruct ? idefics_add_text_n(s, "<end_of_utterance>", 18, IDEFICS_TEXT_SPECIAL)
                                          : IDEFICS_OK;
-#else
-    idefics_status st = info.is_instruct ? idefics_add_text(s, "<end_of_utterance>") : IDEFICS_OK;
-#endif
     return st == IDEFICS_OK || lib_fail(e, s, st, mi);
 }
 
@@ -650,18 +592,12 @@ static bool on_token(void *ud, int32_t tok, const char *piece) {
 
 static const char *finish_reason(gen_ctx *g) {
     if (g->stopped_by_string) return "stop";
-#if SRV_API14
     switch (idefics_session_finish_reason(g->sl->s)) {
     case IDEFICS_FINISH_STOP: return "stop";
     case IDEFICS_FINISH_LENGTH:
     case IDEFICS_FINISH_CONTEXT_FULL: return "length";
     default: return NULL;
     }
-#else
-    for (int i = 0; i < g->sv->n_stop_ids; i++)
-        if (g->n_tok > 0 && g->last_tok == g->sv->stop_ids[i]) return "stop";
-    return g->n_tok > 0 ? "length" : "stop";
-#endif
 }
 
 static void on_batch_done(void *ud, idefics_session *s, idefics_status st) {
@@ -709,7 +645,6 @@ static void run_generation(gen_ctx *g) {
         n_rec = g->req.n_msgs + 1;
     }
     snap_ref *ref = NULL;
-#if SRV_API14
     if (clean && sv->snapshots && (g->sl->has_image || g->n_img > 0) && sv->o.cache_mb > 0) {
         idefics_snapshot *snap = NULL;
         if (idefics_session_snapshot(s, &snap) == IDEFICS_OK) {
@@ -718,7 +653,6 @@ static void run_generation(gen_ctx *g) {
             else idefics_snapshot_free(snap);
         }
     }
-#endif
     pthread_mutex_lock(&sv->mu);
     g->sl->n_rec = n_rec;
     g->sl->rec = rec;
@@ -900,11 +834,9 @@ static enum MHD_Result chat_completions(server *sv, struct MHD_Connection *c, co
 
     int from = p.keep;
     if (p.restore) {
-#if SRV_API14
         idefics_status rs = idefics_session_restore(s, p.restore->snap);
         if (rs != IDEFICS_OK) from = 0;
         else g->sl->has_image = true;
-#endif
         pthread_mutex_lock(&sv->mu);
         snap_unref(p.restore);
         pthread_mutex_unlock(&sv->mu);
@@ -923,14 +855,12 @@ static enum MHD_Result chat_completions(server *sv, struct MHD_Connection *c, co
         return send_error(sv, c, be.status, "messages", be.code, "%s", be.msg);
     }
     g->prompt_tokens = idefics_session_get_tokens(s, NULL);
-#if SRV_API14
     if (sv->o.verbose) { /* the conversation as the tokenizer sees it, for checking the chat format */
         char text[1024];
         size_t tl = 0;
         if (idefics_session_render_prompt(s, text, sizeof text, &tl) == IDEFICS_OK)
             srv_log("slot %d prompt (%zu bytes): %s", g->sl->id, tl, text);
     }
-#endif
     pthread_mutex_lock(&sv->mu);
     sv->m.images_added += (uint64_t)g->n_img;
     pthread_mutex_unlock(&sv->mu);
@@ -1246,19 +1176,9 @@ static void *load_thread(void *arg) {
         sv->slots[i].id = i;
     }
     sv->n_slots = sv->o.parallel;
-    /* stop tokens, for the finish reason when the library cannot say */
-    const char *stops[] = {"</s>", "<end_of_utterance>"};
-    for (int i = 0; i < 2; i++) {
-        int32_t id;
-        int n = 0;
-        if (idefics_tokenize(sv->model, stops[i], false, &id, 1, &n) == IDEFICS_OK && n == 1)
-            sv->stop_ids[sv->n_stop_ids++] = id;
-    }
-#if SRV_API14
     idefics_snapshot *probe = NULL;
     sv->snapshots = idefics_session_snapshot(sv->slots[0].s, &probe) == IDEFICS_OK;
     idefics_snapshot_free(probe);
-#endif
     if (!sv->o.no_batch) {
         st = srv_batcher_start(sv->model, sv->n_slots, ld->sp.n_threads, &sv->batcher, err, sizeof err);
         if (st != IDEFICS_OK) {
