@@ -269,6 +269,23 @@ echo "disconnected stream received $n_out chunks before the client left"
 check "served again after the disconnect" 200 "$(status "$C" -d @"$SCRATCH/req0.json")"
 stop
 
+# a client that gives up while queued leaves the queue
+start slowq -m "$MODEL" --parallel 1 --queue 1 --slow-tokens 300
+chat -N -d @"$SCRATCH/slow.json" >/dev/null &
+SPID=$!
+sleep 0.5
+chat --max-time 0.8 -d @"$SCRATCH/req0.json" >/dev/null || true
+# within 1 s (the queue polls every 0.2 s), well before the first answer ends (~3 s)
+left=no
+for _ in $(seq 10); do
+    [ "$(metric idefics_queue_depth)" = 0 ] && { left=yes; break; }
+    sleep 0.1
+done
+check "a client that disconnects while queued leaves the queue" yes "$left"
+check "the queued disconnect is counted" 1 "$(metric idefics_client_disconnects_total)"
+wait $SPID || true
+stop
+
 # ---------------------------------------------------------------- API key
 start key -m "$MODEL" --api-key s3cret-key
 err "no API key" 401 "$URL/v1/models"
