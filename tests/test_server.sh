@@ -50,6 +50,9 @@ start() {
 }
 stop() { kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; }
 metric() { curl -s "$URL/metrics" "${@:2}" | awk -v m="$1" '$1 == m {print $2}'; }
+busy_wait() { # until a slot is busy (at most 5 s), so the next request finds it taken
+    for _ in $(seq 50); do [ "$(metric idefics_slots_busy)" = 1 ] && return 0; sleep 0.1; done
+}
 status() { curl -s -o "$SCRATCH/body" -w '%{http_code}' "$@" || true; }
 
 # body IMAGE QUESTION [extra JSON fields] : a request with the text before the image
@@ -248,7 +251,7 @@ start slow -m "$MODEL" --parallel 1 --queue 0 --slow-tokens 300
 body "${IMAGES[3]}" "Describe the image." ',"stream":true,"max_tokens":40' >"$SCRATCH/slow.json"
 chat -N -d @"$SCRATCH/slow.json" >"$SCRATCH/slow1.out" &
 SPID=$!
-sleep 0.5
+busy_wait
 check "slot busy while streaming" 1 "$(metric idefics_slots_busy)"
 err "full queue" 429 "$C" -d @"$SCRATCH/req0.json"
 wait $SPID || true
@@ -273,7 +276,7 @@ stop
 start slowq -m "$MODEL" --parallel 1 --queue 1 --slow-tokens 300
 chat -N -d @"$SCRATCH/slow.json" >/dev/null &
 SPID=$!
-sleep 0.5
+busy_wait
 chat --max-time 0.8 -d @"$SCRATCH/req0.json" >/dev/null || true
 # within 1 s (the queue polls every 0.2 s), well before the first answer ends (~3 s)
 left=no
