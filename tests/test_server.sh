@@ -302,6 +302,14 @@ stop
 IDEFICS_API_KEY=env-key start envkey -m "$MODEL"
 err "env API key enforced" 401 "$URL/v1/models" -H 'Authorization: Bearer s3cret-key'
 check "env API key accepted" 200 "$(status "$URL/v1/models" -H 'Authorization: Bearer env-key')"
+
+# ---------------------------------------------------------------- CORS: off by default, --cors ORIGIN
+check "no CORS header by default" "" "$(curl -s -D - -o /dev/null "$URL/health" | grep -i '^access-control' || true)"
+stop
+start cors -m "$MODEL" --cors http://app.example
+check "--cors sets Access-Control-Allow-Origin" "http://app.example" \
+    "$(curl -s -D - -o /dev/null "$URL/v1/models" | awk -F': ' 'tolower($1) == "access-control-allow-origin" {print $2}' | tr -d '\r')"
+check "CORS preflight" 204 "$(status -X OPTIONS "$C" -H 'Origin: http://app.example' -H 'Access-Control-Request-Method: POST')"
 stop
 
 # ---------------------------------------------------------------- IPv6 loopback, if this machine has it
