@@ -227,6 +227,17 @@ check "follow-up answered" stop "$(jq -r '.choices[0].finish_reason' "$SCRATCH/f
 check "follow-up does not re-encode the image" "$enc0" "$(metric idefics_image_encodes_total)"
 cached=$(jq -r '.usage.prompt_tokens_details.cached_tokens' "$SCRATCH/f2.out")
 [ "$cached" -gt 10 ] && ok "follow-up reused $cached cached prompt tokens" || bad "follow-up cached_tokens $cached"
+# the same streamed, the follow-up sent right after the first answer's [DONE] (as the page does)
+body "${IMAGES[2]}" "${QUESTIONS[0]}" ',"stream":true' >"$SCRATCH/s1.json"
+chat -N -d @"$SCRATCH/s1.json" >"$SCRATCH/s1.out"
+enc0=$(metric idefics_image_encodes_total)
+jq --arg a "$(stream_content "$SCRATCH/s1.out")" \
+    '.messages += [{"role":"assistant","content":$a},{"role":"user","content":"What colour are the shapes?"}]' \
+    "$SCRATCH/s1.json" >"$SCRATCH/s2.json"
+chat -N -d @"$SCRATCH/s2.json" >"$SCRATCH/s2.out"
+check "streamed follow-up answered" stop \
+    "$(grep '^data: {' "$SCRATCH/s2.out" | sed 's/^data: //' | jq -r '.choices[0].finish_reason // empty' | tail -n1)"
+check "streamed follow-up does not re-encode the image" "$enc0" "$(metric idefics_image_encodes_total)"
 stop
 
 # ---------------------------------------------------------------- snapshots: a follow-up after its slot was taken

@@ -610,7 +610,7 @@ static void on_batch_done(void *ud, idefics_session *s, idefics_status st) {
     pthread_mutex_unlock(&g->mu);
 }
 
-/* Generate on the slot, then update the slot's record, the cache and the metrics.
+/* Generate on the slot (record_generation does the bookkeeping after).
  * Batched: the batcher's thread generates (on_token runs there) while this
  * thread waits; the result is the same as idefics_generate's. */
 static void run_generation(gen_ctx *g) {
@@ -630,6 +630,13 @@ static void run_generation(gen_ctx *g) {
         g->finish = finish_reason(g);
         emit(g, g->len);
     }
+}
+
+/* After an answer: the slot's record, the snapshot cache and the metrics. */
+static void record_generation(gen_ctx *g) {
+    server *sv = g->sv;
+    idefics_session *s = g->sl->s;
+    bool aborted = atomic_load(&g->abort);
     /* The session now holds the request's messages plus the answer. Record it
      * (as the assistant message a client will send back) only when the answer
      * ended at a stop token: otherwise the session holds text the client does not. */
@@ -692,6 +699,18 @@ static void gen_free(gen_ctx *g) {
 static void *stream_thread(void *arg) {
     gen_ctx *g = arg;
     run_generation(g);
+    char msg[300] = "";
+    if ((g->st != IDEFICS_OK || !g->finish) && !atomic_load(&g->abort))
+        snprintf(msg, sizeof msg, "generation failed: %s (%s)", idefics_session_last_error(g->sl->s),
+                 idefics_status_str(g->st));
+    record_generation(g);
+    /* The slot is free before the client sees [DONE]: a client that sends its
+     * follow-up at once finds its conversation's slot (or snapshot) ready.
+     * From here on the slot may serve someone else: stream_free must not cancel it. */
+    pthread_mutex_lock(&g->mu);
+    g->gen_done = true;
+    pthread_mutex_unlock(&g->mu);
+    release_slot(g->sv, g->sl);
     if (g->st == IDEFICS_OK && g->finish) {
         stream_event(g, chunk_json(g, NULL, 0, g->finish, false));
         if (g->req.include_usage) {
@@ -704,18 +723,10 @@ static void *stream_thread(void *arg) {
             cJSON_AddItemToObject(j, "usage", usage_json(g));
             stream_event(g, j);
         }
-    } else if (!atomic_load(&g->abort)) {
-        char msg[300];
-        snprintf(msg, sizeof msg, "generation failed: %s (%s)", idefics_session_last_error(g->sl->s),
-                 idefics_status_str(g->st));
+    } else if (msg[0]) {
         stream_event(g, error_json(500, msg, NULL, NULL));
     }
     stream_push(g, "data: [DONE]\n\n", 14);
-    /* from here on the slot may serve someone else: stream_free must not cancel it */
-    pthread_mutex_lock(&g->mu);
-    g->gen_done = true;
-    pthread_mutex_unlock(&g->mu);
-    release_slot(g->sv, g->sl);
     pthread_mutex_lock(&g->mu);
     g->sdone = true;
     pthread_cond_broadcast(&g->cv);
@@ -892,16 +903,20 @@ static enum MHD_Result chat_completions(server *sv, struct MHD_Connection *c, co
     }
 
     run_generation(g);
+    char fail_msg[300] = ""; /* read before the slot (and its session) goes to someone else */
+    if (g->st != IDEFICS_OK || !g->finish)
+        snprintf(fail_msg, sizeof fail_msg, "generation failed: %s (%s)", idefics_session_last_error(s),
+                 idefics_status_str(g->st));
+    record_generation(g);
     release_slot(sv, g->sl);
     if (atomic_load(&g->abort)) {
         gen_free(g);
         return MHD_NO; /* the client is gone: close */
     }
-    if (g->st != IDEFICS_OK || !g->finish) {
-        enum MHD_Result ret = send_error(sv, c, status_http(g->st), NULL, NULL, "generation failed: %s (%s)",
-                                         idefics_session_last_error(s), idefics_status_str(g->st));
+    if (fail_msg[0]) {
+        unsigned fail_status = status_http(g->st);
         gen_free(g);
-        return ret;
+        return send_error(sv, c, fail_status, NULL, NULL, "%s", fail_msg);
     }
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "id", g->id);
