@@ -317,7 +317,8 @@ check "env API key accepted" 200 "$(status "$URL/v1/models" -H 'Authorization: B
 # ---------------------------------------------------------------- CORS: off by default, --cors ORIGIN
 check "no CORS header by default" "" "$(curl -s -D - -o /dev/null "$URL/health" | grep -i '^access-control' || true)"
 stop
-start cors -m "$MODEL" --cors http://app.example
+start cors -m "$MODEL" --cors http://app.example --max-image-pixels 1000
+err "image over --max-image-pixels" 413 "$C" -d @"$SCRATCH/req0.json"
 check "--cors sets Access-Control-Allow-Origin" "http://app.example" \
     "$(curl -s -D - -o /dev/null "$URL/v1/models" | awk -F': ' 'tolower($1) == "access-control-allow-origin" {print $2}' | tr -d '\r')"
 check "CORS preflight" 204 "$(status -X OPTIONS "$C" -H 'Origin: http://app.example' -H 'Access-Control-Request-Method: POST')"
