@@ -468,7 +468,8 @@ typedef struct idefics_batch idefics_batch;
 
 typedef struct idefics_batch_params {
     int max_sessions;  /* members at once (rows of a decode step), 1..64; default 8 */
-    int n_threads;     /* compute threads of the batched pass; 0 = all cores */
+    int n_threads;     /* compute threads of the batched decode pass; 0 = all cores (a member's
+                          images and own prefill use its session's n_threads) */
     /* 0 (default): a joining session's prompt is evaluated in a prefill of its
      * own at the start of the step, then it decodes with the others.
      * > 0: prompts ride along the decode steps, at most this many prompt

@@ -458,10 +458,10 @@ int main(int argc, char **argv) {
                 for (int k = 0; k < o.n_par; k++)
                     printf("%s\n  \"%d\": {\"aggregate_tok_s\": %.3f, \"aggregate_range\": [%.3f, %.3f], "
                            "\"per_seq_tok_s\": %.3f, \"step_ms\": %.1f, \"peak_rss_mb\": %.1f, "
-                           "\"anon_rss_mb\": %.1f, \"kv_written_mb\": %.1f, \"speedup\": %.3f}",
+                           "\"anon_rss_mb\": %.1f, \"kv_written_mb\": %.1f, \"speedup\": %.3f, \"cpu_ms_per_tok\": %.1f}",
                            k ? "," : "", par[k].width, par[k].agg_tok_s, par[k].agg_lo, par[k].agg_hi,
                            par[k].per_seq_tok_s, par[k].step_ms, par[k].peak_rss_mb, par[k].anon_rss_mb, par[k].kv_mb,
-                           par[k].agg_tok_s / par[0].agg_tok_s);
+                           par[k].agg_tok_s / par[0].agg_tok_s, par[k].cpu_ms_per_tok);
                 printf("},\n");
             }
             printf(" \"peak_rss_mb\": %.1f, \"anon_rss_mb\": %.1f, \"decode_weight_bytes\": %.0f, "
@@ -491,10 +491,10 @@ int main(int argc, char **argv) {
                    100.0 * frac3.med, 100.0 * frac3.lo, 100.0 * frac3.hi);
             for (int k = 0; k < o.n_par; k++)
                 printf("parallel %-3d aggregate %.3f tok/s (range %.3f .. %.3f, x%.2f of width %d), per sequence "
-                       "%.3f tok/s, step %.1f ms, peak RSS %.1f MB, anon RSS %.1f MB, KV written %.1f MB\n",
+                       "%.3f tok/s, step %.1f ms, peak RSS %.1f MB, anon RSS %.1f MB, KV written %.1f MB, CPU %.1f ms/token\n",
                        par[k].width, par[k].agg_tok_s, par[k].agg_lo, par[k].agg_hi,
                        par[k].agg_tok_s / par[0].agg_tok_s, par[0].width, par[k].per_seq_tok_s, par[k].step_ms,
-                       par[k].peak_rss_mb, par[k].anon_rss_mb, par[k].kv_mb);
+                       par[k].peak_rss_mb, par[k].anon_rss_mb, par[k].kv_mb, par[k].cpu_ms_per_tok);
         }
     }
 done:

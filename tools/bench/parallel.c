@@ -9,12 +9,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "forward.h"
 #include "model.h"
 #include "parallel.h"
 #include "platform.h"
 #include "quant.h"
+
+static double cpu_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
 
 static int cmp_d(const void *a, const void *b) {
     const double x = *(const double *)a, y = *(const double *)b;
@@ -29,7 +36,7 @@ int bench_parallel(const idefics_model *m, int ctx, idefics_kv_type kv, int thre
     if (steps < 1) return snprintf(err, err_size, "--parallel: the context is too small"), 1;
     float *lg = malloc(64 * V * sizeof(float));
     int32_t *ids = malloc((size_t)(64 * (steps + 2)) * sizeof(int32_t));
-    double *v = malloc((size_t)reps * sizeof(double));
+    double *v = malloc((size_t)reps * sizeof(double)), cpu_sum = 0;
     if (!lg || !ids || !v) {
         free(lg), free(ids), free(v);
         return snprintf(err, err_size, "--parallel: out of memory"), 1;
@@ -60,9 +67,9 @@ int bench_parallel(const idefics_model *m, int ctx, idefics_kv_type kv, int thre
                 seq[i] = (idf_seq){.st = st[i], .ids = &ids[i], .n = 1};
             }
             rc = rc || idf_state_eval_seqs(pass, seq, B, &e) != IDEFICS_OK;
-            double t0 = 0;
+            double t0 = 0, c0 = 0;
             for (int t = 0; t <= steps && !rc; t++) {
-                if (t == 1) t0 = idf_time_ms();
+                if (t == 1) t0 = idf_time_ms(), c0 = cpu_ms();
                 for (int i = 0; i < B; i++) {
                     seq[i].ids = &ids[(t + 1) * 64 + i];
                     seq[i].logits = lg + (size_t)i * V;
@@ -70,8 +77,10 @@ int bench_parallel(const idefics_model *m, int ctx, idefics_kv_type kv, int thre
                 rc = idf_state_eval_seqs(pass, seq, B, &e) != IDEFICS_OK;
             }
             v[rep] = (double)B * steps / ((idf_time_ms() - t0) / 1e3);
+            cpu_sum += (cpu_ms() - c0) / ((double)B * steps);
         }
         if (!rc) {
+            (void)0;
             qsort(v, (size_t)reps, sizeof *v, cmp_d);
             const double med = reps % 2 ? v[reps / 2] : 0.5 * (v[reps / 2 - 1] + v[reps / 2]);
             const double kv_el = kv == IDEFICS_KV_F32 ? 4 : kv == IDEFICS_KV_F16 ? 2 : (double)IDFX_KVQ8_BYTES / IDFX_KVQ8_BLOCK;
@@ -84,6 +93,7 @@ int bench_parallel(const idefics_model *m, int ctx, idefics_kv_type kv, int thre
                 .step_ms = 1e3 * B / med,
                 .peak_rss_mb = (double)idf_peak_rss_bytes() / 1048576.0,
                 .anon_rss_mb = (double)idf_anon_rss_bytes() / 1048576.0,
+                .cpu_ms_per_tok = cpu_sum / reps,
                 .kv_mb = 2.0 * B * c->n_layers * (steps + 2) * (double)c->hidden * kv_el / 1048576.0,
             };
         } else {

@@ -18,6 +18,8 @@ typedef struct par_result {
     double peak_rss_mb; /* process peak after this width (widths run in increasing order) */
     double anon_rss_mb; /* anonymous RSS with this width's states alive */
     double kv_mb;       /* KV cache bytes this width's decode wrote (B sequences, all layers) */
+    double cpu_ms_per_tok; /* process CPU time per generated token: on a shared, overloaded machine
+                              the cost that wall time hides behind other processes' load */
 } par_result;
 
 /* Run every width of w[0..n) (each <= 64): B states of ctx tokens, each

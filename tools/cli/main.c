@@ -6,6 +6,9 @@
 
 #include "cli.h"
 #include "idefics.h"
+#ifdef IDF_HAVE_SERVER
+#include "server.h" /* tools/server: idefics serve */
+#endif
 
 typedef struct command {
     const char *name;
@@ -20,6 +23,9 @@ static const command commands[] = {
     {"tokenize", cmd_tokenize, "print the token ids of a text"},
     {"inspect", cmd_inspect, "print a model file's config and tensor table (--verify checks checksums)"},
     {"devices", cmd_devices, "list OpenCL platforms and devices and what the probe finds"},
+#ifdef IDF_HAVE_SERVER
+    {"serve", cmd_serve, "OpenAI-compatible local HTTP server and web page (docs/SERVER.md)"},
+#endif
 };
 
 static void usage(FILE *f) {

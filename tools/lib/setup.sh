@@ -38,3 +38,4 @@ idefics_build() {
 }
 IDEFICS_APT_PACKAGES+=" libedit-dev"  # line editing and history in `idefics chat` (meson -Dlibedit=auto)
 IDEFICS_APT_PACKAGES+=" tmux"  # tests/test_cli_chat_tty.sh: idefics chat on a real terminal (line editing, Ctrl-D)
+IDEFICS_APT_PACKAGES+=" libmicrohttpd-dev curl jq chromium"  # idefics serve (tools/server): HTTP library; its tests use curl, jq and headless Chromium
