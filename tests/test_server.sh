@@ -76,10 +76,10 @@ QUESTIONS=("How many shapes are there?" "What shape is in the image?" "What colo
 IMAGES=("$EX"/shapes-0[1-4].png)
 
 # ---------------------------------------------------------------- 503 while loading
-# A FIFO as the model file: the load blocks in open() until a writer comes, so
-# the server is up and still loading.
-mkfifo "$SCRATCH/slow.idfx"
-"$IDEFICS" serve --port 0 -m "$SCRATCH/slow.idfx" >"$SCRATCH/loading.log" 2>&1 &
+# The server's test hook holds the load back for 30 s (a signal ends it sooner),
+# so the server is up and still loading. (A FIFO as the model no longer blocks:
+# the loader refuses anything but a regular file at once.)
+IDEFICS_SERVE_TEST_LOAD_DELAY_MS=30000 "$IDEFICS" serve --port 0 -m "$MODEL" >"$SCRATCH/loading.log" 2>&1 &
 LPID=$!
 PIDS+=("$LPID")
 for _ in $(seq 50); do grep -qs listening "$SCRATCH/loading.log" && break; sleep 0.1; done

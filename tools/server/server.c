@@ -1172,6 +1172,12 @@ static void *load_thread(void *arg) {
     char err[512] = "";
     ld->mp.progress = load_progress;
     ld->mp.progress_user_data = ld;
+    /* Test hook (tests/test_server.sh): hold the load back for a while so the
+     * "503 while loading" answers can be checked on a small model that would
+     * otherwise load in milliseconds. Bounded, and a signal still stops it. */
+    const char *delay = getenv("IDEFICS_SERVE_TEST_LOAD_DELAY_MS");
+    for (long ms = delay ? strtol(delay, NULL, 10) : 0; ms > 0 && ms <= 60000 && !atomic_load(&ld->quit); ms -= 50)
+        usleep(50 * 1000);
     double t0 = now_s();
     idefics_status st = idefics_model_load(sv->o.model_path, &ld->mp, &sv->model, err, sizeof err);
     if (st != IDEFICS_OK) {
