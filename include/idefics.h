@@ -10,6 +10,8 @@
  * Thread safety: a model may be shared by any number of threads and sessions
  * at once; a session must be used by one thread at a time, except
  * idefics_session_cancel(), which may be called from any thread.
+ * Lifetimes: a model must outlive its sessions; how long returned pointers
+ * stay valid is listed under "integrators' API" below.
  *
  * Errors: every fallible call returns an idefics_status (0 = OK, negative =
  * error) and writes results through out-parameters. The detail of the last
@@ -157,8 +159,9 @@ IDEFICS_API void idefics_model_get_info(const idefics_model *model, idefics_mode
 
 /* ---------------------------------------------------------------- tokenizer */
 
-/* Tokenize text (special tokens such as <image> are recognised; no BOS is added
- * unless add_bos). Writes up to max_ids ids and sets *n_ids to the full count,
+/* Tokenize text (special tokens such as <image> are recognised, HF semantics:
+ * idefics_tokenize_n with flags 0 tokenizes user text as idefics_add_text
+ * does; no BOS is added unless add_bos). Writes up to max_ids ids and sets *n_ids to the full count,
  * so a call with max_ids = 0 measures. */
 IDEFICS_API idefics_status idefics_tokenize(const idefics_model *model, const char *text, bool add_bos,
                                             int32_t *ids, int max_ids, int *n_ids);
@@ -299,8 +302,9 @@ IDEFICS_API const float *idefics_session_get_logits(const idefics_session *sessi
  *     restored into any session of the same model (until idefics_model_free).
  *   - The token callback's piece is valid only during the callback.
  * Threads: the calls in this block follow the rules at the top of this file:
- * model getters may be called from any thread at once (idefics_model_meta
- * writes only the caller's buffer); session calls from one thread at a time.
+ * model getters may be called from any thread at once (idefics_model_meta and
+ * idefics_tokenize_n keep their error text as idefics_tokenize does); session
+ * calls from one thread at a time.
  * A snapshot is immutable once made: several threads may restore it at once. */
 
 /* The version as one number, so an application can check the library it loaded:

@@ -41,7 +41,7 @@ struct idf_state {
     size_t kv_elem; /* bytes per cached element; Q8: per block of IDFX_KVQ8_BLOCK (kv_bytes) */
     void *kc, *vc;  /* [n_layers, n_ctx, hidden] */
     bool low_mem;   /* model loaded with low_memory: page weights per layer (page_weight) */
-    const volatile int *cancel;
+    const atomic_int *cancel; /* C11 atomic: written by idefics_session_cancel from any thread */
 
     img_slot *img; /* [img_cap] */
     int n_img, img_cap;
@@ -252,7 +252,8 @@ static void page_image_only(const idf_state *s, bool need) {
 }
 
 static bool cancelled(const idf_state *s) {
-    return s->cancel && *s->cancel;
+    /* relaxed: the flag publishes no other data, it only has to be seen */
+    return s->cancel && atomic_load_explicit(s->cancel, memory_order_relaxed);
 }
 
 /* Bytes of n cached elements. Every count passed here is a multiple of hidden,
@@ -481,7 +482,7 @@ void idf_state_truncate(idf_state *s, int n_past) {
         s->n_past = n_past;
 }
 
-void idf_state_set_cancel_flag(idf_state *s, const volatile int *flag) {
+void idf_state_set_cancel_flag(idf_state *s, const atomic_int *flag) {
     if (s)
         s->cancel = flag;
 }

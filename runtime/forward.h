@@ -12,6 +12,7 @@
 #ifndef IDF_FORWARD_H
 #define IDF_FORWARD_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -34,6 +35,15 @@ idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot,
 int idf_state_n_images(const idf_state *s);
 /* The perceiver output of an image slot, [n_latents, vision_embed_dim] (for tests). */
 const float *idf_state_image_latents(const idf_state *s, int slot);
+/* Save / load the state (KV cache positions 0 .. n_past-1, image slots with
+ * their latents and cross-attention K/V) as bytes, for session snapshots.
+ * save: size must be idf_state_save_bytes(s). load: into a state of the same
+ * model and kv_type (the caller checks), n_past <= n_ctx; on a memory failure
+ * the state is unchanged; on a device failure it is emptied (n_past 0). */
+size_t idf_state_save_bytes(const idf_state *s);
+idefics_status idf_state_save(idf_state *s, void *dst, size_t size, idf_err *err);
+idefics_status idf_state_load(idf_state *s, const void *src, size_t size, int n_past, int n_img, idf_err *err);
+idefics_kv_type idf_state_kv_type(const idf_state *s);
 
 /* Evaluate n tokens at positions n_past .. n_past + n - 1 and append them to the
  * KV cache. img[i] is the image slot token i may attend to (the most recent
@@ -51,17 +61,8 @@ struct idf_backend *idf_state_backend(idf_state *s);
 int idf_state_n_ctx(const idf_state *s);
 /* Drop cached positions >= n_past (e.g. to undo a failed turn). */
 void idf_state_truncate(idf_state *s, int n_past);
-/* Save / load the state (KV cache positions 0 .. n_past-1, image slots with
- * their latents and cross-attention K/V) as bytes, for session snapshots.
- * save: size must be idf_state_save_bytes(s). load: into a state of the same
- * model and kv_type (the caller checks), n_past <= n_ctx; on a memory failure
- * the state is unchanged; on a device failure it is emptied (n_past 0). */
-size_t idf_state_save_bytes(const idf_state *s);
-idefics_status idf_state_save(idf_state *s, void *dst, size_t size, idf_err *err);
-idefics_status idf_state_load(idf_state *s, const void *src, size_t size, int n_past, int n_img, idf_err *err);
-idefics_kv_type idf_state_kv_type(const idf_state *s);
 /* A flag polled during eval; set it from any thread to cancel. NULL = none. */
-void idf_state_set_cancel_flag(idf_state *s, const volatile int *flag);
+void idf_state_set_cancel_flag(idf_state *s, const atomic_int *flag);
 
 /* ---- batched passes (issue 11)
  *

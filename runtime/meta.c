@@ -105,6 +105,8 @@ static size_t scalar_size(int t) { return t == IDFX_KV_U64 ? 8 : t <= IDFX_KV_BO
 
 idefics_status idefics_model_meta(const idefics_model *m, const char *key, char *buf, size_t size, size_t *len) {
     if (!m) return IDEFICS_ERR_INVALID_ARG;
+    /* the model's error text, as idefics_tokenize keeps it (one place to change
+     * when that becomes per thread: issue-faults' idf_model_err) */
     idf_err *err = (idf_err *)&m->err;
     idf_err_clear(err);
     if (!key || (size > 0 && !buf))

@@ -63,7 +63,7 @@ struct idefics_session {
     int n_special;
     int32_t byte_id[256]; /* the <0xNN> byte-fallback tokens, -1 when absent */
 
-    volatile int cancel;
+    atomic_int cancel; /* set from any thread (idefics_session_cancel); read by forward.c per layer */
     idefics_timings tm;
     idefics_finish_reason finish; /* of the last generate */
     idefics_kv_type kv_type;
@@ -572,7 +572,7 @@ idefics_status idefics_session_eval(idefics_session *s) {
     if (!s) return IDEFICS_ERR_INVALID_ARG;
     idf_err_clear(&s->err);
     s->finish = IDEFICS_FINISH_NONE;
-    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
+    atomic_store(&s->cancel, 0);
     memset(&s->tm, 0, sizeof s->tm);
     return prepare(s, "eval");
 }
@@ -584,7 +584,7 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
     s->finish = IDEFICS_FINISH_NONE;
     idefics_generate_params gp = params ? *params : idefics_generate_default_params();
     IDF_FORWARD(check_gen_params(s, &gp));
-    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
+    atomic_store(&s->cancel, 0);
     memset(&s->tm, 0, sizeof s->tm);
     const idf_config *c = cfg_of(s);
 
@@ -645,7 +645,7 @@ idefics_status idefics_generate(idefics_session *s, const idefics_generate_param
                          s->n_ctx);
             break;
         }
-        if (__atomic_load_n(&s->cancel, __ATOMIC_SEQ_CST)) {
+        if (atomic_load(&s->cancel)) {
             st = idf_errf(&s->err, IDEFICS_ERR_CANCELLED, "generate: cancelled after %d tokens", s->tm.n_generated);
             break;
         }
@@ -675,7 +675,7 @@ idefics_status idefics_session_render_prompt(const idefics_session *s, char *buf
 }
 
 void idefics_session_cancel(idefics_session *s) {
-    if (s) __atomic_store_n(&s->cancel, 1, __ATOMIC_SEQ_CST);
+    if (s) atomic_store(&s->cancel, 1);
 }
 
 void idefics_session_get_timings(const idefics_session *s, idefics_timings *t) {
@@ -962,7 +962,7 @@ idefics_status idf_gen_begin(idefics_session *s, const idefics_generate_params *
                         s->n_ids, s->n_ctx);
     idf_gen *g = idf_calloc(s->al, 1, sizeof *g);
     if (!g) return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "generate: out of memory");
-    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
+    atomic_store(&s->cancel, 0);
     memset(&s->tm, 0, sizeof s->tm);
     g->gp = gp;
     g->on_token = on_token;
@@ -1009,7 +1009,7 @@ bool idf_gen_ready(const idefics_session *s) { return s->logits_ok && s->n_eval 
 float *idf_gen_logits_buf(idefics_session *s) { return s->logits; }
 idf_state *idf_session_state(idefics_session *s) { return s->st; }
 const idefics_model *idf_session_model(const idefics_session *s) { return s->model; }
-bool idf_session_cancelled(const idefics_session *s) { return __atomic_load_n(&s->cancel, __ATOMIC_SEQ_CST) != 0; }
+bool idf_session_cancelled(const idefics_session *s) { return atomic_load(&((idefics_session *)s)->cancel) != 0; }
 
 void idf_gen_evaluated(idefics_session *s, int n, bool logits_valid) {
     const int from = s->n_eval;

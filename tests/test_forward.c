@@ -25,6 +25,7 @@
  *     Skips (77) when the fixtures or the converter are absent.
  */
 #include <math.h>
+#include <stdatomic.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -579,7 +580,7 @@ static int run_synth(const char *dir) {
     check(st == IDEFICS_ERR_CONTEXT_FULL && idf_state_n_past(b) == N, "context full: %s, n_past %d",
           idefics_status_str(st), idf_state_n_past(b));
     /* cancellation: refused, state unchanged */
-    volatile int flag = 1;
+    atomic_int flag = 1;
     idf_state_set_cancel_flag(b, &flag);
     st = idf_state_eval(b, ids, img, 5, tmp, true, &err);
     check(st == IDEFICS_ERR_CANCELLED && idf_state_n_past(b) == N, "cancelled: %s, n_past %d", idefics_status_str(st),
