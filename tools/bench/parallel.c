@@ -81,7 +81,6 @@ int bench_parallel(const idefics_model *m, int ctx, idefics_kv_type kv, int thre
             cpu_sum += (cpu_ms() - c0) / ((double)B * steps);
         }
         if (!rc) {
-            (void)0;
             qsort(v, (size_t)reps, sizeof *v, cmp_d);
             const double med = reps % 2 ? v[reps / 2] : 0.5 * (v[reps / 2 - 1] + v[reps / 2]);
             const double kv_el = kv == IDEFICS_KV_F32 ? 4 : kv == IDEFICS_KV_F16 ? 2 : (double)IDFX_KVQ8_BYTES / IDFX_KVQ8_BLOCK;
