@@ -1019,9 +1019,10 @@ void idf_gen_evaluated(idefics_session *s, int n, bool logits_valid) {
     s->logits_ok = logits_valid && s->n_eval == s->n_ids;
 }
 
-void idf_gen_failed(idefics_session *s) {
+void idf_gen_failed(idefics_session *s, idefics_status st, const char *msg) {
     idf_state_truncate(s->st, s->n_eval);
     s->logits_ok = false;
+    if (st != IDEFICS_OK && msg) idf_errf(&s->err, st, "%s", msg);
 }
 
 /* One iteration of idefics_generate's loop, up to (not including) the eval. */
