@@ -430,9 +430,10 @@ IDEFICS_API void idefics_snapshot_free(idefics_snapshot *snapshot);          /* 
 /* An idefics_batch generates for several sessions at once. Each step
  * evaluates one new token of every member in ONE pass over the weights (the
  * weight matmuls run once for all members; attention stays per session, over
- * its own KV cache and images), so B members cost little more time per step
- * than one: decode is memory-bound. Sessions join and leave between steps
- * (continuous batching):
+ * its own KV cache and images). Decode is memory-bound, so a step of B
+ * members costs little more than one until the arithmetic catches up (on a
+ * CPU, at a few members: idefics-bench --parallel measures it). Sessions
+ * join and leave between steps (continuous batching):
  *
  *     idefics_batch *b = NULL;
  *     idefics_batch_create(model, NULL, &b, err, sizeof err);
@@ -450,8 +451,9 @@ IDEFICS_API void idefics_snapshot_free(idefics_snapshot *snapshot);          /* 
  * finishes (stop token, max_new_tokens, full context, on_token returned
  * false, cancel, or an error of its own); on_done then reports the status
  * idefics_generate would have returned, and idefics_session_finish_reason()
- * the reason (IDEFICS_FINISH_CANCELLED after idefics_batch_remove too). Cancelling one session, or one
- * filling its context, leaves the others untouched. A joining session's
+ * the reason (IDEFICS_FINISH_CANCELLED after idefics_batch_remove too).
+ * Cancelling one session, or one filling its context, leaves the others
+ * untouched. A joining session's
  * images and prompt are evaluated at the start of the next step (see
  * prefill_chunk); its first token comes in that step.
  *
@@ -463,7 +465,10 @@ IDEFICS_API void idefics_snapshot_free(idefics_snapshot *snapshot);          /* 
  * it; after on_done (or idefics_batch_remove) it is the caller's again. A
  * session belongs to at most one batch; all members use the batch's model.
  * Free the batch before the model; freeing the batch removes its members
- * (without on_done) and leaves the sessions usable. */
+ * (without on_done) and leaves the sessions usable. To feed a batch from
+ * other threads (a server's connections), either hand new sessions to the
+ * stepping thread, or hold one mutex around every idefics_batch_* call
+ * (callbacks then run under it); idefics_session_cancel needs no lock. */
 typedef struct idefics_batch idefics_batch;
 
 typedef struct idefics_batch_params {

@@ -94,7 +94,7 @@ void idefics_batch_free(idefics_batch *b) {
     if (!b) return;
     const idf_alloc *al = &b->model->alloc;
     for (int i = 0; i < b->n; i++) {
-        idf_gen_failed(b->m[i].s); /* nothing half-evaluated stays claimed */
+        idf_gen_failed(b->m[i].s, IDEFICS_OK, NULL); /* nothing half-evaluated stays claimed */
         idf_gen_end(b->m[i].s, b->m[i].g, IDEFICS_ERR_CANCELLED);
     }
     idf_state_free(b->pass);
@@ -142,7 +142,7 @@ idefics_status idefics_batch_remove(idefics_batch *b, idefics_session *s) {
     idf_err_clear(&b->err);
     const int i = find(b, s);
     if (i < 0) return idf_errf(&b->err, IDEFICS_ERR_INVALID_ARG, "batch_remove: the session is not a member");
-    idf_gen_failed(s);
+    idf_gen_failed(s, IDEFICS_OK, NULL);
     idf_gen_end(s, b->m[i].g, IDEFICS_ERR_CANCELLED);
     drop(b, i);
     return IDEFICS_OK;
@@ -164,11 +164,13 @@ idefics_status idefics_batch_step(idefics_batch *b) {
     /* 1: joiners */
     for (int i = 0; i < b->n; i++) {
         member *mb = &b->m[i];
-        if (mb->prepared) continue;
-        if (idf_session_cancelled(mb->s)) {
+        /* a cancel before the first token (joining, or prompt chunks under way) */
+        if (!idf_gen_ready(mb->s) && idf_session_cancelled(mb->s)) {
+            idf_gen_failed(mb->s, IDEFICS_ERR_CANCELLED, "generate: cancelled before the first token");
             finish(mb, IDEFICS_ERR_CANCELLED);
             continue;
         }
+        if (mb->prepared) continue;
         idefics_status st = idf_gen_prepare(mb->s, mb->g);
         if (st == IDEFICS_OK && b->p.prefill_chunk == 0) st = idf_gen_prefill(mb->s, mb->g);
         if (st) finish(mb, st);
@@ -210,7 +212,7 @@ idefics_status idefics_batch_step(idefics_batch *b) {
         for (int j = 0; j < n_seq; j++) {
             member *mb = &b->m[b->seq_of[j]];
             if (st) {
-                idf_gen_failed(mb->s);
+                idf_gen_failed(mb->s, st, b->err.msg);
                 finish(mb, st);
             } else {
                 idf_gen_evaluated(mb->s, b->seq[j].n, b->seq[j].logits != NULL);

@@ -34,8 +34,9 @@ idefics_status idf_gen_sample(idefics_session *s, idf_gen *g, bool *done);
 /* n pending tokens were evaluated by a batched pass; logits_valid: the pass
  * wrote the last one's logits into idf_gen_logits_buf(s). */
 void idf_gen_evaluated(idefics_session *s, int n, bool logits_valid);
-/* A batched pass that held this session failed: its evaluated prefix stays. */
-void idf_gen_failed(idefics_session *s);
+/* A batched pass that held this session failed, or it leaves early: its
+ * evaluated prefix stays. msg (with st) becomes the session's error text. */
+void idf_gen_failed(idefics_session *s, idefics_status st, const char *msg);
 float *idf_gen_logits_buf(idefics_session *s);
 idf_state *idf_session_state(idefics_session *s);
 const idefics_model *idf_session_model(const idefics_session *s);

@@ -1049,7 +1049,7 @@ idefics_status idf_gen_begin(idefics_session *s, const idefics_generate_params *
                         s->n_ids, s->n_ctx);
     idf_gen *g = idf_calloc(s->al, 1, sizeof *g);
     if (!g) return idf_errf(&s->err, IDEFICS_ERR_OUT_OF_MEMORY, "generate: out of memory");
-    __atomic_store_n(&s->cancel, 0, __ATOMIC_SEQ_CST);
+    atomic_store(&s->cancel, 0);
     memset(&s->tm, 0, sizeof s->tm);
     g->gp = gp;
     g->on_token = on_token;
@@ -1096,7 +1096,7 @@ bool idf_gen_ready(const idefics_session *s) { return s->logits_ok && s->n_eval 
 float *idf_gen_logits_buf(idefics_session *s) { return s->logits; }
 idf_state *idf_session_state(idefics_session *s) { return s->st; }
 const idefics_model *idf_session_model(const idefics_session *s) { return s->model; }
-bool idf_session_cancelled(const idefics_session *s) { return __atomic_load_n(&s->cancel, __ATOMIC_SEQ_CST) != 0; }
+bool idf_session_cancelled(const idefics_session *s) { return atomic_load(&((idefics_session *)s)->cancel) != 0; }
 
 void idf_gen_evaluated(idefics_session *s, int n, bool logits_valid) {
     const int from = s->n_eval;
@@ -1106,9 +1106,10 @@ void idf_gen_evaluated(idefics_session *s, int n, bool logits_valid) {
     s->logits_ok = logits_valid && s->n_eval == s->n_ids;
 }
 
-void idf_gen_failed(idefics_session *s) {
+void idf_gen_failed(idefics_session *s, idefics_status st, const char *msg) {
     idf_state_truncate(s->st, s->n_eval);
     s->logits_ok = false;
+    if (st != IDEFICS_OK && msg) idf_errf(&s->err, st, "%s", msg);
 }
 
 /* One iteration of idefics_generate's loop, up to (not including) the eval. */

@@ -270,6 +270,24 @@ static void test_misuse(void) {
     CHECK(idefics_generate(s1, &g2, NULL, NULL) == IDEFICS_OK, "session after batch_free: %s",
           idefics_session_last_error(s1));
     CHECK(idefics_batch_step(NULL) == IDEFICS_ERR_INVALID_ARG, "NULL step");
+    /* cancelled between joining and its first step: leaves with CANCELLED, no token */
+    bp.max_sessions = 2;
+    CHECK(idefics_batch_create(g_model, &bp, &b, err, sizeof err) == IDEFICS_OK, "create: %s", err);
+    if (b) {
+        run r = {.s = make_session(&g_specs[0], 128), .lg = calloc((size_t)MAX_NEW * g_vocab, sizeof(float))};
+        CHECK(idefics_batch_add(b, r.s, NULL, on_tok, on_done, &r) == IDEFICS_OK, "add");
+        idefics_session_cancel(r.s);
+        CHECK(idefics_batch_run(b) == IDEFICS_OK, "run");
+        CHECK(r.done && r.st == IDEFICS_ERR_CANCELLED && r.n == 0, "early cancel: done %d %s, %d tokens", r.done,
+              idefics_status_str(r.st), r.n);
+        CHECK(idefics_session_finish_reason(r.s) == IDEFICS_FINISH_CANCELLED &&
+                  strstr(idefics_session_last_error(r.s), "cancel"),
+              "early cancel: reason %s, error '%s'", idefics_finish_reason_str(idefics_session_finish_reason(r.s)),
+              idefics_session_last_error(r.s));
+        idefics_batch_free(b);
+        idefics_session_free(r.s);
+        free(r.lg);
+    }
     idefics_session_free(s1);
     idefics_session_free(s2);
     idefics_session_free(empty);

@@ -36,7 +36,7 @@ int bench_parallel(const idefics_model *m, int ctx, idefics_kv_type kv, int thre
     if (steps < 1) return snprintf(err, err_size, "--parallel: the context is too small"), 1;
     float *lg = malloc(64 * V * sizeof(float));
     int32_t *ids = malloc((size_t)(64 * (steps + 2)) * sizeof(int32_t));
-    double *v = malloc((size_t)reps * sizeof(double)), cpu_sum = 0;
+    double *v = malloc((size_t)reps * sizeof(double));
     if (!lg || !ids || !v) {
         free(lg), free(ids), free(v);
         return snprintf(err, err_size, "--parallel: out of memory"), 1;
@@ -52,6 +52,7 @@ int bench_parallel(const idefics_model *m, int ctx, idefics_kv_type kv, int thre
     for (int k = 0; k < n && !rc; k++) {
         const int B = w[k];
         idf_state *st[64] = {0}, *pass = NULL;
+        double cpu_sum = 0; /* this width's CPU ms per token, summed over reps */
         idf_seq seq[64];
         if (B < 1 || B > 64) {
             rc = snprintf(err, err_size, "--parallel: width %d is out of 1..64", B) > 0;
@@ -80,7 +81,6 @@ int bench_parallel(const idefics_model *m, int ctx, idefics_kv_type kv, int thre
             cpu_sum += (cpu_ms() - c0) / ((double)B * steps);
         }
         if (!rc) {
-            (void)0;
             qsort(v, (size_t)reps, sizeof *v, cmp_d);
             const double med = reps % 2 ? v[reps / 2] : 0.5 * (v[reps / 2 - 1] + v[reps / 2]);
             const double kv_el = kv == IDEFICS_KV_F32 ? 4 : kv == IDEFICS_KV_F16 ? 2 : (double)IDFX_KVQ8_BYTES / IDFX_KVQ8_BLOCK;

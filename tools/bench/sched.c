@@ -2,7 +2,8 @@
  * sched.c - idefics-bench --sched (sched.h): a queue of requests through one
  * idefics_batch (public API only). `width` sessions run at once; when one
  * finishes, the next request joins before the next step, as a server would
- * do it. Compared: prefill_chunk 0 (a joiner's prompt is prefilled in a pass
+ * do it. Requests generate gen .. gen/2 tokens (staggered), so joins happen
+ * while the others decode. Compared: prefill_chunk 0 (a joiner's prompt is prefilled in a pass
  * of its own at the start of a step: the others wait for it) against chunked
  * prefill (the prompt rides along the decode steps, at most `chunk` tokens
  * each: the others keep decoding, the joiner's first token comes later).
@@ -77,12 +78,20 @@ int bench_sched(idefics_model *m, int threads, int ctx, int width, int n_req, in
         idefics_generate_params gp = idefics_generate_default_params();
         gp.max_new_tokens = gen;
         gp.stop_at_eos = false;
+        /* staggered lengths (gen .. gen/2), so sessions finish at different steps and a
+         * joiner's prefill lands while the others are decoding, as on a server */
+        idefics_generate_params gps[64];
+        for (int i = 0; i < n_req && i < 64; i++) {
+            gps[i] = gp;
+            gps[i].max_new_tokens = gen - (i % width) * gen / (2 * width);
+        }
         int next = 0, finished = 0;
         const double t0 = idf_time_ms();
         while (!rc && finished < n_req) {
             while (next < n_req && idefics_batch_n_sessions(b) < width) {
                 rq[next].t_add = idf_time_ms();
-                if (idefics_batch_add(b, rq[next].s, &gp, on_tok, on_done, &rq[next]) != IDEFICS_OK) {
+                if (idefics_batch_add(b, rq[next].s, &gps[next < 64 ? next : 63], on_tok, on_done, &rq[next]) !=
+                    IDEFICS_OK) {
                     rc = snprintf(err, err_size, "--sched: %s", idefics_batch_last_error(b)) > 0;
                     break;
                 }
