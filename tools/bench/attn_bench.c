@@ -1,0 +1,217 @@
+/*
+ * attn_bench.c - idefics-attn-bench: the attention op alone at the decoder's
+ * shape (LLaMA-7B / IDEFICS-9B: 32 heads of 128), on the fast CPU backend and
+ * the reference, for decode (one query row against a cache of D tokens) and
+ * prefill (P causal rows), and the cross-attention shape (one row against the
+ * latents of 1, 4, 8 images). A program, not a test: it prints figures.
+ *
+ *   idefics-attn-bench [-t THREADS] [-r REPS] [--kv f16|f32|q8] [--heads H] [--hd D]
+ *                      [-d 0,512,1700] [-p 512,1700] [--copies N] [--ref]
+ *
+ * Decode figures are per call (one layer) and per decode step (x 32 layers),
+ * with the KV bytes read per second (each K and V row once is the floor).
+ * Each time is the median of REPS calls after one warm-up call.
+ */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "backend.h"
+#include "platform.h"
+#include "quant.h"
+
+static int cmp_d(const void *a, const void *b) {
+    const double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static float *rnd(size_t n, float amp, uint64_t seed) {
+    float *p = malloc(n * sizeof(float));
+    uint64_t s = seed * 2654435761u + 7;
+    for (size_t i = 0; p && i < n; i++) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        p[i] = amp * ((float)((s >> 40) & 0xffffff) / 8388608.0f - 1.0f);
+    }
+    return p;
+}
+
+static int parse_list(const char *s, int *v, int max) {
+    int n = 0;
+    while (*s && n < max) {
+        char *e;
+        v[n++] = (int)strtol(s, &e, 10);
+        s = *e == ',' ? e + 1 : e;
+        if (e == s && *s)
+            return -1;
+    }
+    return n;
+}
+
+/* `copies` K or V caches of n_el elements in kv_type; *bytes = the size of one. */
+static void *make_kv(int kv_type, const float *src, int64_t n_el, int copies, size_t *bytes) {
+    *bytes = kv_type == IDEFICS_KV_F32   ? (size_t)n_el * 4
+             : kv_type == IDEFICS_KV_F16 ? (size_t)n_el * 2
+                                         : (size_t)(n_el / IDFX_KVQ8_BLOCK) * IDFX_KVQ8_BYTES;
+    uint8_t *p = malloc(*bytes * (size_t)copies);
+    if (!p)
+        return NULL;
+    if (kv_type == IDEFICS_KV_F32) {
+        memcpy(p, src, *bytes);
+    } else if (kv_type == IDEFICS_KV_F16) {
+        for (int64_t i = 0; i < n_el; i++) {
+            const uint16_t h = idfx_fp32_to_fp16(src[i]);
+            memcpy(p + 2 * i, &h, 2);
+        }
+    } else {
+        idfx_kvq8_quantize_ref(src, n_el, p);
+    }
+    for (int c = 1; c < copies; c++)
+        memcpy(p + (size_t)c * *bytes, p, *bytes);
+    return p;
+}
+
+typedef struct bench {
+    idf_backend *b;
+    int reps;
+    int copies;      /* caches of `bytes` each, one per layer, taken in turn */
+    size_t bytes;
+} bench;
+
+/* Each call reads the next layer's cache, as decode does (32 layers of cache do
+ * not fit the last-level cache), so decode figures include memory traffic. */
+static double time_attn(const bench *B, const idf_attn *a0) {
+    double v[64];
+    const int r = B->reps < 64 ? B->reps : 64;
+    idf_attn a = *a0;
+    B->b->attention(B->b->ctx, &a); /* warm-up */
+    for (int i = 0; i < r; i++) {
+        double ms = 0;
+        for (int l = 0; l < B->copies; l++) {
+            a.k = (const uint8_t *)a0->k + (size_t)l * B->bytes;
+            a.v = (const uint8_t *)a0->v + (size_t)l * B->bytes;
+            const double t0 = idf_time_ms();
+            if (B->b->attention(B->b->ctx, &a) != IDEFICS_OK)
+                return -1;
+            ms += idf_time_ms() - t0;
+        }
+        v[i] = ms / B->copies;
+    }
+    qsort(v, (size_t)r, sizeof v[0], cmp_d);
+    return v[r / 2];
+}
+
+int main(int argc, char **argv) {
+    int threads = 0, reps = 7, copies = 8, heads = 32, hd = 128, layers = 32, kv_type = IDEFICS_KV_F16;
+    int depth[8] = {0, 128, 512, 1024, 1700, 2047}, nd = 6, pp[8] = {512, 1700}, np = 2;
+    bool ref = false;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--ref")) {
+            ref = true;
+            continue;
+        }
+        if (!v) {
+            fprintf(stderr, "idefics-attn-bench: %s needs a value\n", a);
+            return 2;
+        }
+        i++;
+        if (!strcmp(a, "-t"))
+            threads = atoi(v);
+        else if (!strcmp(a, "-r"))
+            reps = atoi(v);
+        else if (!strcmp(a, "--heads"))
+            heads = atoi(v);
+        else if (!strcmp(a, "--copies"))
+            copies = atoi(v);
+        else if (!strcmp(a, "--hd"))
+            hd = atoi(v);
+        else if (!strcmp(a, "--kv"))
+            kv_type = !strcmp(v, "f32") ? IDEFICS_KV_F32 : !strcmp(v, "q8") ? IDEFICS_KV_Q8 : IDEFICS_KV_F16;
+        else if (!strcmp(a, "-d"))
+            nd = parse_list(v, depth, 8);
+        else if (!strcmp(a, "-p"))
+            np = parse_list(v, pp, 8);
+        else {
+            fprintf(stderr, "usage: idefics-attn-bench [-t N] [-r REPS] [--kv f16|f32|q8] [--heads H] [--hd D] "
+                            "[-d LIST] [-p LIST] [--copies N] [--ref]\n");
+            return 2;
+        }
+    }
+    if (nd < 0 || np < 0 || reps < 1 || copies < 1 || heads < 1 || hd < 1 || (heads * hd) % 32) {
+        fprintf(stderr, "idefics-attn-bench: bad arguments\n");
+        return 2;
+    }
+    if (threads <= 0)
+        threads = idf_cpu_count();
+    idf_err err;
+    idf_backend *b = NULL;
+    const idefics_status st =
+        ref ? idf_backend_ref_create(threads, NULL, &b, &err) : idf_backend_cpu_create(threads, NULL, &b, &err);
+    if (st != IDEFICS_OK) {
+        fprintf(stderr, "idefics-attn-bench: %s\n", err.msg);
+        return 1;
+    }
+    const int row = heads * hd, max_ctx = 2048;
+    int maxd = 1;
+    for (int i = 0; i < nd; i++)
+        maxd = depth[i] + 1 > maxd ? depth[i] + 1 : maxd;
+    for (int i = 0; i < np; i++)
+        maxd = pp[i] > maxd ? pp[i] : maxd;
+    maxd = maxd > max_ctx ? maxd : max_ctx;
+    float *kf = rnd((size_t)maxd * row, 1.0f, 1), *vf = rnd((size_t)maxd * row, 1.0f, 2);
+    float *q = rnd((size_t)maxd * row, 1.0f, 3), *out = malloc((size_t)maxd * row * sizeof(float));
+    size_t kvb = 0;
+    void *k = make_kv(kv_type, kf, (int64_t)maxd * row, copies, &kvb);
+    void *v = make_kv(kv_type, vf, (int64_t)maxd * row, copies, &kvb);
+    if (!k || !v || !q || !kf || !vf || !out) {
+        fprintf(stderr, "idefics-attn-bench: out of memory\n");
+        return 1;
+    }
+    const double bytes_per_row = (double)kvb / maxd;
+    const char *kvn = kv_type == IDEFICS_KV_F32 ? "f32" : kv_type == IDEFICS_KV_Q8 ? "q8" : "f16";
+    printf("attention on %s, %d threads, %d heads x %d, kv %s, median of %d, %d caches in turn\n", b->name, threads,
+           heads, hd, kvn, reps, copies);
+    bench B = {b, reps, copies, kvb};
+    for (int i = 0; i < nd; i++) {
+        const int n_kv = depth[i] + 1;
+        const idf_attn a = {.n_q = 1, .n_kv = n_kv, .n_heads = heads, .head_dim = hd, .q = q, .q_stride = row,
+                            .k = k, .v = v, .kv_stride = row, .kv_type = kv_type, .scale = 1.0f / sqrtf((float)hd),
+                            .causal = true, .q_pos0 = depth[i], .out = out, .out_stride = row};
+        const double ms = time_attn(&B, &a);
+        printf("decode  depth %5d: %8.4f ms/layer, %7.2f ms/step (x%d layers), KV read %6.2f GB/s\n", depth[i], ms,
+               ms * layers, layers, 2.0 * bytes_per_row * n_kv / (ms * 1e6));
+    }
+    for (int i = 0; i < np; i++) {
+        const idf_attn a = {.n_q = pp[i], .n_kv = pp[i], .n_heads = heads, .head_dim = hd, .q = q, .q_stride = row,
+                            .k = k, .v = v, .kv_stride = row, .kv_type = kv_type, .scale = 1.0f / sqrtf((float)hd),
+                            .causal = true, .q_pos0 = 0, .out = out, .out_stride = row};
+        B.reps = reps > 3 ? 3 : reps;
+        B.copies = 1;
+        const double ms = time_attn(&B, &a);
+        const double flops = 4.0 * heads * hd * (double)pp[i] * (pp[i] + 1) / 2;
+        printf("prefill %5d rows:  %8.2f ms/layer, %7.1f ms (x%d layers), %6.1f GFLOP/s\n", pp[i], ms, ms * layers,
+               layers, flops / (ms * 1e6));
+    }
+    /* cross-attention: latents of 1, 4, 8 images (64 each), one decode row; the
+     * forward pass makes one call per image run, so this is per image row. */
+    for (int n_img = 1; n_img <= 8; n_img *= 2) {
+        if (n_img == 2)
+            continue;
+        const idf_attn a = {.n_q = 1, .n_kv = 64 * n_img, .n_heads = heads, .head_dim = hd, .q = q,
+                            .q_stride = row, .k = k, .v = v, .kv_stride = row, .kv_type = kv_type,
+                            .scale = 1.0f / sqrtf((float)hd), .out = out, .out_stride = row};
+        B.reps = reps;
+        B.copies = copies;
+        const double ms = time_attn(&B, &a);
+        printf("cross   %d image(s) (%3d latents): %8.4f ms/call\n", n_img, 64 * n_img, ms);
+    }
+    b->free(b);
+    free(kf);
+    free(vf);
+    free(q);
+    free(out);
+    free(k);
+    free(v);
+    return 0;
+}
