@@ -46,6 +46,8 @@ enum {
     K_ROPE,
     K_ATTN_F32,
     K_ATTN_F16,
+    K_ATTN_Q8,
+    K_ATTN_MERGE,
     K_GELU,
     K_QUICK_GELU,
     K_RELU,
@@ -58,7 +60,8 @@ enum {
 
 static const char *const kernel_names[K_COUNT] = {
     "matmul_q4", "matmul_q4_nb1", "matmul_q8",  "matmul_q8_nb1", "matmul_f",      "matmul_f_nb1", "gemm_tiled",
-    "get_rows",  "rmsnorm",       "layernorm",  "rope",          "attention_f32", "attention_f16", "gelu",
+    "get_rows",  "rmsnorm",       "layernorm",  "rope",          "attention_f32", "attention_f16",
+    "attention_q8", "attention_merge", "gelu",
     "quick_gelu", "relu",         "silu_mul",   "add",           "scale",         "gated_add"};
 
 #define MAX_PIECES 8 /* mapped ranges per registered buffer; more: the buffer is mapped whole */
@@ -417,7 +420,7 @@ static bool ocl_supports(void *vctx, const idf_op_desc *d) {
         return (uint64_t)d->n * (uint64_t)d->k * 4 <= c->dev->probe.max_alloc;
     }
     case IDF_OP_ATTENTION:
-        return d->kv_type == IDEFICS_KV_F32 || d->kv_type == IDEFICS_KV_F16;
+        return d->kv_type == IDEFICS_KV_F32 || d->kv_type == IDEFICS_KV_F16 || d->kv_type == IDEFICS_KV_Q8;
     default:
         return d->op < IDF_OP_COUNT;
     }
@@ -727,38 +730,52 @@ static idefics_status ocl_rope(void *vctx, float *x, int64_t n, int64_t stride, 
 
 /* -------------------------------------------------------------- attention */
 
+/* Keys per work-group of attention_* (the split across the sequence, as on
+ * the CPU): a decode row at depth 1700 gives 32 heads x 7 groups. */
+#define OCL_ATT_KB 256
+
 static idefics_status ocl_attention(void *vctx, const idf_attn *a) {
     ocl_ctx *c = vctx;
     if (!a || !a->q || !a->k || !a->v || !a->out || a->n_q < 0 || a->n_kv < 0 || a->n_heads <= 0 || a->head_dim <= 0 ||
-        (a->kv_type != IDEFICS_KV_F32 && a->kv_type != IDEFICS_KV_F16) || (a->causal && a->q_pos0 < 0))
+        (a->kv_type != IDEFICS_KV_F32 && a->kv_type != IDEFICS_KV_F16 && a->kv_type != IDEFICS_KV_Q8) ||
+        (a->causal && a->q_pos0 < 0))
         return IDEFICS_ERR_INVALID_ARG;
     const int64_t row = (int64_t)a->n_heads * a->head_dim;
     if (a->q_stride < row || a->kv_stride < row || a->out_stride < row)
         return IDEFICS_ERR_INVALID_ARG;
+    if (a->kv_type == IDEFICS_KV_Q8 && a->kv_stride % IDFX_KVQ8_BLOCK)
+        return IDEFICS_ERR_INVALID_ARG;
     if (a->n_q == 0)
         return IDEFICS_OK;
+    /* keys the last (widest) row sees: the split covers these */
+    const int64_t n_vis = a->causal && (int64_t)a->q_pos0 + a->n_q < a->n_kv ? (int64_t)a->q_pos0 + a->n_q : a->n_kv;
+    const uint64_t nb = n_vis > 0 ? (uint64_t)(n_vis + OCL_ATT_KB - 1) / OCL_ATT_KB : 1;
     const uint64_t qe = (uint64_t)(a->n_q - 1) * (uint64_t)a->q_stride + (uint64_t)row,
                    oe = (uint64_t)(a->n_q - 1) * (uint64_t)a->out_stride + (uint64_t)row,
                    kve = a->n_kv ? (uint64_t)(a->n_kv - 1) * (uint64_t)a->kv_stride + (uint64_t)row : 0,
-                   se = (uint64_t)a->n_q * (uint64_t)a->n_heads * (uint64_t)(a->n_kv ? a->n_kv : 1);
-    const size_t kvel = a->kv_type == IDEFICS_KV_F32 ? 4 : 2;
+                   pe = (uint64_t)a->n_q * (uint64_t)a->n_heads * nb * (uint64_t)(a->head_dim + 2);
+    /* bytes of the kve elements of a K or V run */
+    const uint64_t kvbytes = a->kv_type == IDEFICS_KV_F32   ? kve * 4
+                             : a->kv_type == IDEFICS_KV_F16 ? kve * 2
+                                                            : (kve + IDFX_KVQ8_BLOCK - 1) / IDFX_KVQ8_BLOCK * IDFX_KVQ8_BYTES;
     if (qe >= (uint64_t)MAX_ELEMS || oe >= (uint64_t)MAX_ELEMS || kve >= (uint64_t)MAX_ELEMS ||
-        se >= (uint64_t)MAX_ELEMS || (uint64_t)a->n_q * a->n_kv >= (uint64_t)MAX_ELEMS)
+        pe >= (uint64_t)MAX_ELEMS || (uint64_t)a->n_q * a->n_kv >= (uint64_t)MAX_ELEMS)
         return IDEFICS_ERR_UNSUPPORTED;
     size_t wg = c->dev->tune.wg_attn;
-    const int ki = a->kv_type == IDEFICS_KV_F32 ? K_ATTN_F32 : K_ATTN_F16;
-    while (wg > c->kmax_wg[ki])
+    const int ki = a->kv_type == IDEFICS_KV_F32 ? K_ATTN_F32 : a->kv_type == IDEFICS_KV_F16 ? K_ATTN_F16 : K_ATTN_Q8;
+    while (wg > c->kmax_wg[ki] || wg > c->kmax_wg[K_ATTN_MERGE])
         wg /= 2;
-    if ((uint64_t)(a->head_dim + wg) * 4 > c->dev->probe.local_mem)
+    /* attention.cl: ATT_MAXD (4) output dimensions per work-item */
+    if ((uint64_t)a->head_dim > 4 * (uint64_t)wg || (uint64_t)(a->head_dim + 2 * wg) * 4 > c->dev->probe.local_mem)
         return IDEFICS_ERR_UNSUPPORTED;
     const double t0 = idf_time_ms();
-    if (se * 4 > c->scores_bytes) {
+    if (pe * 4 > c->scores_bytes) {
         /* the old scratch may still be in use by an enqueued kernel: released
          * (deferred by the driver) and replaced */
         rel(c, c->scores);
         cl_int e = CL_SUCCESS;
-        c->scores = c->cl->clCreateBuffer(c->dev->ctx, CL_MEM_READ_WRITE, (size_t)se * 4, NULL, &e);
-        c->scores_bytes = c->scores ? (size_t)se * 4 : 0;
+        c->scores = c->cl->clCreateBuffer(c->dev->ctx, CL_MEM_READ_WRITE, (size_t)pe * 4, NULL, &e);
+        c->scores_bytes = c->scores ? (size_t)pe * 4 : 0;
         if (!c->scores)
             return cl_fail(e);
     }
@@ -768,25 +785,31 @@ static idefics_status ocl_attention(void *vctx, const idf_attn *a) {
     if (e == CL_SUCCESS)
         e = bind(c, &om, a->q, (size_t)qe * 4, false, &qb);
     if (e == CL_SUCCESS && kve)
-        e = bind(c, &om, a->k, (size_t)kve * kvel, false, &kb);
+        e = bind(c, &om, a->k, (size_t)kvbytes, false, &kb);
     if (e == CL_SUCCESS && kve)
-        e = bind(c, &om, a->v, (size_t)kve * kvel, false, &vb);
+        e = bind(c, &om, a->v, (size_t)kvbytes, false, &vb);
     if (e == CL_SUCCESS && a->mask)
         e = bind(c, &om, a->mask, (size_t)a->n_q * (size_t)a->n_kv * 4, false, &mb);
     if (e == CL_SUCCESS) {
         const cl_uint qs = (cl_uint)a->q_stride, kvs = (cl_uint)a->kv_stride, nkv = (cl_uint)a->n_kv,
-                      hd = (cl_uint)a->head_dim, causal = a->causal, hm = a->mask != NULL, os = (cl_uint)a->out_stride;
+                      hd = (cl_uint)a->head_dim, causal = a->causal, hm = a->mask != NULL, os = (cl_uint)a->out_stride,
+                      kbl = OCL_ATT_KB, nbl = (cl_uint)nb;
         const cl_int p0 = a->q_pos0;
         const float scale = a->scale;
-        const size_t g[2] = {(size_t)a->n_heads * wg, (size_t)a->n_q}, l[2] = {wg, 1};
-        karg args[22] = {KB(qb),     KA(qs), KB(kb),        KB(vb),   KA(kvs), KA(nkv),
-                         KA(hd),     KA(scale), KA(causal), KA(p0),   KB(mb),  KA(hm),
-                         KB(ob),     KA(os), KA(c->scores), KL(hd * sizeof(float)), KL(wg * sizeof(float))};
-        e = launch(c, ki, args, 22, 2, g, l);
+        const size_t g[3] = {(size_t)a->n_heads * wg, (size_t)a->n_q, (size_t)nb}, l[3] = {wg, 1, 1};
+        karg args[21] = {KB(qb),    KA(qs),    KB(kb),     KB(vb),  KA(kvs), KA(nkv),
+                         KA(hd),    KA(scale), KA(causal), KA(p0),  KB(mb),  KA(hm),
+                         KA(c->scores), KA(kbl), KL(hd * sizeof(float)), KL(wg * sizeof(float)),
+                         KL(wg * sizeof(float))};
+        e = launch(c, ki, args, 21, 3, g, l);
+        if (e == CL_SUCCESS) {
+            karg margs[6] = {KA(c->scores), KA(nbl), KA(hd), KB(ob), KA(os)};
+            e = launch(c, K_ATTN_MERGE, margs, 6, 2, g, l);
+        }
     }
     if ((e = op_end(c, &om, e)) != CL_SUCCESS)
         return cl_fail(e);
-    account(c, IDF_OP_ATTENTION, t0, (uint64_t)a->n_q * (uint64_t)row * 4 + 2 * (uint64_t)a->n_q * kve * kvel, 0);
+    account(c, IDF_OP_ATTENTION, t0, (uint64_t)a->n_q * (uint64_t)row * 4 + 2 * kvbytes, 0);
     return IDEFICS_OK;
 }
 

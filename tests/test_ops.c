@@ -220,6 +220,12 @@ static const op_case cases[] = {
     {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F32, .n = 64, .m = 321, .k = 96, .heads = 2},
     {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_Q8, .n = 33, .m = 70, .k = 16, .heads = 4, .pos0 = 37,
      .flags = F_CAUSAL},
+    /* the OpenCL split across the sequence (256 keys per work-group): several
+     * blocks, and causal rows that see none of the later blocks */
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F16, .n = 5, .m = 600, .k = 64, .heads = 2, .pos0 = 595,
+     .flags = F_CAUSAL},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_Q8, .n = 300, .m = 300, .k = 32, .heads = 1, .pos0 = 0,
+     .flags = F_CAUSAL},
     /* elementwise */
     {.op = IDF_OP_GELU, .n = 1, .k = 1000},
     {.op = IDF_OP_QUICK_GELU, .n = 1, .k = 37},
