@@ -432,11 +432,14 @@ static idefics_status cpu_layernorm(void *vctx, const float *x, const float *w, 
  * global max: out = sum_b e^(m_b - M) acc_b / sum_b e^(m_b - M) l_b.
  *
  * Prefill (more rows): flash-attention tiles. A task takes one head and one
- * block of ATT_QB query rows and walks the keys it can see in blocks of
- * ATT_KB: K and V blocks are staged as fp32 (K transposed), S = Q K^T and
- * O += P V run as register-tiled GEMMs (attn_gemm_qk, attn_gemm_pv), and each
- * row keeps its running max and sum, rescaling O when the max grows. Causal
- * blocks stop at the block's last visible key; tasks go heaviest first. */
+ * block of ATT_QB query rows (staged once, transposed and scaled) and walks
+ * the keys it can see in blocks of ATT_KB: K and V blocks are converted to
+ * fp32 rows (the fp32 cache is used in place), S^T = K Q^T and O += P V run
+ * as register-tiled GEMMs (attn_gemm_qk, attn_gemm_pv) with keys along rows,
+ * so nothing is transposed per block, and the online-softmax step runs along
+ * the queries (attn_softmax_cols): each row keeps its running max and sum,
+ * and O is rescaled when the max grows. Causal blocks stop at the block's
+ * last visible key; tasks go heaviest first. */
 #define ATT_DEC_MAXQ 4
 #define ATT_DEC_MINKB 32
 #define ATT_DEC_MAXKB 512
@@ -574,8 +577,8 @@ static void attn_dec_merge(const attn_job *j, int n_kb) {
 
 /* Per-thread floats of a prefill task. */
 static size_t attn_pre_scratch(int hd, int ldv) {
-    return (size_t)ATT_QB * hd + (size_t)ATT_QB * ATT_KB + (size_t)hd * ATT_KB + (size_t)ATT_KB * ldv +
-           (size_t)ATT_QB * ldv + 2 * ATT_QB + (size_t)hd;
+    return (size_t)hd * ATT_QB + (size_t)ATT_KB * ATT_QB + (size_t)ATT_KB * hd + (size_t)ATT_KB * ldv +
+           (size_t)ATT_QB * ldv + 4 * (size_t)ATT_QB;
 }
 
 static void attn_pre_task(void *ctx, int64_t task, int tid) {
@@ -584,64 +587,57 @@ static void attn_pre_task(void *ctx, int64_t task, int tid) {
     const cpu_ctx *c = j->c;
     const int H = a->n_heads, hd = a->head_dim, ldv = j->ldv, vl = c->kern.attn_vl;
     const int qb = j->n_qb - 1 - (int)(task / H), h = (int)(task % H); /* the last (longest) blocks first */
-    const int i0 = qb * ATT_QB, nq = a->n_q - i0 < ATT_QB ? a->n_q - i0 : ATT_QB, nqp = (nq + 3) & ~3;
-    float *Q = c->scratch + (size_t)tid * c->scratch_per; /* [ATT_QB][hd], q * scale */
-    float *S = Q + (size_t)ATT_QB * hd;                    /* [ATT_QB][ATT_KB] */
-    float *Kt = S + (size_t)ATT_QB * ATT_KB;               /* [hd][ATT_KB] */
-    float *V = Kt + (size_t)hd * ATT_KB;                   /* [ATT_KB][ldv] */
-    float *O = V + (size_t)ATT_KB * ldv;                   /* [ATT_QB][ldv] */
-    float *m = O + (size_t)ATT_QB * ldv, *l = m + ATT_QB, *buf = l + ATT_QB;
+    const int i0 = qb * ATT_QB, nq = a->n_q - i0 < ATT_QB ? a->n_q - i0 : ATT_QB;
+    const int unit = vl < 4 ? 4 : vl, nqp = (nq + unit - 1) / unit * unit; /* <= ATT_QB (a multiple of 16) */
+    float *Qt = c->scratch + (size_t)tid * c->scratch_per; /* [hd][ATT_QB]: q * scale, transposed */
+    float *St = Qt + (size_t)hd * ATT_QB;                   /* [ATT_KB][ATT_QB]: scores, then probabilities */
+    float *Ks = St + (size_t)ATT_KB * ATT_QB;               /* [ATT_KB][hd]: staged K (F16, Q8) */
+    float *Vs = Ks + (size_t)ATT_KB * hd;                   /* [ATT_KB][ldv]: staged V */
+    float *O = Vs + (size_t)ATT_KB * ldv;                   /* [ATT_QB][ldv] */
+    float *m = O + (size_t)ATT_QB * ldv, *l = m + ATT_QB, *corr = l + ATT_QB, *base = corr + ATT_QB;
     for (int i = 0; i < nqp; i++) {
         const float *qi = a->q + (int64_t)(i0 + i) * a->q_stride + (int64_t)h * hd;
         for (int d = 0; d < hd; d++)
-            Q[i * hd + d] = i < nq ? qi[d] * a->scale : 0.f;
+            Qt[d * ATT_QB + i] = i < nq ? qi[d] * a->scale : 0.f;
         m[i] = -INFINITY;
         l[i] = 0.f;
     }
     memset(O, 0, (size_t)nqp * (size_t)ldv * sizeof(float));
-    const int n_keys = rows_see(a, i0 + nq - 1);
+    const bool f32 = a->kv_type == IDEFICS_KV_F32, v_direct = f32 && ldv == hd;
+    const int n_keys = rows_see(a, i0 + nq - 1), first_see = rows_see(a, i0);
     for (int k0 = 0; k0 < n_keys; k0 += ATT_KB) {
-        const int nt = n_keys - k0 < ATT_KB ? n_keys - k0 : ATT_KB, ntp = (nt + vl - 1) / vl * vl;
-        for (int t = 0; t < nt; t++) {
-            const float *kr = kv_head(c, a, a->k, k0 + t, h, buf);
-            for (int d = 0; d < hd; d++)
-                Kt[d * ATT_KB + t] = kr[d];
-        }
-        for (int d = 0; d < hd; d++)
-            for (int t = nt; t < ntp; t++)
-                Kt[d * ATT_KB + t] = 0.f;
-        c->kern.attn_gemm_qk(Q, hd, nqp, Kt, ATT_KB, ntp, hd, S, ATT_KB);
-        for (int t = 0; t < nt; t++) {
-            float *vr = V + (size_t)t * ldv;
-            const float *src = kv_head(c, a, a->v, k0 + t, h, vr);
-            if (src != vr)
-                memcpy(vr, src, (size_t)hd * sizeof(float));
-            for (int e = hd; e < ldv; e++)
-                vr[e] = 0.f;
-        }
-        for (int i = 0; i < nqp; i++) {
-            float *si = S + (size_t)i * ATT_KB;
-            int see = i < nq ? rows_see(a, i0 + i) - k0 : 0;
-            see = see < 0 ? 0 : see > nt ? nt : see;
-            float mx;
-            const float sum =
-                block_softmax(c, si, see, nt, a->mask && see ? a->mask + (int64_t)(i0 + i) * a->n_kv + k0 : NULL, &mx);
-            if (mx == -INFINITY)
-                continue;
-            if (mx > m[i]) { /* the running max grows: rescale what is summed so far */
-                const float corr = m[i] == -INFINITY ? 0.f : expf(m[i] - mx);
-                l[i] = l[i] * corr + sum;
+        const int nt = n_keys - k0 < ATT_KB ? n_keys - k0 : ATT_KB;
+        /* K: the fp32 cache itself, or its rows converted */
+        const float *K = f32 ? (const float *)a->k + (int64_t)k0 * a->kv_stride + (int64_t)h * hd : Ks;
+        if (!f32)
+            for (int t = 0; t < nt; t++)
+                kv_head(c, a, a->k, k0 + t, h, Ks + (size_t)t * hd);
+        c->kern.attn_gemm_qk(K, f32 ? a->kv_stride : hd, nt, Qt, ATT_QB, nqp, hd, St, ATT_QB);
+        if (a->mask)
+            for (int t = 0; t < nt; t++)
+                for (int i = 0; i < nq; i++)
+                    St[t * ATT_QB + i] += a->mask[(int64_t)(i0 + i) * a->n_kv + k0 + t];
+        if (k0 + nt > first_see) /* a causal edge crosses this block: hide each row's future keys */
+            for (int i = 0; i < nq; i++)
+                for (int t = rows_see(a, i0 + i) - k0; t < nt; t++)
+                    if (t >= 0)
+                        St[t * ATT_QB + i] = -INFINITY;
+        c->kern.attn_softmax_cols(St, ATT_QB, nt, nqp, m, l, corr, base);
+        for (int i = 0; i < nq; i++)
+            if (corr[i] != 1.f)
                 for (int e = 0; e < ldv; e++)
-                    O[(size_t)i * ldv + e] *= corr;
-                m[i] = mx;
-            } else { /* relative to the running max instead */
-                const float corr = expf(mx - m[i]);
-                for (int t = 0; t < see; t++)
-                    si[t] *= corr;
-                l[i] += sum * corr;
+                    O[(size_t)i * ldv + e] *= corr[i];
+        const float *V = v_direct ? (const float *)a->v + (int64_t)k0 * a->kv_stride + (int64_t)h * hd : Vs;
+        if (!v_direct)
+            for (int t = 0; t < nt; t++) {
+                float *vr = Vs + (size_t)t * ldv;
+                const float *src = kv_head(c, a, a->v, k0 + t, h, vr);
+                if (src != vr)
+                    memcpy(vr, src, (size_t)hd * sizeof(float));
+                for (int e = hd; e < ldv; e++)
+                    vr[e] = 0.f;
             }
-        }
-        c->kern.attn_gemm_pv(S, ATT_KB, nqp, V, ldv, nt, ldv, O, ldv);
+        c->kern.attn_gemm_pv(St, ATT_QB, (nq + 3) & ~3, V, v_direct ? a->kv_stride : ldv, nt, ldv, O, ldv);
     }
     for (int i = 0; i < nq; i++) {
         float *out = a->out + (int64_t)(i0 + i) * a->out_stride + (int64_t)h * hd;

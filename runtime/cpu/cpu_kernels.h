@@ -100,19 +100,25 @@ typedef void (*idf_cpu_fp16_fn)(const void *src, int64_t n, float *dst);
  * Decode works on the cache itself, converting F16/Q8 in registers:
  *   qk_row: s[(i * n_heads + h) * s_ld] = dot(q[i * q_stride + h * hd ..], head h)
  *   pv_row: acc[(i * n_heads + h) * hd + e] += p[(i * n_heads + h) * p_ld] * head h [e]
- * for i < nq, h < n_heads. Prefill tiles work on fp32 blocks the caller staged
- * (nq a multiple of 4; nt, ne multiples of attn_vl, padded by the caller):
- *   gemm_qk: S[i * lds + t] = sum_d Q[i * ldq + d] Kt[d * ldk + t], t < nt
- *   gemm_pv: O[i * ldo + e] += sum_t P[i * ldp + t] V[t * ldv + e], e < ne
+ * for i < nq, h < n_heads. Prefill tiles keep keys along rows (no transposed
+ * block; K and V may be the fp32 cache itself, ldk/ldv its row stride):
+ *   gemm_qk: St[t * lds + i] = sum_d K[t * ldk + d] Qt[d * ldq + i], t < nt, i < nq (a multiple of attn_vl)
+ *   gemm_pv: O[i * ldo + e] += sum_t P[t * ldp + i] V[t * ldv + e], i < nq (a multiple of 4), e < ne
+ *            (a multiple of attn_vl)
+ *   softmax_cols: the online-softmax step on St [nt][nq] (-inf = masked): probabilities relative to
+ *            the new running max m[i], l[i] updated, corr[i] = e^(m_old - m_new) for the caller's O
+ *            row i; base: nq floats of scratch
  * softmax_exp: s[t] = exp(s[t] - mx) for t < n (mx >= every s[t], finite); returns the sum. */
 typedef void (*idf_cpu_qk_row_fn)(const void *row, int kv_type, int n_heads, int hd, const float *q, int64_t q_stride,
                                   int nq, float *s, int64_t s_ld);
 typedef void (*idf_cpu_pv_row_fn)(const void *row, int kv_type, int n_heads, int hd, const float *p, int64_t p_ld,
                                   int nq, float *acc);
-typedef void (*idf_cpu_gemm_qk_fn)(const float *Q, int64_t ldq, int nq, const float *Kt, int64_t ldk, int nt, int hd,
-                                   float *S, int64_t lds);
+typedef void (*idf_cpu_gemm_qk_fn)(const float *K, int64_t ldk, int nt, const float *Qt, int64_t ldq, int nq, int hd,
+                                   float *St, int64_t lds);
 typedef void (*idf_cpu_gemm_pv_fn)(const float *P, int64_t ldp, int nq, const float *V, int64_t ldv, int nt, int ne,
                                    float *O, int64_t ldo);
+typedef void (*idf_cpu_softmax_cols_fn)(float *St, int64_t ld, int nt, int nq, float *m, float *l, float *corr,
+                                        float *base);
 typedef float (*idf_cpu_softmax_fn)(float *s, int n, float mx);
 /* Activations in place (vec_f32.inc): gelu (erf form), quick_gelu, and
  * g = silu(g) * u. */
@@ -132,6 +138,7 @@ typedef struct idf_cpu_kernels {
     idf_cpu_pv_row_fn attn_pv_row;
     idf_cpu_gemm_qk_fn attn_gemm_qk;
     idf_cpu_gemm_pv_fn attn_gemm_pv;
+    idf_cpu_softmax_cols_fn attn_softmax_cols;
     int attn_vl; /* fp32 lanes of the attention kernels: the padding unit of gemm_qk's nt and gemm_pv's ne */
     idf_cpu_softmax_fn softmax_exp;
     idf_cpu_act_fn gelu, quick_gelu;

@@ -124,6 +124,7 @@ void idf_cpu_kernels_scalar(idf_cpu_kernels *k) {
         .attn_pv_row = attn_pv_row,
         .attn_gemm_qk = attn_gemm_qk,
         .attn_gemm_pv = attn_gemm_pv,
+        .attn_softmax_cols = attn_softmax_cols,
         .attn_vl = AV_VL,
         .softmax_exp = softmax_exp,
         .gelu = gelu_vec,
