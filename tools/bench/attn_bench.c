@@ -2,8 +2,8 @@
  * attn_bench.c - idefics-attn-bench: the attention op alone at the decoder's
  * shape (LLaMA-7B / IDEFICS-9B: 32 heads of 128), on the fast CPU backend and
  * the reference, for decode (one query row against a cache of D tokens) and
- * prefill (P causal rows), and the cross-attention shape (one row against the
- * latents of 1, 4, 8 images). A program, not a test: it prints figures.
+ * prefill (P causal rows), and the cross-attention shape (one row against an
+ * image's 64 latents). A program, not a test: it prints figures.
  *
  *   idefics-attn-bench [-t THREADS] [-r REPS] [--kv f16|f32|q8] [--heads H] [--hd D]
  *                      [-d 0,512,1700] [-p 512,1700] [--copies N] [--ref]
@@ -11,6 +11,12 @@
  * Decode figures are per call (one layer) and per decode step (x 32 layers),
  * with the KV bytes read per second (each K and V row once is the floor).
  * Each time is the median of REPS calls after one warm-up call.
+ *
+ *   idefics-attn-bench --model FILE.idfx [-t THREADS] [-n TOKENS] [--images 1,4,8]
+ *
+ * The cost of cross-attention per decode step on a real model: decode tok/s
+ * with no image, then with 1, 4, 8 random images encoded into the context
+ * (the decoded tokens attend to the latest image, as after a prompt).
  */
 #include <math.h>
 #include <stdio.h>
@@ -19,6 +25,9 @@
 #include <time.h>
 
 #include "backend.h"
+#include "forward.h"
+#include "idefics.h"
+#include "model.h"
 #include "platform.h"
 #include "quant.h"
 
@@ -116,10 +125,76 @@ static double time_attn(const bench *B, const idf_attn *a0) {
     return v[r / 2];
 }
 
+/* --model: decode tok/s with 0 and then n_img[] images in the context. */
+static int model_mode(const char *path, int threads, int tg, const int *n_img, int ni) {
+    char msg[512];
+    idefics_model_params mp = idefics_model_default_params();
+    mp.n_threads = threads;
+    idefics_model *m = NULL;
+    if (idefics_model_load(path, &mp, &m, msg, sizeof msg) != IDEFICS_OK) {
+        fprintf(stderr, "idefics-attn-bench: %s\n", msg);
+        return 1;
+    }
+    const idf_config *c = &m->cfg;
+    idf_state *st = NULL;
+    idf_err e;
+    idf_err_clear(&e);
+    const size_t np = (size_t)c->v_channels * c->v_image_size * c->v_image_size;
+    float *logits = malloc((size_t)c->n_vocab * sizeof(float)), *pix = rnd(np ? np : 1, 1.0f, 9);
+    int32_t ids[512], img[512];
+    int rc = 1;
+    if (!logits || !pix || tg < 1 || tg > 500)
+        goto out;
+    for (int i = 0; i < tg + 1; i++)
+        ids[i] = (int32_t)((uint32_t)(i * 2654435761u) % c->vocab_size);
+    if (idf_state_create(m, 2048, IDEFICS_KV_F16, threads, &st, &e) != IDEFICS_OK)
+        goto fail;
+    printf("cross-attention cost per decode step: %s, %d threads, %d tokens per run, %u latents per image, "
+           "%u cross blocks\n",
+           path, threads, tg, m->n_img_tokens, c->n_cross);
+    int have = 0;
+    for (int k = -1; k < ni; k++) {
+        const int want = k < 0 ? 0 : n_img[k];
+        if (want > 0 && (!m->w->vl || c->v_layers == 0)) {
+            printf("text-only model: no images\n");
+            break;
+        }
+        for (; have < want; have++) {
+            int slot;
+            if (idf_state_add_image(st, pix, &slot, &e) != IDEFICS_OK)
+                goto fail;
+        }
+        const int32_t sl = want > 0 ? want - 1 : -1;
+        for (int i = 0; i < tg + 1; i++)
+            img[i] = sl;
+        idf_state_truncate(st, 0);
+        if (idf_state_eval(st, ids, img, 1, logits, false, &e) != IDEFICS_OK)
+            goto fail;
+        const double t0 = idf_time_ms();
+        for (int t = 0; t < tg; t++)
+            if (idf_state_eval(st, ids + 1 + t, img + 1 + t, 1, logits, false, &e) != IDEFICS_OK)
+                goto fail;
+        const double ms = (idf_time_ms() - t0) / tg;
+        printf("images in context %d: %8.2f ms/token (%6.2f tok/s)\n", want, ms, 1e3 / ms);
+    }
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "idefics-attn-bench: %s\n", e.msg);
+out:
+    idf_state_free(st);
+    idefics_model_free(m);
+    free(logits);
+    free(pix);
+    return rc;
+}
+
 int main(int argc, char **argv) {
     int threads = 0, reps = 7, copies = 8, heads = 32, hd = 128, layers = 32, kv_type = IDEFICS_KV_F16;
     int depth[8] = {0, 128, 512, 1024, 1700, 2047}, nd = 6, pp[8] = {512, 1700}, np = 2;
     bool ref = false;
+    const char *model = NULL;
+    int n_img[8] = {1, 4, 8}, ni = 3, tg = 16;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--ref")) {
@@ -137,6 +212,12 @@ int main(int argc, char **argv) {
             reps = atoi(v);
         else if (!strcmp(a, "--heads"))
             heads = atoi(v);
+        else if (!strcmp(a, "--model"))
+            model = v;
+        else if (!strcmp(a, "--images"))
+            ni = parse_list(v, n_img, 8);
+        else if (!strcmp(a, "-n"))
+            tg = atoi(v);
         else if (!strcmp(a, "--copies"))
             copies = atoi(v);
         else if (!strcmp(a, "--hd"))
@@ -159,6 +240,8 @@ int main(int argc, char **argv) {
     }
     if (threads <= 0)
         threads = idf_cpu_count();
+    if (model)
+        return ni < 0 ? 2 : model_mode(model, threads, tg, n_img, ni);
     idf_err err;
     idf_backend *b = NULL;
     const idefics_status st =
@@ -209,19 +292,19 @@ int main(int argc, char **argv) {
                "%6.1f GFLOP/s per busy core\n",
                pp[i], ms, ms * layers, layers, flops / (ms * 1e6), last_cpu_ms, flops / (last_cpu_ms * 1e6));
     }
-    /* cross-attention: latents of 1, 4, 8 images (64 each), one decode row; the
-     * forward pass makes one call per image run, so this is per image row. */
-    for (int n_img = 1; n_img <= 8; n_img *= 2) {
-        if (n_img == 2)
+    /* cross-attention, one decode row against 64 latents (one image: a row
+     * attends to its latest image only, so this is the per-layer cost at any
+     * number of images), and 256 / 512 latents for scale */
+    for (int nl = 64; nl <= 512; nl *= 2) {
+        if (nl == 128)
             continue;
-        const idf_attn a = {.n_q = 1, .n_kv = 64 * n_img, .n_heads = heads, .head_dim = hd, .q = q,
+        const idf_attn a = {.n_q = 1, .n_kv = nl, .n_heads = heads, .head_dim = hd, .q = q,
                             .q_stride = row, .k = k, .v = v, .kv_stride = row, .kv_type = kv_type,
                             .scale = 1.0f / sqrtf((float)hd), .out = out, .out_stride = row};
         B.reps = reps;
         B.copies = copies;
         const double ms = time_attn(&B, &a);
-        printf("cross   %d image(s) (%3d latents): %8.4f ms/call; cpu %8.4f ms/call\n", n_img, 64 * n_img, ms,
-               last_cpu_ms);
+        printf("cross   %3d latents: %8.4f ms/call; cpu %8.4f ms/call\n", nl, ms, last_cpu_ms);
     }
     b->free(b);
     free(kf);
