@@ -439,7 +439,7 @@ static idefics_status cpu_layernorm(void *vctx, const float *x, const float *w, 
  * so nothing is transposed per block, and the online-softmax step runs along
  * the queries (attn_softmax_cols): each row keeps its running max and sum,
  * and O is rescaled when the max grows. Causal blocks stop at the block's
- * last visible key; tasks go heaviest first. */
+ * last visible key; tasks go head by head, heaviest first within a head. */
 #define ATT_DEC_MAXQ 4
 #define ATT_DEC_MINKB 32
 #define ATT_DEC_MAXKB 512
@@ -585,8 +585,12 @@ static void attn_pre_task(void *ctx, int64_t task, int tid) {
     const attn_job *j = ctx;
     const idf_attn *a = j->a;
     const cpu_ctx *c = j->c;
-    const int H = a->n_heads, hd = a->head_dim, ldv = j->ldv, vl = c->kern.attn_vl;
-    const int qb = j->n_qb - 1 - (int)(task / H), h = (int)(task % H); /* the last (longest) blocks first */
+    const int hd = a->head_dim, ldv = j->ldv, vl = c->kern.attn_vl;
+    /* Head-major, so the tasks running together share one head's K and V (a
+     * head of 2048 fp16 keys is 1 MB: it stays in L2 across its query blocks
+     * instead of streaming every head's cache once per block); within a head
+     * the last (longest) query blocks first. */
+    const int h = (int)(task / j->n_qb), qb = j->n_qb - 1 - (int)(task % j->n_qb);
     const int i0 = qb * ATT_QB, nq = a->n_q - i0 < ATT_QB ? a->n_q - i0 : ATT_QB;
     const int unit = vl < 4 ? 4 : vl, nqp = (nq + unit - 1) / unit * unit; /* <= ATT_QB (a multiple of 16) */
     float *Qt = c->scratch + (size_t)tid * c->scratch_per; /* [hd][ATT_QB]: q * scale, transposed */

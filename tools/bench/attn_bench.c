@@ -6,8 +6,10 @@
  * image's 64 latents). A program, not a test: it prints figures.
  *
  *   idefics-attn-bench [-t THREADS] [-r REPS] [--kv f16|f32|q8] [--heads H] [--hd D]
- *                      [-d 0,512,1700] [-p 512,1700] [--copies N] [--ref]
+ *                      [-d 0,512,1700] [-p 512,1700] [--chunk 64] [--copies N] [--ref]
  *
+ * Prefill runs as forward.c evaluates a prompt: causal chunks of --chunk rows
+ * (64) against the cache so far.
  * Decode figures are per call (one layer) and per decode step (x 32 layers),
  * with the KV bytes read per second (each K and V row once is the floor).
  * Each time is the median of REPS calls after one warm-up call.
@@ -194,7 +196,7 @@ int main(int argc, char **argv) {
     int depth[8] = {0, 128, 512, 1024, 1700, 2047}, nd = 6, pp[8] = {512, 1700}, np = 2;
     bool ref = false;
     const char *model = NULL;
-    int n_img[8] = {1, 4, 8}, ni = 3, tg = 16;
+    int n_img[8] = {1, 4, 8}, ni = 3, tg = 16, chunk = 64;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--ref")) {
@@ -212,6 +214,8 @@ int main(int argc, char **argv) {
             reps = atoi(v);
         else if (!strcmp(a, "--heads"))
             heads = atoi(v);
+        else if (!strcmp(a, "--chunk"))
+            chunk = atoi(v);
         else if (!strcmp(a, "--model"))
             model = v;
         else if (!strcmp(a, "--images"))
@@ -230,11 +234,12 @@ int main(int argc, char **argv) {
             np = parse_list(v, pp, 8);
         else {
             fprintf(stderr, "usage: idefics-attn-bench [-t N] [-r REPS] [--kv f16|f32|q8] [--heads H] [--hd D] "
-                            "[-d LIST] [-p LIST] [--copies N] [--ref]\n");
+                            "[-d LIST] [-p LIST] [--chunk ROWS] [--copies N] [--ref]\n"
+                            "       idefics-attn-bench --model FILE.idfx [-t N] [-n TOKENS] [--images 1,4,8]\n");
             return 2;
         }
     }
-    if (nd < 0 || np < 0 || reps < 1 || copies < 1 || heads < 1 || hd < 1 || (heads * hd) % 32) {
+    if (nd < 0 || np < 0 || reps < 1 || copies < 1 || chunk < 1 || heads < 1 || hd < 1 || (heads * hd) % 32) {
         fprintf(stderr, "idefics-attn-bench: bad arguments\n");
         return 2;
     }
@@ -281,16 +286,24 @@ int main(int argc, char **argv) {
                depth[i], ms, ms * layers, layers, 2.0 * bytes_per_row * n_kv / (ms * 1e6), last_cpu_ms);
     }
     for (int i = 0; i < np; i++) {
-        const idf_attn a = {.n_q = pp[i], .n_kv = pp[i], .n_heads = heads, .head_dim = hd, .q = q, .q_stride = row,
-                            .k = k, .v = v, .kv_stride = row, .kv_type = kv_type, .scale = 1.0f / sqrtf((float)hd),
-                            .causal = true, .q_pos0 = 0, .out = out, .out_stride = row};
+        /* as forward.c evaluates a prompt: chunks of `chunk` rows (IDF_EVAL_BATCH),
+         * each attending to the cache so far and to itself, causally */
+        double ms = 0, cms = 0;
         B.reps = reps > 3 ? 3 : reps;
         B.copies = 1;
-        const double ms = time_attn(&B, &a);
+        for (int p0 = 0; p0 < pp[i]; p0 += chunk) {
+            const int nq = pp[i] - p0 < chunk ? pp[i] - p0 : chunk;
+            const idf_attn a = {.n_q = nq, .n_kv = p0 + nq, .n_heads = heads, .head_dim = hd,
+                                .q = q + (size_t)p0 * row, .q_stride = row, .k = k, .v = v, .kv_stride = row,
+                                .kv_type = kv_type, .scale = 1.0f / sqrtf((float)hd), .causal = true, .q_pos0 = p0,
+                                .out = out + (size_t)p0 * row, .out_stride = row};
+            ms += time_attn(&B, &a);
+            cms += last_cpu_ms;
+        }
         const double flops = 4.0 * heads * hd * (double)pp[i] * (pp[i] + 1) / 2;
-        printf("prefill %5d rows:  %8.2f ms/layer, %7.1f ms (x%d layers), %6.1f GFLOP/s; cpu %8.2f ms/layer, "
-               "%6.1f GFLOP/s per busy core\n",
-               pp[i], ms, ms * layers, layers, flops / (ms * 1e6), last_cpu_ms, flops / (last_cpu_ms * 1e6));
+        printf("prefill %5d rows (chunks of %d):  %8.2f ms/layer, %7.1f ms (x%d layers), %6.1f GFLOP/s; cpu %8.2f "
+               "ms/layer, %6.1f GFLOP/s per busy core\n",
+               pp[i], chunk, ms, ms * layers, layers, flops / (ms * 1e6), cms, flops / (cms * 1e6));
     }
     /* cross-attention, one decode row against 64 latents (one image: a row
      * attends to its latest image only, so this is the per-layer cost at any
