@@ -19,6 +19,12 @@
  * The cost of cross-attention per decode step on a real model: decode tok/s
  * with no image, then with 1, 4, 8 random images encoded into the context
  * (the decoded tokens attend to the latest image, as after a prompt).
+ *
+ *   idefics-attn-bench --model FILE.idfx --profile [-d 0,512,1700] [-n TOKENS] [--kv f16|q8]
+ *
+ * Decode at each depth (the context filled with that many tokens first), each
+ * step split into matmuls, self-attention, cross-attention and the rest, wall
+ * ms per token, and the process's CPU ms per token (both threads).
  */
 #include <math.h>
 #include <stdio.h>
@@ -127,6 +133,90 @@ static double time_attn(const bench *B, const idf_attn *a0) {
     return v[r / 2];
 }
 
+/* --model profiles: the state's backend with its matmul and attention slots
+ * wrapped by timers (a program's own globals; the library has none). */
+static idefics_status (*real_attn)(void *, const idf_attn *);
+static idefics_status (*real_mm)(void *, const idf_weight *, const float *, const float *, int64_t, float *, int64_t);
+static double t_self, t_cross, t_mm;
+
+static idefics_status prof_attn(void *ctx, const idf_attn *a) {
+    const double t0 = idf_time_ms();
+    const idefics_status st = real_attn(ctx, a);
+    *(a->causal ? &t_self : &t_cross) += idf_time_ms() - t0;
+    return st;
+}
+
+static idefics_status prof_mm(void *ctx, const idf_weight *w, const float *bias, const float *x, int64_t n, float *y,
+                              int64_t ldy) {
+    const double t0 = idf_time_ms();
+    const idefics_status st = real_mm(ctx, w, bias, x, n, y, ldy);
+    t_mm += idf_time_ms() - t0;
+    return st;
+}
+
+/* --model --depth: the context filled with D random tokens (untimed), then tg
+ * decode steps, each split into matmuls, self-attention, cross-attention and
+ * the rest (norms, rope, activations, sampling-free logits), wall and CPU. */
+static int depth_profile(const char *path, int threads, int tg, int kv, const int *depth, int nd) {
+    char msg[512];
+    idefics_model_params mp = idefics_model_default_params();
+    mp.n_threads = threads;
+    idefics_model *m = NULL;
+    if (idefics_model_load(path, &mp, &m, msg, sizeof msg) != IDEFICS_OK) {
+        fprintf(stderr, "idefics-attn-bench: %s\n", msg);
+        return 1;
+    }
+    const idf_config *c = &m->cfg;
+    idf_state *st = NULL;
+    idf_err e;
+    idf_err_clear(&e);
+    int maxd = 0;
+    for (int i = 0; i < nd; i++)
+        maxd = depth[i] > maxd ? depth[i] : maxd;
+    float *logits = malloc((size_t)c->n_vocab * sizeof(float));
+    int32_t *ids = malloc((size_t)(maxd + tg + 1) * sizeof(int32_t));
+    int rc = 1;
+    if (!logits || !ids || tg < 1 || maxd + tg + 1 > 2048)
+        goto out;
+    for (int i = 0; i < maxd + tg + 1; i++)
+        ids[i] = (int32_t)((uint32_t)(i * 2654435761u) % c->vocab_size);
+    if (idf_state_create(m, 2048, (idefics_kv_type)kv, threads, &st, &e) != IDEFICS_OK)
+        goto fail;
+    idf_backend *b = idf_state_backend(st);
+    real_attn = b->attention;
+    real_mm = b->matmul;
+    b->attention = prof_attn;
+    b->matmul = prof_mm;
+    printf("decode profile: %s, %s, %d threads, kv %s, %d tokens per depth (ms per token)\n", path, b->name, threads,
+           kv == IDEFICS_KV_Q8 ? "q8" : kv == IDEFICS_KV_F32 ? "f32" : "f16", tg);
+    printf("%7s %9s %8s %9s %9s %9s %9s %8s\n", "depth", "tok/s", "total", "matmul", "self-att", "cross-att",
+           "other", "cpu");
+    for (int d = 0; d < nd; d++) {
+        idf_state_reset(st);
+        if (depth[d] > 0 && idf_state_eval(st, ids, NULL, depth[d], logits, false, &e) != IDEFICS_OK)
+            goto fail;
+        t_self = t_cross = t_mm = 0;
+        const double c0 = cpu_ms(), t0 = idf_time_ms();
+        for (int t = 0; t < tg; t++)
+            if (idf_state_eval(st, ids + depth[d] + t, NULL, 1, logits, false, &e) != IDEFICS_OK)
+                goto fail;
+        const double tot = (idf_time_ms() - t0) / tg, cpu = (cpu_ms() - c0) / tg;
+        printf("%7d %9.3f %8.2f %9.2f %9.2f %9.2f %9.2f %8.2f\n", depth[d], 1e3 / tot, tot, t_mm / tg, t_self / tg,
+               t_cross / tg, tot - (t_mm + t_self + t_cross) / tg, cpu);
+        fflush(stdout);
+    }
+    rc = 0;
+    goto out;
+fail:
+    fprintf(stderr, "idefics-attn-bench: %s\n", e.msg);
+out:
+    idf_state_free(st);
+    idefics_model_free(m);
+    free(logits);
+    free(ids);
+    return rc;
+}
+
 /* --model: decode tok/s with 0 and then n_img[] images in the context. */
 static int model_mode(const char *path, int threads, int tg, const int *n_img, int ni) {
     char msg[512];
@@ -196,11 +286,16 @@ int main(int argc, char **argv) {
     int depth[8] = {0, 128, 512, 1024, 1700, 2047}, nd = 6, pp[8] = {512, 1700}, np = 2;
     bool ref = false;
     const char *model = NULL;
+    bool profile = false; /* --model with --profile: the depth profile of decode over -d */
     int n_img[8] = {1, 4, 8}, ni = 3, tg = 16, chunk = 64;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--ref")) {
             ref = true;
+            continue;
+        }
+        if (!strcmp(a, "--profile")) {
+            profile = true;
             continue;
         }
         if (!v) {
@@ -235,7 +330,8 @@ int main(int argc, char **argv) {
         else {
             fprintf(stderr, "usage: idefics-attn-bench [-t N] [-r REPS] [--kv f16|f32|q8] [--heads H] [--hd D] "
                             "[-d LIST] [-p LIST] [--chunk ROWS] [--copies N] [--ref]\n"
-                            "       idefics-attn-bench --model FILE.idfx [-t N] [-n TOKENS] [--images 1,4,8]\n");
+                            "       idefics-attn-bench --model FILE.idfx [-t N] [-n TOKENS] [--images 1,4,8]\n"
+                            "       idefics-attn-bench --model FILE.idfx --profile [-d LIST] [-n TOKENS] [--kv f16|q8]\n");
             return 2;
         }
     }
@@ -245,6 +341,8 @@ int main(int argc, char **argv) {
     }
     if (threads <= 0)
         threads = idf_cpu_count();
+    if (model && profile)
+        return depth_profile(model, threads, tg, kv_type, depth, nd);
     if (model)
         return ni < 0 ? 2 : model_mode(model, threads, tg, n_img, ni);
     idf_err err;
