@@ -205,6 +205,8 @@ static int depth_profile(const char *path, int threads, int tg, int kv, const in
                t_cross / tg, tot - (t_mm + t_self + t_cross) / tg, cpu);
         fflush(stdout);
     }
+    printf("peak RSS %.1f MB, anonymous RSS %.1f MB\n", (double)idf_peak_rss_bytes() / 1048576.0,
+           (double)idf_anon_rss_bytes() / 1048576.0);
     rc = 0;
     goto out;
 fail:
