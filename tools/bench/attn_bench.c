@@ -137,20 +137,24 @@ static double time_attn(const bench *B, const idf_attn *a0) {
  * wrapped by timers (a program's own globals; the library has none). */
 static idefics_status (*real_attn)(void *, const idf_attn *);
 static idefics_status (*real_mm)(void *, const idf_weight *, const float *, const float *, int64_t, float *, int64_t);
-static double t_self, t_cross, t_mm;
+/* wall ms and process CPU ms (every thread: on a machine shared with other
+ * jobs, CPU time is what the op itself costs) */
+static double t_self, t_cross, t_mm, c_self, c_cross, c_mm;
 
 static idefics_status prof_attn(void *ctx, const idf_attn *a) {
-    const double t0 = idf_time_ms();
+    const double t0 = idf_time_ms(), c0 = cpu_ms();
     const idefics_status st = real_attn(ctx, a);
     *(a->causal ? &t_self : &t_cross) += idf_time_ms() - t0;
+    *(a->causal ? &c_self : &c_cross) += cpu_ms() - c0;
     return st;
 }
 
 static idefics_status prof_mm(void *ctx, const idf_weight *w, const float *bias, const float *x, int64_t n, float *y,
                               int64_t ldy) {
-    const double t0 = idf_time_ms();
+    const double t0 = idf_time_ms(), c0 = cpu_ms();
     const idefics_status st = real_mm(ctx, w, bias, x, n, y, ldy);
     t_mm += idf_time_ms() - t0;
+    c_mm += cpu_ms() - c0;
     return st;
 }
 
@@ -189,20 +193,21 @@ static int depth_profile(const char *path, int threads, int tg, int kv, const in
     b->matmul = prof_mm;
     printf("decode profile: %s, %s, %d threads, kv %s, %d tokens per depth (ms per token)\n", path, b->name, threads,
            kv == IDEFICS_KV_Q8 ? "q8" : kv == IDEFICS_KV_F32 ? "f32" : "f16", tg);
-    printf("%7s %9s %8s %9s %9s %9s %9s %8s\n", "depth", "tok/s", "total", "matmul", "self-att", "cross-att",
-           "other", "cpu");
+    printf("%7s %9s | wall: %8s %9s %9s %9s %9s | cpu: %8s %9s %9s %9s\n", "depth", "tok/s", "total", "matmul",
+           "self-att", "cross-att", "other", "total", "matmul", "self-att", "cross-att");
     for (int d = 0; d < nd; d++) {
         idf_state_reset(st);
         if (depth[d] > 0 && idf_state_eval(st, ids, NULL, depth[d], logits, false, &e) != IDEFICS_OK)
             goto fail;
-        t_self = t_cross = t_mm = 0;
+        t_self = t_cross = t_mm = c_self = c_cross = c_mm = 0;
         const double c0 = cpu_ms(), t0 = idf_time_ms();
         for (int t = 0; t < tg; t++)
             if (idf_state_eval(st, ids + depth[d] + t, NULL, 1, logits, false, &e) != IDEFICS_OK)
                 goto fail;
         const double tot = (idf_time_ms() - t0) / tg, cpu = (cpu_ms() - c0) / tg;
-        printf("%7d %9.3f %8.2f %9.2f %9.2f %9.2f %9.2f %8.2f\n", depth[d], 1e3 / tot, tot, t_mm / tg, t_self / tg,
-               t_cross / tg, tot - (t_mm + t_self + t_cross) / tg, cpu);
+        printf("%7d %9.3f |       %8.2f %9.2f %9.2f %9.2f %9.2f |      %8.2f %9.2f %9.2f %9.2f\n", depth[d],
+               1e3 / tot, tot, t_mm / tg, t_self / tg, t_cross / tg, tot - (t_mm + t_self + t_cross) / tg, cpu,
+               c_mm / tg, c_self / tg, c_cross / tg);
         fflush(stdout);
     }
     printf("peak RSS %.1f MB, anonymous RSS %.1f MB\n", (double)idf_peak_rss_bytes() / 1048576.0,
