@@ -256,8 +256,13 @@ static int model_mode(const char *path, int threads, int tg, const int *n_img, i
         ids[i] = (int32_t)((uint32_t)(i * 2654435761u) % c->vocab_size);
     if (idf_state_create(m, 2048, IDEFICS_KV_F16, threads, &st, &e) != IDEFICS_OK)
         goto fail;
+    idf_backend *b = idf_state_backend(st);
+    real_attn = b->attention;
+    real_mm = b->matmul;
+    b->attention = prof_attn;
+    b->matmul = prof_mm;
     printf("cross-attention cost per decode step: %s, %d threads, %d tokens per run, %u latents per image, "
-           "%u cross blocks\n",
+           "%u cross blocks (ms per token; cpu = process CPU time, both threads)\n",
            path, threads, tg, m->n_img_tokens, c->n_cross);
     int have = 0;
     for (int k = -1; k < ni; k++) {
@@ -277,12 +282,15 @@ static int model_mode(const char *path, int threads, int tg, const int *n_img, i
         idf_state_truncate(st, 0);
         if (idf_state_eval(st, ids, img, 1, logits, false, &e) != IDEFICS_OK)
             goto fail;
-        const double t0 = idf_time_ms();
+        t_self = t_cross = t_mm = c_self = c_cross = c_mm = 0;
+        const double t0 = idf_time_ms(), c0 = cpu_ms();
         for (int t = 0; t < tg; t++)
             if (idf_state_eval(st, ids + 1 + t, img + 1 + t, 1, logits, false, &e) != IDEFICS_OK)
                 goto fail;
-        const double ms = (idf_time_ms() - t0) / tg;
-        printf("images in context %d: %8.2f ms/token (%6.2f tok/s)\n", want, ms, 1e3 / ms);
+        const double ms = (idf_time_ms() - t0) / tg, cms = (cpu_ms() - c0) / tg;
+        printf("images in context %d: %8.2f ms/token (%6.2f tok/s); cpu %7.2f ms/token: matmul %7.2f, "
+               "cross-attention %6.3f (wall %6.3f), self-attention %6.3f\n",
+               want, ms, 1e3 / ms, cms, c_mm / tg, c_cross / tg, t_cross / tg, c_self / tg);
     }
     rc = 0;
     goto out;
