@@ -47,6 +47,7 @@ static inline float av_hsum256(__m256 v) {
         lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p))));           \
         hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)((p) + 8))));     \
     } while (0)
+#define AV_F16_SCALAR(p) _cvtsh_ss((unsigned short)((p)[0] | ((p)[1] << 8)))
 #include "attn.inc"
 
 #define AI static inline __attribute__((always_inline))

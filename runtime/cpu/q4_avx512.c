@@ -43,6 +43,7 @@
         lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))));           \
         hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)((p) + 16))));    \
     } while (0)
+#define AV_F16_SCALAR(p) _cvtsh_ss((unsigned short)((p)[0] | ((p)[1] << 8)))
 #include "attn.inc"
 
 #define AI static inline __attribute__((always_inline))

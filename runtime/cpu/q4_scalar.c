@@ -35,6 +35,7 @@
         lo = (float)(int8_t)(p)[0];                                                                                    \
         hi = (float)(int8_t)(p)[1];                                                                                    \
     } while (0)
+#define AV_F16_SCALAR(p) idfx_fp16_to_fp32((uint16_t)((p)[0] | ((p)[1] << 8)))
 #include "attn.inc"
 
 static inline float h2f(const uint8_t *p) {
