@@ -48,6 +48,9 @@ typedef struct cpu_ctx {
     char act2_names[128]; /* ACT2_NAMED: comma-separated substrings of weight names */
     float *rx, *ry;
     size_t rx_cap, ry_cap;
+    /* attention: decode's split-K partials and scaled queries */
+    float *att;
+    size_t att_cap;
 } cpu_ctx;
 
 /* Activation precision of Q4/Q8 matmuls (issue 11, point 6). One int8 level
@@ -529,17 +532,54 @@ static idefics_status cpu_layernorm(void *vctx, const float *x, const float *w, 
 
 /* ------------------------------------------------------------- attention */
 
-/* Query rows per task: each K/V row is read (and converted from F16/Q8) once
- * per block of this many query rows instead of once per row. Decode (one
- * query row) still has n_heads tasks to share. */
-#define ATT_QB 8
+/* Two algorithms, both online-softmax (no score matrix over all keys):
+ *
+ * Decode (n_q <= ATT_DEC_MAXQ rows): split-K. The visible keys are cut into
+ * blocks of kb; a task takes one block for every head and every query row and
+ * streams its K rows, then its V rows, straight from the cache (attn_qk_row,
+ * attn_pv_row convert F16/Q8 in registers), row after row in memory order, so
+ * each byte of the cache is read once per call and both cores have work at
+ * any depth. A task leaves, per (row, head), its block's max m_b, sum l_b of
+ * exp(s - m_b) and sum of exp(s - m_b) v; the merge rescales them to the
+ * global max: out = sum_b e^(m_b - M) acc_b / sum_b e^(m_b - M) l_b.
+ *
+ * Prefill (more rows): flash-attention tiles. A task takes one head and one
+ * block of ATT_QB query rows (staged once, transposed and scaled) and walks
+ * the keys it can see in blocks of ATT_KB: K and V blocks are converted to
+ * fp32 rows (the fp32 cache is used in place), S^T = K Q^T and O += P V run
+ * as register-tiled GEMMs (attn_gemm_qk, attn_gemm_pv) with keys along rows,
+ * so nothing is transposed per block, and the online-softmax step runs along
+ * the queries (attn_softmax_cols): each row keeps its running max and sum,
+ * and O is rescaled when the max grows. Causal blocks stop at the block's
+ * last visible key; tasks go head by head, heaviest first within a head. */
+#define ATT_DEC_MAXQ 4
+#define ATT_DEC_MINKB 32
+#define ATT_DEC_MAXKB 512
+#define ATT_QB 64
+#define ATT_KB 64
 
 typedef struct attn_job {
-    cpu_ctx *c;
+    const cpu_ctx *c;
     const idf_attn *a;
-    int n_qb; /* query blocks */
-    size_t per_sc; /* floats of scores per query row */
+    const float *qs; /* decode: q * scale, [n_q][n_heads * head_dim] */
+    float *part;     /* decode: per block [nr] max, [nr] sum, [nr * head_dim] acc; nr = n_q * n_heads */
+    int kb, n_vis;   /* decode: keys per block; keys the last row sees */
+    int n_qb, ldv;   /* prefill: query blocks; row stride of staged V and O (head_dim rounded up to attn_vl) */
 } attn_job;
+
+/* Keys query row i sees. */
+static inline int rows_see(const idf_attn *a, int i) {
+    return a->causal && a->q_pos0 + i + 1 < a->n_kv ? a->q_pos0 + i + 1 : a->n_kv;
+}
+
+/* Row t of a K or V cache. */
+static inline const void *kv_row_ptr(const idf_attn *a, const void *base, int64_t t) {
+    if (a->kv_type == IDEFICS_KV_F32)
+        return (const float *)base + t * a->kv_stride;
+    if (a->kv_type == IDEFICS_KV_F16)
+        return (const uint16_t *)base + t * a->kv_stride;
+    return (const uint8_t *)base + t * a->kv_stride / IDFX_KVQ8_BLOCK * IDFX_KVQ8_BYTES;
+}
 
 /* Elements [off, off + n) of a Q8 KV run (quant.h) as fp32. */
 static void kvq8_range(const uint8_t *base, int64_t off, int n, float *out) {
@@ -556,8 +596,8 @@ static void kvq8_range(const uint8_t *base, int64_t off, int n, float *out) {
     }
 }
 
-/* Row t of head h of a K or V cache as fp32 (a pointer into the cache for F32). */
-static const float *kv_row(const cpu_ctx *c, const idf_attn *a, const void *base, int64_t t, int h, float *buf) {
+/* Head h of row t of a K or V cache as fp32 (a pointer into the cache for F32). */
+static const float *kv_head(const cpu_ctx *c, const idf_attn *a, const void *base, int64_t t, int h, float *buf) {
     const int64_t off = t * a->kv_stride + (int64_t)h * a->head_dim;
     if (a->kv_type == IDEFICS_KV_F32)
         return (const float *)base + off;
@@ -568,58 +608,158 @@ static const float *kv_row(const cpu_ctx *c, const idf_attn *a, const void *base
     return buf;
 }
 
-/* One head x one block of up to ATT_QB query rows: scores for the block, a
- * softmax per row, then the probability-weighted V sum, each K and V row
- * converted once for the whole block. Rows of a causal block see different
- * numbers of keys; scores past a row's last key are set to 0 weight. */
-static void attn_task(void *ctx, int64_t task, int tid) {
+/* Scores of one row over its n visible keys of a block of nt (mask added):
+ * exp(s - mx) in place with zeros past n; returns the sum, 0 (and *mx = -inf)
+ * when nothing is visible. */
+static float block_softmax(const cpu_ctx *c, float *s, int n, int nt, const float *mask, float *mx) {
+    float m = -INFINITY;
+    if (mask)
+        for (int t = 0; t < n; t++)
+            s[t] += mask[t];
+    for (int t = 0; t < n; t++)
+        m = s[t] > m ? s[t] : m;
+    *mx = m;
+    if (n <= 0 || m == -INFINITY) {
+        memset(s, 0, (size_t)nt * sizeof(float));
+        return 0.f;
+    }
+    const float sum = c->kern.softmax_exp(s, n, m);
+    for (int t = n; t < nt; t++)
+        s[t] = 0.f;
+    return sum;
+}
+
+static void attn_dec_task(void *ctx, int64_t b, int tid) {
     const attn_job *j = ctx;
     const idf_attn *a = j->a;
     const cpu_ctx *c = j->c;
-    const int hd = a->head_dim;
-    const int h = (int)(task / j->n_qb), i0 = (int)(task % j->n_qb) * ATT_QB;
-    const int nq = a->n_q - i0 < ATT_QB ? a->n_q - i0 : ATT_QB;
-    float *sc = c->scratch + (size_t)tid * c->scratch_per; /* [ATT_QB][per_sc] */
-    float *buf = sc + ATT_QB * j->per_sc;                   /* [hd] */
-    float *acc = buf + hd;                                  /* [ATT_QB][hd] */
-    int see[ATT_QB], max_see = 0;
+    const int H = a->n_heads, hd = a->head_dim, nq = a->n_q, nr = nq * H;
+    const int t0 = (int)b * j->kb, nt = j->n_vis - t0 < j->kb ? j->n_vis - t0 : j->kb;
+    const int64_t row = (int64_t)H * hd;
+    float *s = c->scratch + (size_t)tid * c->scratch_per; /* [nr][kb] */
+    float *pm = j->part + (size_t)b * (size_t)nr * (size_t)(hd + 2), *pl = pm + nr, *acc = pl + nr;
+    for (int t = 0; t < nt; t++)
+        c->kern.attn_qk_row(kv_row_ptr(a, a->k, t0 + t), a->kv_type, H, hd, j->qs, row, nq, s + t, j->kb);
     for (int i = 0; i < nq; i++) {
-        see[i] = a->n_kv;
-        if (a->causal && a->q_pos0 + i0 + i + 1 < see[i])
-            see[i] = a->q_pos0 + i0 + i + 1;
-        max_see = see[i] > max_see ? see[i] : max_see;
-    }
-    const float *q = a->q + (int64_t)i0 * a->q_stride + (int64_t)h * hd;
-    for (int t = 0; t < max_see; t++)
-        c->kern.attn_dots(kv_row(c, a, a->k, t, h, buf), q, a->q_stride, nq, hd, a->scale, sc + t,
-                          (int64_t)j->per_sc);
-    float inv[ATT_QB];
-    for (int i = 0; i < nq; i++) {
-        float *si = sc + (size_t)i * j->per_sc;
-        if (a->mask) {
-            const float *mi = a->mask + (int64_t)(i0 + i) * a->n_kv;
-            for (int t = 0; t < see[i]; t++)
-                si[t] += mi[t];
+        int see = rows_see(a, i) - t0;
+        see = see < 0 ? 0 : see > nt ? nt : see;
+        for (int h = 0; h < H; h++) {
+            const int r = i * H + h;
+            pl[r] = block_softmax(c, s + (size_t)r * j->kb, see, nt,
+                                  a->mask ? a->mask + (int64_t)i * a->n_kv + t0 : NULL, &pm[r]);
         }
-        float mx = -INFINITY;
-        for (int t = 0; t < see[i]; t++)
-            mx = si[t] > mx ? si[t] : mx;
-        if (see[i] == 0 || mx == -INFINITY) { /* nothing visible: a zero output, like the reference */
-            memset(si, 0, (size_t)max_see * sizeof(float));
-            inv[i] = 0.f;
+    }
+    memset(acc, 0, (size_t)nr * (size_t)hd * sizeof(float));
+    for (int t = 0; t < nt; t++)
+        c->kern.attn_pv_row(kv_row_ptr(a, a->v, t0 + t), a->kv_type, H, hd, s + t, j->kb, nq, acc);
+}
+
+/* The blocks' partial results to the output (split-K merge). */
+static void attn_dec_merge(const attn_job *j, int n_kb) {
+    const idf_attn *a = j->a;
+    const int H = a->n_heads, hd = a->head_dim, nr = a->n_q * H;
+    const size_t per = (size_t)nr * (size_t)(hd + 2);
+    for (int r = 0; r < nr; r++) {
+        float *out = a->out + (int64_t)(r / H) * a->out_stride + (int64_t)(r % H) * hd;
+        float M = -INFINITY;
+        for (int b = 0; b < n_kb; b++) {
+            const float m = j->part[b * per + (size_t)r];
+            M = m > M ? m : M;
+        }
+        for (int e = 0; e < hd; e++)
+            out[e] = 0.f;
+        if (M == -INFINITY) /* nothing visible: a zero output, like the reference */
             continue;
+        float L = 0.f;
+        for (int b = 0; b < n_kb; b++) {
+            const float *pm = j->part + b * per;
+            if (pm[r] == -INFINITY)
+                continue;
+            const float w = expf(pm[r] - M);
+            const float *acc = pm + 2 * nr + (size_t)r * hd;
+            L += w * pm[nr + r];
+            for (int e = 0; e < hd; e++)
+                out[e] += w * acc[e];
         }
-        inv[i] = 1.0f / c->kern.softmax_exp(si, see[i], mx);
-        for (int t = see[i]; t < max_see; t++)
-            si[t] = 0.f;
+        const float inv = 1.0f / L;
+        for (int e = 0; e < hd; e++)
+            out[e] *= inv;
     }
-    memset(acc, 0, (size_t)nq * (size_t)hd * sizeof(float));
-    for (int t = 0; t < max_see; t++)
-        c->kern.attn_axpy(kv_row(c, a, a->v, t, h, buf), sc + t, (int64_t)j->per_sc, nq, hd, acc);
+}
+
+/* Per-thread floats of a prefill task. */
+static size_t attn_pre_scratch(int hd, int ldv) {
+    return (size_t)hd * ATT_QB + (size_t)ATT_KB * ATT_QB + (size_t)ATT_KB * hd + (size_t)ATT_KB * ldv +
+           (size_t)ATT_QB * ldv + 4 * (size_t)ATT_QB;
+}
+
+static void attn_pre_task(void *ctx, int64_t task, int tid) {
+    const attn_job *j = ctx;
+    const idf_attn *a = j->a;
+    const cpu_ctx *c = j->c;
+    const int hd = a->head_dim, ldv = j->ldv, vl = c->kern.attn_vl;
+    /* Head-major, so the tasks running together share one head's K and V (a
+     * head of 2048 fp16 keys is 1 MB: it stays in L2 across its query blocks
+     * instead of streaming every head's cache once per block); within a head
+     * the last (longest) query blocks first. */
+    const int h = (int)(task / j->n_qb), qb = j->n_qb - 1 - (int)(task % j->n_qb);
+    const int i0 = qb * ATT_QB, nq = a->n_q - i0 < ATT_QB ? a->n_q - i0 : ATT_QB;
+    const int unit = vl < 4 ? 4 : vl, nqp = (nq + unit - 1) / unit * unit; /* <= ATT_QB (a multiple of 16) */
+    float *Qt = c->scratch + (size_t)tid * c->scratch_per; /* [hd][ATT_QB]: q * scale, transposed */
+    float *St = Qt + (size_t)hd * ATT_QB;                   /* [ATT_KB][ATT_QB]: scores, then probabilities */
+    float *Ks = St + (size_t)ATT_KB * ATT_QB;               /* [ATT_KB][hd]: staged K (F16, Q8) */
+    float *Vs = Ks + (size_t)ATT_KB * hd;                   /* [ATT_KB][ldv]: staged V */
+    float *O = Vs + (size_t)ATT_KB * ldv;                   /* [ATT_QB][ldv] */
+    float *m = O + (size_t)ATT_QB * ldv, *l = m + ATT_QB, *corr = l + ATT_QB, *base = corr + ATT_QB;
+    for (int i = 0; i < nqp; i++) {
+        const float *qi = a->q + (int64_t)(i0 + i) * a->q_stride + (int64_t)h * hd;
+        for (int d = 0; d < hd; d++)
+            Qt[d * ATT_QB + i] = i < nq ? qi[d] * a->scale : 0.f;
+        m[i] = -INFINITY;
+        l[i] = 0.f;
+    }
+    memset(O, 0, (size_t)nqp * (size_t)ldv * sizeof(float));
+    const bool f32 = a->kv_type == IDEFICS_KV_F32, v_direct = f32 && ldv == hd;
+    const int n_keys = rows_see(a, i0 + nq - 1), first_see = rows_see(a, i0);
+    for (int k0 = 0; k0 < n_keys; k0 += ATT_KB) {
+        const int nt = n_keys - k0 < ATT_KB ? n_keys - k0 : ATT_KB;
+        /* K: the fp32 cache itself, or its rows converted */
+        const float *K = f32 ? (const float *)a->k + (int64_t)k0 * a->kv_stride + (int64_t)h * hd : Ks;
+        if (!f32)
+            for (int t = 0; t < nt; t++)
+                kv_head(c, a, a->k, k0 + t, h, Ks + (size_t)t * hd);
+        c->kern.attn_gemm_qk(K, f32 ? a->kv_stride : hd, nt, Qt, ATT_QB, nqp, hd, St, ATT_QB);
+        if (a->mask)
+            for (int t = 0; t < nt; t++)
+                for (int i = 0; i < nq; i++)
+                    St[t * ATT_QB + i] += a->mask[(int64_t)(i0 + i) * a->n_kv + k0 + t];
+        if (k0 + nt > first_see) /* a causal edge crosses this block: hide each row's future keys */
+            for (int i = 0; i < nq; i++)
+                for (int t = rows_see(a, i0 + i) - k0; t < nt; t++)
+                    if (t >= 0)
+                        St[t * ATT_QB + i] = -INFINITY;
+        c->kern.attn_softmax_cols(St, ATT_QB, nt, nqp, m, l, corr, base);
+        for (int i = 0; i < nq; i++)
+            if (corr[i] != 1.f)
+                for (int e = 0; e < ldv; e++)
+                    O[(size_t)i * ldv + e] *= corr[i];
+        const float *V = v_direct ? (const float *)a->v + (int64_t)k0 * a->kv_stride + (int64_t)h * hd : Vs;
+        if (!v_direct)
+            for (int t = 0; t < nt; t++) {
+                float *vr = Vs + (size_t)t * ldv;
+                const float *src = kv_head(c, a, a->v, k0 + t, h, vr);
+                if (src != vr)
+                    memcpy(vr, src, (size_t)hd * sizeof(float));
+                for (int e = hd; e < ldv; e++)
+                    vr[e] = 0.f;
+            }
+        c->kern.attn_gemm_pv(St, ATT_QB, (nq + 3) & ~3, V, v_direct ? a->kv_stride : ldv, nt, ldv, O, ldv);
+    }
     for (int i = 0; i < nq; i++) {
         float *out = a->out + (int64_t)(i0 + i) * a->out_stride + (int64_t)h * hd;
+        const float inv = l[i] > 0.f ? 1.0f / l[i] : 0.f;
         for (int d = 0; d < hd; d++)
-            out[d] = acc[i * hd + d] * inv[i];
+            out[d] = O[(size_t)i * ldv + d] * inv;
     }
 }
 
@@ -636,9 +776,41 @@ static idefics_status cpu_attention(void *vctx, const idf_attn *a) {
         return IDEFICS_ERR_INVALID_ARG;
     if (a->n_q == 0)
         return IDEFICS_OK;
-    attn_job j = {c, a, (a->n_q + ATT_QB - 1) / ATT_QB, (size_t)(a->n_kv > 0 ? a->n_kv : 1)};
-    IDF_FORWARD(ensure_scratch(c, ATT_QB * j.per_sc + (1 + ATT_QB) * (size_t)a->head_dim));
-    idf_pool_run(pool_for(c, (int64_t)a->n_q * a->n_kv * row), (int64_t)a->n_heads * j.n_qb, attn_task, &j);
+    attn_job j = {.c = c, .a = a};
+    if (a->n_q <= ATT_DEC_MAXQ) {
+        j.n_vis = rows_see(a, a->n_q - 1);
+        const int target = 4 * c->n_threads;
+        int kb = (j.n_vis + target - 1) / target;
+        kb = (kb + 15) & ~15;
+        j.kb = kb < ATT_DEC_MINKB ? ATT_DEC_MINKB : kb > ATT_DEC_MAXKB ? ATT_DEC_MAXKB : kb;
+        const int n_kb = (j.n_vis + j.kb - 1) / j.kb;
+        const size_t nr = (size_t)a->n_q * (size_t)a->n_heads;
+        /* partials, then the scaled queries */
+        const size_t need = (size_t)n_kb * nr * ((size_t)a->head_dim + 2) + (size_t)a->n_q * (size_t)row;
+        if (need > c->att_cap) {
+            float *p = idf_malloc(&c->alloc, need * sizeof(float));
+            if (!p)
+                return IDEFICS_ERR_OUT_OF_MEMORY;
+            idf_free(&c->alloc, c->att);
+            c->att = p;
+            c->att_cap = need;
+        }
+        IDF_FORWARD(ensure_scratch(c, nr * (size_t)j.kb));
+        j.part = c->att;
+        float *qs = c->att + (size_t)n_kb * nr * ((size_t)a->head_dim + 2);
+        for (int i = 0; i < a->n_q; i++)
+            for (int64_t e = 0; e < row; e++)
+                qs[i * row + e] = a->q[i * a->q_stride + e] * a->scale;
+        j.qs = qs;
+        idf_pool_run(n_kb > 1 ? pool_for(c, (int64_t)a->n_q * j.n_vis * row) : NULL, n_kb, attn_dec_task, &j);
+        attn_dec_merge(&j, n_kb);
+        return IDEFICS_OK;
+    }
+    const int vl = c->kern.attn_vl;
+    j.n_qb = (a->n_q + ATT_QB - 1) / ATT_QB;
+    j.ldv = (a->head_dim + vl - 1) / vl * vl;
+    IDF_FORWARD(ensure_scratch(c, attn_pre_scratch(a->head_dim, j.ldv)));
+    idf_pool_run(pool_for(c, (int64_t)a->n_q * a->n_kv * row), (int64_t)a->n_heads * j.n_qb, attn_pre_task, &j);
     return IDEFICS_OK;
 }
 
@@ -701,6 +873,7 @@ static void cpu_free(idf_backend *b) {
     idf_alloc al = c->alloc;
     idf_pool_free(c->pool);
     idf_free(&al, c->scratch);
+    idf_free(&al, c->att);
     idf_free(&al, c->aq);
     idf_free(&al, c->ad);
     idf_free(&al, c->ac);

@@ -47,6 +47,8 @@ enum {
     K_ROPE,
     K_ATTN_F32,
     K_ATTN_F16,
+    K_ATTN_Q8,
+    K_ATTN_MERGE,
     K_GELU,
     K_QUICK_GELU,
     K_RELU,
@@ -59,7 +61,8 @@ enum {
 
 static const char *const kernel_names[K_COUNT] = {
     "matmul_q4", "matmul_q4_nb1", "matmul_q8",  "matmul_q8_nb1", "matmul_f",      "matmul_f_nb1", "gemm_tiled",
-    "get_rows",  "rmsnorm",       "layernorm",  "rope",          "attention_f32", "attention_f16", "gelu",
+    "get_rows",  "rmsnorm",       "layernorm",  "rope",          "attention_f32", "attention_f16",
+    "attention_q8", "attention_merge", "gelu",
     "quick_gelu", "relu",         "silu_mul",   "add",           "scale",         "gated_add"};
 
 #define MAX_PIECES 8 /* mapped ranges per registered buffer; more: the buffer is mapped whole */
@@ -457,6 +460,28 @@ static void account(ocl_ctx *c, idf_op op, double t0, uint64_t rd, uint64_t wrd)
 
 /* ------------------------------------------------------------ supports_op */
 
+
+/* attention.cl's kernel for a KV type. */
+static int attn_kernel(int kv_type) {
+    return kv_type == IDEFICS_KV_F32 ? K_ATTN_F32 : kv_type == IDEFICS_KV_F16 ? K_ATTN_F16 : K_ATTN_Q8;
+}
+
+/* attention.cl's size rule: the tuning's wg_attn, halved until it fits both
+ * kernels' work-group limits and the query head plus two wg-float reduction
+ * arrays fit the local memory left to the kernel; each work-item owns at most
+ * ATT_MAXD (4) output dimensions, so head_dim <= 4 wg. 0 = no size fits (the
+ * op is declined and runs on the CPU). */
+static size_t attn_wg(const ocl_ctx *c, int ki, int64_t head_dim) {
+    size_t wg = c->dev->tune.wg_attn;
+    while (wg > 1 && (wg > c->kmax_wg[ki] || wg > c->kmax_wg[K_ATTN_MERGE] ||
+                      (uint64_t)(head_dim + 2 * (int64_t)wg) * 4 > c->klocal[ki]))
+        wg /= 2;
+    if (wg > c->kmax_wg[ki] || wg > c->kmax_wg[K_ATTN_MERGE] || (uint64_t)head_dim > 4 * (uint64_t)wg ||
+        (uint64_t)(head_dim + 2 * (int64_t)wg) * 4 > c->klocal[ki])
+        return 0;
+    return wg;
+}
+
 static bool ocl_supports(void *vctx, const idf_op_desc *d) {
     ocl_ctx *c = vctx;
     switch (d->op) {
@@ -479,10 +504,9 @@ static bool ocl_supports(void *vctx, const idf_op_desc *d) {
             return false;
         return (uint64_t)d->n * (uint64_t)d->k * 4 <= c->dev->probe.max_alloc;
     }
-    case IDF_OP_ATTENTION: /* attention.cl's size rule: the query head and one work-item's share in local memory */
-        return (d->kv_type == IDEFICS_KV_F32 || d->kv_type == IDEFICS_KV_F16) && d->k > 0 &&
-               (uint64_t)(d->k + 1) * sizeof(float) <=
-                   c->klocal[d->kv_type == IDEFICS_KV_F32 ? K_ATTN_F32 : K_ATTN_F16];
+    case IDF_OP_ATTENTION: /* attention.cl's size rule (attn_wg) */
+        return (d->kv_type == IDEFICS_KV_F32 || d->kv_type == IDEFICS_KV_F16 || d->kv_type == IDEFICS_KV_Q8) &&
+               d->k > 0 && attn_wg(c, attn_kernel(d->kv_type), d->k) > 0;
     default:
         return d->op < IDF_OP_COUNT;
     }
@@ -811,42 +835,53 @@ static idefics_status ocl_rope(void *vctx, float *x, int64_t n, int64_t stride, 
 
 /* -------------------------------------------------------------- attention */
 
+/* Keys per work-group of attention_* (the split across the sequence, as on
+ * the CPU): a decode row at depth 1700 gives 32 heads x 7 groups. */
+#define OCL_ATT_KB 256
+
 static idefics_status ocl_attention(void *vctx, const idf_attn *a) {
     ocl_ctx *c = vctx;
     if (!a || !a->q || !a->k || !a->v || !a->out || a->n_q < 0 || a->n_kv < 0 || a->n_heads <= 0 || a->head_dim <= 0 ||
-        (a->kv_type != IDEFICS_KV_F32 && a->kv_type != IDEFICS_KV_F16) || (a->causal && a->q_pos0 < 0))
+        (a->kv_type != IDEFICS_KV_F32 && a->kv_type != IDEFICS_KV_F16 && a->kv_type != IDEFICS_KV_Q8) ||
+        (a->causal && a->q_pos0 < 0))
         return IDEFICS_ERR_INVALID_ARG;
     const int64_t row = (int64_t)a->n_heads * a->head_dim;
     if (a->q_stride < row || a->kv_stride < row || a->out_stride < row)
         return IDEFICS_ERR_INVALID_ARG;
+    if (a->kv_type == IDEFICS_KV_Q8 && a->kv_stride % IDFX_KVQ8_BLOCK)
+        return IDEFICS_ERR_INVALID_ARG;
     if (a->n_q == 0)
         return IDEFICS_OK;
     op_begin(c);
+    /* keys the last (widest) row sees: the split covers these */
+    const int64_t n_vis = a->causal && (int64_t)a->q_pos0 + a->n_q < a->n_kv ? (int64_t)a->q_pos0 + a->n_q : a->n_kv;
+    const uint64_t nb = n_vis > 0 ? (uint64_t)(n_vis + OCL_ATT_KB - 1) / OCL_ATT_KB : 1;
     const uint64_t qe = (uint64_t)(a->n_q - 1) * (uint64_t)a->q_stride + (uint64_t)row,
                    oe = (uint64_t)(a->n_q - 1) * (uint64_t)a->out_stride + (uint64_t)row,
                    kve = a->n_kv ? (uint64_t)(a->n_kv - 1) * (uint64_t)a->kv_stride + (uint64_t)row : 0,
-                   se = (uint64_t)a->n_q * (uint64_t)a->n_heads * (uint64_t)(a->n_kv ? a->n_kv : 1);
-    const size_t kvel = a->kv_type == IDEFICS_KV_F32 ? 4 : 2;
+                   pe = (uint64_t)a->n_q * (uint64_t)a->n_heads * nb * (uint64_t)(a->head_dim + 2);
+    /* bytes of the kve elements of a K or V run */
+    const uint64_t kvbytes = a->kv_type == IDEFICS_KV_F32   ? kve * 4
+                             : a->kv_type == IDEFICS_KV_F16 ? kve * 2
+                                                            : (kve + IDFX_KVQ8_BLOCK - 1) / IDFX_KVQ8_BLOCK * IDFX_KVQ8_BYTES;
     if (qe >= (uint64_t)MAX_ELEMS || oe >= (uint64_t)MAX_ELEMS || kve >= (uint64_t)MAX_ELEMS ||
-        se >= (uint64_t)MAX_ELEMS || (uint64_t)a->n_q * a->n_kv >= (uint64_t)MAX_ELEMS)
+        pe >= (uint64_t)MAX_ELEMS || (uint64_t)a->n_q * a->n_kv >= (uint64_t)MAX_ELEMS)
         return IDEFICS_ERR_UNSUPPORTED;
-    size_t wg = c->dev->tune.wg_attn;
-    const int ki = a->kv_type == IDEFICS_KV_F32 ? K_ATTN_F32 : K_ATTN_F16;
-    while (wg > 1 && (wg > c->kmax_wg[ki] || (uint64_t)(a->head_dim + wg) * 4 > c->klocal[ki]))
-        wg /= 2;
-    if ((uint64_t)(a->head_dim + wg) * 4 > c->klocal[ki])
+    const int ki = attn_kernel(a->kv_type);
+    const size_t wg = attn_wg(c, ki, a->head_dim);
+    if (!wg)
         return IDEFICS_ERR_UNSUPPORTED;
     const double t0 = idf_time_ms();
-    if (se * 4 > c->scores_bytes) {
+    if (pe * 4 > c->scores_bytes) {
         /* the old scratch may still be in use by an enqueued kernel: released
          * (deferred by the driver) and replaced */
         rel(c, c->scores);
         cl_int e = CL_SUCCESS;
-        c->scores = c->cl->clCreateBuffer(c->dev->ctx, CL_MEM_READ_WRITE, (size_t)se * 4, NULL, &e);
-        c->scores_bytes = c->scores ? (size_t)se * 4 : 0;
+        c->scores = c->cl->clCreateBuffer(c->dev->ctx, CL_MEM_READ_WRITE, (size_t)pe * 4, NULL, &e);
+        c->scores_bytes = c->scores ? (size_t)pe * 4 : 0;
         if (!c->scores)
             return cl_fail(note(c, e != CL_SUCCESS ? e : CL_MEM_OBJECT_ALLOCATION_FAILURE,
-                                "clCreateBuffer (attention scores)", (size_t)se * 4));
+                                "clCreateBuffer (attention partials)", (size_t)pe * 4));
     }
     opmem om = {0};
     barg qb, ob, kb = {c->dummy, 0}, vb = {c->dummy, 0}, mb = {c->dummy, 0};
@@ -854,25 +889,31 @@ static idefics_status ocl_attention(void *vctx, const idf_attn *a) {
     if (e == CL_SUCCESS)
         e = bind(c, &om, a->q, (size_t)qe * 4, false, &qb);
     if (e == CL_SUCCESS && kve)
-        e = bind(c, &om, a->k, (size_t)kve * kvel, false, &kb);
+        e = bind(c, &om, a->k, (size_t)kvbytes, false, &kb);
     if (e == CL_SUCCESS && kve)
-        e = bind(c, &om, a->v, (size_t)kve * kvel, false, &vb);
+        e = bind(c, &om, a->v, (size_t)kvbytes, false, &vb);
     if (e == CL_SUCCESS && a->mask)
         e = bind(c, &om, a->mask, (size_t)a->n_q * (size_t)a->n_kv * 4, false, &mb);
     if (e == CL_SUCCESS) {
         const cl_uint qs = (cl_uint)a->q_stride, kvs = (cl_uint)a->kv_stride, nkv = (cl_uint)a->n_kv,
-                      hd = (cl_uint)a->head_dim, causal = a->causal, hm = a->mask != NULL, os = (cl_uint)a->out_stride;
+                      hd = (cl_uint)a->head_dim, causal = a->causal, hm = a->mask != NULL, os = (cl_uint)a->out_stride,
+                      kbl = OCL_ATT_KB, nbl = (cl_uint)nb;
         const cl_int p0 = a->q_pos0;
         const float scale = a->scale;
-        const size_t g[2] = {(size_t)a->n_heads * wg, (size_t)a->n_q}, l[2] = {wg, 1};
-        karg args[22] = {KB(qb),     KA(qs), KB(kb),        KB(vb),   KA(kvs), KA(nkv),
-                         KA(hd),     KA(scale), KA(causal), KA(p0),   KB(mb),  KA(hm),
-                         KB(ob),     KA(os), KA(c->scores), KL(hd * sizeof(float)), KL(wg * sizeof(float))};
-        e = launch(c, ki, args, 22, 2, g, l);
+        const size_t g[3] = {(size_t)a->n_heads * wg, (size_t)a->n_q, (size_t)nb}, l[3] = {wg, 1, 1};
+        karg args[21] = {KB(qb),    KA(qs),    KB(kb),     KB(vb),  KA(kvs), KA(nkv),
+                         KA(hd),    KA(scale), KA(causal), KA(p0),  KB(mb),  KA(hm),
+                         KA(c->scores), KA(kbl), KL(hd * sizeof(float)), KL(wg * sizeof(float)),
+                         KL(wg * sizeof(float))};
+        e = launch(c, ki, args, 21, 3, g, l);
+        if (e == CL_SUCCESS) {
+            karg margs[6] = {KA(c->scores), KA(nbl), KA(hd), KB(ob), KA(os)};
+            e = launch(c, K_ATTN_MERGE, margs, 6, 2, g, l);
+        }
     }
     if ((e = op_end(c, &om, e)) != CL_SUCCESS)
         return cl_fail(e);
-    account(c, IDF_OP_ATTENTION, t0, (uint64_t)a->n_q * (uint64_t)row * 4 + 2 * (uint64_t)a->n_q * kve * kvel, 0);
+    account(c, IDF_OP_ATTENTION, t0, (uint64_t)a->n_q * (uint64_t)row * 4 + 2 * kvbytes, 0);
     return IDEFICS_OK;
 }
 

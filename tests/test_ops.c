@@ -199,6 +199,39 @@ static const op_case cases[] = {
      .heads = 2,
      .pos0 = 69,
      .flags = F_CAUSAL},
+    /* the CPU backend's two attention algorithms (backend_cpu.c). Decode
+     * (n_q <= 4): split-K over blocks of 32-512 keys with a merge, straight on
+     * F16/Q8 rows; long odd caches (many blocks, a partial last one), head
+     * sizes off the vector width, Q8 heads inside a block, a mask, rows of one
+     * call seeing different key counts. Prefill: 64 x 64 flash tiles; several
+     * query and key blocks, partial ones, causal with an offset, the vision
+     * tower's 257 tokens with heads of 80, the perceiver's 64 latents. */
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F16, .n = 1, .m = 1701, .k = 128, .heads = 3, .pos0 = 1700,
+     .flags = F_CAUSAL},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F32, .n = 1, .m = 333, .k = 64, .heads = 3},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_Q8, .n = 1, .m = 515, .k = 128, .heads = 2, .pos0 = 514,
+     .flags = F_CAUSAL | F_STRIDE},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_Q8, .n = 2, .m = 97, .k = 16, .heads = 4, .pos0 = 95,
+     .flags = F_CAUSAL},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F16, .n = 3, .m = 200, .k = 32, .heads = 2, .flags = F_MASK},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F16, .n = 4, .m = 100, .k = 40, .heads = 2, .pos0 = 96,
+     .flags = F_CAUSAL | F_STRIDE},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F32, .n = 1, .m = 64, .k = 128, .heads = 4},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F16, .n = 130, .m = 130, .k = 128, .heads = 2, .pos0 = 0,
+     .flags = F_CAUSAL},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F32, .n = 257, .m = 257, .k = 80, .heads = 2},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_Q8, .n = 70, .m = 150, .k = 32, .heads = 2, .pos0 = 80,
+     .flags = F_CAUSAL | F_STRIDE},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F32, .n = 65, .m = 100, .k = 24, .heads = 2, .flags = F_MASK},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F32, .n = 64, .m = 321, .k = 96, .heads = 2},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_Q8, .n = 33, .m = 70, .k = 16, .heads = 4, .pos0 = 37,
+     .flags = F_CAUSAL},
+    /* the OpenCL split across the sequence (256 keys per work-group): several
+     * blocks, and causal rows that see none of the later blocks */
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_F16, .n = 5, .m = 600, .k = 64, .heads = 2, .pos0 = 595,
+     .flags = F_CAUSAL},
+    {.op = IDF_OP_ATTENTION, .kv_type = IDEFICS_KV_Q8, .n = 300, .m = 300, .k = 32, .heads = 1, .pos0 = 0,
+     .flags = F_CAUSAL},
     /* elementwise */
     {.op = IDF_OP_GELU, .n = 1, .k = 1000},
     {.op = IDF_OP_QUICK_GELU, .n = 1, .k = 37},

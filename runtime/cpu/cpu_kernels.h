@@ -94,14 +94,31 @@ typedef void (*idf_cpu_quant_fn)(const float *x, int64_t r0, int64_t n, idf_qact
 /* n IEEE fp16 values (little-endian, any alignment) to fp32: exact. */
 typedef void (*idf_cpu_fp16_fn)(const void *src, int64_t n, float *dst);
 
-/* Attention inner loops (vec_f32.inc), one key or value row against a block of
- * nq query rows of one head (d floats each):
- *   dots: s[i * s_stride] = scale * dot(q + i * q_stride, k)
- *   axpy: acc[i * d + e] += p[i * p_stride] * v[e]
- *   softmax_exp: s[t] = exp(s[t] - mx) for t < n (mx >= every s[t]); returns the sum */
-typedef void (*idf_cpu_dots_fn)(const float *k, const float *q, int64_t q_stride, int nq, int d, float scale, float *s,
-                                int64_t s_stride);
-typedef void (*idf_cpu_axpy_fn)(const float *v, const float *p, int64_t p_stride, int nq, int d, float *acc);
+/* Attention kernels (attn.inc; backend_cpu.c has the algorithm). A KV row is
+ * n_heads * hd elements of kv_type (idefics_kv_type) at `row` (Q8: the row
+ * starts on a quant.h block); head h is elements [h * hd, (h + 1) * hd).
+ * Decode works on the cache itself, converting F16/Q8 in registers:
+ *   qk_row: s[(i * n_heads + h) * s_ld] = dot(q[i * q_stride + h * hd ..], head h)
+ *   pv_row: acc[(i * n_heads + h) * hd + e] += p[(i * n_heads + h) * p_ld] * head h [e]
+ * for i < nq, h < n_heads. Prefill tiles keep keys along rows (no transposed
+ * block; K and V may be the fp32 cache itself, ldk/ldv its row stride):
+ *   gemm_qk: St[t * lds + i] = sum_d K[t * ldk + d] Qt[d * ldq + i], t < nt, i < nq (a multiple of attn_vl)
+ *   gemm_pv: O[i * ldo + e] += sum_t P[t * ldp + i] V[t * ldv + e], i < nq (a multiple of 4), e < ne
+ *            (a multiple of attn_vl)
+ *   softmax_cols: the online-softmax step on St [nt][nq] (-inf = masked): probabilities relative to
+ *            the new running max m[i], l[i] updated, corr[i] = e^(m_old - m_new) for the caller's O
+ *            row i; base: nq floats of scratch
+ * softmax_exp: s[t] = exp(s[t] - mx) for t < n (mx >= every s[t], finite); returns the sum. */
+typedef void (*idf_cpu_qk_row_fn)(const void *row, int kv_type, int n_heads, int hd, const float *q, int64_t q_stride,
+                                  int nq, float *s, int64_t s_ld);
+typedef void (*idf_cpu_pv_row_fn)(const void *row, int kv_type, int n_heads, int hd, const float *p, int64_t p_ld,
+                                  int nq, float *acc);
+typedef void (*idf_cpu_gemm_qk_fn)(const float *K, int64_t ldk, int nt, const float *Qt, int64_t ldq, int nq, int hd,
+                                   float *St, int64_t lds);
+typedef void (*idf_cpu_gemm_pv_fn)(const float *P, int64_t ldp, int nq, const float *V, int64_t ldv, int nt, int ne,
+                                   float *O, int64_t ldo);
+typedef void (*idf_cpu_softmax_cols_fn)(float *St, int64_t ld, int nt, int nq, float *m, float *l, float *corr,
+                                        float *base);
 typedef float (*idf_cpu_softmax_fn)(float *s, int n, float mx);
 /* Activations in place (vec_f32.inc): gelu (erf form), quick_gelu, and
  * g = silu(g) * u. */
@@ -117,8 +134,12 @@ typedef struct idf_cpu_kernels {
     idf_cpu_f32_fn f32_block;
     idf_cpu_quant_fn quant;
     idf_cpu_fp16_fn fp16_row;
-    idf_cpu_dots_fn attn_dots;
-    idf_cpu_axpy_fn attn_axpy;
+    idf_cpu_qk_row_fn attn_qk_row;
+    idf_cpu_pv_row_fn attn_pv_row;
+    idf_cpu_gemm_qk_fn attn_gemm_qk;
+    idf_cpu_gemm_pv_fn attn_gemm_pv;
+    idf_cpu_softmax_cols_fn attn_softmax_cols;
+    int attn_vl; /* fp32 lanes of the attention kernels: the padding unit of gemm_qk's nt and gemm_pv's ne */
     idf_cpu_softmax_fn softmax_exp;
     idf_cpu_act_fn gelu, quick_gelu;
     idf_cpu_silu_mul_fn silu_mul;

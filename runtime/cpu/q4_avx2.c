@@ -23,6 +23,33 @@
 #include "f32_block.inc"
 #include "vec_f32.inc"
 
+/* attn.inc over 8-lane ymm vectors (16 registers: tiles of 4 x 2) */
+static inline float av_hsum256(__m256 v) {
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+#define AV_T __m256
+#define AV_VL 8
+#define AV_NCV 2
+#define AV_ZERO() _mm256_setzero_ps()
+#define AV_SET1(x) _mm256_set1_ps(x)
+#define AV_LOAD(p) _mm256_loadu_ps(p)
+#define AV_STORE(p, v) _mm256_storeu_ps(p, v)
+#define AV_ADD(a, b) _mm256_add_ps(a, b)
+#define AV_MUL(a, b) _mm256_mul_ps(a, b)
+#define AV_FMA(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define AV_HSUM(v) av_hsum256(v)
+#define AV_LOAD_F16(p) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(p)))
+#define AV_LOAD_Q8X2(p, lo, hi)                                                                                        \
+    do {                                                                                                               \
+        lo = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)(p))));           \
+        hi = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(const void *)((p) + 8))));     \
+    } while (0)
+#define AV_F16_SCALAR(p) _cvtsh_ss((unsigned short)((p)[0] | ((p)[1] << 8)))
+#include "attn.inc"
+
 #define AI static inline __attribute__((always_inline))
 
 AI __m256i dot_i8(__m256i w, __m256i x) {
@@ -228,8 +255,12 @@ void idf_cpu_kernels_avx2(idf_cpu_kernels *k) {
         .f32_block = f32_block,
         .quant = quant,
         .fp16_row = fp16_row,
-        .attn_dots = attn_dots,
-        .attn_axpy = attn_axpy,
+        .attn_qk_row = attn_qk_row,
+        .attn_pv_row = attn_pv_row,
+        .attn_gemm_qk = attn_gemm_qk,
+        .attn_gemm_pv = attn_gemm_pv,
+        .attn_softmax_cols = attn_softmax_cols,
+        .attn_vl = AV_VL,
         .softmax_exp = softmax_exp,
         .gelu = gelu_vec,
         .quick_gelu = quick_gelu_vec,

@@ -25,6 +25,27 @@
 #include "f32_block.inc"
 #include "vec_f32.inc"
 
+/* attn.inc over 16-lane zmm vectors */
+#define AV_T __m512
+#define AV_VL 16
+#define AV_NCV 4
+#define AV_ZERO() _mm512_setzero_ps()
+#define AV_SET1(x) _mm512_set1_ps(x)
+#define AV_LOAD(p) _mm512_loadu_ps(p)
+#define AV_STORE(p, v) _mm512_storeu_ps(p, v)
+#define AV_ADD(a, b) _mm512_add_ps(a, b)
+#define AV_MUL(a, b) _mm512_mul_ps(a, b)
+#define AV_FMA(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define AV_HSUM(v) _mm512_reduce_add_ps(v)
+#define AV_LOAD_F16(p) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(p)))
+#define AV_LOAD_Q8X2(p, lo, hi)                                                                                        \
+    do {                                                                                                               \
+        lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)(p))));           \
+        hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(const void *)((p) + 16))));    \
+    } while (0)
+#define AV_F16_SCALAR(p) _cvtsh_ss((unsigned short)((p)[0] | ((p)[1] << 8)))
+#include "attn.inc"
+
 #define AI static inline __attribute__((always_inline))
 
 /* The codebook + 128 as unsigned bytes, in every 128-bit lane. */
@@ -382,8 +403,12 @@ void idf_cpu_kernels_avx512(idf_cpu_kernels *k) {
         .f32_block = f32_block,
         .quant = quant,
         .fp16_row = fp16_row,
-        .attn_dots = attn_dots,
-        .attn_axpy = attn_axpy,
+        .attn_qk_row = attn_qk_row,
+        .attn_pv_row = attn_pv_row,
+        .attn_gemm_qk = attn_gemm_qk,
+        .attn_gemm_pv = attn_gemm_pv,
+        .attn_softmax_cols = attn_softmax_cols,
+        .attn_vl = AV_VL,
         .softmax_exp = softmax_exp,
         .gelu = gelu_vec,
         .quick_gelu = quick_gelu_vec,

@@ -17,6 +17,27 @@
 #include "f32_block.inc"
 #include "vec_f32.inc"
 
+/* attn.inc over plain floats: the scalar kernels (one lane, tiles of 4 x 4) */
+#define AV_T float
+#define AV_VL 1
+#define AV_NCV 4
+#define AV_ZERO() 0.f
+#define AV_SET1(x) (x)
+#define AV_LOAD(p) (*(p))
+#define AV_STORE(p, v) (*(p) = (v))
+#define AV_ADD(a, b) ((a) + (b))
+#define AV_MUL(a, b) ((a) * (b))
+#define AV_FMA(a, b, c) ((a) * (b) + (c))
+#define AV_HSUM(v) (v)
+#define AV_LOAD_F16(p) idfx_fp16_to_fp32((uint16_t)((p)[0] | ((p)[1] << 8)))
+#define AV_LOAD_Q8X2(p, lo, hi)                                                                                        \
+    do {                                                                                                               \
+        lo = (float)(int8_t)(p)[0];                                                                                    \
+        hi = (float)(int8_t)(p)[1];                                                                                    \
+    } while (0)
+#define AV_F16_SCALAR(p) idfx_fp16_to_fp32((uint16_t)((p)[0] | ((p)[1] << 8)))
+#include "attn.inc"
+
 static inline float h2f(const uint8_t *p) {
     return idfx_fp16_to_fp32((uint16_t)(p[0] | (p[1] << 8)));
 }
@@ -100,8 +121,12 @@ void idf_cpu_kernels_scalar(idf_cpu_kernels *k) {
         .f32_block = f32_block,
         .quant = idf_cpu_quant_scalar,
         .fp16_row = idf_cpu_fp16_row_scalar,
-        .attn_dots = attn_dots,
-        .attn_axpy = attn_axpy,
+        .attn_qk_row = attn_qk_row,
+        .attn_pv_row = attn_pv_row,
+        .attn_gemm_qk = attn_gemm_qk,
+        .attn_gemm_pv = attn_gemm_pv,
+        .attn_softmax_cols = attn_softmax_cols,
+        .attn_vl = AV_VL,
         .softmax_exp = softmax_exp,
         .gelu = gelu_vec,
         .quick_gelu = quick_gelu_vec,

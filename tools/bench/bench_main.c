@@ -38,13 +38,15 @@ typedef struct opts {
     int par[BENCH_MAX_PAR], n_par; /* --parallel 1,2,4,8: batched decode widths (issue 11) */
     bool par_only;                 /* --parallel-only: skip image, prefill and the single decode */
     int sched_prompt;              /* --sched P: prefill scheduling through idefics_batch, P-token prompts */
+    int depth[8], n_depth; /* -d: context depths (tokens already in the cache) for the depth runs */
 } opts;
 
 static void usage(FILE *f) {
     fprintf(f, "usage: idefics-bench -m MODEL.idfx [-t THREADS] [--backend cpu|cpu-ref|auto] [--ctx N (default 2048 or the model's maximum)]\n"
                "                     [-p 64,512] [-n 64] [-r REPS] [--kv f16|f32|q8] [--no-image] [--json]\n"
                "                     [--parallel 1,2,4,8 (aggregate decode of B sequences stepped together)] [--parallel-only]\n"
-               "                     [--sched PROMPT_TOKENS (2 x width requests joining a batch of the largest --parallel width)]\n");
+               "                     [--sched PROMPT_TOKENS (2 x width requests joining a batch of the largest --parallel width)]\n"
+               "                     [-d 0,512,1700 (depths: prefill and decode after that many tokens)]\n");
 }
 
 static int cmp_d(const void *a, const void *b) {
@@ -237,6 +239,19 @@ static int parse(int argc, char **argv, opts *o) {
                 if (*s == ',')
                     s++;
             }
+        } else if (!strcmp(a, "-d")) {
+            /* as llama-bench -d: each -p prefill and the -n decode run again
+             * after this many tokens are already in the context */
+            o->n_depth = 0;
+            for (char *s = argv[++i]; *s && o->n_depth < 8;) {
+                o->depth[o->n_depth++] = (int)strtol(s, &s, 10);
+                if (o->depth[o->n_depth - 1] < 0)
+                    return fprintf(stderr, "idefics-bench: bad -d list\n"), 2;
+                if (*s == ',')
+                    s++;
+                else if (*s)
+                    return fprintf(stderr, "idefics-bench: bad -d list\n"), 2;
+            }
         } else if (!strcmp(a, "--backend")) {
             i++;
             if (!strcmp(v, "cpu"))
@@ -424,6 +439,44 @@ int main(int argc, char **argv) {
                     wmax, 2 * wmax, o.sched_prompt, o.tg, sch[k].chunk, sch[k].wall_s, sch[k].gen_tok_s,
                     sch[k].ttft_mean_ms, sch[k].ttft_max_ms, sch[k].gap_mean_ms, sch[k].gap_max_ms);
     }
+    /* Depth runs (-d): the context is filled with D tokens once (untimed);
+     * each repetition truncates back to D and times a -p prefill, or -n
+     * single-token decode steps, on top of it. */
+    stat3 dpp[8][8] = {{{0}}}, dtg[8] = {{0}};
+    for (int d = 0; d < o.n_depth; d++) {
+        const int D = o.depth[d];
+        int32_t *fill = malloc((size_t)(D + 1) * sizeof(int32_t));
+        if (!fill)
+            return fprintf(stderr, "idefics-bench: out of memory\n"), 1;
+        for (int i = 0; i < D; i++)
+            fill[i] = (int32_t)(rnd() % c->vocab_size);
+        idf_state_reset(st);
+        const bool fits_tg = o.tg > 0 && D + o.tg <= o.ctx;
+        const idefics_status fst = D > 0 && D < o.ctx ? idf_state_eval(st, fill, NULL, D, logits, false, &e) : IDEFICS_OK;
+        free(fill);
+        CHECK(fst);
+        for (int p = 0; p < o.n_pp && D < o.ctx; p++) {
+            if (D + o.pp[p] > o.ctx)
+                continue;
+            for (int r = 0; r < o.reps; r++) {
+                idf_state_truncate(st, D);
+                double a = idf_time_ms();
+                CHECK(idf_state_eval(st, ids, NULL, o.pp[p], logits, false, &e));
+                v[r] = o.pp[p] / ((idf_time_ms() - a) / 1e3);
+            }
+            dpp[d][p] = stats(v, o.reps);
+        }
+        if (fits_tg) {
+            for (int r = 0; r < o.reps; r++) {
+                idf_state_truncate(st, D);
+                double a = idf_time_ms();
+                for (int t = 0; t < o.tg; t++)
+                    CHECK(idf_state_eval(st, ids + 1 + t, NULL, 1, logits, false, &e));
+                v[r] = o.tg / ((idf_time_ms() - a) / 1e3);
+            }
+            dtg[d] = stats(v, o.reps);
+        }
+    }
     {
         const double peak_mb = (double)idf_peak_rss_bytes() / 1048576.0;
         const double anon_mb = (double)idf_anon_rss_bytes() / 1048576.0;
@@ -464,6 +517,29 @@ int main(int argc, char **argv) {
                            par[k].agg_tok_s / par[0].agg_tok_s, par[k].cpu_ms_per_tok);
                 printf("},\n");
             }
+            if (o.n_depth > 0) { /* -d: per depth, {"d512": {"pp512": {...}}} and {"d512": {"tg32": {...}}} */
+                printf(" \"prefill_tok_s_depth\": {");
+                for (int d = 0; d < o.n_depth; d++) {
+                    printf("%s\"d%d\": {", d ? ", " : "", o.depth[d]);
+                    bool first = true;
+                    for (int p = 0; p < o.n_pp; p++)
+                        if (dpp[d][p].med > 0) {
+                            printf("%s\"pp%d\": {\"median\": %.2f, \"min\": %.2f, \"max\": %.2f}", first ? "" : ", ",
+                                   o.pp[p], dpp[d][p].med, dpp[d][p].lo, dpp[d][p].hi);
+                            first = false;
+                        }
+                    printf("}");
+                }
+                printf("},\n \"decode_tok_s_depth\": {");
+                for (int d = 0; d < o.n_depth; d++) {
+                    printf("%s\"d%d\": {", d ? ", " : "", o.depth[d]);
+                    if (dtg[d].med > 0)
+                        printf("\"tg%d\": {\"median\": %.3f, \"min\": %.3f, \"max\": %.3f}", o.tg, dtg[d].med,
+                               dtg[d].lo, dtg[d].hi);
+                    printf("}");
+                }
+                printf("},\n");
+            }
             printf(" \"peak_rss_mb\": %.1f, \"anon_rss_mb\": %.1f, \"decode_weight_bytes\": %.0f, "
                    "\"effective_gb_s\": %.2f, \"mem_bw_gb_s\": %.2f, \"read_bw_gb_s\": %.2f, "
                    "\"mem_bw_gb_s_range\": [%.2f, %.2f],\n \"effective_over_copy\": %.3f, "
@@ -483,6 +559,15 @@ int main(int argc, char **argv) {
             for (int p = 0; p < o.n_pp; p++)
                 printf("pp%-10d %.2f tok/s (range %.2f .. %.2f)\n", o.pp[p], pp[p].med, pp[p].lo, pp[p].hi);
             printf("tg%-10d %.3f tok/s (range %.3f .. %.3f)\n", o.tg, tg.med, tg.lo, tg.hi);
+            for (int d = 0; d < o.n_depth; d++) {
+                for (int p = 0; p < o.n_pp; p++)
+                    if (dpp[d][p].med > 0)
+                        printf("pp%-5d @ d%-5d %.2f tok/s (range %.2f .. %.2f)\n", o.pp[p], o.depth[d], dpp[d][p].med,
+                               dpp[d][p].lo, dpp[d][p].hi);
+                if (dtg[d].med > 0)
+                    printf("tg%-5d @ d%-5d %.3f tok/s (range %.3f .. %.3f)\n", o.tg, o.depth[d], dtg[d].med, dtg[d].lo,
+                           dtg[d].hi);
+            }
             printf("memory       peak RSS %.1f MB, anonymous RSS %.1f MB\n", peak_mb, anon_mb);
             printf("bandwidth    decode reads %.2f GB/token -> %.2f GB/s effective; copy test %.2f GB/s "
                    "(range %.2f .. %.2f), read test %.2f GB/s\n",
