@@ -20,6 +20,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "backend_factory.h"
 #include "forward.h"
 #include "model.h"
 #include "quant.h"

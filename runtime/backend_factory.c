@@ -1,14 +1,15 @@
 /*
- * backend.c - which backend a session computes with.
+ * backend_factory.c - which backend a session computes with.
  *
  * The model decides the backend kind at load (model.c: pick_backend); each
  * session creates its own backend instance here (its own thread pool and
  * scratch). New backends add one case below; forward.c only ever sees the
- * idf_backend vtable and falls back to the reference backend per op.
+ * idf_backend vtable and falls back to the reference backend per op. This file
+ * sits above the backends (runtime/backends/): it includes them, never the
+ * other way round.
  */
-#include "backend.h"
+#include "backend_factory.h"
 #include "model.h"
-#include "quant.h"
 #ifdef IDF_HAVE_OPENCL
 #include "backend_opencl.h"
 #endif
@@ -28,15 +29,4 @@ idefics_status idf_backend_create_for_model(const idefics_model *m, int n_thread
         break;
     }
     return idf_errf(err, IDEFICS_ERR_NO_DEVICE, "backend %d has no implementation in this build", (int)m->backend);
-}
-
-bool idf_weight_ok(const idf_weight *w) {
-    if (!w || !w->data || w->rows <= 0 || w->cols <= 0)
-        return false;
-    if (w->layout == IDFX_LAYOUT_ROWMAJOR)
-        return w->type == IDFX_TYPE_F32 || w->type == IDFX_TYPE_F16;
-    if (idfx_layout_tiled(w->layout))
-        return (w->type == IDFX_TYPE_Q4 || w->type == IDFX_TYPE_Q8) && w->cols % IDFX_QK == 0 && w->tile_rows >= 1 &&
-               w->tile_rows <= IDFX_MAX_TILE_ROWS && (w->tile_rows & (w->tile_rows - 1)) == 0;
-    return false;
 }

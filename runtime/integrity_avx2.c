@@ -1,5 +1,5 @@
 /*
- * hash_avx2.c - XXH3-64 over a chunk in slices, built with -mavx2 (issue 15).
+ * integrity_avx2.c - XXH3-64 over a chunk in slices, built with -mavx2 (issue 15).
  * Debian's libxxhash is built for baseline x86-64 (SSE2): 5 GB/s per core in
  * cache, which made it the bottleneck of load-time verification; the inlined
  * AVX2 path runs at twice that. integrity.c picks this on CPUs with AVX2.

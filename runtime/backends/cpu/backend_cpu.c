@@ -25,7 +25,7 @@
 #include <string.h>
 
 #include "backend.h"
-#include "cpu/cpu_kernels.h"
+#include "cpu_kernels.h"
 #include "cpu_features.h"
 #include "quant.h"
 

@@ -169,11 +169,6 @@ idefics_status idf_backend_cpu_create_isa(idf_cpu_isa isa, int n_threads, const 
 bool idf_cpu_isa_available(idf_cpu_isa isa);
 const char *idf_cpu_isa_name(idf_cpu_isa isa);
 
-/* The backend instance for one session of model m, of the kind chosen at load
- * (m->backend). Defined in backend.c: new backends add a case there. */
-struct idefics_model;
-idefics_status idf_backend_create_for_model(const struct idefics_model *m, int n_threads, const idf_alloc *alloc,
-                                            idf_backend **out, idf_err *err);
 
 /* Context-free elementwise ops of the reference backend, shared by backends
  * whose own version would be the same loop (backend_ref.c). */
