@@ -39,6 +39,7 @@
 
 #include "caption.h"
 #include "cli.h"
+#include "cli_faults.h"
 #include "idefics.h"
 
 #define CAPTION_DEFAULT_PROMPT "Describe the image."
@@ -733,6 +734,9 @@ int cmd_caption(int argc, char **argv) {
     idefics_model_info info = {0};
     char model_id[64] = "";
     if (model) {
+        /* a model file truncated or overwritten while mapped: a message and exit 74 (cli_faults.h),
+         * not a bare SIGBUS; the records already written are in the file */
+        cli_sigbus_watch(model);
         idefics_model_get_info(model, &info);
         idefics_model_identity(model, model_id, sizeof model_id, NULL);
     }
@@ -757,6 +761,7 @@ int cmd_caption(int argc, char **argv) {
                 n_slots > 1 ? " and a batch (try a smaller --parallel)" : "", err, idefics_status_str(st));
         for (int k = 0; slots && k < n_slots; k++) idefics_session_free(slots[k].s);
         free(slots);
+        cli_sigbus_watch(NULL);
         idefics_model_free(model);
         cap_out_close(&out, err, sizeof err);
         cap_inputs_free(&in);
@@ -907,6 +912,7 @@ int cmd_caption(int argc, char **argv) {
         cb_free(&slots[k].text);
     }
     free(slots);
+    cli_sigbus_watch(NULL);
     idefics_model_free(model);
     cap_inputs_free(&in);
     if (g_signal) return 128 + (int)g_signal;

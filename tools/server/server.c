@@ -41,6 +41,7 @@
 #include <unistd.h>
 
 #include "batcher.h"
+#include "cli_faults.h" /* tools/cli: the SIGBUS watch shared by every command */
 #include "embedded.h"
 #include "idefics.h"
 #include "options.h"
@@ -1186,6 +1187,8 @@ static void *load_thread(void *arg) {
         kill(getpid(), SIGTERM);
         return NULL;
     }
+    /* a model file truncated or overwritten while mapped: a message and exit 74, not a bare SIGBUS */
+    cli_sigbus_watch(sv->model);
     for (int i = 0; i < sv->o.parallel; i++) {
         st = idefics_session_create(sv->model, &ld->sp, &sv->slots[i].s, err, sizeof err);
         if (st != IDEFICS_OK) {
@@ -1353,6 +1356,7 @@ int cmd_serve(int argc, char **argv) {
     srv_batcher_stop(sv->batcher);
     for (int i = 0; i < sv->n_cache; i++) snap_unref(sv->cache[i].ref);
     for (int i = 0; i < MAX_SLOTS; i++) idefics_session_free(sv->slots[i].s);
+    cli_sigbus_watch(NULL);
     idefics_model_free(sv->model);
     pthread_mutex_destroy(&sv->mu);
     pthread_cond_destroy(&sv->cv);
