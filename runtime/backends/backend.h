@@ -92,6 +92,12 @@ typedef struct idf_attn {
     int64_t out_stride;
 } idf_attn;
 
+/* IDEFICS_ERR_INVALID_ARG unless a is a well-formed call: pointers set, counts
+ * and strides in range (row strides at least n_heads * head_dim), a known KV
+ * type, Q8 rows starting on a block, q_pos0 >= 0 when causal. Every backend's
+ * attention checks its argument with this (backend_util.c). */
+idefics_status idf_attn_check(const idf_attn *a);
+
 typedef struct idf_backend idf_backend;
 
 struct idf_backend {

@@ -17,3 +17,16 @@ bool idf_weight_ok(const idf_weight *w) {
                w->tile_rows <= IDFX_MAX_TILE_ROWS && (w->tile_rows & (w->tile_rows - 1)) == 0;
     return false;
 }
+
+idefics_status idf_attn_check(const idf_attn *a) {
+    if (!a || !a->q || !a->k || !a->v || !a->out || a->n_q < 0 || a->n_kv < 0 || a->n_heads <= 0 || a->head_dim <= 0 ||
+        (a->kv_type != IDEFICS_KV_F32 && a->kv_type != IDEFICS_KV_F16 && a->kv_type != IDEFICS_KV_Q8) ||
+        (a->causal && a->q_pos0 < 0))
+        return IDEFICS_ERR_INVALID_ARG;
+    const int64_t row = (int64_t)a->n_heads * a->head_dim;
+    if (a->q_stride < row || a->kv_stride < row || a->out_stride < row)
+        return IDEFICS_ERR_INVALID_ARG;
+    if (a->kv_type == IDEFICS_KV_Q8 && a->kv_stride % IDFX_KVQ8_BLOCK) /* rows must start on a block */
+        return IDEFICS_ERR_INVALID_ARG;
+    return IDEFICS_OK;
+}

@@ -254,15 +254,8 @@ static void attn_task(void *ctx, int64_t task, int tid) {
 
 static idefics_status ref_attention(void *vctx, const idf_attn *a) {
     ref_ctx *c = vctx;
-    if (!a || !a->q || !a->k || !a->v || !a->out || a->n_q < 0 || a->n_kv < 0 || a->n_heads <= 0 || a->head_dim <= 0 ||
-        (a->kv_type != IDEFICS_KV_F32 && a->kv_type != IDEFICS_KV_F16 && a->kv_type != IDEFICS_KV_Q8) ||
-        (a->causal && a->q_pos0 < 0))
-        return IDEFICS_ERR_INVALID_ARG;
+    IDF_FORWARD(idf_attn_check(a));
     const int64_t row = (int64_t)a->n_heads * a->head_dim;
-    if (a->q_stride < row || a->kv_stride < row || a->out_stride < row)
-        return IDEFICS_ERR_INVALID_ARG;
-    if (a->kv_type == IDEFICS_KV_Q8 && a->kv_stride % IDFX_KVQ8_BLOCK) /* rows must start on a block */
-        return IDEFICS_ERR_INVALID_ARG;
     if (a->n_q == 0)
         return IDEFICS_OK;
     IDF_FORWARD(ensure_scratch(c, (size_t)(a->n_kv > 0 ? a->n_kv : 1)));
