@@ -549,6 +549,22 @@ static idefics_status encode_images(idefics_session *s) {
     return IDEFICS_OK;
 }
 
+/* Keep the longest evaluated prefix the conversation's tokens still agree
+ * with (ids and visible image), dropping the cache past it; the last token is
+ * evaluated again when its logits are not at hand. Returns the tokens kept. */
+static int keep_evaluated_prefix(idefics_session *s) {
+    int keep = 0;
+    while (keep < s->n_eval && keep < s->n_ids && s->ev_ids[keep] == s->ids[keep] && s->ev_img[keep] == s->img[keep])
+        keep++;
+    if (keep == s->n_ids && !(s->logits_ok && s->n_eval == s->n_ids)) keep--; /* re-run the last for its logits */
+    if (keep < s->n_eval) {
+        idf_state_truncate(s->st, keep);
+        s->n_eval = keep;
+        s->logits_ok = false;
+    }
+    return keep;
+}
+
 /* Encode the new images and prefill the conversation, keeping the longest
  * evaluated prefix; afterwards s->logits hold the last position's logits. */
 static idefics_status prepare(idefics_session *s, const char *what) {
@@ -563,16 +579,7 @@ static idefics_status prepare(idefics_session *s, const char *what) {
 
     IDF_FORWARD(encode_images(s));
 
-    /* longest evaluated prefix the new tokens still agree with */
-    int keep = 0;
-    while (keep < s->n_eval && keep < s->n_ids && s->ev_ids[keep] == s->ids[keep] && s->ev_img[keep] == s->img[keep])
-        keep++;
-    if (keep == s->n_ids && !(s->logits_ok && s->n_eval == s->n_ids)) keep--; /* re-run the last for its logits */
-    if (keep < s->n_eval) {
-        idf_state_truncate(s->st, keep);
-        s->n_eval = keep;
-        s->logits_ok = false;
-    }
+    const int keep = keep_evaluated_prefix(s);
     double t0 = idf_time_ms();
     if (keep < s->n_ids) {
         s->tm.n_prompt_tokens = s->n_ids - keep;
@@ -1064,15 +1071,7 @@ idefics_status idf_gen_begin(idefics_session *s, const idefics_generate_params *
 
 idefics_status idf_gen_prepare(idefics_session *s, idf_gen *g) {
     IDF_FORWARD(encode_images(s));
-    int keep = 0;
-    while (keep < s->n_eval && keep < s->n_ids && s->ev_ids[keep] == s->ids[keep] && s->ev_img[keep] == s->img[keep])
-        keep++;
-    if (keep == s->n_ids && !(s->logits_ok && s->n_eval == s->n_ids)) keep--; /* re-run the last for its logits */
-    if (keep < s->n_eval) {
-        idf_state_truncate(s->st, keep);
-        s->n_eval = keep;
-        s->logits_ok = false;
-    }
+    const int keep = keep_evaluated_prefix(s);
     s->tm.n_prompt_tokens = s->n_ids - keep;
     g->gen_img = s->img[s->n_ids - 1]; /* generated tokens see what the last prompt token saw (§3.7) */
     g->t_prefill = idf_time_ms();
