@@ -47,6 +47,9 @@ const char *idf_image_features(void) {
         ;
 }
 
+/* Used by whichever decoders this build has: a build with none of the
+ * optional libraries (e.g. the aarch64 cross build) has no caller. */
+#if IDF_HAVE_WEBP || IDF_HAVE_HEIF || IDF_HAVE_TIFF
 static idefics_status over_budget(idf_err *err, const char *fmt, uint64_t w, uint64_t h, int64_t budget) {
     return idf_errf(err, IDEFICS_ERR_IMAGE_TOO_LARGE,
                     "image: %s declares %llux%llu, over the decode budget of %lld pixels (max_pixels, or more than "
@@ -58,6 +61,7 @@ static bool fits(uint64_t w, uint64_t h, int64_t budget) {
     uint64_t px;
     return w > 0 && h > 0 && w <= INT_MAX && h <= INT_MAX && idf_mul_u64(w, h, &px) && px <= (uint64_t)budget;
 }
+#endif
 
 /* ------------------------------------------------------------------ WebP */
 
