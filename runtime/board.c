@@ -7,7 +7,7 @@
  * checked, unknown keys are errors (a typo must not silently change nothing).
  *
  * Format: "[section]" lines, "key = value" lines, '#' starts a comment
- * anywhere on a line. Keys: n_ctx, kv_type (f32|f16|q8), low_memory (0|1),
+ * anywhere on a line. Keys: n_ctx, kv_type (f32|f16|q8), low_memory (0|1), use_mmap (0|1),
  * n_threads, backend (auto|cpu|opencl|cpu-ref), parallel (1..64: sessions of a
  * batch, idefics_board_apply_batch; issue 11); in board.ini [defaults] also
  * profile. Other sections (build flags, notes) are for people, not parsed.
@@ -89,6 +89,9 @@ static idefics_status apply_key(const char *file, int line, const char *k, const
     } else if (!strcmp(k, "low_memory")) {
         if (!parse_int(v, 0, 1, &x)) goto bad;
         if (mp) mp->low_memory = x != 0;
+    } else if (!strcmp(k, "use_mmap")) {
+        if (!parse_int(v, 0, 1, &x)) goto bad;
+        if (mp) mp->use_mmap = x != 0;
     } else if (!strcmp(k, "backend")) {
         idefics_backend b;
         if (!strcmp(v, "auto")) b = IDEFICS_BACKEND_AUTO;

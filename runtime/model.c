@@ -11,6 +11,7 @@
  */
 #include <math.h>
 #include <stdio.h>
+#include <errno.h>
 #include <string.h>
 #define XXH_STATIC_LINKING_ONLY /* XXH3_state_t on the stack (idefics_model_identity) */
 #include <xxhash.h>
@@ -547,6 +548,7 @@ idefics_model_params idefics_model_default_params(void) {
         .low_memory = false,
         .verify = IDEFICS_VERIFY_AUTO,
         .verify_cache_dir = NULL,
+        .use_mmap = true,
     };
 }
 
@@ -661,8 +663,18 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
     idefics_status st = pick_backend(m, p.backend, p.device, &err);
     if (st == IDEFICS_OK && !progress(&p, 0.0f))
         st = idf_errf(&err, IDEFICS_ERR_CANCELLED, "model load cancelled by the progress callback");
+    if (st == IDEFICS_OK && !p.use_mmap && p.low_memory)
+        st = idf_errf(&err, IDEFICS_ERR_INVALID_ARG,
+                      "params.low_memory pages the weights through the file mapping: it needs use_mmap");
     if (st == IDEFICS_OK) {
-        const int e = idf_map_file(path, &m->map);
+        /* Huge pages for the page cache, except with low_memory, which gives
+         * pages back per layer (a 2 MB page would come back whole). */
+        int e = idf_map_file_ex(path, &m->map, p.low_memory ? 0u : IDF_MAP_HUGE);
+        if (!e && !p.use_mmap) {
+            idf_pool *pool = idf_pool_create(p.n_threads, idf_malloc_cb, idf_free_cb, &m->alloc);
+            e = pool ? idf_map_make_private(&m->map, pool) : ENOMEM;
+            idf_pool_free(pool);
+        }
         if (e)
             st = idf_errf(&err, IDEFICS_ERR_IO, "cannot open %s: %s", path, idf_open_strerror(e));
     }

@@ -50,23 +50,29 @@ int main(void) {
     if (idf_backend_ref_create(1, NULL, &ref, &err) != IDEFICS_OK) return fprintf(stderr, "%s\n", err.msg), 1;
     idf_backend *one = cpu_with("int8"), *two = cpu_with("int8x2"), *def = cpu_with(NULL);
     if (!one || !two || !def) return 1;
-    const int64_t m = 72, k = 256, ld = 80;
+    /* m = 76: the last 8-row tile has 4 rows (the decode kernels' row guard) */
+    const int64_t m = 76, k = 256, ld = 80;
     const int types[2] = {IDFX_TYPE_Q4, IDFX_TYPE_Q8};
     const int ns[4] = {1, 3, 8, 17};
     float *wf = malloc((size_t)(m * k) * sizeof(float)), *bias = malloc((size_t)m * sizeof(float));
     float *x = malloc((size_t)(17 * k) * sizeof(float));
     float *y[4];
     for (int i = 0; i < 4; i++) y[i] = calloc((size_t)(17 * ld), sizeof(float));
-    uint8_t *wq = malloc((size_t)(2 * m * k)); /* >= Q8 bytes with scales */
+    uint8_t *wq = malloc((size_t)(2 * 80 * k)), *wg = malloc((size_t)(2 * 80 * k)); /* >= Q8 bytes with scales */
     for (int64_t i = 0; i < m * k; i++) wf[i] = frand();
     for (int64_t i = 0; i < m; i++) bias[i] = frand();
     /* heavy tails: mostly small values and a few outliers per group */
     for (int64_t i = 0; i < 17 * k; i++) x[i] = frand() * (i % 29 == 0 ? 8.0f : 0.05f);
-    for (int t = 0; t < 2; t++) {
-        if (types[t] == IDFX_TYPE_Q4) idfx_quantize_q4_ref(wf, m, k, 8, 4, wq);
+    /* both tiled layouts: GROUPTILE is what the converter writes, and the
+     * decode row (n = 1) takes the one-pass two-level kernel where there is one */
+    for (int t = 0; t < 4; t++) {
+        const int ty = types[t % 2], grouptile = t >= 2;
+        if (ty == IDFX_TYPE_Q4) idfx_quantize_q4_ref(wf, m, k, 8, 4, wq);
         else idfx_quantize_q8_ref(wf, m, k, 8, 0, wq);
-        idf_weight w = {.name = "model.layers.0.mlp.down_proj.weight", .data = wq, .type = (uint8_t)types[t],
-                        .layout = IDFX_LAYOUT_ROWTILE, .tile_rows = 8, .rows = m, .cols = k};
+        if (grouptile) idfx_rowtile_to_grouptile(ty, 8, m, k, wq, wg);
+        idf_weight w = {.name = "model.layers.0.mlp.down_proj.weight", .data = grouptile ? wg : wq,
+                        .type = (uint8_t)ty, .layout = grouptile ? IDFX_LAYOUT_GROUPTILE : IDFX_LAYOUT_ROWTILE,
+                        .tile_rows = 8, .rows = m, .cols = k};
         for (int c = 0; c < 4; c++) {
             const int64_t n = ns[c];
             CHECK(ref->matmul(ref->ctx, &w, bias, x, n, y[0], ld) == IDEFICS_OK, "ref");
@@ -74,9 +80,10 @@ int main(void) {
             CHECK(two->matmul(two->ctx, &w, bias, x, n, y[2], ld) == IDEFICS_OK, "int8x2");
             CHECK(def->matmul(def->ctx, &w, bias, x, n, y[3], ld) == IDEFICS_OK, "default");
             const double e1 = nmse(y[1], y[0], n, m, ld), e2 = nmse(y[2], y[0], n, m, ld);
-            printf("type %d n %2lld: NMSE int8 %.3g, int8x2 %.3g\n", types[t], (long long)n, e1, e2);
+            printf("type %d %s n %2lld: NMSE int8 %.3g, int8x2 %.3g\n", ty, grouptile ? "grouptile" : "rowtile",
+                   (long long)n, e1, e2);
             CHECK(e1 > 1e-7 && e2 < e1 / 100, "type %d n %lld: int8x2 NMSE %.3g is not far below int8's %.3g",
-                  types[t], (long long)n, e2, e1);
+                  ty, (long long)n, e2, e1);
             CHECK(!memcmp(y[2], y[3], (size_t)(n * ld) * sizeof(float)), "default differs from int8x2 on down_proj");
             /* another name: the default is one level */
             w.name = "model.layers.0.mlp.up_proj.weight";
@@ -86,7 +93,7 @@ int main(void) {
         }
     }
     one->free(one), two->free(two), def->free(def), ref->free(ref);
-    free(wf), free(bias), free(x), free(wq);
+    free(wf), free(bias), free(x), free(wq), free(wg);
     for (int i = 0; i < 4; i++) free(y[i]);
     return failures != 0;
 }

@@ -69,6 +69,8 @@ int main(void) {
         CHECK(st2 == IDEFICS_OK, "%s: %s", e->d_name, err);
         CHECK(sp.n_ctx >= 256 && sp.n_ctx <= 2048 && (sp.kv_type == IDEFICS_KV_F16 || sp.kv_type == IDEFICS_KV_Q8),
               "%s: n_ctx %d kv %d", e->d_name, sp.n_ctx, (int)sp.kv_type);
+        /* low_memory pages through the mapping: idefics_model_load refuses it without one */
+        CHECK(!(mp.low_memory && !mp.use_mmap), "%s: low_memory with use_mmap = 0 cannot load", e->d_name);
     }
     if (d) closedir(d);
     CHECK(n_boards >= 6, "only %d boards", n_boards);
@@ -99,6 +101,12 @@ int main(void) {
     CHECK(!mp.low_memory && sp.n_ctx == 1024 && sp.n_threads == 4 && mp.n_threads == 4 &&
               mp.backend == IDEFICS_BACKEND_CPU,
           "pi5: low %d n_ctx %d threads %d backend %d", mp.low_memory, sp.n_ctx, sp.n_threads, (int)mp.backend);
+
+    mp = idefics_model_default_params();
+    CHECK(mp.use_mmap, "use_mmap is on by default");
+    CHECK(idefics_board_apply(boards, "x86-64-linux", &mp, &sp, err, sizeof err) == IDEFICS_OK && !mp.use_mmap &&
+              !mp.low_memory,
+          "x86-64-linux: use_mmap %d low_memory %d (%s)", mp.use_mmap, mp.low_memory, err);
 
     /* parallel (issue 11): every profile says how many batch sessions fit; weights
      * + parallel x KV (+ 40 MiB scratch each) within the class, 1.5 GB for the OS */

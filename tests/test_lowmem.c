@@ -1,10 +1,11 @@
 /*
  * test_lowmem.c - idefics_model_params.low_memory (forward.c pages weights in
- * and out of the mapping per layer) must not change results:
+ * and out of the mapping per layer) and use_mmap = false (the weights copied
+ * into anonymous memory, platform idf_map_make_private) must not change results:
  *   usage: test_lowmem MODEL.idfx IMAGE
  * MODEL is converted with --compress none so the weights point into the
- * mapping and the madvise paths really run. Loads the model twice (normal and
- * low_memory), asks the same question with greedy decoding and sampling, and
+ * mapping and the madvise paths really run. Loads the model three times (normal,
+ * low_memory, no mmap), asks the same question with greedy decoding and sampling, and
  * compares the generated tokens and the final logits bit for bit; a second
  * turn checks that weights dropped after one pass are faulted back correctly.
  * Skips (77) when the model file is absent.
@@ -35,9 +36,10 @@ static bool on_tok(void *ud, int32_t tok, const char *piece) {
     return true;
 }
 
-static bool run_model(const char *path, const char *image, bool low, run *r) {
+static bool run_model(const char *path, const char *image, bool low, bool use_mmap, run *r) {
     idefics_model_params mp = idefics_model_default_params();
     mp.low_memory = low;
+    mp.use_mmap = use_mmap;
     mp.n_threads = 1;
     mp.backend = IDEFICS_BACKEND_CPU;
     idefics_model *m = NULL;
@@ -82,16 +84,29 @@ int main(int argc, char **argv) {
         printf("SKIP: no model file %s\n", argv[1]);
         return 77;
     }
-    static run normal, low;
-    if (run_model(argv[1], argv[2], false, &normal) && run_model(argv[1], argv[2], true, &low)) {
-        for (int t = 0; t < 2; t++) {
-            CHECK(normal.n[t] > 0 && normal.n[t] == low.n[t] &&
-                      !memcmp(normal.ids[t], low.ids[t], sizeof(int32_t) * (size_t)normal.n[t]),
-                  "turn %d: low_memory generated different tokens", t);
-            CHECK(!memcmp(normal.last_logit[t], low.last_logit[t], sizeof normal.last_logit[t]),
-                  "turn %d: low_memory logits differ", t);
-        }
+    static run normal, other[2];
+    const char *names[2] = {"low_memory", "use_mmap = false"};
+    if (run_model(argv[1], argv[2], false, true, &normal) && run_model(argv[1], argv[2], true, true, &other[0]) &&
+        run_model(argv[1], argv[2], false, false, &other[1])) {
+        for (int o = 0; o < 2; o++)
+            for (int t = 0; t < 2; t++) {
+                CHECK(normal.n[t] > 0 && normal.n[t] == other[o].n[t] &&
+                          !memcmp(normal.ids[t], other[o].ids[t], sizeof(int32_t) * (size_t)normal.n[t]),
+                      "turn %d: %s generated different tokens", t, names[o]);
+                CHECK(!memcmp(normal.last_logit[t], other[o].last_logit[t], sizeof normal.last_logit[t]),
+                      "turn %d: %s logits differ", t, names[o]);
+            }
     }
-    printf("low_memory vs normal: %s\n", failures ? "DIFFERENT" : "identical tokens and logits");
+    /* low_memory pages through the mapping: without one it is refused, clearly */
+    idefics_model_params mp = idefics_model_default_params();
+    mp.low_memory = true;
+    mp.use_mmap = false;
+    idefics_model *m = NULL;
+    char err[512];
+    const idefics_status bad = idefics_model_load(argv[1], &mp, &m, err, sizeof err);
+    CHECK(bad == IDEFICS_ERR_INVALID_ARG && !m && strstr(err, "use_mmap"),
+          "low_memory without use_mmap: status %d, \"%s\"", (int)bad, err);
+    idefics_model_free(m);
+    printf("low_memory and no-mmap vs normal: %s\n", failures ? "DIFFERENT" : "identical tokens and logits");
     return failures ? 1 : 0;
 }

@@ -34,6 +34,7 @@ typedef struct opts {
     idefics_backend backend;
     idefics_kv_type kv;
     bool json;
+    bool no_mmap;  /* --no-mmap: idefics_model_params.use_mmap = false (llama-bench -mmp 0) */
     bool no_image; /* --no-image: skip image encode and TTFT (decode profiling) */
     int par[BENCH_MAX_PAR], n_par; /* --parallel 1,2,4,8: batched decode widths (issue 11) */
     bool par_only;                 /* --parallel-only: skip image, prefill and the single decode */
@@ -43,7 +44,7 @@ typedef struct opts {
 
 static void usage(FILE *f) {
     fprintf(f, "usage: idefics-bench -m MODEL.idfx [-t THREADS] [--backend cpu|cpu-ref|auto] [--ctx N (default 2048 or the model's maximum)]\n"
-               "                     [-p 64,512] [-n 64] [-r REPS] [--kv f16|f32|q8] [--no-image] [--json]\n"
+               "                     [-p 64,512] [-n 64] [-r REPS] [--kv f16|f32|q8] [--no-image] [--no-mmap] [--json]\n"
                "                     [--parallel 1,2,4,8 (aggregate decode of B sequences stepped together)] [--parallel-only]\n"
                "                     [--sched PROMPT_TOKENS (2 x width requests joining a batch of the largest --parallel width)]\n"
                "                     [-d 0,512,1700 (depths: prefill and decode after that many tokens)]\n");
@@ -197,6 +198,8 @@ static int parse(int argc, char **argv, opts *o) {
             o->par_only = true;
         } else if (!strcmp(a, "--no-image")) {
             o->no_image = true;
+        } else if (!strcmp(a, "--no-mmap")) {
+            o->no_mmap = true;
         } else if (!strcmp(a, "-h") || !strcmp(a, "--help")) {
             usage(stdout);
             exit(0);
@@ -296,6 +299,7 @@ int main(int argc, char **argv) {
     idefics_model_params mp = idefics_model_default_params();
     mp.backend = o.backend;
     mp.n_threads = o.threads;
+    mp.use_mmap = !o.no_mmap;
     idefics_model *m = NULL;
     double t0 = idf_time_ms();
     if (idefics_model_load(o.model, &mp, &m, err, sizeof err) != IDEFICS_OK) {
@@ -488,9 +492,9 @@ int main(int argc, char **argv) {
         idefics_model_get_info(m, &info);
         if (o.json)
             printf("{\"model\": \"%s\", \"backend\": \"%s\", \"kernels\": \"%s\", \"threads\": %d, "
-                   "\"ctx\": %d, \"reps\": %d, \"file_bytes\": %lld,\n \"load_ms\": %.1f,",
+                   "\"ctx\": %d, \"reps\": %d, \"file_bytes\": %lld,\n \"mmap\": %s, \"load_ms\": %.1f,",
                    o.model, info.backend, idf_state_backend_name(st), o.threads, o.ctx, o.reps,
-                   (long long)info.file_bytes, load_ms);
+                   (long long)info.file_bytes, o.no_mmap ? "false" : "true", load_ms);
         char enc_s[32] = "null", ttft_s[32] = "null";
         if (vision) {
             snprintf(enc_s, sizeof enc_s, "%.1f", enc.med);

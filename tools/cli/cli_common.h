@@ -37,7 +37,7 @@ typedef struct cli_opts {
     const char *device; /* --device: OpenCL device index or name substring */
     const char *board;  /* --board / IDEFICS_BOARD: defaults from boards/ (boards/README.md) */
     bool json, verbose, raw, dry_run;
-    bool low_memory, set_ctx, set_threads, set_backend, set_kv;
+    bool low_memory, no_mmap, set_ctx, set_threads, set_backend, set_kv;
     int64_t max_image_pixels; /* --max-image-pixels; 0 = the board's or library's default */
     bool no_exif;             /* --no-exif-orientation */
     int verify;               /* --verify / --no-verify (cli_faults.h); -1 = the library's default */

@@ -56,7 +56,7 @@ typedef struct caption_opts {
     bool set_seed;
     idefics_backend backend;
     cap_format format;
-    bool json, verbose, force, retry_errors, low_memory, no_exif;
+    bool json, verbose, force, retry_errors, low_memory, no_mmap, no_exif;
     int64_t max_image_pixels; /* 0 = the profile's / library's default */
     bool sidecar;
     cap_sidecar_name sidecar_name;
@@ -120,6 +120,7 @@ static void usage(FILE *f) {
             "      --parallel N        caption N images at once in one batch (idefics_batch; default 1)\n"
             "      --board NAME        defaults for a board or memory profile (boards/; env IDEFICS_BOARD)\n"
             "      --low-memory        page the weights in per layer (small-RAM boards)\n"
+            "      --no-mmap           read the weights into memory instead of mapping the file\n"
             "      --backend NAME      auto | cpu | cpu-ref | opencl (default auto)\n"
             "      --device D          OpenCL device: index or name substring\n"
             "      --max-image-pixels N  decode limit in pixels (default: the board's, else 40000000);\n"
@@ -152,7 +153,7 @@ static int parse_opts(int argc, char **argv, caption_opts *o) {
         return 2;
     }
     static const char *flags[] = {"--json", "-v", "--verbose", "--force", "--retry-errors", "-r", "--recursive",
-                                  "-0", "--null", "--hidden", "--low-memory", "--no-exif-orientation", "-h",
+                                  "-0", "--null", "--hidden", "--low-memory", "--no-mmap", "--no-exif-orientation", "-h",
                                   "--help"};
     bool only_paths = false;
     for (int i = 1; i < argc; i++) {
@@ -180,6 +181,7 @@ static int parse_opts(int argc, char **argv, caption_opts *o) {
             else if (!strcmp(a, "-0") || !strcmp(a, "--null")) o->find.null_sep = true;
             else if (!strcmp(a, "--hidden")) o->find.hidden = true;
             else if (!strcmp(a, "--low-memory")) o->low_memory = true;
+            else if (!strcmp(a, "--no-mmap")) o->no_mmap = true;
             else if (!strcmp(a, "--no-exif-orientation")) o->no_exif = true;
             continue;
         }
@@ -695,6 +697,7 @@ int cmd_caption(int argc, char **argv) {
     if (o.set_backend || !board) mp.backend = o.backend;
     if (o.set_ctx || !board) sp.n_ctx = o.n_ctx;
     if (o.low_memory) mp.low_memory = true;
+    if (o.no_mmap) mp.use_mmap = false;
     if (o.max_image_pixels > 0) sp.max_image_pixels = o.max_image_pixels;
     sp.exif_orientation = !o.no_exif;
 

@@ -30,6 +30,7 @@ void srv_usage(FILE *f) {
             "      --cache-mb N          memory for cached conversation snapshots (default 256; 0 = off)\n"
             "      --slow-tokens MS      sleep MS after each token (tests and demos of streaming only)\n"
             "      --no-batch            slots generate on their own threads, not in one batch\n"
+            "      --no-mmap             read the weights into memory instead of mapping the file\n"
             "  -v, --verbose             log each request and the library's progress\n");
 }
 
@@ -58,6 +59,10 @@ int srv_parse_args(int argc, char **argv, srv_opts *o) {
         }
         if (!strcmp(a, "--no-batch")) {
             o->no_batch = true;
+            continue;
+        }
+        if (!strcmp(a, "--no-mmap")) {
+            o->no_mmap = true;
             continue;
         }
         static const char *valued[] = {"-m", "--model", "--host", "--port", "-np", "--parallel", "--queue", "-c",

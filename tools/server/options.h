@@ -14,7 +14,7 @@ typedef struct srv_opts {
     int port, parallel, queue, n_ctx, n_threads, max_tokens, max_images, slow_ms;
     long long max_body, max_pixels, cache_mb;
     float temperature;
-    bool verbose, set_ctx, set_threads, no_batch;
+    bool verbose, set_ctx, set_threads, no_batch, no_mmap;
 } srv_opts;
 
 void srv_usage(FILE *f);

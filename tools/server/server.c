@@ -1263,6 +1263,7 @@ int cmd_serve(int argc, char **argv) {
         board = NULL;
     }
     if (o->set_threads || !board) ld.mp.n_threads = ld.sp.n_threads = o->n_threads;
+    if (o->no_mmap) ld.mp.use_mmap = false;
     if (o->set_ctx || !board) ld.sp.n_ctx = o->n_ctx;
     ld.sp.max_image_pixels = o->max_pixels;
     ld.sp.max_image_bytes = o->max_body;

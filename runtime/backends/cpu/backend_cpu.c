@@ -155,6 +155,7 @@ typedef struct qmm_job {
     idf_qact act;
     idf_cpu_tile_fn fn;
     idf_cpu_rows16_fn rows16; /* 16-row GEMM passes (NULL: tile by tile) */
+    idf_cpu_tile_sum2_fn sum2; /* decode's two levels (rows 0 and 1) summed in one pass; y is the output */
     int nx_max;       /* activation rows per tile call */
     int64_t x_chunk;  /* activation rows per pass over a task's tiles */
     int64_t tiles_per_task, n_tiles; /* tiles_per_task 0: the guided split in tile_end */
@@ -206,6 +207,15 @@ static void qmm_task(void *ctx, int64_t task, int tid) {
     }
     /* Activation rows in chunks that stay in L2 while the task's tiles pass
      * over them; each tile (a few KB) stays in L1 across the chunk's blocks. */
+    if (j->sum2) {
+        for (int64_t t = t0; t < t1; t++) {
+            const idf_tile tl = tile_at(j, t, 0);
+            const int64_t r0 = t * R;
+            const int valid = (int)(j->w->rows - r0 < R ? j->w->rows - r0 : R);
+            j->sum2(&tl, j->act.ng, &j->act, 0, 1, j->y + r0, valid, j->bias ? j->bias + r0 : NULL);
+        }
+        return;
+    }
     for (int64_t c0 = 0; c0 < j->n; c0 += j->x_chunk) {
         const int64_t c1 = c0 + j->x_chunk < j->n ? c0 + j->x_chunk : j->n;
         for (int64_t t = t0; t < t1; t++) {
@@ -316,16 +326,24 @@ static idefics_status matmul_q(cpu_ctx *c, const idf_weight *w, const float *bia
     const int64_t k = w->cols, R = w->tile_rows, m = w->rows;
     const bool two = act2_for(c, w);
     /* with two levels the kernels see 2n rows (x's levels, then the residuals'),
-     * written to ry and summed into y below */
+     * written to ry and summed into y below; or, for one row where the kernel
+     * set has it, both levels go through one pass over the weights (sum2) */
     const int64_t n = two ? 2 * n_in : n_in;
     float *y = y_out;
     int64_t ldy = ldy_out;
     const float *bias_in = bias;
+    const bool sum2 = two && n_in == 1 && w->type == IDFX_TYPE_Q4 && c->kern.q4_tile_sum2 &&
+                      c->kern.q4_sum2_min_r > 0 && R % c->kern.q4_sum2_min_r == 0;
     if (two) {
-        size_t nx, ny;
-        if (!idf_mul_size((size_t)n_in, (size_t)k, &nx) || !idf_mul_size((size_t)n, (size_t)m, &ny))
+        size_t nx;
+        if (!idf_mul_size((size_t)n_in, (size_t)k, &nx))
             return IDEFICS_ERR_OUT_OF_MEMORY;
         IDF_FORWARD(grow_f(c, &c->rx, &c->rx_cap, nx));
+    }
+    if (two && !sum2) {
+        size_t ny;
+        if (!idf_mul_size((size_t)n, (size_t)m, &ny))
+            return IDEFICS_ERR_OUT_OF_MEMORY;
         IDF_FORWARD(grow_f(c, &c->ry, &c->ry_cap, ny));
         y = c->ry;
         ldy = m;
@@ -333,6 +351,8 @@ static idefics_status matmul_q(cpu_ctx *c, const idf_weight *w, const float *bia
     }
     IDF_FORWARD(ensure_qact(c, n, k));
     qmm_job j = {.c = c, .w = w, .bias = bias, .x = x, .n = n, .ldy = ldy, .y = y};
+    if (sum2)
+        j.sum2 = c->kern.q4_tile_sum2;
     j.act = (idf_qact){.q = c->aq,
                        .d = c->ad,
                        .corr = c->ac,
@@ -401,7 +421,7 @@ static idefics_status matmul_q(cpu_ctx *c, const idf_weight *w, const float *bia
         n_tasks = (j.n_tiles + j.tiles_per_task - 1) / j.tiles_per_task;
     }
     idf_pool_run(pool, n_tasks, qmm_task, &j);
-    if (two) /* y = level 1 + level 2 (+ bias) */
+    if (two && !sum2) /* y = level 1 + level 2 (+ bias) */
         for (int64_t i = 0; i < n_in; i++) {
             const float *a = c->ry + i * m, *e = c->ry + (n_in + i) * m;
             float *yo = y_out + i * ldy_out;

@@ -81,6 +81,13 @@ typedef void (*idf_cpu_tile_fn)(const idf_tile *tl, int64_t ng, const idf_qact *
 typedef void (*idf_cpu_rows16_fn)(const idf_tile *A, const idf_tile *B, int64_t ng, const idf_qact *a, int64_t x0,
                                   int nx, float *y, int64_t ldy, const float *bias);
 
+/* One tile of a Q4 tiled weight against the SUM of activation rows x0 and x1
+ * (the two levels of one decode row, backend_cpu.c ACT2), in one pass:
+ *     y[r] = sum_g dw[g][r] * (dx0[g] * dot0 + dx1[g] * dot1) (+ bias[r]), r < rows_valid.
+ * Optional (NULL: q4_tile over both rows, then a sum); needs R % q4_sum2_min_r == 0. */
+typedef void (*idf_cpu_tile_sum2_fn)(const idf_tile *tl, int64_t ng, const idf_qact *a, int64_t x0, int64_t x1,
+                                     float *y, int rows_valid, const float *bias);
+
 /* fp32 block: y[i * ldy + r] = dot(x[i], w[r]) (+ bias[r]) for i < nx, r < nr,
  * x rows k floats apart, w rows k floats apart (already fp32). */
 typedef void (*idf_cpu_f32_fn)(const float *w, int nr, const float *x, int nx, int64_t k, float *y, int64_t ldy,
@@ -129,6 +136,8 @@ typedef struct idf_cpu_kernels {
     const char *name; /* "scalar", "avx2", "avx512vnni", "neon", "neon-dotprod" */
     idf_cpu_tile_fn q4_tile, q8_tile;
     idf_cpu_rows16_fn q4_rows16; /* NULL: q4_tile only */
+    idf_cpu_tile_sum2_fn q4_tile_sum2; /* NULL: decode's two levels run as two rows */
+    int q4_sum2_min_r;
     int q4_min_r, q8_min_r; /* the tile kernels need R % min_r == 0; else scalar runs */
     int q4_max_nx, q8_max_nx; /* activation rows one tile call takes (<= IDF_CPU_NX_MAX; 0 = IDF_CPU_NX) */
     idf_cpu_f32_fn f32_block;

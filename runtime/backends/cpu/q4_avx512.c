@@ -159,6 +159,70 @@ static void q4_gemv8(const idf_tile *tl, int64_t ng, int rb, const idf_qact *a, 
     }
 }
 
+/* Decode with two-level activations (backend_cpu.c ACT2: x ~= d1 q1 + d2 q2,
+ * rows x0 and x1 of a): y = W x0 + W x1 in the one pass over the weights that
+ * q4_gemv8 makes for one row, so the second level costs integer work in a
+ * memory-bound loop instead of a second, unprefetched kernel over the tile.
+ * Per group the two int32 dots are scaled by their activation scales and
+ * added before the weight scale multiplies them. */
+static void q4_gemv8_sum2(const idf_tile *tl, int64_t ng, int rb, const idf_qact *a, int64_t x0, int64_t x1,
+                          float *y, int rows_valid, const float *bias) {
+    const uint8_t *sc = tl->s + rb * 2;
+    const uint8_t *qs = tl->q + rb * 16;
+    const __m512i m4 = _mm512_set1_epi8(0x0f), tbl = cb_table();
+    const __m512i sidx0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    const __m512i sidx1 = _mm512_add_epi32(sidx0, _mm512_set1_epi32(4));
+    const int8_t *xq = a->q + x0 * a->ldg * 32, *rq = a->q + x1 * a->ldg * 32;
+    const float *xd = a->d + x0 * a->ldg, *rd = a->d + x1 * a->ldg;
+    const int32_t *xc = a->corr4 + x0 * a->ldg * 4, *rc = a->corr4 + x1 * a->ldg * 4;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    for (int64_t g = 0; g < ng; g++) {
+        const uint8_t *qg = qs + g * tl->q_step;
+        IDF_PREFETCH_AHEAD(qg, 128);
+        const __m512 fz = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + g * tl->s_step))));
+        const __m512 s0 = _mm512_permutexvar_ps(sidx0, fz), s1 = _mm512_permutexvar_ps(sidx1, fz);
+        const __m512i q0 = _mm512_loadu_si512((const void *)qg), q1 = _mm512_loadu_si512((const void *)(qg + 64));
+        const __m512i l0 = _mm512_shuffle_epi8(tbl, _mm512_and_si512(q0, m4));
+        const __m512i l1 = _mm512_shuffle_epi8(tbl, _mm512_and_si512(q1, m4));
+        const __m512i h0 = _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4));
+        const __m512i h1 = _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4));
+        __m512 v0, v1;
+        {
+            const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xq + g * 32)));
+            const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xq + g * 32 + 16)));
+            const __m512i c = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xc + g * 4)));
+            const __m512 dx = _mm512_set1_ps(xd[g]);
+            v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, l0, xl), h0, xh)), dx);
+            v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, l1, xl), h1, xh)), dx);
+        }
+        {
+            const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(rq + g * 32)));
+            const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(rq + g * 32 + 16)));
+            const __m512i c = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(rc + g * 4)));
+            const __m512 dx = _mm512_set1_ps(rd[g]);
+            v0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, l0, xl), h0, xh)), dx, v0);
+            v1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, l1, xl), h1, xh)), dx, v1);
+        }
+        const int p = (int)(g & 1) * 2;
+        acc[p] = _mm512_fmadd_ps(v0, s0, acc[p]);
+        acc[p + 1] = _mm512_fmadd_ps(v1, s1, acc[p + 1]);
+    }
+    float t[32];
+    _mm512_storeu_ps(t, _mm512_add_ps(acc[0], acc[2]));
+    _mm512_storeu_ps(t + 16, _mm512_add_ps(acc[1], acc[3]));
+    for (int l = 0; l < 8; l++) {
+        const int r = rb + l;
+        if (r < rows_valid)
+            y[r] = (t[4 * l] + t[4 * l + 1]) + (t[4 * l + 2] + t[4 * l + 3]) + (bias ? bias[r] : 0.f);
+    }
+}
+
+static void q4_tile_sum2(const idf_tile *tl, int64_t ng, const idf_qact *a, int64_t x0, int64_t x1, float *y,
+                         int rows_valid, const float *bias) {
+    for (int rb = 0; rb < rows_valid; rb += 8)
+        q4_gemv8_sum2(tl, ng, rb, a, x0, x1, y, rows_valid, bias);
+}
+
 /* GEMM, 16 weight rows x NX activation rows per pass (cpu_kernels.h
  * idf_cpu_rows16_fn). q4_rows keeps each row's group in one 128-bit lane, so
  * every vpdpbusd leaves four partial sums per row and each (row block, group,
@@ -396,6 +460,8 @@ void idf_cpu_kernels_avx512(idf_cpu_kernels *k) {
         .q4_tile = q4_tile,
         .q8_tile = q8_tile,
         .q4_rows16 = q4_rows16,
+        .q4_tile_sum2 = q4_tile_sum2,
+        .q4_sum2_min_r = 8,
         .q4_min_r = 4,
         .q8_min_r = 2,
         .q4_max_nx = 8,
