@@ -166,7 +166,9 @@ typedef struct idefics_model_info {
     int image_size;             /* pixels per side, e.g. 224 */
     int n_latents;              /* perceiver latents per image, e.g. 64 */
     bool is_instruct;           /* has <end_of_utterance> */
-    const char *backend;        /* "cpu", "cpu-ref", "opencl:<device>" */
+    const char *backend;        /* "cpu", "cpu-ref" or "opencl" */
+    const char *device;         /* the OpenCL device's name with "opencl", else "" */
+    bool mmap;                  /* the weights are the mapped file (use_mmap), not a copy */
 } idefics_model_info;
 
 IDEFICS_API void idefics_model_get_info(const idefics_model *model, idefics_model_info *info);

@@ -665,7 +665,8 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
         st = idf_errf(&err, IDEFICS_ERR_CANCELLED, "model load cancelled by the progress callback");
     if (st == IDEFICS_OK && !p.use_mmap && p.low_memory)
         st = idf_errf(&err, IDEFICS_ERR_INVALID_ARG,
-                      "params.low_memory pages the weights through the file mapping: it needs use_mmap");
+                      "low_memory pages the weights through the file mapping: it cannot be combined with "
+                      "use_mmap = false (--no-mmap)");
     if (st == IDEFICS_OK) {
         /* Huge pages for the page cache, except with low_memory, which gives
          * pages back per layer (a 2 MB page would come back whole). */
@@ -789,6 +790,7 @@ void idefics_model_get_info(const idefics_model *m, idefics_model_info *info) {
     memset(info, 0, sizeof *info);
     info->name = "";
     info->backend = "";
+    info->device = "";
     if (!m)
         return;
     int64_t n_params = 0;
@@ -803,6 +805,11 @@ void idefics_model_get_info(const idefics_model *m, idefics_model_info *info) {
     info->n_latents = (int)m->n_img_tokens;
     info->is_instruct = m->cfg.is_instruct;
     info->backend = m->backend_name;
+    info->mmap = !m->map.anon;
+#ifdef IDF_HAVE_OPENCL
+    if (m->ocl)
+        info->device = idf_ocl_device_probe(m->ocl)->device;
+#endif
 }
 
 /* Identity for caption records (issue 12): everything but the data section,

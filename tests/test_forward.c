@@ -485,7 +485,7 @@ static int run_synth(const char *dir) {
     idefics_model_get_info(m, &info);
     check(info.n_vocab == S_V + S_A && info.image_size == S_IMG && info.n_latents == S_PL && !info.is_instruct &&
               info.n_ctx_max == S_MAXPOS && info.n_params > 0 && !strcmp(info.backend, fast_backend() ? "cpu" : "cpu-ref") &&
-              !strcmp(info.name, "synthetic"),
+              info.device && !info.device[0] && info.mmap && !strcmp(info.name, "synthetic"),
           "model info: n_vocab %d, image %d, latents %d, n_ctx_max %d, params %lld, backend %s, name %s", info.n_vocab,
           info.image_size, info.n_latents, info.n_ctx_max, (long long)info.n_params, info.backend, info.name);
     check(m->cfg.tok_image == S_V + 1 && m->cfg.tok_fake_image == S_V && m->cfg.n_cross == 2 &&

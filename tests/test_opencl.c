@@ -179,6 +179,8 @@ static int compare(const char *path, const char *name, const char *quant, const 
     idefics_model_info info;
     idefics_model_get_info(mo, &info);
     check(strcmp(info.backend, "opencl") == 0, "%s-%s reports backend %s", name, quant, info.backend);
+    check(info.device && info.device[0] && info.mmap, "%s-%s: device \"%s\", mmap %d", name, quant,
+          info.device ? info.device : "(null)", (int)info.mmap);
     for (int kv = 0; kv < 2; kv++) {
         const idefics_kv_type kt = kv ? IDEFICS_KV_F16 : IDEFICS_KV_F32;
         const char *kvn = kv ? "f16" : "f32";

@@ -449,10 +449,14 @@ int cli_open(const cli_opts *o, idefics_model **model, idefics_session **session
     }
     char name[256];
     if (o->verbose)
-        fprintf(stderr, "idefics: model %s, %s, backend %s, context %d tokens, KV %s\n",
+    {
+        char dev[160];
+        fprintf(stderr, "idefics: model %s, %s, backend %s%s%s, context %d tokens, KV %s, weights %s\n",
                 cli_escape(name, sizeof name, info.name[0] ? info.name : o->model), info.is_instruct ? "instruct" : "base",
-                info.backend ? info.backend : "?", sp.n_ctx ? sp.n_ctx : info.n_ctx_max,
-                (unsigned)sp.kv_type < 3 ? kv_names[sp.kv_type] : "?");
+                info.backend ? info.backend : "?", info.device[0] ? " on " : "",
+                info.device[0] ? cli_escape(dev, sizeof dev, info.device) : "", sp.n_ctx ? sp.n_ctx : info.n_ctx_max,
+                (unsigned)sp.kv_type < 3 ? kv_names[sp.kv_type] : "?", info.mmap ? "mapped" : "in memory");
+    }
     return 0;
 }
 

@@ -955,6 +955,7 @@ static enum MHD_Result get_models(server *sv, struct MHD_Connection *c) {
     cJSON_AddNumberToObject(meta, "image_size", info.image_size);
     cJSON_AddBoolToObject(meta, "instruct", info.is_instruct);
     cJSON_AddStringToObject(meta, "backend", info.backend ? info.backend : "");
+    cJSON_AddStringToObject(meta, "device", info.device ? info.device : "");
     return send_json(sv, c, 200, j);
 }
 
