@@ -32,6 +32,17 @@ void idf_state_reset(idf_state *s);
  * K/V for every gated block. *slot receives the image's index (0, 1, ...),
  * which idf_state_eval's img[] refers to. */
 idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot, idf_err *err);
+
+/* Images a state's vision scratch holds at once (low_memory states: 1). */
+#define IDF_VISION_BATCH 4
+/* Encode n images as above, up to IDF_VISION_BATCH at a time: their rows
+ * stacked, so every weight matmul of the vision tower, the perceiver and the
+ * cross-attention K/V projections runs once for the chunk (attention stays per
+ * image). The result equals n calls of idf_state_add_image (same slots in
+ * order, slots[i] receives image i's; slots may be NULL). On failure the
+ * images of the chunks already finished stay added (idf_state_n_images tells
+ * how many) and the failing chunk adds none. */
+idefics_status idf_state_add_images(idf_state *s, const float *const *pixels, int n, int *slots, idf_err *err);
 int idf_state_n_images(const idf_state *s);
 /* The perceiver output of an image slot, [n_latents, vision_embed_dim] (for tests). */
 const float *idf_state_image_latents(const idf_state *s, int slot);
