@@ -515,10 +515,22 @@ const float *idf_state_image_latents(const idf_state *s, int slot) {
 
 /* ========================================================== vision tower */
 
+/* Cancelled: s's own flag, or that of a state t[i] an image of the chunk goes to
+ * (polled per layer and block). */
+static bool chunk_cancelled(const idf_state *s, idf_state *const *dst, int n) {
+    for (int i = 0; dst && i < n; i++)
+        if (cancelled(dst[i]))
+            return true;
+    return cancelled(s);
+}
+
+
 /* pixels[0 .. n-1], each [C, S, S] -> s->vx [n * T, D], the last hidden
  * states (spec §3.1), image i in rows i*T ..: every weight matmul runs once
- * over the n*T rows, attention once per image over its own T rows. */
-static idefics_status vision_tower(idf_state *s, const float *const *pixels, int n, idf_err *err) {
+ * over the n*T rows, attention once per image over its own T rows. Image i
+ * goes to state t[i] (for the cancel flags only). */
+static idefics_status vision_tower(idf_state *s, idf_state *const *t, const float *const *pixels, int n,
+                                   idf_err *err) {
     const idf_config *c = &s->m->cfg;
     const idf_weights *w = s->m->w;
     const int64_t D = c->v_dim, T = (int64_t)c->v_n_patches + 1, P = c->v_patch, S = c->v_image_size;
@@ -554,7 +566,7 @@ static idefics_status vision_tower(idf_state *s, const float *const *pixels, int
 
     const int hd = (int)(D / c->v_heads);
     for (uint32_t l = 0; l < c->v_layers; l++) {
-        if (cancelled(s))
+        if (chunk_cancelled(s, t, n))
             return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled in vision layer %u", l);
         page_vision_layer(s, l + 1, true);
         if (l > 0)
@@ -600,7 +612,7 @@ static idefics_status vision_tower(idf_state *s, const float *const *pixels, int
 /* contexts s->vx [n * T, D] -> s->pz [n * L, D], the latents of image i in
  * rows i*L .. (spec §3.2). Stacked like the vision tower: weight matmuls once
  * over all images' rows, attention per image. */
-static idefics_status perceiver(idf_state *s, int n, idf_err *err) {
+static idefics_status perceiver(idf_state *s, idf_state *const *t, int n, idf_err *err) {
     const idf_config *c = &s->m->cfg;
     const idf_weights *w = s->m->w;
     const int64_t D = c->v_dim, T = (int64_t)c->v_n_patches + 1, L = c->p_latents, KV = T + L;
@@ -611,7 +623,7 @@ static idefics_status perceiver(idf_state *s, int n, idf_err *err) {
     for (int i = 0; i < n; i++)
         memcpy(s->pz + i * L * D, w->latents, (size_t)(L * D) * sizeof(float));
     for (uint32_t b = 0; b < c->p_depth; b++) {
-        if (cancelled(s))
+        if (chunk_cancelled(s, t, n))
             return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled in perceiver block %u", b);
         const idf_perceiver_block *B = &w->pb[b];
         /* Keys and values of image i see [LN(context_i); LN(latents_i)], context
@@ -710,32 +722,38 @@ static idefics_status ensure_slot(idf_state *s, int idx, img_slot **out, idf_err
     return IDEFICS_OK;
 }
 
-/* One chunk: n <= v_cap images into slots n_img .. n_img + n - 1, taken
- * first, so a failure leaves n_img as it was. */
-static idefics_status add_chunk(idf_state *s, const float *const *pixels, int n, idf_err *err) {
+/* One chunk of n <= v_cap images on s's scratch and backend; image i goes to
+ * state t[i] (s itself, or another state of the model: its next slot, its KV
+ * type). Every slot is taken before any work, and the n_img are bumped only
+ * at the end, so a failure leaves every state's images as they were. */
+static idefics_status add_chunk(idf_state *s, idf_state *const *t, const float *const *pixels, int n, int *slots,
+                                idf_err *err) {
     const idf_config *c = &s->m->cfg;
     const idf_weights *w = s->m->w;
-    img_slot *sl[IDF_VISION_BATCH];
-    for (int i = 0; i < n; i++) /* may grow s->img: the pointers are taken after */
-        IDF_FORWARD(ensure_slot(s, s->n_img + i, &sl[i], err));
-    for (int i = 0; i < n; i++)
-        sl[i] = &s->img[s->n_img + i];
+    int idx[IDF_VISION_BATCH];
+    for (int i = 0; i < n; i++) { /* the k-th image of a state in this chunk: its slot n_img + k */
+        idx[i] = t[i]->n_img;
+        for (int j = 0; j < i; j++)
+            idx[i] += t[j] == t[i];
+        img_slot *unused;
+        IDF_FORWARD(ensure_slot(t[i], idx[i], &unused, err));
+    }
 
-    IDF_FORWARD(vision_tower(s, pixels, n, err));
+    IDF_FORWARD(vision_tower(s, t, pixels, n, err));
     /* the stacked latents [n * nl, D]: the perceiver's, or the tower's output
      * itself (nl = T then, so its rows are stacked the same way) */
     const int64_t nl = s->m->n_img_tokens, H = c->hidden, D = c->v_dim;
     if (c->use_resampler)
-        IDF_FORWARD(perceiver(s, n, err));
+        IDF_FORWARD(perceiver(s, t, n, err));
     const float *lat = c->use_resampler ? s->pz : s->vx;
 
     /* Each gated block's K and V of these images, computed once (spec §3.7
      * allows caching them; HF recomputes them every step with identical
-     * results): one matmul over all the images' latents, stored per slot. */
-    const size_t img_kv = kv_bytes(s, (size_t)(nl * H));
+     * results): one matmul over all the images' latents, stored per slot in
+     * its state's KV type, after that state's backend gives the range to the
+     * host. */
     for (uint32_t j = 0; j < c->n_cross; j++) {
         const idf_cross_block *B = &w->xb[j];
-        const size_t off = kv_bytes(s, (size_t)j * (size_t)(nl * H));
         for (int kv = 0; kv < 2; kv++) {
             IDF_FORWARD(mm(s, kv ? &B->v : &B->k, NULL, lat, n * nl, s->xtmp, H, err));
             if (!kv && B->k_norm)
@@ -743,9 +761,10 @@ static idefics_status add_chunk(idf_state *s, const float *const *pixels, int n,
                     rms(s, s->xtmp, B->k_norm, c->rms_eps, n * nl * c->n_heads, c->head_dim, s->xtmp, err));
             IDF_FORWARD(host_access(s, s->xtmp, (size_t)(n * nl * H) * sizeof(float), err));
             for (int i = 0; i < n; i++) {
-                uint8_t *dst = (uint8_t *)(kv ? sl[i]->xv : sl[i]->xk) + off;
-                IDF_FORWARD(host_access(s, dst, img_kv, err));
-                store_kv(s, dst, s->xtmp + i * nl * H, nl * H);
+                const img_slot *sl = &t[i]->img[idx[i]];
+                uint8_t *dst = (uint8_t *)(kv ? sl->xv : sl->xk) + kv_bytes(t[i], (size_t)j * (size_t)(nl * H));
+                IDF_FORWARD(host_access(t[i], dst, kv_bytes(t[i], (size_t)(nl * H)), err));
+                store_kv(t[i], dst, s->xtmp + i * nl * H, nl * H);
             }
         }
     }
@@ -754,31 +773,42 @@ static idefics_status add_chunk(idf_state *s, const float *const *pixels, int n,
     const size_t lat_bytes = (size_t)(nl * D) * sizeof(float);
     IDF_FORWARD(host_access(s, lat, (size_t)n * lat_bytes, err));
     for (int i = 0; i < n; i++) {
-        IDF_FORWARD(host_access(s, sl[i]->latents, lat_bytes, err));
-        memcpy(sl[i]->latents, lat + i * nl * D, lat_bytes);
+        float *dst = t[i]->img[idx[i]].latents;
+        IDF_FORWARD(host_access(t[i], dst, lat_bytes, err));
+        memcpy(dst, lat + i * nl * D, lat_bytes);
     }
-    s->n_img += n;
+    for (int i = 0; i < n; i++) {
+        t[i]->n_img++; /* in order: image i's slot is idx[i] */
+        if (slots)
+            slots[i] = idx[i];
+    }
     return IDEFICS_OK;
 }
 
-idefics_status idf_state_add_images(idf_state *s, const float *const *pixels, int n, int *slots, idf_err *err) {
+idefics_status idf_state_encode_images(idf_state *s, idf_state *const *dst, const float *const *pixels, int n,
+                                       int *slots, idf_err *err) {
     if (!s || !pixels || n < 0)
         return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_images: NULL argument or n < 0");
-    for (int i = 0; i < n; i++)
-        if (!pixels[i])
-            return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_images: image %d is NULL", i);
     const idf_config *c = &s->m->cfg;
     if (c->text_only)
         return idf_errf(err, IDEFICS_ERR_UNSUPPORTED, "this model is text-only (llama): it takes no images");
     if (!s->vx)
-        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_image: a batched-pass state holds no images");
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_images: a batched-pass state holds no images");
+    for (int i = 0; i < n; i++) {
+        const idf_state *t = dst ? dst[i] : s;
+        if (!pixels[i] || !t)
+            return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_images: image %d or its state is NULL", i);
+        if (t->m != s->m || !t->vx)
+            return idf_errf(err, IDEFICS_ERR_INVALID_ARG,
+                            "idf_state_add_images: image %d goes to a state of another model or a pass state", i);
+    }
+    idf_state *own[IDF_VISION_BATCH];
+    for (int i = 0; i < IDF_VISION_BATCH; i++)
+        own[i] = s;
     idefics_status st = IDEFICS_OK;
     for (int done = 0; done < n && st == IDEFICS_OK;) {
         const int k = n - done < s->v_cap ? n - done : s->v_cap;
-        const int first = s->n_img;
-        st = add_chunk(s, pixels + done, k, err);
-        for (int i = 0; st == IDEFICS_OK && slots && i < k; i++)
-            slots[done + i] = first + i;
+        st = add_chunk(s, dst ? dst + done : own, pixels + done, k, slots ? slots + done : NULL, err);
         done += k;
     }
     /* low_memory: the image path's weights are done with until the next image
@@ -786,6 +816,10 @@ idefics_status idf_state_add_images(idf_state *s, const float *const *pixels, in
     page_vision_layer(s, c->v_layers - 1, false); /* the loop dropped the others */
     page_image_only(s, false);
     return st;
+}
+
+idefics_status idf_state_add_images(idf_state *s, const float *const *pixels, int n, int *slots, idf_err *err) {
+    return idf_state_encode_images(s, NULL, pixels, n, slots, err);
 }
 
 idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot, idf_err *err) {

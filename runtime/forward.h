@@ -43,6 +43,14 @@ idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot,
  * images of the chunks already finished stay added (idf_state_n_images tells
  * how many) and the failing chunk adds none. */
 idefics_status idf_state_add_images(idf_state *s, const float *const *pixels, int n, int *slots, idf_err *err);
+/* The same for images of several states of s's model, computed on s's
+ * scratch and backend (a batch's joiners: batch.c): image i goes to state
+ * dst[i] (s among them or not), into its next slot in list order, its cross
+ * K/V stored in dst[i]'s KV type. dst NULL: all to s. Cancelled when the flag
+ * of s or of any dst[i] of the chunk is set (then that chunk adds nothing to
+ * any state). The dst states are used by this call only. */
+idefics_status idf_state_encode_images(idf_state *s, idf_state *const *dst, const float *const *pixels, int n,
+                                       int *slots, idf_err *err);
 int idf_state_n_images(const idf_state *s);
 /* The perceiver output of an image slot, [n_latents, vision_embed_dim] (for tests). */
 const float *idf_state_image_latents(const idf_state *s, int slot);

@@ -532,21 +532,28 @@ static idefics_status check_gen_params(idefics_session *s, const idefics_generat
 }
 
 /* Encode the images added since the last call, in order. */
+/* All pending images in one call: idf_state_add_images stacks them in chunks
+ * of IDF_VISION_BATCH, so a prompt with several images runs each weight
+ * matmul of the image path once per chunk instead of once per image. After a
+ * failure the images of the finished chunks stay encoded. */
 static idefics_status encode_images(idefics_session *s) {
-    while (s->n_encoded < s->n_px) {
-        int slot = -1;
-        double t0 = idf_time_ms();
-        idefics_status st = idf_state_add_image(s->st, s->px[s->n_encoded], &slot, &s->err);
-        s->tm.image_encode_ms += idf_time_ms() - t0;
-        if (st != IDEFICS_OK) return st;
-        if (slot != s->n_encoded)
-            return idf_errf(&s->err, IDEFICS_ERR_INTERNAL, "generate: image %d was given slot %d", s->n_encoded,
-                            slot);
+    const int n = s->n_px - s->n_encoded;
+    if (n <= 0) return IDEFICS_OK;
+    const int before = idf_state_n_images(s->st);
+    if (before != s->n_encoded)
+        return idf_errf(&s->err, IDEFICS_ERR_INTERNAL, "generate: %d images encoded, the state holds %d",
+                        s->n_encoded, before);
+    double t0 = idf_time_ms();
+    const idefics_status st =
+        idf_state_add_images(s->st, (const float *const *)(s->px + s->n_encoded), n, NULL, &s->err);
+    s->tm.image_encode_ms += idf_time_ms() - t0;
+    const int done = idf_state_n_images(s->st) - before; /* slots before .. follow the images in order */
+    for (int i = 0; i < done; i++) {
         idf_free(s->al, s->px[s->n_encoded]);
         s->px[s->n_encoded] = NULL;
         s->n_encoded++;
     }
-    return IDEFICS_OK;
+    return st;
 }
 
 /* Keep the longest evaluated prefix the conversation's tokens still agree
