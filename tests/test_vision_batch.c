@@ -11,7 +11,8 @@
  * images of two states in one call. Then the public API: a prompt with two
  * and one with five images encoded in one call vs one by one (an eval after
  * each image), and sessions with images joining an idefics_batch in one step
- * (their images encoded together, checked through the DEBUG log) vs alone.
+ * (their images encoded together, checked through the DEBUG log) vs alone;
+ * a low_memory model (one image's scratch: chunks of one).
  * Skips (77) when the model file is absent or the backend has no device.
  */
 #include <math.h>
@@ -93,14 +94,14 @@ typedef struct vcase {
 } vcase;
 
 static const vcase g_cases[] = {
-    {"N1", 0, 1, IDEFICS_KV_F32, false},
-    {"N2", 0, 2, IDEFICS_KV_F32, false},
-    {"N3", 0, 3, IDEFICS_KV_F32, false},
-    {"N5-chunks", 0, 5, IDEFICS_KV_F32, false},
-    {"N8-two-chunks", 0, 8, IDEFICS_KV_F32, false},
-    {"N3-f16", 0, 3, IDEFICS_KV_F16, false},
-    {"N5-q8", 0, 5, IDEFICS_KV_Q8, false},
-    {"after-2-then-3", 2, 3, IDEFICS_KV_F32, false},
+    {"N1", 0, 1, IDEFICS_KV_F32, false, IDEFICS_KV_F32},
+    {"N2", 0, 2, IDEFICS_KV_F32, false, IDEFICS_KV_F32},
+    {"N3", 0, 3, IDEFICS_KV_F32, false, IDEFICS_KV_F32},
+    {"N5-chunks", 0, 5, IDEFICS_KV_F32, false, IDEFICS_KV_F32},
+    {"N8-two-chunks", 0, 8, IDEFICS_KV_F32, false, IDEFICS_KV_F32},
+    {"N3-f16", 0, 3, IDEFICS_KV_F16, false, IDEFICS_KV_F32},
+    {"N5-q8", 0, 5, IDEFICS_KV_Q8, false, IDEFICS_KV_F32},
+    {"after-2-then-3", 2, 3, IDEFICS_KV_F32, false, IDEFICS_KV_F32},
     {"two-states-N6", 0, 6, IDEFICS_KV_F32, true, IDEFICS_KV_F32},
     {"two-states-N5-q8", 0, 5, IDEFICS_KV_Q8, true, IDEFICS_KV_Q8},
     {"two-states-f32-q8", 0, 3, IDEFICS_KV_F32, true, IDEFICS_KV_Q8},
@@ -264,6 +265,38 @@ out:
     idf_state_free(s);
     idf_state_free(o);
     idf_state_free(pass);
+}
+
+/* A model loaded with low_memory keeps one image's vision scratch: five
+ * images in one call run as five chunks and give the same states. */
+static void test_low_memory(const char *path, idefics_backend be) {
+    idefics_model_params mp = idefics_model_default_params();
+    mp.backend = be;
+    mp.n_threads = 2;
+    mp.low_memory = true;
+    idefics_model *lm = NULL;
+    char msg[512];
+    idf_err err = {{0}};
+    idf_state *a = NULL, *b = NULL;
+    CHECK(idefics_model_load(path, &mp, &lm, msg, sizeof msg) == IDEFICS_OK, "low_memory load: %s", msg);
+    if (!lm) return;
+    if (idf_state_create(g_model, 64, IDEFICS_KV_F16, 2, &a, &err) ||
+        idf_state_create(lm, 64, IDEFICS_KV_F16, 2, &b, &err)) {
+        CHECK(0, "low_memory: create: %s", err.msg);
+        goto out;
+    }
+    for (int i = 0; i < 5; i++)
+        CHECK(idf_state_add_image(a, g_px[i], NULL, &err) == IDEFICS_OK, "low_memory: one by one: %s", err.msg);
+    int slots[5] = {-1, -1, -1, -1, -1};
+    CHECK(idf_state_add_images(b, (const float *const *)g_px, 5, slots, &err) == IDEFICS_OK, "low_memory: %s",
+          err.msg);
+    CHECK(slots[4] == 4 && idf_state_n_images(b) == 5, "low_memory: slot %d, %d images", slots[4],
+          idf_state_n_images(b));
+    compare_states(b, a, "low_memory");
+out:
+    idf_state_free(a);
+    idf_state_free(b);
+    idefics_model_free(lm);
 }
 
 /* -------------------------------------------------------------- public API */
@@ -463,10 +496,18 @@ int main(int argc, char **argv) {
         run_case(&g_cases[i]);
         printf("%-20s %s\n", g_cases[i].name, failures == f0 ? "ok" : "FAILED");
     }
+    int f0 = failures;
     test_misuse();
-    printf("%-20s %s\n", "misuse", failures ? "FAILED" : "ok");
+    printf("%-20s %s\n", "misuse", failures == f0 ? "ok" : "FAILED");
+    f0 = failures;
+    test_low_memory(argv[1], mp.backend);
+    printf("%-20s %s\n", "low-memory", failures == f0 ? "ok" : "FAILED");
+    f0 = failures;
     test_sessions(mi.n_vocab);
+    printf("%-20s %s\n", "sessions", failures == f0 ? "ok" : "FAILED");
+    f0 = failures;
     test_batch(mi.n_vocab);
+    printf("%-20s %s\n", "idefics-batch", failures == f0 ? "ok" : "FAILED");
     printf("backend %s (%s): worst NMSE batched vs one by one: state %.3g (%s), sessions %.3g (tolerance %.3g)\n",
            g_be, mi.backend, g_worst, g_exact ? "bitwise equal required" : "tolerance", g_worst_api, g_tol);
     for (int i = 0; i < MAX_IMG; i++) free(g_px[i]);
