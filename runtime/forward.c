@@ -524,7 +524,6 @@ static bool chunk_cancelled(const idf_state *s, idf_state *const *dst, int n) {
     return cancelled(s);
 }
 
-
 /* pixels[0 .. n-1], each [C, S, S] -> s->vx [n * T, D], the last hidden
  * states (spec §3.1), image i in rows i*T ..: every weight matmul runs once
  * over the n*T rows, attention once per image over its own T rows. Image i

@@ -161,7 +161,6 @@ static void compare_states(idf_state *a, idf_state *b, const char *name) {
 
 static void run_case(const vcase *vc) {
     const idf_config *c = &g_model->cfg;
-    const int total = vc->pre + vc->n;
     idf_err err = {{0}};
     /* one / batched; with `two`, a second pair gets the odd images */
     idf_state *one[2] = {0}, *bat[2] = {0};
@@ -203,7 +202,6 @@ static void run_case(const vcase *vc) {
               idf_state_n_images(bat[k]), held[k]);
         if (idf_state_n_images(bat[k]) != held[k]) goto out;
         compare_states(bat[k], one[k], vc->name);
-        (void)total;
         float *la = malloc((size_t)(2 + 3 * MAX_IMG) * c->n_vocab * sizeof(float));
         float *lb = malloc((size_t)(2 + 3 * MAX_IMG) * c->n_vocab * sizeof(float));
         int32_t ga[N_GREEDY] = {0}, gb[N_GREEDY] = {0};
