@@ -12,7 +12,8 @@
  * and one with five images encoded in one call vs one by one (an eval after
  * each image), and sessions with images joining an idefics_batch in one step
  * (their images encoded together, checked through the DEBUG log) vs alone;
- * a low_memory model (one image's scratch: chunks of one).
+ * a low_memory model (one image's scratch: chunks of one); a failing second
+ * chunk (the first stays).
  * Skips (77) when the model file is absent or the backend has no device.
  */
 #include <math.h>
@@ -297,6 +298,70 @@ out:
     idefics_model_free(lm);
 }
 
+/* An allocator that fails the k-th allocation of one size once armed. */
+typedef struct failing {
+    size_t size;
+    int left; /* allocations of `size` still granted; -1 = disarmed */
+} failing;
+
+static void *fail_malloc(void *ud, size_t n) {
+    failing *f = ud;
+    if (f->left >= 0 && n == f->size && f->left-- == 0) return NULL;
+    return malloc(n);
+}
+static void *fail_realloc(void *ud, void *p, size_t n) {
+    (void)ud;
+    return realloc(p, n);
+}
+static void fail_free(void *ud, void *p) {
+    (void)ud;
+    free(p);
+}
+
+/* A chunk that fails adds nothing, and the chunks before it stay: five images
+ * where the fifth image's slot cannot be allocated leave the first four (one
+ * full chunk) encoded; the fifth then goes in alone, and the state equals
+ * five added one by one. */
+static void test_chunk_failure(const char *path, idefics_backend be) {
+    failing f = {(size_t)g_model->n_img_tokens * g_model->cfg.v_dim * sizeof(float), -1};
+    idefics_model_params mp = idefics_model_default_params();
+    mp.backend = be;
+    mp.n_threads = 2;
+    mp.allocator = (idefics_allocator){fail_malloc, fail_realloc, fail_free, &f};
+    idefics_model *fm = NULL;
+    char msg[512];
+    idf_err err = {{0}};
+    idf_state *a = NULL, *b = NULL;
+    CHECK(idefics_model_load(path, &mp, &fm, msg, sizeof msg) == IDEFICS_OK, "chunk failure: load: %s", msg);
+    if (!fm) return;
+    if (idf_state_create(g_model, 64, IDEFICS_KV_F32, 2, &a, &err) ||
+        idf_state_create(fm, 64, IDEFICS_KV_F32, 2, &b, &err)) {
+        CHECK(0, "chunk failure: create: %s", err.msg);
+        goto out;
+    }
+    for (int i = 0; i < 5; i++)
+        CHECK(idf_state_add_image(a, g_px[i], NULL, &err) == IDEFICS_OK, "chunk failure: one by one: %s", err.msg);
+    int slots[5] = {-1, -1, -1, -1, -1};
+    /* a slot allocates its latents and its K and V (F32 here: n_cross * nl *
+     * hidden floats each, the latents' size on some shapes): slots 0 .. 3 are
+     * granted, slot 4's first allocation of that size fails */
+    const size_t kv = (size_t)g_model->cfg.n_cross * g_model->n_img_tokens * g_model->cfg.hidden * sizeof(float);
+    f.left = IDF_VISION_BATCH * (kv == f.size ? 3 : 1);
+    const idefics_status st = idf_state_add_images(b, (const float *const *)g_px, 5, slots, &err);
+    f.left = -1;
+    CHECK(st == IDEFICS_ERR_OUT_OF_MEMORY, "chunk failure: %s (%s)", idefics_status_str(st), err.msg);
+    CHECK(idf_state_n_images(b) == IDF_VISION_BATCH && slots[3] == 3 && slots[4] == -1,
+          "chunk failure: %d images, slots[3] %d, slots[4] %d", idf_state_n_images(b), slots[3], slots[4]);
+    err = (idf_err){{0}};
+    CHECK(idf_state_add_images(b, (const float *const *)g_px + 4, 1, slots + 4, &err) == IDEFICS_OK && slots[4] == 4,
+          "chunk failure: the fifth again: %s", err.msg);
+    if (idf_state_n_images(b) == 5) compare_states(b, a, "chunk-failure");
+out:
+    idf_state_free(a);
+    idf_state_free(b);
+    idefics_model_free(fm);
+}
+
 /* -------------------------------------------------------------- public API */
 
 static idefics_session *new_session(void) {
@@ -500,6 +565,9 @@ int main(int argc, char **argv) {
     f0 = failures;
     test_low_memory(argv[1], mp.backend);
     printf("%-20s %s\n", "low-memory", failures == f0 ? "ok" : "FAILED");
+    f0 = failures;
+    test_chunk_failure(argv[1], mp.backend);
+    printf("%-20s %s\n", "chunk-failure", failures == f0 ? "ok" : "FAILED");
     f0 = failures;
     test_sessions(mi.n_vocab);
     printf("%-20s %s\n", "sessions", failures == f0 ? "ok" : "FAILED");
