@@ -3,8 +3,9 @@
  * an idefics_batch steps several sessions' generations together.
  *
  * Each session keeps its own state (forward.h: KV cache, images, position) and
- * its own backend, which encodes its images and, by default, prefills its
- * prompt in a pass of its own. The batch owns one pass state (scratch for
+ * its own backend, which by default prefills its prompt in a pass of its own.
+ * The images of sessions joining in the same step are encoded together on
+ * one joiner's state (encode_joiners), each into its own session's state. The batch owns one pass state (scratch for
  * max_sessions + prefill_chunk rows and a backend with its own threads) on
  * which every decode step runs: one row per member, every weight matmul once
  * for all rows (idf_state_eval_seqs), attention per member over its own cache.
@@ -156,12 +157,70 @@ static void finish(member *mb, idefics_status st) {
     mb->g = NULL;
 }
 
+/* Joiners of this step with images pending have them encoded together: one
+ * idf_state_encode_images on the first such joiner's state (its scratch,
+ * backend and threads; no scratch of the batch's own), each image's latents
+ * and cross-attention K/V stored into its own session's state in that
+ * state's KV type. It is only a faster way to the same slots: on any failure
+ * (a joiner cancelled meanwhile, memory, the device) the chunks finished stay
+ * and each joiner's idf_gen_prepare below encodes what is left on its own
+ * state and reports its own error, as without batching. Each session's
+ * image_encode_ms gets the whole shared encode, the time its images took. */
+static void encode_joiners(idefics_batch *b) {
+    int n_img = 0, n_join = 0;
+    for (int i = 0; i < b->n; i++) {
+        member *mb = &b->m[i];
+        const float *const *px;
+        if (mb->prepared || mb->finished || idf_session_cancelled(mb->s)) continue;
+        const int k = idf_gen_pending_images(mb->s, &px);
+        n_join += k > 0;
+        n_img += k;
+    }
+    if (n_join < 2) return; /* one joiner's own prepare stacks its images already */
+    const idf_alloc *al = &b->model->alloc;
+    const float **px = idf_calloc(al, (size_t)n_img, sizeof *px);
+    idf_state **dst = idf_calloc(al, (size_t)n_img, sizeof *dst);
+    idf_state *enc = NULL;
+    bool had[BATCH_MAX_ROWS] = {false}; /* member i has images in the list */
+    int n = 0;
+    for (int i = 0; px && dst && i < b->n; i++) {
+        member *mb = &b->m[i];
+        const float *const *p;
+        if (mb->prepared || mb->finished || idf_session_cancelled(mb->s)) continue;
+        const int k = idf_gen_pending_images(mb->s, &p);
+        had[i] = k > 0;
+        for (int j = 0; j < k; j++) {
+            px[n] = p[j];
+            dst[n++] = idf_session_state(mb->s);
+        }
+        if (k && !enc) enc = idf_session_state(mb->s);
+    }
+    if (px && dst && enc) {
+        idf_err e;
+        idf_err_clear(&e);
+        const double t0 = idf_time_ms();
+        const idefics_status st = idf_state_encode_images(enc, dst, px, n, NULL, &e);
+        const double ms = idf_time_ms() - t0;
+        if (st)
+            idf_logf(&b->model->log, IDEFICS_LOG_DEBUG, "batch: joint image encode stopped (%s); joiners go on alone",
+                     e.msg);
+        else
+            idf_logf(&b->model->log, IDEFICS_LOG_DEBUG, "batch: %d images of %d joiners encoded together, %.1f ms", n,
+                     n_join, ms);
+        for (int i = 0; i < b->n; i++)
+            if (had[i]) idf_gen_images_encoded(b->m[i].s, ms);
+    }
+    idf_free(al, px);
+    idf_free(al, dst);
+}
+
 idefics_status idefics_batch_step(idefics_batch *b) {
     if (!b) return IDEFICS_ERR_INVALID_ARG;
     idf_err_clear(&b->err);
     if (b->n == 0) return IDEFICS_OK;
 
-    /* 1: joiners */
+    /* 1: joiners (their images first, encoded together) */
+    encode_joiners(b);
     for (int i = 0; i < b->n; i++) {
         member *mb = &b->m[i];
         /* a cancel before the first token (joining, or prompt chunks under way) */

@@ -22,6 +22,12 @@ idefics_status idf_gen_begin(idefics_session *s, const idefics_generate_params *
 /* Encode the session's new images (its own state) and drop the cached tail
  * the conversation no longer agrees with. */
 idefics_status idf_gen_prepare(idefics_session *s, idf_gen *g);
+/* The session's images not encoded yet: their count, *px their pixels (valid
+ * until the session changes). */
+int idf_gen_pending_images(idefics_session *s, const float *const **px);
+/* Some of them were encoded into the session's state by a batched encode
+ * (idf_state_encode_images) that took ms: the session catches up. */
+void idf_gen_images_encoded(idefics_session *s, double ms);
 /* Evaluate all pending prompt tokens on the session's own state. */
 idefics_status idf_gen_prefill(idefics_session *s, idf_gen *g);
 /* Tokens still to evaluate (prompt tail, or the last sampled token). */

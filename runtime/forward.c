@@ -12,7 +12,7 @@
  *   per image slot            latents [n_img_tokens, v_dim]
  *                             xk, xv  [n_cross, n_img_tokens, hidden]  kv_type
  *   text scratch              one chunk of up to n_batch tokens
- *   vision scratch            one image
+ *   vision scratch            up to v_cap images (IDF_VISION_BATCH), stacked
  * The text pass runs in chunks of n_batch tokens, so scratch does not grow
  * with the prompt; the causal KV cache makes chunking exact.
  */
@@ -51,18 +51,21 @@ struct idf_state {
     float *h, *x, *q, *k, *v, *att;
     float *g, *u; /* [n_batch, intermediate] */
 
-    /* vision scratch (T = v_n_patches + 1 tokens, D = v_dim) */
-    float *patches;                     /* [v_n_patches, channels * patch * patch] */
-    float *vx, *vy, *vq, *vk, *vv, *va; /* [T, D] */
-    float *vm;                          /* [T, v_intermediate] */
-    /* perceiver scratch (L = p_latents, KV = T + L rows, E = p_heads * p_head_dim) */
-    float *pz, *py; /* [L, D] */
+    /* vision scratch for up to v_cap images stacked (image i owns rows
+     * i*T .. i*T + T - 1; T = v_n_patches + 1 tokens, D = v_dim) */
+    int v_cap;                          /* IDF_VISION_BATCH, or 1 with low_memory (state_create) */
+    float *patches;                     /* [v_cap * T, channels * patch * patch]: a zero row, then patches */
+    float *vx, *vy, *vq, *vk, *vv, *va; /* [v_cap * T, D] */
+    float *vm;                          /* [v_cap * T, v_intermediate] */
+    /* perceiver scratch, per image (L = p_latents, KV = T + L rows, E = p_heads * p_head_dim),
+     * stacked v_cap times like the vision scratch */
+    float *pz, *py; /* [L, D]; pz ends as the latents */
     float *pkv;     /* [KV, D]: normalised context then latents */
     float *pq, *pa; /* [L, E] */
     float *pk, *pv; /* [KV, E] */
     float *pm;      /* [L, 4 D] */
     float *lg;      /* batched passes: [n_batch, n_vocab] logits, made on first use */
-    float *xtmp;    /* [n_img_tokens, hidden]: one block's image K or V before storing */
+    float *xtmp;    /* [v_cap * n_img_tokens, hidden]: one block's image K or V before storing */
 };
 
 /* ============================================================ op dispatch */
@@ -361,9 +364,9 @@ static idefics_status state_create(const idefics_model *model, int n_ctx, idefic
         }
     }
 
-    /* The config was range-checked at load (every dimension <= 2^20), so the
-     * products below fit in 64 bits; the size_t conversions are still checked
-     * for 32-bit hosts. */
+    /* The config was range-checked at load (every dimension <= 2^20, T <= 2^24
+     * + 1, v_cap <= IDF_VISION_BATCH), so the products below fit in 64 bits;
+     * the size_t conversions are still checked for 32-bit hosts. */
     uint64_t total = 0;
     const uint64_t H = c->hidden, B = (uint64_t)s->n_batch;
     const uint64_t kv_elems = (uint64_t)c->n_layers * (uint64_t)n_ctx * H;
@@ -384,22 +387,33 @@ static idefics_status state_create(const idefics_model *model, int n_ctx, idefic
     s->g = alloc_f(s, B * c->intermediate, &total);
     s->u = alloc_f(s, B * c->intermediate, &total);
 
+    /* Vision scratch for v_cap images, so a batch of images runs every weight
+     * matmul once over all their rows (idf_state_add_images). Per image at
+     * IDEFICS-9B's shapes (ViT-H/14 at 224: T 257, D 1280, v_intermediate
+     * 5120; perceiver L 64, E 1536; hidden 4096) it is about 22 MiB: vision
+     * 13.1 (patches 0.6, six [T, D] 7.5, vm 5.0), perceiver 8.0, xtmp 1.0.
+     * IDF_VISION_BATCH 4 thus costs a session 66 MiB over one image's. A model
+     * loaded with low_memory (RAM is the limit: phones) keeps one image's
+     * scratch and encodes images one at a time. */
+    s->v_cap = s->low_mem ? 1 : IDF_VISION_BATCH;
+    const uint64_t VC = (uint64_t)s->v_cap;
     const uint64_t T = (uint64_t)c->v_n_patches + 1, D = c->v_dim;
+    const uint64_t kdim = (uint64_t)c->v_channels * c->v_patch * c->v_patch;
     if (c->text_only || pass_only) /* no image path: no vision scratch */
         goto allocated;
-    s->patches = alloc_f(s, (uint64_t)c->v_n_patches * c->v_channels * c->v_patch * c->v_patch, &total);
-    s->vx = alloc_f(s, T * D, &total);
-    s->vy = alloc_f(s, T * D, &total);
-    s->vq = alloc_f(s, T * D, &total);
-    s->vk = alloc_f(s, T * D, &total);
-    s->vv = alloc_f(s, T * D, &total);
-    s->va = alloc_f(s, T * D, &total);
-    s->vm = alloc_f(s, T * c->v_intermediate, &total);
-    s->xtmp = alloc_f(s, (uint64_t)model->n_img_tokens * H, &total);
+    s->patches = alloc_f(s, VC * T * kdim, &total);
+    s->vx = alloc_f(s, VC * T * D, &total);
+    s->vy = alloc_f(s, VC * T * D, &total);
+    s->vq = alloc_f(s, VC * T * D, &total);
+    s->vk = alloc_f(s, VC * T * D, &total);
+    s->vv = alloc_f(s, VC * T * D, &total);
+    s->va = alloc_f(s, VC * T * D, &total);
+    s->vm = alloc_f(s, VC * T * c->v_intermediate, &total);
+    s->xtmp = alloc_f(s, VC * model->n_img_tokens * H, &total);
     ok = ok && s->h && s->x && s->q && s->k && s->v && s->att && s->g && s->u && s->patches && s->vx && s->vy &&
          s->vq && s->vk && s->vv && s->va && s->vm && s->xtmp;
     if (c->use_resampler) {
-        const uint64_t L = c->p_latents, KV = T + L, E = (uint64_t)c->p_heads * c->p_head_dim;
+        const uint64_t L = VC * c->p_latents, KV = VC * (T + c->p_latents), E = (uint64_t)c->p_heads * c->p_head_dim;
         s->pz = alloc_f(s, L * D, &total);
         s->py = alloc_f(s, L * D, &total);
         s->pkv = alloc_f(s, KV * D, &total);
@@ -420,11 +434,12 @@ allocated:
     /* the session's buffers, for a backend that keeps them on the device */
     float *bufs[] = {s->h,  s->x,  s->q,  s->k,  s->v,  s->att, s->g,  s->u,  s->patches, s->vx, s->vy, s->vq,  s->vk,
                      s->vv, s->va, s->vm, s->pz, s->py, s->pkv, s->pq, s->pa, s->pk,      s->pv, s->pm, s->xtmp};
-    const uint64_t TD = T * D, PL = c->p_latents, PKV = T + PL, PE = (uint64_t)c->p_heads * c->p_head_dim;
+    const uint64_t TD = VC * T * D, PL = VC * c->p_latents, PKV = VC * (T + c->p_latents);
+    const uint64_t PE = (uint64_t)c->p_heads * c->p_head_dim;
     const uint64_t nfl[] = {B * H, B * H, B * H, B * H, B * H, B * H, B * c->intermediate, B * c->intermediate,
-                            (uint64_t)c->v_n_patches * c->v_channels * c->v_patch * c->v_patch, TD, TD, TD, TD, TD, TD,
-                            T * c->v_intermediate, PL * D, PL * D, PKV * D, PL * PE, PL * PE, PKV * PE, PKV * PE,
-                            PL * 4 * D, (uint64_t)model->n_img_tokens * H};
+                            VC * T * kdim, TD, TD, TD, TD, TD, TD, VC * T * c->v_intermediate, PL * D, PL * D,
+                            PKV * D, PL * PE, PL * PE, PKV * PE, PKV * PE, PL * 4 * D,
+                            VC * model->n_img_tokens * H};
     st = IDEFICS_OK;
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0] && st == IDEFICS_OK && s->be->register_host; i++)
         if (bufs[i])
@@ -500,66 +515,92 @@ const float *idf_state_image_latents(const idf_state *s, int slot) {
 
 /* ========================================================== vision tower */
 
-/* pixels [C, S, S] -> s->vx [T, D], the last hidden state (spec §3.1). */
-static idefics_status vision_tower(idf_state *s, const float *pixels, idf_err *err) {
+/* Cancelled: s's own flag, or that of a state t[i] an image of the chunk goes to
+ * (polled per layer and block). */
+static bool chunk_cancelled(const idf_state *s, idf_state *const *dst, int n) {
+    for (int i = 0; dst && i < n; i++)
+        if (cancelled(dst[i]))
+            return true;
+    return cancelled(s);
+}
+
+/* pixels[0 .. n-1], each [C, S, S] -> s->vx [n * T, D], the last hidden
+ * states (spec §3.1), image i in rows i*T ..: every weight matmul runs once
+ * over the n*T rows, attention once per image over its own T rows. Image i
+ * goes to state t[i] (for the cancel flags only). */
+static idefics_status vision_tower(idf_state *s, idf_state *const *t, const float *const *pixels, int n,
+                                   idf_err *err) {
     const idf_config *c = &s->m->cfg;
     const idf_weights *w = s->m->w;
     const int64_t D = c->v_dim, T = (int64_t)c->v_n_patches + 1, P = c->v_patch, S = c->v_image_size;
-    const int64_t grid = S / P, kdim = (int64_t)c->v_channels * P * P;
+    const int64_t grid = S / P, kdim = (int64_t)c->v_channels * P * P, NT = n * T;
 
     /* Patch conv with stride = kernel = P and no bias, as a matmul over patches:
-     * patch p = (row py, col px) flattened in the conv weight's (c, ky, kx) order. */
-    IDF_FORWARD(host_access(s, s->patches, (size_t)((T - 1) * kdim) * sizeof(float), err));
-    for (int64_t py = 0; py < grid; py++)
-        for (int64_t px = 0; px < grid; px++) {
-            float *dst = s->patches + (py * grid + px) * kdim;
-            for (int64_t ch = 0; ch < c->v_channels; ch++)
-                for (int64_t ky = 0; ky < P; ky++)
-                    memcpy(dst + (ch * P + ky) * P, pixels + (ch * S + py * P + ky) * S + px * P,
-                           (size_t)P * sizeof(float));
-        }
-    IDF_FORWARD(mm(s, &w->patch, NULL, s->patches, T - 1, s->vx + D, D, err));
-    IDF_FORWARD(host_access(s, s->vx, (size_t)D * sizeof(float), err));
-    memcpy(s->vx, w->class_emb, (size_t)D * sizeof(float));
-    /* Position ids are 0..T-1 (a stored position_ids buffer is ignored, pitfall P3). */
-    IDF_FORWARD(add(s, s->vx, w->pos_emb, T * D, err));
-    IDF_FORWARD(ln(s, s->vx, w->pre_ln_w, w->pre_ln_b, c->v_ln_eps, T, D, s->vx, err));
+     * patch p = (row py, col px) flattened in the conv weight's (c, ky, kx) order.
+     * Each image's patches follow a zero row where its class token goes, so one
+     * matmul fills s->vx in the stacked layout (the row's output, zero, is
+     * overwritten below; it costs 1/T more of this one matmul). */
+    IDF_FORWARD(host_access(s, s->patches, (size_t)(NT * kdim) * sizeof(float), err));
+    for (int i = 0; i < n; i++) {
+        float *img = s->patches + i * T * kdim;
+        memset(img, 0, (size_t)kdim * sizeof(float));
+        for (int64_t py = 0; py < grid; py++)
+            for (int64_t px = 0; px < grid; px++) {
+                float *dst = img + (1 + py * grid + px) * kdim;
+                for (int64_t ch = 0; ch < c->v_channels; ch++)
+                    for (int64_t ky = 0; ky < P; ky++)
+                        memcpy(dst + (ch * P + ky) * P, pixels[i] + (ch * S + py * P + ky) * S + px * P,
+                               (size_t)P * sizeof(float));
+            }
+    }
+    IDF_FORWARD(mm(s, &w->patch, NULL, s->patches, NT, s->vx, D, err));
+    for (int i = 0; i < n; i++) {
+        float *x = s->vx + i * T * D;
+        IDF_FORWARD(host_access(s, x, (size_t)D * sizeof(float), err));
+        memcpy(x, w->class_emb, (size_t)D * sizeof(float));
+        /* Position ids are 0..T-1 (a stored position_ids buffer is ignored, pitfall P3). */
+        IDF_FORWARD(add(s, x, w->pos_emb, T * D, err));
+    }
+    IDF_FORWARD(ln(s, s->vx, w->pre_ln_w, w->pre_ln_b, c->v_ln_eps, NT, D, s->vx, err));
 
     const int hd = (int)(D / c->v_heads);
     for (uint32_t l = 0; l < c->v_layers; l++) {
-        if (cancelled(s))
+        if (chunk_cancelled(s, t, n))
             return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled in vision layer %u", l);
         page_vision_layer(s, l + 1, true);
         if (l > 0)
             page_vision_layer(s, l - 1, false);
         const idf_vision_layer *L = &w->vl[l];
-        IDF_FORWARD(ln(s, s->vx, L->ln1_w, L->ln1_b, c->v_ln_eps, T, D, s->vy, err));
-        IDF_FORWARD(mm(s, &L->q, L->q_b, s->vy, T, s->vq, D, err));
-        IDF_FORWARD(mm(s, &L->k, L->k_b, s->vy, T, s->vk, D, err));
-        IDF_FORWARD(mm(s, &L->v, L->v_b, s->vy, T, s->vv, D, err));
-        const idf_attn a = {
-            .n_q = (int)T,
-            .n_kv = (int)T,
-            .n_heads = (int)c->v_heads,
-            .head_dim = hd,
-            .q = s->vq,
-            .q_stride = D,
-            .k = s->vk,
-            .v = s->vv,
-            .kv_stride = D,
-            .kv_type = IDEFICS_KV_F32,
-            .scale = 1.0f / sqrtf((float)hd),
-            .out = s->va,
-            .out_stride = D,
-        };
-        IDF_FORWARD(attend(s, &a, err));
-        IDF_FORWARD(mm(s, &L->o, L->o_b, s->va, T, s->vy, D, err));
-        IDF_FORWARD(add(s, s->vx, s->vy, T * D, err));
-        IDF_FORWARD(ln(s, s->vx, L->ln2_w, L->ln2_b, c->v_ln_eps, T, D, s->vy, err));
-        IDF_FORWARD(mm(s, &L->fc1, L->fc1_b, s->vy, T, s->vm, c->v_intermediate, err));
-        IDF_FORWARD(act(s, c->v_gelu_exact ? ACT_GELU : ACT_QUICK_GELU, s->vm, T * c->v_intermediate, err));
-        IDF_FORWARD(mm(s, &L->fc2, L->fc2_b, s->vm, T, s->vy, D, err));
-        IDF_FORWARD(add(s, s->vx, s->vy, T * D, err));
+        IDF_FORWARD(ln(s, s->vx, L->ln1_w, L->ln1_b, c->v_ln_eps, NT, D, s->vy, err));
+        IDF_FORWARD(mm(s, &L->q, L->q_b, s->vy, NT, s->vq, D, err));
+        IDF_FORWARD(mm(s, &L->k, L->k_b, s->vy, NT, s->vk, D, err));
+        IDF_FORWARD(mm(s, &L->v, L->v_b, s->vy, NT, s->vv, D, err));
+        for (int i = 0; i < n; i++) { /* an image's tokens attend to its own tokens only */
+            const int64_t o = i * T * D;
+            const idf_attn a = {
+                .n_q = (int)T,
+                .n_kv = (int)T,
+                .n_heads = (int)c->v_heads,
+                .head_dim = hd,
+                .q = s->vq + o,
+                .q_stride = D,
+                .k = s->vk + o,
+                .v = s->vv + o,
+                .kv_stride = D,
+                .kv_type = IDEFICS_KV_F32,
+                .scale = 1.0f / sqrtf((float)hd),
+                .out = s->va + o,
+                .out_stride = D,
+            };
+            IDF_FORWARD(attend(s, &a, err));
+        }
+        IDF_FORWARD(mm(s, &L->o, L->o_b, s->va, NT, s->vy, D, err));
+        IDF_FORWARD(add(s, s->vx, s->vy, NT * D, err));
+        IDF_FORWARD(ln(s, s->vx, L->ln2_w, L->ln2_b, c->v_ln_eps, NT, D, s->vy, err));
+        IDF_FORWARD(mm(s, &L->fc1, L->fc1_b, s->vy, NT, s->vm, c->v_intermediate, err));
+        IDF_FORWARD(act(s, c->v_gelu_exact ? ACT_GELU : ACT_QUICK_GELU, s->vm, NT * c->v_intermediate, err));
+        IDF_FORWARD(mm(s, &L->fc2, L->fc2_b, s->vm, NT, s->vy, D, err));
+        IDF_FORWARD(add(s, s->vx, s->vy, NT * D, err));
     }
     /* No post_layernorm: IDEFICS takes last_hidden_state. */
     return IDEFICS_OK;
@@ -567,57 +608,69 @@ static idefics_status vision_tower(idf_state *s, const float *pixels, idf_err *e
 
 /* ============================================================= perceiver */
 
-/* context s->vx [T, D] -> out [L, D] (spec §3.2). */
-static idefics_status perceiver(idf_state *s, float *out, idf_err *err) {
+/* contexts s->vx [n * T, D] -> s->pz [n * L, D], the latents of image i in
+ * rows i*L .. (spec §3.2). Stacked like the vision tower: weight matmuls once
+ * over all images' rows, attention per image. */
+static idefics_status perceiver(idf_state *s, idf_state *const *t, int n, idf_err *err) {
     const idf_config *c = &s->m->cfg;
     const idf_weights *w = s->m->w;
     const int64_t D = c->v_dim, T = (int64_t)c->v_n_patches + 1, L = c->p_latents, KV = T + L;
-    const int64_t E = (int64_t)c->p_heads * c->p_head_dim, M = 4 * D;
+    const int64_t E = (int64_t)c->p_heads * c->p_head_dim, M = 4 * D, NL = n * L;
     const float eps = 1e-5f; /* nn.LayerNorm default: the perceiver's norms take no eps from the config */
 
-    IDF_FORWARD(host_access(s, s->pz, (size_t)(L * D) * sizeof(float), err));
-    memcpy(s->pz, w->latents, (size_t)(L * D) * sizeof(float));
+    IDF_FORWARD(host_access(s, s->pz, (size_t)(NL * D) * sizeof(float), err));
+    for (int i = 0; i < n; i++)
+        memcpy(s->pz + i * L * D, w->latents, (size_t)(L * D) * sizeof(float));
     for (uint32_t b = 0; b < c->p_depth; b++) {
-        if (cancelled(s))
+        if (chunk_cancelled(s, t, n))
             return idf_errf(err, IDEFICS_ERR_CANCELLED, "cancelled in perceiver block %u", b);
         const idf_perceiver_block *B = &w->pb[b];
-        /* Keys and values see [LN(context); LN(latents)], context first; the same
-         * raw context feeds every block. */
-        float *zn = s->pkv + T * D;
-        IDF_FORWARD(ln(s, s->vx, B->ctx_ln_w, B->ctx_ln_b, eps, T, D, s->pkv, err));
-        IDF_FORWARD(ln(s, s->pz, B->lat_ln_w, B->lat_ln_b, eps, L, D, zn, err));
-        IDF_FORWARD(mm(s, &B->q, NULL, zn, L, s->pq, E, err));
-        IDF_FORWARD(mm(s, &B->k, NULL, s->pkv, KV, s->pk, E, err));
-        IDF_FORWARD(mm(s, &B->v, NULL, s->pkv, KV, s->pv, E, err));
-        if (c->p_qk_norms) {
-            IDF_FORWARD(ln(s, s->pq, B->q_ln_w, B->q_ln_b, eps, L * c->p_heads, c->p_head_dim, s->pq, err));
-            IDF_FORWARD(ln(s, s->pk, B->k_ln_w, B->k_ln_b, eps, KV * c->p_heads, c->p_head_dim, s->pk, err));
+        /* Keys and values of image i see [LN(context_i); LN(latents_i)], context
+         * first, in rows i*KV .. of s->pkv; the same raw context feeds every
+         * block. The queries need the normalised latents of all images in a
+         * row, so they are normalised twice (into s->py for the query matmul,
+         * into s->pkv for keys and values): a LayerNorm costs little, a copy
+         * would bring device results to the host and back. */
+        for (int i = 0; i < n; i++) {
+            float *kv = s->pkv + i * KV * D;
+            IDF_FORWARD(ln(s, s->vx + i * T * D, B->ctx_ln_w, B->ctx_ln_b, eps, T, D, kv, err));
+            IDF_FORWARD(ln(s, s->pz + i * L * D, B->lat_ln_w, B->lat_ln_b, eps, L, D, kv + T * D, err));
         }
-        const idf_attn a = {
-            .n_q = (int)L,
-            .n_kv = (int)KV,
-            .n_heads = (int)c->p_heads,
-            .head_dim = (int)c->p_head_dim,
-            .q = s->pq,
-            .q_stride = E,
-            .k = s->pk,
-            .v = s->pv,
-            .kv_stride = E,
-            .kv_type = IDEFICS_KV_F32,
-            .scale = 1.0f / sqrtf((float)c->p_head_dim),
-            .out = s->pa,
-            .out_stride = E,
-        };
-        IDF_FORWARD(attend(s, &a, err));
-        IDF_FORWARD(mm(s, &B->o, NULL, s->pa, L, s->py, D, err));
-        IDF_FORWARD(add(s, s->pz, s->py, L * D, err));
-        IDF_FORWARD(ln(s, s->pz, B->mlp_ln_w, B->mlp_ln_b, eps, L, D, s->py, err));
-        IDF_FORWARD(mm(s, &B->fc, NULL, s->py, L, s->pm, M, err));
-        IDF_FORWARD(act(s, ACT_RELU, s->pm, L * M, err));
-        IDF_FORWARD(mm(s, &B->c_proj, NULL, s->pm, L, s->py, D, err));
-        IDF_FORWARD(add(s, s->pz, s->py, L * D, err));
+        IDF_FORWARD(ln(s, s->pz, B->lat_ln_w, B->lat_ln_b, eps, NL, D, s->py, err));
+        IDF_FORWARD(mm(s, &B->q, NULL, s->py, NL, s->pq, E, err));
+        IDF_FORWARD(mm(s, &B->k, NULL, s->pkv, n * KV, s->pk, E, err));
+        IDF_FORWARD(mm(s, &B->v, NULL, s->pkv, n * KV, s->pv, E, err));
+        if (c->p_qk_norms) {
+            IDF_FORWARD(ln(s, s->pq, B->q_ln_w, B->q_ln_b, eps, NL * c->p_heads, c->p_head_dim, s->pq, err));
+            IDF_FORWARD(ln(s, s->pk, B->k_ln_w, B->k_ln_b, eps, n * KV * c->p_heads, c->p_head_dim, s->pk, err));
+        }
+        for (int i = 0; i < n; i++) {
+            const idf_attn a = {
+                .n_q = (int)L,
+                .n_kv = (int)KV,
+                .n_heads = (int)c->p_heads,
+                .head_dim = (int)c->p_head_dim,
+                .q = s->pq + i * L * E,
+                .q_stride = E,
+                .k = s->pk + i * KV * E,
+                .v = s->pv + i * KV * E,
+                .kv_stride = E,
+                .kv_type = IDEFICS_KV_F32,
+                .scale = 1.0f / sqrtf((float)c->p_head_dim),
+                .out = s->pa + i * L * E,
+                .out_stride = E,
+            };
+            IDF_FORWARD(attend(s, &a, err));
+        }
+        IDF_FORWARD(mm(s, &B->o, NULL, s->pa, NL, s->py, D, err));
+        IDF_FORWARD(add(s, s->pz, s->py, NL * D, err));
+        IDF_FORWARD(ln(s, s->pz, B->mlp_ln_w, B->mlp_ln_b, eps, NL, D, s->py, err));
+        IDF_FORWARD(mm(s, &B->fc, NULL, s->py, NL, s->pm, M, err));
+        IDF_FORWARD(act(s, ACT_RELU, s->pm, NL * M, err));
+        IDF_FORWARD(mm(s, &B->c_proj, NULL, s->pm, NL, s->py, D, err));
+        IDF_FORWARD(add(s, s->pz, s->py, NL * D, err));
     }
-    return ln(s, s->pz, w->p_ln_w, w->p_ln_b, eps, L, D, out, err);
+    return ln(s, s->pz, w->p_ln_w, w->p_ln_b, eps, NL, D, s->pz, err);
 }
 
 /* =============================================================== images */
@@ -668,58 +721,108 @@ static idefics_status ensure_slot(idf_state *s, int idx, img_slot **out, idf_err
     return IDEFICS_OK;
 }
 
-/* A free slot: the next one. */
-static idefics_status take_slot(idf_state *s, img_slot **out, idf_err *err) {
-    return ensure_slot(s, s->n_img, out, err);
+/* One chunk of n <= v_cap images on s's scratch and backend; image i goes to
+ * state t[i] (s itself, or another state of the model: its next slot, its KV
+ * type). Every slot is taken before any work, and the n_img are bumped only
+ * at the end, so a failure leaves every state's images as they were. */
+static idefics_status add_chunk(idf_state *s, idf_state *const *t, const float *const *pixels, int n, int *slots,
+                                idf_err *err) {
+    const idf_config *c = &s->m->cfg;
+    const idf_weights *w = s->m->w;
+    int idx[IDF_VISION_BATCH];
+    for (int i = 0; i < n; i++) { /* the k-th image of a state in this chunk: its slot n_img + k */
+        idx[i] = t[i]->n_img;
+        for (int j = 0; j < i; j++)
+            idx[i] += t[j] == t[i];
+        img_slot *unused;
+        IDF_FORWARD(ensure_slot(t[i], idx[i], &unused, err));
+    }
+
+    IDF_FORWARD(vision_tower(s, t, pixels, n, err));
+    /* the stacked latents [n * nl, D]: the perceiver's, or the tower's output
+     * itself (nl = T then, so its rows are stacked the same way) */
+    const int64_t nl = s->m->n_img_tokens, H = c->hidden, D = c->v_dim;
+    if (c->use_resampler)
+        IDF_FORWARD(perceiver(s, t, n, err));
+    const float *lat = c->use_resampler ? s->pz : s->vx;
+
+    /* Each gated block's K and V of these images, computed once (spec §3.7
+     * allows caching them; HF recomputes them every step with identical
+     * results): one matmul over all the images' latents, stored per slot in
+     * its state's KV type, after that state's backend gives the range to the
+     * host. */
+    for (uint32_t j = 0; j < c->n_cross; j++) {
+        const idf_cross_block *B = &w->xb[j];
+        for (int kv = 0; kv < 2; kv++) {
+            IDF_FORWARD(mm(s, kv ? &B->v : &B->k, NULL, lat, n * nl, s->xtmp, H, err));
+            if (!kv && B->k_norm)
+                IDF_FORWARD(
+                    rms(s, s->xtmp, B->k_norm, c->rms_eps, n * nl * c->n_heads, c->head_dim, s->xtmp, err));
+            IDF_FORWARD(host_access(s, s->xtmp, (size_t)(n * nl * H) * sizeof(float), err));
+            for (int i = 0; i < n; i++) {
+                const img_slot *sl = &t[i]->img[idx[i]];
+                uint8_t *dst = (uint8_t *)(kv ? sl->xv : sl->xk) + kv_bytes(t[i], (size_t)j * (size_t)(nl * H));
+                IDF_FORWARD(host_access(t[i], dst, kv_bytes(t[i], (size_t)(nl * H)), err));
+                store_kv(t[i], dst, s->xtmp + i * nl * H, nl * H);
+            }
+        }
+    }
+    /* the latents into their slots, where they stay readable on the host
+     * (idf_state_image_latents) */
+    const size_t lat_bytes = (size_t)(nl * D) * sizeof(float);
+    IDF_FORWARD(host_access(s, lat, (size_t)n * lat_bytes, err));
+    for (int i = 0; i < n; i++) {
+        float *dst = t[i]->img[idx[i]].latents;
+        IDF_FORWARD(host_access(t[i], dst, lat_bytes, err));
+        memcpy(dst, lat + i * nl * D, lat_bytes);
+    }
+    for (int i = 0; i < n; i++) {
+        t[i]->n_img++; /* in order: image i's slot is idx[i] */
+        if (slots)
+            slots[i] = idx[i];
+    }
+    return IDEFICS_OK;
 }
 
-idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot, idf_err *err) {
-    if (!s || !pixels)
-        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_image: NULL argument");
+idefics_status idf_state_encode_images(idf_state *s, idf_state *const *dst, const float *const *pixels, int n,
+                                       int *slots, idf_err *err) {
+    if (!s || !pixels || n < 0)
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_images: NULL argument or n < 0");
     const idf_config *c = &s->m->cfg;
     if (c->text_only)
         return idf_errf(err, IDEFICS_ERR_UNSUPPORTED, "this model is text-only (llama): it takes no images");
     if (!s->vx)
-        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_image: a batched-pass state holds no images");
-    const idf_weights *w = s->m->w;
-    img_slot *sl = NULL;
-    IDF_FORWARD(take_slot(s, &sl, err));
-
-    IDF_FORWARD(vision_tower(s, pixels, err));
-    const int64_t nl = s->m->n_img_tokens, H = c->hidden;
-    if (c->use_resampler)
-        IDF_FORWARD(perceiver(s, sl->latents, err));
-    else {
-        IDF_FORWARD(host_access(s, s->vx, (size_t)(nl * c->v_dim) * sizeof(float), err));
-        IDF_FORWARD(host_access(s, sl->latents, (size_t)(nl * c->v_dim) * sizeof(float), err));
-        memcpy(sl->latents, s->vx, (size_t)(nl * c->v_dim) * sizeof(float));
+        return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_images: a batched-pass state holds no images");
+    for (int i = 0; i < n; i++) {
+        const idf_state *t = dst ? dst[i] : s;
+        if (!pixels[i] || !t)
+            return idf_errf(err, IDEFICS_ERR_INVALID_ARG, "idf_state_add_images: image %d or its state is NULL", i);
+        if (t->m != s->m || !t->vx)
+            return idf_errf(err, IDEFICS_ERR_INVALID_ARG,
+                            "idf_state_add_images: image %d goes to a state of another model or a pass state", i);
     }
-
-    /* Each gated block's K and V of this image, computed once (spec §3.7 allows
-     * caching them; HF recomputes them every step with identical results). */
-    for (uint32_t j = 0; j < c->n_cross; j++) {
-        const idf_cross_block *B = &w->xb[j];
-        const size_t off = kv_bytes(s, (size_t)j * (size_t)(nl * H));
-        IDF_FORWARD(mm(s, &B->k, NULL, sl->latents, nl, s->xtmp, H, err));
-        if (B->k_norm)
-            IDF_FORWARD(rms(s, s->xtmp, B->k_norm, c->rms_eps, nl * c->n_heads, c->head_dim, s->xtmp, err));
-        IDF_FORWARD(host_access(s, s->xtmp, (size_t)(nl * H) * sizeof(float), err));
-        IDF_FORWARD(host_access(s, (uint8_t *)sl->xk + off, kv_bytes(s, (size_t)(nl * H)), err));
-        store_kv(s, (uint8_t *)sl->xk + off, s->xtmp, nl * H);
-        IDF_FORWARD(mm(s, &B->v, NULL, sl->latents, nl, s->xtmp, H, err));
-        IDF_FORWARD(host_access(s, s->xtmp, (size_t)(nl * H) * sizeof(float), err));
-        IDF_FORWARD(host_access(s, (uint8_t *)sl->xv + off, kv_bytes(s, (size_t)(nl * H)), err));
-        store_kv(s, (uint8_t *)sl->xv + off, s->xtmp, nl * H);
+    idf_state *own[IDF_VISION_BATCH];
+    for (int i = 0; i < IDF_VISION_BATCH; i++)
+        own[i] = s;
+    idefics_status st = IDEFICS_OK;
+    for (int done = 0; done < n && st == IDEFICS_OK;) {
+        const int k = n - done < s->v_cap ? n - done : s->v_cap;
+        st = add_chunk(s, dst ? dst + done : own, pixels + done, k, slots ? slots + done : NULL, err);
+        done += k;
     }
-    /* the latents stay readable on the host (idf_state_image_latents) */
-    IDF_FORWARD(host_access(s, sl->latents, (size_t)(nl * c->v_dim) * sizeof(float), err));
-    /* low_memory: the image path's weights are done with until the next image */
+    /* low_memory: the image path's weights are done with until the next image
+     * (after a failure too: nothing else drops them) */
     page_vision_layer(s, c->v_layers - 1, false); /* the loop dropped the others */
     page_image_only(s, false);
-    if (slot)
-        *slot = s->n_img;
-    s->n_img++;
-    return IDEFICS_OK;
+    return st;
+}
+
+idefics_status idf_state_add_images(idf_state *s, const float *const *pixels, int n, int *slots, idf_err *err) {
+    return idf_state_encode_images(s, NULL, pixels, n, slots, err);
+}
+
+idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot, idf_err *err) {
+    return idf_state_add_images(s, &pixels, 1, slot, err);
 }
 
 /* ================================================================= text */

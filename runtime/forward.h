@@ -32,6 +32,25 @@ void idf_state_reset(idf_state *s);
  * K/V for every gated block. *slot receives the image's index (0, 1, ...),
  * which idf_state_eval's img[] refers to. */
 idefics_status idf_state_add_image(idf_state *s, const float *pixels, int *slot, idf_err *err);
+
+/* Images a state's vision scratch holds at once (low_memory states: 1). */
+#define IDF_VISION_BATCH 4
+/* Encode n images as above, up to IDF_VISION_BATCH at a time: their rows
+ * stacked, so every weight matmul of the vision tower, the perceiver and the
+ * cross-attention K/V projections runs once for the chunk (attention stays per
+ * image). The result equals n calls of idf_state_add_image (same slots in
+ * order, slots[i] receives image i's; slots may be NULL). On failure the
+ * images of the chunks already finished stay added (idf_state_n_images tells
+ * how many) and the failing chunk adds none. */
+idefics_status idf_state_add_images(idf_state *s, const float *const *pixels, int n, int *slots, idf_err *err);
+/* The same for images of several states of s's model, computed on s's
+ * scratch and backend (a batch's joiners: batch.c): image i goes to state
+ * dst[i] (s among them or not), into its next slot in list order, its cross
+ * K/V stored in dst[i]'s KV type. dst NULL: all to s. Cancelled when the flag
+ * of s or of any dst[i] of the chunk is set (then that chunk adds nothing to
+ * any state). The dst states are used by this call only. */
+idefics_status idf_state_encode_images(idf_state *s, idf_state *const *dst, const float *const *pixels, int n,
+                                       int *slots, idf_err *err);
 int idf_state_n_images(const idf_state *s);
 /* The perceiver output of an image slot, [n_latents, vision_embed_dim] (for tests). */
 const float *idf_state_image_latents(const idf_state *s, int slot);

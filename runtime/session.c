@@ -532,21 +532,33 @@ static idefics_status check_gen_params(idefics_session *s, const idefics_generat
 }
 
 /* Encode the images added since the last call, in order. */
-static idefics_status encode_images(idefics_session *s) {
-    while (s->n_encoded < s->n_px) {
-        int slot = -1;
-        double t0 = idf_time_ms();
-        idefics_status st = idf_state_add_image(s->st, s->px[s->n_encoded], &slot, &s->err);
-        s->tm.image_encode_ms += idf_time_ms() - t0;
-        if (st != IDEFICS_OK) return st;
-        if (slot != s->n_encoded)
-            return idf_errf(&s->err, IDEFICS_ERR_INTERNAL, "generate: image %d was given slot %d", s->n_encoded,
-                            slot);
+/* The images the state holds past n_encoded were encoded (their slots
+ * follow the images in order): their pixels are done with. */
+static void sync_encoded(idefics_session *s) {
+    const int held = idf_state_n_images(s->st);
+    while (s->n_encoded < held && s->n_encoded < s->n_px) {
         idf_free(s->al, s->px[s->n_encoded]);
         s->px[s->n_encoded] = NULL;
         s->n_encoded++;
     }
-    return IDEFICS_OK;
+}
+
+/* All pending images in one call: idf_state_add_images stacks them in chunks
+ * of IDF_VISION_BATCH, so a prompt with several images runs each weight
+ * matmul of the image path once per chunk instead of once per image. After a
+ * failure the images of the finished chunks stay encoded. */
+static idefics_status encode_images(idefics_session *s) {
+    const int n = s->n_px - s->n_encoded;
+    if (n <= 0) return IDEFICS_OK;
+    if (idf_state_n_images(s->st) != s->n_encoded)
+        return idf_errf(&s->err, IDEFICS_ERR_INTERNAL, "generate: %d images encoded, the state holds %d",
+                        s->n_encoded, idf_state_n_images(s->st));
+    double t0 = idf_time_ms();
+    const idefics_status st =
+        idf_state_add_images(s->st, (const float *const *)(s->px + s->n_encoded), n, NULL, &s->err);
+    s->tm.image_encode_ms += idf_time_ms() - t0;
+    sync_encoded(s);
+    return st;
 }
 
 /* Keep the longest evaluated prefix the conversation's tokens still agree
@@ -1076,6 +1088,17 @@ idefics_status idf_gen_prepare(idefics_session *s, idf_gen *g) {
     g->gen_img = s->img[s->n_ids - 1]; /* generated tokens see what the last prompt token saw (§3.7) */
     g->t_prefill = idf_time_ms();
     return IDEFICS_OK;
+}
+
+int idf_gen_pending_images(idefics_session *s, const float *const **px) {
+    *px = (const float *const *)(s->px + s->n_encoded);
+    /* a state out of step with the session encodes nothing here; encode_images reports it */
+    return idf_state_n_images(s->st) == s->n_encoded ? s->n_px - s->n_encoded : 0;
+}
+
+void idf_gen_images_encoded(idefics_session *s, double ms) {
+    s->tm.image_encode_ms += ms;
+    sync_encoded(s);
 }
 
 idefics_status idf_gen_prefill(idefics_session *s, idf_gen *g) {

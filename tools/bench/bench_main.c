@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "forward.h"
+#include "images.h"
 #include "parallel.h"
 #include "sched.h"
 #include "idefics.h"
@@ -40,6 +41,7 @@ typedef struct opts {
     bool par_only;                 /* --parallel-only: skip image, prefill and the single decode */
     int sched_prompt;              /* --sched P: prefill scheduling through idefics_batch, P-token prompts */
     int depth[8], n_depth; /* -d: context depths (tokens already in the cache) for the depth runs */
+    int images[8], n_images; /* --images 1,2,4: batched vs one-by-one image encode, and nothing else */
 } opts;
 
 static void usage(FILE *f) {
@@ -47,6 +49,7 @@ static void usage(FILE *f) {
                "                     [-p 64,512] [-n 64] [-r REPS] [--kv f16|f32|q8] [--no-image] [--no-mmap] [--json]\n"
                "                     [--parallel 1,2,4,8 (aggregate decode of B sequences stepped together)] [--parallel-only]\n"
                "                     [--sched PROMPT_TOKENS (2 x width requests joining a batch of the largest --parallel width)]\n"
+               "                     [--images 1,2,4 (encode N images batched vs one by one; only this)]\n"
                "                     [-d 0,512,1700 (depths: prefill and decode after that many tokens)]\n");
 }
 
@@ -242,6 +245,17 @@ static int parse(int argc, char **argv, opts *o) {
                 if (*s == ',')
                     s++;
             }
+        } else if (!strcmp(a, "--images")) {
+            o->n_images = 0;
+            for (char *s = argv[++i]; *s;) {
+                const long n = strtol(s, &s, 10);
+                if (n < 1 || n > BENCH_MAX_IMAGES || o->n_images == 8 || (*s && *s != ','))
+                    return fprintf(stderr, "idefics-bench: bad --images list (up to 8 counts in 1..%d)\n",
+                                   BENCH_MAX_IMAGES), 2;
+                o->images[o->n_images++] = (int)n;
+                if (*s == ',')
+                    s++;
+            }
         } else if (!strcmp(a, "-d")) {
             /* as llama-bench -d: each -p prefill and the -n decode run again
              * after this many tokens are already in the context */
@@ -321,6 +335,20 @@ int main(int argc, char **argv) {
     }
     const double load_ms = idf_time_ms() - t0;
     const idf_config *c = &m->cfg;
+    if (o.n_images) {
+        if (!m->w->vl || c->v_layers == 0) {
+            fprintf(stderr, "idefics-bench: --images: the model has no vision tower\n");
+            idf_state_free(st);
+            idefics_model_free(m);
+            return 1;
+        }
+        printf("model %s, backend %s, %d threads, vision batch %d (IDF_VISION_BATCH; 1 with low_memory)\n", o.model,
+               idf_state_backend_name(st), o.threads, IDF_VISION_BATCH);
+        const int rc = bench_images(m, st, o.images, o.n_images, o.reps);
+        idf_state_free(st);
+        idefics_model_free(m);
+        return rc;
+    }
     const bool vision = m->w->vl && c->v_layers > 0 && !o.no_image;
     float *logits = malloc((size_t)c->n_vocab * sizeof(float) * 1);
     int max_pp = 1;
