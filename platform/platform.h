@@ -47,7 +47,7 @@ typedef struct idf_mapping {
     /* identity of the mapped file (fstat of fd), for the verification stamp */
     uint64_t dev, ino;
     int64_t mtime_ns;
-    bool anon;           /* IDF_MAP_COPY: data is anonymous memory holding a copy */
+    bool anon;           /* idf_map_make_private: data is anonymous memory holding a copy */
 } idf_mapping;
 
 /* Map a whole file read-only. Returns 0, or an errno value, or one of the

@@ -92,7 +92,7 @@ void *idf_fopen_regular(const char *path, int *err) {
     return f;
 }
 
-/* IDF_MAP_COPY (idf_map_make_private): copy the mapped file into anonymous
+/* idf_map_make_private (use_mmap = false): copy the mapped file into anonymous
  * memory, in 64 MB slices across the pool. Each slice of the mapping is
  * dropped from this process (MADV_DONTNEED: the pages stay in the page cache)
  * as soon as it is copied, so peak RSS is the copy, not the copy plus the

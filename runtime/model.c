@@ -670,14 +670,18 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
     if (st == IDEFICS_OK) {
         /* Huge pages for the page cache, except with low_memory, which gives
          * pages back per layer (a 2 MB page would come back whole). */
-        int e = idf_map_file_ex(path, &m->map, p.low_memory ? 0u : IDF_MAP_HUGE);
-        if (!e && !p.use_mmap) {
-            idf_pool *pool = idf_pool_create(p.n_threads, idf_malloc_cb, idf_free_cb, &m->alloc);
-            e = pool ? idf_map_make_private(&m->map, pool) : ENOMEM;
-            idf_pool_free(pool);
-        }
+        const int e = idf_map_file_ex(path, &m->map, p.low_memory ? 0u : IDF_MAP_HUGE);
         if (e)
             st = idf_errf(&err, IDEFICS_ERR_IO, "cannot open %s: %s", path, idf_open_strerror(e));
+    }
+    if (st == IDEFICS_OK && !p.use_mmap) {
+        idf_pool *pool = idf_pool_create(p.n_threads, idf_malloc_cb, idf_free_cb, &m->alloc);
+        const int e = pool ? idf_map_make_private(&m->map, pool) : ENOMEM;
+        idf_pool_free(pool);
+        if (e)
+            st = idf_errf(&err, e == ENOMEM ? IDEFICS_ERR_OUT_OF_MEMORY : IDEFICS_ERR_IO,
+                          "cannot copy %s into memory (use_mmap = false; %.1f GB): %s", path,
+                          (double)m->map.size / 1e9, strerror(e));
     }
     if (st == IDEFICS_OK) {
         /* Without low_memory every weight is read soon anyway: ask for read-ahead. */

@@ -205,9 +205,7 @@ static void qmm_task(void *ctx, int64_t task, int tid) {
         t0 = task ? j->tile_end[task - 1] : 0;
         t1 = j->tile_end[task];
     }
-    /* Activation rows in chunks that stay in L2 while the task's tiles pass
-     * over them; each tile (a few KB) stays in L1 across the chunk's blocks. */
-    if (j->sum2) {
+    if (j->sum2) { /* one decode row in two levels (activation rows 0 and 1), summed in the kernel */
         for (int64_t t = t0; t < t1; t++) {
             const idf_tile tl = tile_at(j, t, 0);
             const int64_t r0 = t * R;
@@ -216,6 +214,8 @@ static void qmm_task(void *ctx, int64_t task, int tid) {
         }
         return;
     }
+    /* Activation rows in chunks that stay in L2 while the task's tiles pass
+     * over them; each tile (a few KB) stays in L1 across the chunk's blocks. */
     for (int64_t c0 = 0; c0 < j->n; c0 += j->x_chunk) {
         const int64_t c1 = c0 + j->x_chunk < j->n ? c0 + j->x_chunk : j->n;
         for (int64_t t = t0; t < t1; t++) {
