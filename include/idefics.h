@@ -137,9 +137,10 @@ typedef struct idefics_model_params {
     /* Default true: the weights are the file's pages, mapped read-only (shared
      * with other processes and the page cache; loads in a fraction of a second).
      * false (llama.cpp's --no-mmap): copy the file into this process's own memory
-     * at load. Costs the copy (seconds for 5 GB) and RSS equal to the file, and on
-     * hosts whose page cache holds 4 KB pages streams the weights faster (docs/CPU.md "Where the weights live"). Not with
-     * low_memory (IDEFICS_ERR_INVALID_ARG). */
+     * at load. Costs the copy (seconds for 5 GB) and RSS equal to the file, and
+     * on hosts whose page cache holds 4 KB pages streams the weights faster
+     * (docs/CPU.md "Where the weights live"). Not with low_memory
+     * (IDEFICS_ERR_INVALID_ARG). */
     bool use_mmap;
 } idefics_model_params;
 

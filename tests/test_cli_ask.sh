@@ -117,6 +117,20 @@ rc=$?
 check '[ $rc -eq 1 ] && grep -q "memory profiles:.* 8g" "$tmp/err" && grep -q "boards:.*raspberry-pi-5" "$tmp/err"' \
     "unknown board must list the valid names: $(cat "$tmp/err")"
 
+# where the weights live: --no-mmap copies them (-v says "in memory") and gives the same
+# greedy answer; --low-memory wins over a board's use_mmap = 0; both flags at once are refused
+"$bin" ask -m "$model" -i "$img/red_square.png" -p "What is in this image?" -n 12 --no-mmap -v >"$tmp/nommap" 2>"$tmp/err"
+rc=$?
+check '[ $rc -eq 0 ] && grep -q "weights in memory" "$tmp/err" && cmp -s "$tmp/nommap" "$tmp/stream"' \
+    "--no-mmap: rc $rc, $(grep 'idefics: model' "$tmp/err"), answers differ: $(cat "$tmp/nommap")"
+"$bin" ask -m "$model" -p "Hi" -n 2 --board x86-64-linux --low-memory -v >"$tmp/out" 2>"$tmp/err"
+rc=$?
+check '[ $rc -eq 0 ] && grep -q "weights mapped" "$tmp/err"' "--board x86-64-linux --low-memory: $(cat "$tmp/err")"
+"$bin" ask -m "$model" -p "Hi" -n 2 --no-mmap --low-memory >"$tmp/out" 2>"$tmp/err"
+rc=$?
+check '[ $rc -eq 1 ] && grep -q "cannot be combined" "$tmp/err" && [ ! -s "$tmp/out" ]' \
+    "--no-mmap --low-memory: rc $rc, $(cat "$tmp/err")"
+
 # user text is text: "<image>" typed in a question is not an image token, --raw recognises it
 "$bin" ask -m "$model" -p "What is <image> this?" --dry-run --json >"$tmp/plain" 2>"$tmp/err"
 "$bin" ask -m "$model" -p "What is <image> this?" --raw --dry-run --json >"$tmp/rawj" 2>>"$tmp/err"

@@ -522,7 +522,7 @@ int main(int argc, char **argv) {
             printf("{\"model\": \"%s\", \"backend\": \"%s\", \"kernels\": \"%s\", \"threads\": %d, "
                    "\"ctx\": %d, \"reps\": %d, \"file_bytes\": %lld,\n \"mmap\": %s, \"load_ms\": %.1f,",
                    o.model, info.backend, idf_state_backend_name(st), o.threads, o.ctx, o.reps,
-                   (long long)info.file_bytes, o.no_mmap ? "false" : "true", load_ms);
+                   (long long)info.file_bytes, info.mmap ? "true" : "false", load_ms);
         char enc_s[32] = "null", ttft_s[32] = "null";
         if (vision) {
             snprintf(enc_s, sizeof enc_s, "%.1f", enc.med);

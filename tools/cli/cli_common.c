@@ -412,7 +412,8 @@ int cli_open(const cli_opts *o, idefics_model **model, idefics_session **session
     if (o->set_backend || !board) mp.backend = o->backend;
     if (o->set_ctx || !board) sp.n_ctx = o->n_ctx;
     if (o->set_kv || !board) sp.kv_type = o->kv_type;
-    if (o->low_memory) mp.low_memory = true;
+    /* --low-memory pages through the mapping: it wins over a board's use_mmap = 0 */
+    if (o->low_memory) mp.low_memory = mp.use_mmap = true;
     if (o->no_mmap) mp.use_mmap = false;
     if (o->max_image_pixels > 0) sp.max_image_pixels = o->max_image_pixels;
     sp.exif_orientation = !o->no_exif;

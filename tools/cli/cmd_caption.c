@@ -696,7 +696,8 @@ int cmd_caption(int argc, char **argv) {
     if (o.set_threads || !board) mp.n_threads = sp.n_threads = o.n_threads;
     if (o.set_backend || !board) mp.backend = o.backend;
     if (o.set_ctx || !board) sp.n_ctx = o.n_ctx;
-    if (o.low_memory) mp.low_memory = true;
+    /* --low-memory pages through the mapping: it wins over a board's use_mmap = 0 */
+    if (o.low_memory) mp.low_memory = mp.use_mmap = true;
     if (o.no_mmap) mp.use_mmap = false;
     if (o.max_image_pixels > 0) sp.max_image_pixels = o.max_image_pixels;
     sp.exif_orientation = !o.no_exif;
