@@ -118,55 +118,15 @@ AI void q4_rows(const idf_tile *tl, int64_t ng, int rb, const int NB, const idf_
  * (its plain read loop: 28-33). The activation scale is folded into the
  * eight row scales before they are spread over lanes (one ymm multiply
  * instead of two zmm), and two accumulator pairs alternate by group so the
- * fma chains do not limit a memory-bound loop. */
-static void q4_gemv8(const idf_tile *tl, int64_t ng, int rb, const idf_qact *a, int64_t x0, float *y, int rows_valid,
-                     const float *bias) {
-    const uint8_t *sc = tl->s + rb * 2;
-    const uint8_t *qs = tl->q + rb * 16;
-    const __m512i m4 = _mm512_set1_epi8(0x0f), tbl = cb_table();
-    const __m512i sidx0 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    const __m512i sidx1 = _mm512_add_epi32(sidx0, _mm512_set1_epi32(4));
-    const int8_t *xq = a->q + x0 * a->ldg * 32;
-    const float *xd = a->d + x0 * a->ldg;
-    const int32_t *xc = a->corr4 + x0 * a->ldg * 4;
-    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
-    for (int64_t g = 0; g < ng; g++) {
-        const uint8_t *qg = qs + g * tl->q_step;
-        IDF_PREFETCH_AHEAD(qg, 128);
-        const __m256 f = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + g * tl->s_step))),
-                                       _mm256_set1_ps(xd[g]));
-        const __m512 fz = _mm512_castps256_ps512(f);
-        const __m512 s0 = _mm512_permutexvar_ps(sidx0, fz), s1 = _mm512_permutexvar_ps(sidx1, fz);
-        const __m512i q0 = _mm512_loadu_si512((const void *)qg), q1 = _mm512_loadu_si512((const void *)(qg + 64));
-        const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xq + g * 32)));
-        const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xq + g * 32 + 16)));
-        const __m512i c = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xc + g * 4)));
-        __m512i t0 = _mm512_dpbusd_epi32(c, _mm512_shuffle_epi8(tbl, _mm512_and_si512(q0, m4)), xl);
-        __m512i t1 = _mm512_dpbusd_epi32(c, _mm512_shuffle_epi8(tbl, _mm512_and_si512(q1, m4)), xl);
-        t0 = _mm512_dpbusd_epi32(t0, _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4)), xh);
-        t1 = _mm512_dpbusd_epi32(t1, _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4)), xh);
-        const int p = (int)(g & 1) * 2;
-        acc[p] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t0), s0, acc[p]);
-        acc[p + 1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(t1), s1, acc[p + 1]);
-    }
-    float t[32];
-    _mm512_storeu_ps(t, _mm512_add_ps(acc[0], acc[2]));
-    _mm512_storeu_ps(t + 16, _mm512_add_ps(acc[1], acc[3]));
-    for (int l = 0; l < 8; l++) {
-        const int r = rb + l;
-        if (r < rows_valid)
-            y[r] = (t[4 * l] + t[4 * l + 1]) + (t[4 * l + 2] + t[4 * l + 3]) + (bias ? bias[r] : 0.f);
-    }
-}
-
-/* Decode with two-level activations (backend_cpu.c ACT2: x ~= d1 q1 + d2 q2,
- * rows x0 and x1 of a): y = W x0 + W x1 in the one pass over the weights that
- * q4_gemv8 makes for one row, so the second level costs integer work in a
- * memory-bound loop instead of a second, unprefetched kernel over the tile.
- * Per group the two int32 dots are scaled by their activation scales and
- * added before the weight scale multiplies them. */
-static void q4_gemv8_sum2(const idf_tile *tl, int64_t ng, int rb, const idf_qact *a, int64_t x0, int64_t x1,
-                          float *y, int rows_valid, const float *bias) {
+ * fma chains do not limit a memory-bound loop.
+ * TWO: decode with two-level activations (backend_cpu.c ACT2: x ~= d1 q1 +
+ * d2 q2, rows x0 and x1 of a): y = W x0 + W x1 in the same single pass over
+ * the weights, so the second level costs integer work in a memory-bound loop
+ * instead of a second, unprefetched kernel over the tile. Per group the two
+ * int32 dots are scaled by their activation scales and added before the
+ * weight scale multiplies them. */
+AI void gemv8(const idf_tile *tl, int64_t ng, int rb, const idf_qact *a, int64_t x0, int64_t x1, const int TWO,
+              float *y, int rows_valid, const float *bias) {
     const uint8_t *sc = tl->s + rb * 2;
     const uint8_t *qs = tl->q + rb * 16;
     const __m512i m4 = _mm512_set1_epi8(0x0f), tbl = cb_table();
@@ -179,29 +139,30 @@ static void q4_gemv8_sum2(const idf_tile *tl, int64_t ng, int rb, const idf_qact
     for (int64_t g = 0; g < ng; g++) {
         const uint8_t *qg = qs + g * tl->q_step;
         IDF_PREFETCH_AHEAD(qg, 128);
-        const __m512 fz = _mm512_castps256_ps512(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + g * tl->s_step))));
+        __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(sc + g * tl->s_step)));
+        if (!TWO)
+            f = _mm256_mul_ps(f, _mm256_set1_ps(xd[g]));
+        const __m512 fz = _mm512_castps256_ps512(f);
         const __m512 s0 = _mm512_permutexvar_ps(sidx0, fz), s1 = _mm512_permutexvar_ps(sidx1, fz);
         const __m512i q0 = _mm512_loadu_si512((const void *)qg), q1 = _mm512_loadu_si512((const void *)(qg + 64));
         const __m512i l0 = _mm512_shuffle_epi8(tbl, _mm512_and_si512(q0, m4));
         const __m512i l1 = _mm512_shuffle_epi8(tbl, _mm512_and_si512(q1, m4));
         const __m512i h0 = _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(q0, 4), m4));
         const __m512i h1 = _mm512_shuffle_epi8(tbl, _mm512_and_si512(_mm512_srli_epi16(q1, 4), m4));
-        __m512 v0, v1;
-        {
-            const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xq + g * 32)));
-            const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xq + g * 32 + 16)));
-            const __m512i c = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xc + g * 4)));
-            const __m512 dx = _mm512_set1_ps(xd[g]);
-            v0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, l0, xl), h0, xh)), dx);
-            v1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, l1, xl), h1, xh)), dx);
-        }
-        {
-            const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(rq + g * 32)));
-            const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(rq + g * 32 + 16)));
-            const __m512i c = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(rc + g * 4)));
-            const __m512 dx = _mm512_set1_ps(rd[g]);
-            v0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, l0, xl), h0, xh)), dx, v0);
-            v1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, l1, xl), h1, xh)), dx, v1);
+        const __m512i xl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xq + g * 32)));
+        const __m512i xh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xq + g * 32 + 16)));
+        const __m512i c = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(xc + g * 4)));
+        __m512 v0 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, l0, xl), h0, xh));
+        __m512 v1 = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(c, l1, xl), h1, xh));
+        if (TWO) {
+            const __m512i rl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(rq + g * 32)));
+            const __m512i rh = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(rq + g * 32 + 16)));
+            const __m512i rcr = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(rc + g * 4)));
+            const __m512 dx = _mm512_set1_ps(xd[g]), dr = _mm512_set1_ps(rd[g]);
+            v0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(rcr, l0, rl), h0, rh)), dr,
+                                 _mm512_mul_ps(v0, dx));
+            v1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_dpbusd_epi32(rcr, l1, rl), h1, rh)), dr,
+                                 _mm512_mul_ps(v1, dx));
         }
         const int p = (int)(g & 1) * 2;
         acc[p] = _mm512_fmadd_ps(v0, s0, acc[p]);
@@ -217,10 +178,15 @@ static void q4_gemv8_sum2(const idf_tile *tl, int64_t ng, int rb, const idf_qact
     }
 }
 
+static void q4_gemv8(const idf_tile *tl, int64_t ng, int rb, const idf_qact *a, int64_t x0, float *y, int rows_valid,
+                     const float *bias) {
+    gemv8(tl, ng, rb, a, x0, x0, 0, y, rows_valid, bias);
+}
+
 static void q4_tile_sum2(const idf_tile *tl, int64_t ng, const idf_qact *a, int64_t x0, int64_t x1, float *y,
                          int rows_valid, const float *bias) {
     for (int rb = 0; rb < rows_valid; rb += 8)
-        q4_gemv8_sum2(tl, ng, rb, a, x0, x1, y, rows_valid, bias);
+        gemv8(tl, ng, rb, a, x0, x1, 1, y, rows_valid, bias);
 }
 
 /* GEMM, 16 weight rows x NX activation rows per pass (cpu_kernels.h
