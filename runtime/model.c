@@ -667,6 +667,10 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
         st = idf_errf(&err, IDEFICS_ERR_INVALID_ARG,
                       "low_memory pages the weights through the file mapping: it cannot be combined with "
                       "use_mmap = false (--no-mmap)");
+    /* The load's threads: the use_mmap = false copy, then verification and decompression. */
+    idf_pool *pool = NULL;
+    if (st == IDEFICS_OK && !(pool = idf_pool_create(p.n_threads, idf_malloc_cb, idf_free_cb, &m->alloc)))
+        st = idf_errf(&err, IDEFICS_ERR_OUT_OF_MEMORY, "cannot create a pool of %d threads", p.n_threads);
     if (st == IDEFICS_OK) {
         /* Huge pages for the page cache, except with low_memory, which gives
          * pages back per layer (a 2 MB page would come back whole). */
@@ -675,9 +679,7 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
             st = idf_errf(&err, IDEFICS_ERR_IO, "cannot open %s: %s", path, idf_open_strerror(e));
     }
     if (st == IDEFICS_OK && !p.use_mmap) {
-        idf_pool *pool = idf_pool_create(p.n_threads, idf_malloc_cb, idf_free_cb, &m->alloc);
-        const int e = pool ? idf_map_make_private(&m->map, pool) : ENOMEM;
-        idf_pool_free(pool);
+        const int e = idf_map_make_private(&m->map, pool);
         if (e)
             st = idf_errf(&err, e == ENOMEM ? IDEFICS_ERR_OUT_OF_MEMORY : IDEFICS_ERR_IO,
                           "cannot copy %s into memory (use_mmap = false; %.1f GB): %s", path,
@@ -694,14 +696,9 @@ idefics_status idefics_model_load(const char *path, const idefics_model_params *
     if (st == IDEFICS_OK && p.verify != IDEFICS_VERIFY_AUTO && p.verify != IDEFICS_VERIFY_ALWAYS &&
         p.verify != IDEFICS_VERIFY_NEVER)
         st = idf_errf(&err, IDEFICS_ERR_INVALID_ARG, "params.verify = %d is not an idefics_verify_mode", p.verify);
-    if (st == IDEFICS_OK) {
-        idf_pool *pool = idf_pool_create(p.n_threads, idf_malloc_cb, idf_free_cb, &m->alloc);
-        if (!pool)
-            st = idf_errf(&err, IDEFICS_ERR_OUT_OF_MEMORY, "cannot create a pool of %d threads", p.n_threads);
-        if (st == IDEFICS_OK)
-            st = load_verify_materialize(m, &p, path, pool, &err);
-        idf_pool_free(pool);
-    }
+    if (st == IDEFICS_OK)
+        st = load_verify_materialize(m, &p, path, pool, &err);
+    idf_pool_free(pool);
     if (st == IDEFICS_OK && !progress(&p, 0.9f))
         st = idf_errf(&err, IDEFICS_ERR_CANCELLED, "model load cancelled by the progress callback");
     if (st == IDEFICS_OK)
