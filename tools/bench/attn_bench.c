@@ -158,18 +158,24 @@ static idefics_status prof_mm(void *ctx, const idf_weight *w, const float *bias,
     return st;
 }
 
-/* --model --depth: the context filled with D random tokens (untimed), then tg
- * decode steps, each split into matmuls, self-attention, cross-attention and
- * the rest (norms, rope, activations, sampling-free logits), wall and CPU. */
-static int depth_profile(const char *path, int threads, int tg, int kv, const int *depth, int nd) {
+/* The model for the --model modes, or NULL with the reason on stderr. */
+static idefics_model *load_model(const char *path, int threads) {
     char msg[512];
     idefics_model_params mp = idefics_model_default_params();
     mp.n_threads = threads;
     idefics_model *m = NULL;
-    if (idefics_model_load(path, &mp, &m, msg, sizeof msg) != IDEFICS_OK) {
+    if (idefics_model_load(path, &mp, &m, msg, sizeof msg) != IDEFICS_OK)
         fprintf(stderr, "idefics-attn-bench: %s\n", msg);
+    return m;
+}
+
+/* --model --depth: the context filled with D random tokens (untimed), then tg
+ * decode steps, each split into matmuls, self-attention, cross-attention and
+ * the rest (norms, rope, activations, sampling-free logits), wall and CPU. */
+static int depth_profile(const char *path, int threads, int tg, int kv, const int *depth, int nd) {
+    idefics_model *m = load_model(path, threads);
+    if (!m)
         return 1;
-    }
     const idf_config *c = &m->cfg;
     idf_state *st = NULL;
     idf_err e;
@@ -234,14 +240,9 @@ out:
 
 /* --model: decode tok/s with 0 and then n_img[] images in the context. */
 static int model_mode(const char *path, int threads, int tg, const int *n_img, int ni) {
-    char msg[512];
-    idefics_model_params mp = idefics_model_default_params();
-    mp.n_threads = threads;
-    idefics_model *m = NULL;
-    if (idefics_model_load(path, &mp, &m, msg, sizeof msg) != IDEFICS_OK) {
-        fprintf(stderr, "idefics-attn-bench: %s\n", msg);
+    idefics_model *m = load_model(path, threads);
+    if (!m)
         return 1;
-    }
     const idf_config *c = &m->cfg;
     idf_state *st = NULL;
     idf_err e;
